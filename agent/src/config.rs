@@ -1,0 +1,153 @@
+//! `agent.toml`: the agent's configuration file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use picket_proto::model::{Labels, validate_label, validate_name};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad config {path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+}
+
+/// What a source is, which decides how its lines are parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Fail2ban,
+    Suricata,
+    Ossec,
+    Sshd,
+    Raw,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The control plane, `HOST:PORT`.
+    pub server: String,
+    /// Certificate, key, CA and the on-disk buffer.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The name this agent enrolled as (its certificate's name).
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default = "default_metrics_interval", with = "humantime_serde")]
+    pub metrics_interval: Duration,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+}
+
+pub fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/picket-agent")
+}
+
+fn default_metrics_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let err = |detail: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let cfg: AgentConfig =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
+        validate_name(&cfg.name).map_err(|e| err(format!("name: {e}")))?;
+        for (k, v) in &cfg.labels {
+            validate_label(k, v).map_err(|e| err(format!("labels: {e}")))?;
+        }
+        if !cfg.server.contains(':') {
+            return Err(err(format!("server: {:?} is not HOST:PORT", cfg.server)));
+        }
+        if cfg.metrics_interval < Duration::from_millis(100) {
+            return Err(err("metrics_interval must be at least 100ms".into()));
+        }
+        Ok(cfg)
+    }
+
+    /// The file `picket-agent enroll` writes, with comments.
+    pub fn render(&self) -> String {
+        let body = toml::to_string(self).unwrap_or_default();
+        format!(
+            "# Picket agent configuration (written by `picket-agent enroll`).\n\
+             # Sources to tail, one [[source]] each; kind is fail2ban, suricata,\n\
+             # ossec, sshd or raw:\n\
+             #\n\
+             # [[source]]\n\
+             # kind = \"sshd\"\n\
+             # path = \"/var/log/auth.log\"\n\n{body}"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+server = "10.0.1.50:7443"
+state_dir = "/var/lib/picket-agent"
+name = "vm-prod"
+metrics_interval = "10s"
+[labels]
+role = "prod"
+
+[[source]]
+kind = "fail2ban"
+path = "/var/log/fail2ban.log"
+"#;
+
+    #[test]
+    fn spec_example_parses() {
+        let c = AgentConfig::parse(GOOD, Path::new("agent.toml")).unwrap();
+        assert_eq!(c.name, "vm-prod");
+        assert_eq!(c.metrics_interval, Duration::from_secs(10));
+        assert_eq!(c.sources[0].kind, SourceKind::Fail2ban);
+        let again = AgentConfig::parse(&c.render(), Path::new("x")).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let p = Path::new("/etc/picket/agent.toml");
+        for (text, needle) in [
+            (GOOD.replace("fail2ban\"", "nginx\""), "kind"),
+            (GOOD.replace("\"10s\"", "\"ten\""), "metrics_interval"),
+            (GOOD.replace("name = \"vm-prod\"", "name = \"a b\""), "name"),
+            (GOOD.replace("role = ", "Role = "), "labels"),
+            (GOOD.replace("10.0.1.50:7443", "nohost"), "server"),
+            ("garbage [".to_string(), "agent.toml"),
+        ] {
+            let e = AgentConfig::parse(&text, p).unwrap_err().to_string();
+            assert!(
+                e.contains("/etc/picket/agent.toml") && e.contains(needle),
+                "{needle}: {e}"
+            );
+        }
+    }
+}

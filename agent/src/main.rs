@@ -1,0 +1,136 @@
+//! `picket-agent`: enroll this host, then run. Exit codes: 0 ok, 1 runtime
+//! failure (including revocation), 2 bad usage or configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use picket_agent::config::{AgentConfig, default_state_dir};
+use picket_agent::enroll::{EnrollOptions, enroll};
+use picket_proto::model::{Labels, parse_label};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "picket-agent", version, about = "Picket host agent")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enroll this host with a bootstrap token.
+    Enroll {
+        /// The control plane, HOST:PORT.
+        #[arg(long)]
+        server: String,
+        /// Bootstrap token from `picketctl token create`.
+        #[arg(long, env = "PICKET_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The CA fingerprint printed by `picket-control init` (sha256:HEX).
+        #[arg(long)]
+        ca_fingerprint: String,
+        /// Agent name (default: this host's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// A label key=value (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        #[arg(long, default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+    },
+    /// Run the agent.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+struct BadConfig(anyhow::Error);
+
+fn main() -> ExitCode {
+    picket_tls::install_provider();
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("picket-agent: {e:#}");
+            if e.downcast_ref::<BadConfig>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    match cli.cmd {
+        Cmd::Enroll {
+            server,
+            token,
+            ca_fingerprint,
+            name,
+            labels,
+            state_dir,
+        } => {
+            if let Err(e) = picket_tls::fingerprint::parse(&ca_fingerprint) {
+                return Err(BadConfig(anyhow::anyhow!("--ca-fingerprint: {e}")).into());
+            }
+            let done = rt.block_on(enroll(EnrollOptions {
+                server,
+                token,
+                ca_fingerprint,
+                name,
+                labels: labels.into_iter().collect::<Labels>(),
+                state_dir,
+            }))?;
+            println!("Enrolled as {}", done.name);
+            if done.config_written {
+                println!("Wrote {}", done.config_path.display());
+            }
+            println!(
+                "Next: picket-agent run --config {}",
+                done.config_path.display()
+            );
+            Ok(())
+        }
+        Cmd::Run { config } => {
+            let cfg = AgentConfig::load(&config).map_err(|e| BadConfig(e.into()))?;
+            rt.block_on(async move {
+                let shutdown = CancellationToken::new();
+                let s = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    s.cancel();
+                });
+                picket_agent::run(cfg, shutdown).await
+            })?;
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}

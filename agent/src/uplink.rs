@@ -1,0 +1,218 @@
+//! The agent's one stream to the control plane: connect, say Hello with the
+//! inventory, heartbeat, renew the certificate when due, and reconnect with
+//! exponential backoff and full jitter when anything breaks.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use picket_proto::v1::{
+    self, agent_message::Body, agent_service_client::AgentServiceClient, control_message,
+};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::config::AgentConfig;
+use crate::identity::Identity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// The control plane does not accept this agent (revoked, unknown):
+    /// retrying cannot help.
+    #[error("the control plane refused this agent: {0}")]
+    Refused(String),
+}
+
+/// Why one session ended.
+enum End {
+    /// Ask to reconnect at once (certificate renewed, session replaced).
+    Reconnect,
+    /// Shut down.
+    Shutdown,
+    /// Something broke; back off and retry.
+    Failed(String),
+}
+
+/// Exponential backoff with full jitter (AWS architecture blog's "Full
+/// Jitter"): the wait is uniform in [0, min(cap, base * 2^attempt)], so a
+/// fleet reconnecting after a control plane restart spreads out.
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The ceiling for the next wait, before jitter.
+    pub fn ceiling(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(16)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rng.random_range(0..=ms))
+    }
+}
+
+pub async fn run(
+    cfg: AgentConfig,
+    identity: Arc<Identity>,
+    shutdown: CancellationToken,
+) -> Result<(), UplinkError> {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        match session(&cfg, &identity, &shutdown, &mut backoff).await? {
+            End::Shutdown => return Ok(()),
+            End::Reconnect => continue,
+            End::Failed(why) => {
+                let delay = backoff.next_delay(&mut rand::rng());
+                tracing::warn!(server = %cfg.server, error = %why, retry_in = ?delay, "control plane unreachable");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+fn msg(body: Body) -> v1::AgentMessage {
+    v1::AgentMessage { body: Some(body) }
+}
+
+fn refused_or_failed(s: tonic::Status) -> Result<End, UplinkError> {
+    match s.code() {
+        Code::Unauthenticated | Code::PermissionDenied => {
+            Err(UplinkError::Refused(s.message().to_string()))
+        }
+        Code::Aborted => Ok(End::Reconnect),
+        _ => Ok(End::Failed(format!("{}: {}", s.code(), s.message()))),
+    }
+}
+
+async fn session(
+    cfg: &AgentConfig,
+    identity: &Identity,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<End, UplinkError> {
+    let channel = match picket_tls::client::connect(&cfg.server, identity.client_config()).await {
+        Ok(c) => c,
+        Err(e) => return Ok(End::Failed(e.to_string())),
+    };
+    let mut client = AgentServiceClient::new(channel.clone());
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
+    let hello = msg(Body::Hello(v1::Hello {
+        inventory: Some(crate::inventory::collect(&cfg.labels)),
+        next_seq: 1,
+    }));
+    if tx.send(hello).await.is_err() {
+        return Ok(End::Failed("stream closed before Hello".into()));
+    }
+    let mut inbound = match client.session(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return refused_or_failed(s),
+    };
+    let heartbeat = match inbound.message().await {
+        Ok(Some(v1::ControlMessage {
+            body: Some(control_message::Body::Welcome(w)),
+        })) => Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(100))),
+        Ok(_) => {
+            return Ok(End::Failed(
+                "the control plane did not answer Welcome".into(),
+            ));
+        }
+        Err(s) => return refused_or_failed(s),
+    };
+    backoff.reset();
+    tracing::info!(server = %cfg.server, name = %cfg.name, "connected");
+
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.tick().await;
+    let renew_in = identity
+        .renew_at()
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    let renew = tokio::time::sleep(renew_in);
+    tokio::pin!(renew);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(End::Shutdown),
+            _ = tick.tick() => {
+                let now = crate::now_ms();
+                if tx.send(msg(Body::Heartbeat(v1::Heartbeat { sent_unix_ms: now }))).await.is_err() {
+                    return Ok(End::Failed("stream closed".into()));
+                }
+            }
+            _ = &mut renew => {
+                return match identity.renew(channel.clone(), &cfg.name).await {
+                    Ok(()) => {
+                        tracing::info!(not_after = ?identity.not_after(), "certificate renewed");
+                        Ok(End::Reconnect)
+                    }
+                    Err(e) => Ok(End::Failed(format!("certificate renewal failed: {e}"))),
+                };
+            }
+            m = inbound.message() => match m {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(End::Failed("the control plane closed the stream".into())),
+                Err(s) => return refused_or_failed(s),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_resets() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut ceilings = Vec::new();
+        for _ in 0..10 {
+            ceilings.push(b.ceiling());
+            let d = b.next_delay(&mut rng);
+            assert!(d <= *ceilings.last().unwrap());
+        }
+        assert_eq!(ceilings[0], Duration::from_millis(500));
+        assert_eq!(ceilings[1], Duration::from_secs(1));
+        assert_eq!(ceilings[9], Duration::from_secs(30));
+        b.reset();
+        assert_eq!(b.ceiling(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn jitter_spreads_a_herd() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let delays: Vec<Duration> = (0..100)
+            .map(|_| {
+                let mut b = Backoff::new(Duration::from_secs(8), Duration::from_secs(30));
+                b.next_delay(&mut rng)
+            })
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 90, "delays should differ between agents");
+        assert!(delays.iter().any(|d| *d < Duration::from_secs(2)));
+        assert!(delays.iter().any(|d| *d > Duration::from_secs(6)));
+    }
+}

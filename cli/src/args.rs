@@ -1,0 +1,105 @@
+//! What can be typed: clap definitions only.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use picket_proto::model::{Role, parse_label};
+
+#[derive(Parser)]
+#[command(name = "picketctl", version, about = "Picket admin CLI")]
+pub struct Cli {
+    /// Control plane address, HOST:PORT.
+    #[arg(long, global = true, env = "PICKET_SERVER")]
+    pub server: Option<String>,
+    /// CA certificate (PEM) to trust.
+    #[arg(long, global = true, env = "PICKET_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, global = true, env = "PICKET_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, global = true, env = "PICKET_KEY")]
+    pub key: Option<PathBuf>,
+    /// Profile name (a file NAME.toml in ~/.config/picket).
+    #[arg(long, global = true, env = "PICKET_PROFILE")]
+    pub profile: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Enrolled agents.
+    #[command(subcommand)]
+    Agents(AgentsCmd),
+    /// Bootstrap tokens for enrolling agents.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Users and their roles.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// The fleet at a glance.
+    Status,
+    /// The audit log of changes made through the admin API.
+    Audit {
+        /// Show the newest N records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Who the control plane thinks you are.
+    Whoami,
+}
+
+#[derive(Subcommand)]
+pub enum AgentsCmd {
+    /// List agents.
+    List,
+    /// Show one agent.
+    Show { name: String },
+    /// Revoke an agent: its streams are cut and it is refused from then on.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a bootstrap token; prints it alone on stdout.
+    Create {
+        /// How long the token stays valid.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// A label key=value given to every agent enrolled with it (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Add a user (or re-issue their bundle): the key is made here, only a
+    /// CSR is sent, and NAME.crt, NAME.key and ca.crt are written to --out.
+    Add {
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Folder for the bundle (default: ./picket-NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+        .map_err(|e: picket_proto::model::UnknownRole| e.to_string())
+}

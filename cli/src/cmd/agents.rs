@@ -1,0 +1,81 @@
+//! `picketctl agents list|show|revoke`.
+
+use std::io::Write;
+
+use picket_proto::v1;
+
+use super::rpc;
+use crate::args::{AgentsCmd, Format};
+use crate::client::Admin;
+use crate::output::{Table, agent_json, ago, json_line, labels_str, status_str};
+
+pub async fn run(
+    admin: &mut Admin,
+    cmd: AgentsCmd,
+    fmt: Format,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let agents = match cmd {
+        AgentsCmd::List => {
+            admin
+                .list_agents(v1::ListAgentsRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .agents
+        }
+        AgentsCmd::Show { name } => vec![
+            admin
+                .get_agent(v1::GetAgentRequest { name })
+                .await
+                .map_err(rpc)?
+                .into_inner(),
+        ],
+        AgentsCmd::Revoke { name } => vec![
+            admin
+                .revoke_agent(v1::RevokeAgentRequest { name })
+                .await
+                .map_err(rpc)?
+                .into_inner(),
+        ],
+    };
+    match fmt {
+        Format::Json => {
+            for a in &agents {
+                json_line(out, &agent_json(a))?;
+            }
+        }
+        Format::Table => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            let mut t = Table::new(
+                &mut *out,
+                &[
+                    "NAME",
+                    "STATUS",
+                    "LAST SEEN",
+                    "VERSION",
+                    "OS",
+                    "ADDRESSES",
+                    "LABELS",
+                ],
+            )?;
+            for a in &agents {
+                let inv = a.inventory.clone().unwrap_or_default();
+                t.row(&[
+                    a.name.clone(),
+                    status_str(a.status).to_string(),
+                    ago(a.last_seen_unix_ms, now),
+                    inv.agent_version,
+                    inv.os,
+                    inv.addresses.join(","),
+                    labels_str(&a.labels),
+                ])?;
+            }
+            t.finish()?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! `picketctl status` and `picketctl whoami`.
+
+use std::io::Write;
+
+use picket_proto::model::Role;
+use picket_proto::v1;
+use serde_json::json;
+
+use super::rpc;
+use crate::args::Format;
+use crate::client::Admin;
+use crate::output::json_line;
+
+pub async fn status(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> anyhow::Result<()> {
+    let s = admin
+        .status(v1::StatusRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    match fmt {
+        Format::Json => json_line(
+            out,
+            &json!({
+                "version": s.version,
+                "hosts": {"up": s.agents_online, "down": s.agents_offline, "revoked": s.agents_revoked},
+                "alerts_firing": s.alerts_firing,
+                "rollouts_running": s.rollouts_running,
+            }),
+        )?,
+        Format::Table => {
+            writeln!(out, "control plane  {}", s.version)?;
+            writeln!(
+                out,
+                "hosts          {} up, {} down, {} revoked",
+                s.agents_online, s.agents_offline, s.agents_revoked
+            )?;
+            writeln!(out, "alerts         {} firing", s.alerts_firing)?;
+            writeln!(out, "rollouts       {} running", s.rollouts_running)?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn whoami(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> anyhow::Result<()> {
+    let w = admin
+        .who_am_i(v1::WhoAmIRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let role = Role::try_from(w.role).map_or("unknown", Role::as_str);
+    match fmt {
+        Format::Json => json_line(out, &json!({"name": w.name, "role": role}))?,
+        Format::Table => writeln!(out, "{} ({role})", w.name)?,
+    }
+    Ok(())
+}

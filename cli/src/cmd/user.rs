@@ -1,0 +1,70 @@
+//! `picketctl user add NAME --role R`: the key is made here and never sent.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use picket_proto::v1;
+use picket_tls::{csr, files};
+use serde_json::json;
+
+use super::rpc;
+use crate::args::{Format, UserCmd};
+use crate::client::Admin;
+use crate::output::json_line;
+
+pub async fn run(
+    admin: &mut Admin,
+    cmd: UserCmd,
+    fmt: Format,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let UserCmd::Add {
+        name,
+        role,
+        out: dir,
+    } = cmd;
+    let dir = dir.unwrap_or_else(|| PathBuf::from(format!("picket-{name}")));
+    let key_path = dir.join(format!("{name}.key"));
+    if key_path.exists() {
+        bail!("{} exists; refusing to overwrite a key", key_path.display());
+    }
+    let kc = csr::new_key_and_csr(&name)?;
+    let r = admin
+        .add_user(v1::AddUserRequest {
+            name: name.clone(),
+            role: v1::Role::from(role) as i32,
+            csr_pem: kc.csr_pem,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cert_path = dir.join(format!("{name}.crt"));
+    let ca_path = dir.join("ca.crt");
+    files::write_secret(&key_path, kc.key_pem.as_bytes())?;
+    files::write_public(&cert_path, r.cert_pem.as_bytes())?;
+    files::write_public(&ca_path, r.ca_pem.as_bytes())?;
+    match fmt {
+        Format::Json => json_line(
+            out,
+            &json!({"name": name, "role": role.as_str(), "cert": cert_path, "key": key_path, "ca": ca_path}),
+        )?,
+        Format::Table => {
+            writeln!(
+                out,
+                "User {name} ({role}): bundle written to {}",
+                dir.display()
+            )?;
+            writeln!(out, "Use it with:")?;
+            writeln!(
+                out,
+                "  picketctl --ca {} --cert {} --key {} status",
+                ca_path.display(),
+                cert_path.display(),
+                key_path.display()
+            )?;
+        }
+    }
+    Ok(())
+}

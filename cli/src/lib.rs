@@ -1,0 +1,19 @@
+//! `picketctl`, the Picket admin CLI, as a library (the binary is a thin
+//! `main`). The control plane's dev mode uses [`profile`] to write the
+//! profile that makes `picketctl` work with no flags.
+//!
+//! Layout: [`args`] (clap), [`settings`] (flag > env > profile),
+//! [`client`] (mTLS channel, status → one line), [`cmd`] (one module per
+//! subcommand), [`output`] (tables and JSON lines).
+
+pub mod args;
+pub mod client;
+pub mod cmd;
+pub mod output;
+pub mod profile;
+pub mod settings;
+
+/// A failure of the user's input or configuration: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct BadConfig(pub anyhow::Error);

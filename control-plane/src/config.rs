@@ -1,0 +1,156 @@
+//! `control.toml`: the control plane's configuration file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad config {path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+}
+
+/// The parsed `control.toml`. Unknown keys are errors, so a typo is caught
+/// at start rather than silently ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Holds the PKI files and the store.
+    pub data_dir: PathBuf,
+    /// gRPC over TLS: agents, admin API, health, reflection.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Plain HTTP: /metrics, /healthz, /readyz.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
+    /// Lifetime of agent certificates; agents renew at two thirds of it.
+    #[serde(default = "default_agent_cert_ttl", with = "humantime_serde")]
+    pub agent_cert_ttl: Duration,
+    /// Lifetime of user certificates issued by `picketctl user add`.
+    #[serde(default = "default_user_cert_ttl", with = "humantime_serde")]
+    pub user_cert_ttl: Duration,
+    /// How often agents send a heartbeat; a session silent for three
+    /// intervals is closed and the agent shown offline.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_agent_cert_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_user_cert_ttl() -> Duration {
+    Duration::from_secs(90 * 24 * 3600)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl ControlConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let parse_err = |detail: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let mut cfg: ControlConfig =
+            toml::from_str(text).map_err(|e| parse_err(e.to_string().trim().replace('\n', " ")))?;
+        if cfg.data_dir.is_relative() {
+            // Relative to the config file, as a user editing it would expect.
+            if let Some(parent) = path.parent() {
+                cfg.data_dir = parent.join(&cfg.data_dir);
+            }
+        }
+        if cfg.agent_cert_ttl < Duration::from_secs(10) {
+            return Err(parse_err("agent_cert_ttl must be at least 10s".into()));
+        }
+        if cfg.heartbeat_interval < Duration::from_millis(100) {
+            return Err(parse_err(
+                "heartbeat_interval must be at least 100ms".into(),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// The complete, commented file that `picket-control init` writes.
+    pub fn template(data_dir: &Path) -> String {
+        format!(
+            r#"# Picket control plane configuration (written by `picket-control init`).
+# Every key is shown with its default. Durations: "30s", "10m", "24h", "90d".
+
+# Holds ca.crt/ca.key, server.crt/server.key and the store (sled).
+data_dir = "{data_dir}"
+
+# gRPC over TLS (agents, admin API, grpc.health.v1, reflection).
+listen = "127.0.0.1:7443"
+
+# Plain HTTP: /metrics (Prometheus), /healthz, /readyz.
+http_listen = "127.0.0.1:9464"
+
+# Agent certificates are short-lived; agents renew them at two thirds of this.
+agent_cert_ttl = "24h"
+
+# Lifetime of user certificates issued by `picketctl user add`.
+user_cert_ttl = "90d"
+
+# Agents send a heartbeat this often; three missed ones mark a host offline.
+heartbeat_interval = "5s"
+"#,
+            data_dir = data_dir.display()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_to_defaults() {
+        let p = Path::new("/etc/picket/control.toml");
+        let cfg = ControlConfig::parse(&ControlConfig::template(Path::new("/var/lib/picket")), p)
+            .unwrap();
+        assert_eq!(cfg.listen, default_listen());
+        assert_eq!(cfg.http_listen, default_http_listen());
+        assert_eq!(cfg.agent_cert_ttl, Duration::from_secs(86400));
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/picket"));
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let p = Path::new("/x/control.toml");
+        let e = ControlConfig::parse("data_dir = \"d\"\nlisten = 5\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/x/control.toml") && e.contains("listen"), "{e}");
+        let e = ControlConfig::parse("data_dir = \"d\"\nlisen = \"x\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = ControlConfig::parse("listen = \"127.0.0.1:1\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data_dir"), "{e}");
+        let cfg = ControlConfig::parse("data_dir = \"d\"\n", p).unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/x/d"));
+    }
+}

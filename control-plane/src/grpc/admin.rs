@@ -1,0 +1,233 @@
+//! The admin service, for `picketctl` and automation. Every call is checked
+//! against the caller's role; every change is written to the audit log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use picket_proto::model::{Labels, Role, validate_label, validate_name};
+use picket_proto::v1::{self, admin_service_server::AdminService};
+use tonic::{Request, Response, Status};
+
+use super::auth::{Caller, require};
+use super::convert;
+use super::status::{bad_input, internal};
+use crate::clock::{now_ms, to_ms};
+use crate::pki::{SubjectKind, token};
+use crate::state::State;
+use crate::store::{TokenRecord, UserRecord};
+
+pub struct AdminSvc {
+    pub state: Arc<State>,
+}
+
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86400);
+const MAX_TOKEN_USES: u32 = 10_000;
+
+impl AdminSvc {
+    fn agent_view(&self, name: &str) -> Result<v1::Agent, Status> {
+        let rec = self
+            .state
+            .store
+            .agent(name)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no agent named {name}")))?;
+        Ok(convert::agent(&rec, self.state.sessions.is_online(name)))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminSvc {
+    async fn list_agents(
+        &self,
+        req: Request<v1::ListAgentsRequest>,
+    ) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        require(&req, &self.state.audit, Role::Viewer, "agents.list", "")?;
+        let agents = self
+            .state
+            .store
+            .agents()
+            .map_err(internal)?
+            .iter()
+            .map(|r| convert::agent(r, self.state.sessions.is_online(&r.name)))
+            .collect();
+        Ok(Response::new(v1::ListAgentsResponse { agents }))
+    }
+
+    async fn get_agent(
+        &self,
+        req: Request<v1::GetAgentRequest>,
+    ) -> Result<Response<v1::Agent>, Status> {
+        require(&req, &self.state.audit, Role::Viewer, "agents.show", "")?;
+        Ok(Response::new(self.agent_view(&req.get_ref().name)?))
+    }
+
+    async fn revoke_agent(
+        &self,
+        req: Request<v1::RevokeAgentRequest>,
+    ) -> Result<Response<v1::Agent>, Status> {
+        let name = req.get_ref().name.clone();
+        let st = &self.state;
+        let caller = require(&req, &st.audit, Role::Admin, "agents.revoke", &name)?;
+        let updated = st
+            .store
+            .update_agent(&name, |r| {
+                r.revoked_ms.get_or_insert_with(now_ms);
+            })
+            .map_err(internal)?;
+        if updated.is_none() {
+            st.audit
+                .record(&caller.actor(), "agents.revoke", &name, "error: not found");
+            return Err(Status::not_found(format!("no agent named {name}")));
+        }
+        st.store.flush().map_err(internal)?;
+        st.sessions.close(&name);
+        st.audit
+            .record(&caller.actor(), "agents.revoke", &name, "ok");
+        Ok(Response::new(self.agent_view(&name)?))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<v1::CreateTokenRequest>,
+    ) -> Result<Response<v1::CreateTokenResponse>, Status> {
+        let st = &self.state;
+        let caller = require(&req, &st.audit, Role::Admin, "token.create", "")?;
+        let r = req.into_inner();
+        let ttl = match r.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL,
+            s => Duration::from_secs(s),
+        };
+        if ttl > MAX_TOKEN_TTL {
+            return Err(Status::invalid_argument("token ttl may be at most 30 days"));
+        }
+        let uses = r.uses.max(1);
+        if uses > MAX_TOKEN_USES {
+            return Err(Status::invalid_argument(format!(
+                "a token may have at most {MAX_TOKEN_USES} uses"
+            )));
+        }
+        for (k, v) in &r.labels {
+            validate_label(k, v).map_err(bad_input)?;
+        }
+        let (tok, hash) = token::generate();
+        let id = token::id_of_hash(&hash);
+        let expires_ms = to_ms(std::time::SystemTime::now() + ttl);
+        let rec = TokenRecord {
+            id: id.clone(),
+            expires_ms,
+            uses_left: uses,
+            labels: r.labels.into_iter().collect::<Labels>(),
+            created_by: caller.actor(),
+        };
+        st.store.put_token(&hash, &rec).map_err(internal)?;
+        st.store.flush().map_err(internal)?;
+        st.audit.record(
+            &caller.actor(),
+            "token.create",
+            &format!("token:{id}"),
+            "ok",
+        );
+        Ok(Response::new(v1::CreateTokenResponse {
+            token: tok,
+            id,
+            expires_unix_ms: expires_ms,
+            uses,
+        }))
+    }
+
+    async fn add_user(
+        &self,
+        req: Request<v1::AddUserRequest>,
+    ) -> Result<Response<v1::AddUserResponse>, Status> {
+        let st = &self.state;
+        let target = format!("user:{}", req.get_ref().name);
+        let caller = require(&req, &st.audit, Role::Admin, "user.add", &target)?;
+        let r = req.into_inner();
+        validate_name(&r.name).map_err(bad_input)?;
+        let role = Role::try_from(r.role).map_err(bad_input)?;
+        let issued = st
+            .ca
+            .issue(&r.csr_pem, &r.name, SubjectKind::User, st.cfg.user_cert_ttl)
+            .map_err(bad_input)?;
+        st.store
+            .put_user(&UserRecord {
+                name: r.name.clone(),
+                role,
+                created_ms: now_ms(),
+            })
+            .map_err(internal)?;
+        st.store.flush().map_err(internal)?;
+        st.audit.record(
+            &caller.actor(),
+            "user.add",
+            &target,
+            &format!("ok: role {role}"),
+        );
+        Ok(Response::new(v1::AddUserResponse {
+            cert_pem: issued.cert_pem,
+            ca_pem: st.ca.cert_pem().to_string(),
+            not_after_unix_ms: to_ms(issued.not_after),
+        }))
+    }
+
+    async fn status(
+        &self,
+        req: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        require(&req, &self.state.audit, Role::Viewer, "status", "")?;
+        let mut out = v1::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        };
+        for a in self.state.store.agents().map_err(internal)? {
+            if a.revoked_ms.is_some() {
+                out.agents_revoked += 1;
+            } else if self.state.sessions.is_online(&a.name) {
+                out.agents_online += 1;
+            } else {
+                out.agents_offline += 1;
+            }
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<v1::ListAuditRequest>,
+    ) -> Result<Response<v1::ListAuditResponse>, Status> {
+        require(&req, &self.state.audit, Role::Viewer, "audit.list", "")?;
+        let n = match req.get_ref().limit {
+            0 => 100,
+            n => n.min(100_000) as usize,
+        };
+        let records = self
+            .state
+            .audit
+            .tail(n)
+            .map_err(internal)?
+            .into_iter()
+            .map(|r| v1::AuditRecord {
+                time_unix_ms: r.time_ms,
+                actor: r.actor,
+                action: r.action,
+                target: r.target,
+                outcome: r.outcome,
+            })
+            .collect();
+        Ok(Response::new(v1::ListAuditResponse { records }))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<v1::WhoAmIRequest>,
+    ) -> Result<Response<v1::WhoAmIResponse>, Status> {
+        match require(&req, &self.state.audit, Role::Viewer, "whoami", "")? {
+            Caller::User { name, role } => Ok(Response::new(v1::WhoAmIResponse {
+                name,
+                role: v1::Role::from(role) as i32,
+            })),
+            Caller::Agent(_) => Err(Status::permission_denied("agents have no role")),
+        }
+    }
+}

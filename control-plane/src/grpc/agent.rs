@@ -1,0 +1,166 @@
+//! The agent service: the long-lived session stream and certificate renewal.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use picket_proto::v1::{
+    self, agent_message::Body, agent_service_server::AgentService, control_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::require_agent;
+use super::convert;
+use super::status::{bad_input, internal};
+use crate::clock::{now_ms, to_ms};
+use crate::pki::SubjectKind;
+use crate::state::State;
+
+pub struct AgentSvc {
+    pub state: Arc<State>,
+}
+
+type ControlStream = Pin<Box<dyn Stream<Item = Result<v1::ControlMessage, Status>> + Send>>;
+
+/// How long an agent has to say Hello after opening its stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn control(body: control_message::Body) -> v1::ControlMessage {
+    v1::ControlMessage { body: Some(body) }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentSvc {
+    type SessionStream = ControlStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let name = require_agent(&req)?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10s"))??;
+        let hello = match first.and_then(|m| m.body) {
+            Some(Body::Hello(h)) => h,
+            _ => return Err(Status::invalid_argument("the first message must be Hello")),
+        };
+        let inv = hello.inventory.unwrap_or_default();
+        let reported: picket_proto::model::Labels = inv.labels.clone().into_iter().collect();
+        for (k, v) in &reported {
+            picket_proto::model::validate_label(k, v).map_err(bad_input)?;
+        }
+        let st = &self.state;
+        let rec = st
+            .store
+            .update_agent(&name, |r| {
+                r.inventory = Some(convert::inventory(&inv));
+                r.reported_labels = reported.clone();
+                r.last_seen_ms = now_ms();
+            })
+            .map_err(internal)?
+            .ok_or_else(|| Status::unauthenticated(format!("agent {name} is not enrolled here")))?;
+        let (guard, cancel) = st.sessions.open(&name);
+        tracing::info!(agent = %name, version = %inv.agent_version, "agent connected");
+
+        let heartbeat = st.cfg.heartbeat_interval;
+        let (tx, rx) = mpsc::channel(16);
+        let welcome = control(control_message::Body::Welcome(v1::Welcome {
+            acked_seq: rec.acked_seq,
+            heartbeat_interval_ms: u32::try_from(heartbeat.as_millis()).unwrap_or(u32::MAX),
+        }));
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))?;
+
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let silence = heartbeat * 3;
+            let end: Option<Status> = loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        let revoked = state.store.agent(&name).ok().flatten()
+                            .is_some_and(|r| r.revoked_ms.is_some());
+                        break Some(if revoked {
+                            Status::unauthenticated(format!("agent {name} is revoked"))
+                        } else {
+                            Status::aborted("replaced by a newer session")
+                        });
+                    }
+                    _ = state.shutdown.cancelled() => {
+                        break Some(Status::unavailable("control plane shutting down"));
+                    }
+                    msg = tokio::time::timeout(silence, inbound.message()) => match msg {
+                        Err(_) => {
+                            tracing::warn!(agent = %name, "no heartbeat for {silence:?}; closing session");
+                            break Some(Status::deadline_exceeded("no heartbeat"));
+                        }
+                        Ok(Ok(Some(m))) => match m.body {
+                            Some(Body::Heartbeat(_)) => {
+                                if let Err(error) = state.store.update_agent(&name, |r| r.last_seen_ms = now_ms()) {
+                                    tracing::error!(%error, agent = %name, "cannot record heartbeat");
+                                }
+                            }
+                            Some(Body::Records(_)) => {
+                                break Some(Status::unimplemented(
+                                    "this control plane does not ingest records yet",
+                                ));
+                            }
+                            Some(Body::Hello(_)) | None => {
+                                break Some(Status::invalid_argument("unexpected message after Hello"));
+                            }
+                        },
+                        Ok(Ok(None)) => break None,
+                        Ok(Err(status)) => {
+                            tracing::debug!(agent = %name, %status, "stream error");
+                            break None;
+                        }
+                    }
+                }
+            };
+            let _ = state
+                .store
+                .update_agent(&name, |r| r.last_seen_ms = now_ms());
+            tracing::info!(agent = %name, "agent disconnected");
+            if let Some(status) = end {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
+        let name = require_agent(&req)?;
+        let st = &self.state;
+        let issued = st
+            .ca
+            .issue(
+                &req.into_inner().csr_pem,
+                &name,
+                SubjectKind::Agent,
+                st.cfg.agent_cert_ttl,
+            )
+            .map_err(bad_input)?;
+        let not_after = to_ms(issued.not_after);
+        st.store
+            .update_agent(&name, |r| {
+                r.cert_serial = issued.serial_hex.clone();
+                r.cert_not_after_ms = not_after;
+            })
+            .map_err(internal)?;
+        st.store.flush().map_err(internal)?;
+        tracing::info!(agent = %name, "certificate renewed");
+        Ok(Response::new(v1::RenewResponse {
+            cert_pem: issued.cert_pem,
+            not_after_unix_ms: not_after,
+        }))
+    }
+}

@@ -1,0 +1,52 @@
+//! Picket's control plane: PKI and enrollment, agent sessions, the store,
+//! the admin API, HTTP metrics, and dev mode.
+//!
+//! Layout:
+//! - [`config`]: `control.toml`.
+//! - [`pki`]: the CA, certificate issuing, bootstrap tokens. No gRPC.
+//! - [`store`]: the only module that touches sled (behind [`store::Backend`]).
+//! - [`sessions`]: which agents are connected, and how to cut them off.
+//! - [`audit`]: the append-only audit log.
+//! - [`grpc`]: the tonic edge (auth interceptor, services).
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`lifecycle`]: signals and systemd notification.
+//! - [`server`]: wiring; [`dev`]: `picket-control dev`.
+
+pub mod audit;
+pub mod clock;
+pub mod config;
+pub mod dev;
+pub mod grpc;
+pub mod http;
+pub mod lifecycle;
+pub mod pki;
+pub mod server;
+pub mod sessions;
+pub mod state;
+pub mod store;
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::store::{Store, UserRecord};
+
+/// `picket-control init`: CA, server certificate, admin bundle, the store
+/// with the admin user in it, and `control.toml`.
+pub fn init(data_dir: &Path, sans: &[String]) -> anyhow::Result<pki::InitReport> {
+    let report = pki::init(data_dir, sans)?;
+    let store = Store::open(data_dir)?;
+    store.put_user(&UserRecord {
+        name: "admin".into(),
+        role: picket_proto::model::Role::Admin,
+        created_ms: clock::now_ms(),
+    })?;
+    store.flush()?;
+    let cfg_path = data_dir.join("control.toml");
+    if !cfg_path.exists() {
+        let abs = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        std::fs::write(&cfg_path, config::ControlConfig::template(&abs))
+            .with_context(|| format!("cannot write {}", cfg_path.display()))?;
+    }
+    Ok(report)
+}

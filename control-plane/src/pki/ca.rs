@@ -1,0 +1,272 @@
+//! CA files in the data folder and certificate issuing.
+//!
+//! Layout: `ca.crt`, `ca.key` (0600), `server.crt` (server certificate then
+//! CA, so that agents can pin the CA), `server.key` (0600), `admin.crt`,
+//! `admin.key` (0600). Keys are ECDSA P-256.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use picket_tls::{files, fingerprint};
+use rand::RngCore;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("a CA already exists at {0}; refusing to overwrite it")]
+    Exists(PathBuf),
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    File(#[from] files::FileError),
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error(transparent)]
+    Csr(#[from] picket_tls::csr::CsrError),
+    #[error("bad certificate signing request: {0}")]
+    BadCsr(rcgen::Error),
+    #[error("bad --san {0:?}: {1}")]
+    BadSan(String, rcgen::Error),
+}
+
+/// What a certificate is for: the organisational unit in its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectKind {
+    Agent,
+    User,
+    Server,
+}
+
+impl SubjectKind {
+    pub fn unit(self) -> &'static str {
+        match self {
+            SubjectKind::Agent => "agent",
+            SubjectKind::User => "user",
+            SubjectKind::Server => "server",
+        }
+    }
+}
+
+pub struct Issued {
+    pub cert_pem: String,
+    pub serial_hex: String,
+    pub not_after: SystemTime,
+}
+
+pub struct Ca {
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+pub struct InitReport {
+    pub fingerprint: String,
+    pub ca_cert: PathBuf,
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+}
+
+/// Lifetime of the CA and of the server and first admin certificates.
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86400);
+const SERVER_LIFETIME: Duration = Duration::from_secs(2 * 365 * 86400);
+const ADMIN_LIFETIME: Duration = Duration::from_secs(365 * 86400);
+/// Allowance for clocks that run behind the control plane's.
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
+
+fn dn(cn: &str, unit: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "picket");
+    dn.push(DnType::OrganizationalUnitName, unit);
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn random_serial() -> SerialNumber {
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b[0] &= 0x7f; // positive
+    SerialNumber::from_slice(&b)
+}
+
+fn validity(params: &mut CertificateParams, lifetime: Duration) -> SystemTime {
+    let now = SystemTime::now();
+    let not_after = now + lifetime;
+    params.not_before = OffsetDateTime::from(now - BACKDATE);
+    params.not_after = OffsetDateTime::from(not_after);
+    not_after
+}
+
+/// Creates the CA, the server certificate and the first admin bundle in
+/// `dir`. Refuses if a CA is already there.
+pub fn init(dir: &Path, sans: &[String]) -> Result<InitReport, PkiError> {
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for existing in ["ca.crt", "ca.key"] {
+        let p = dir.join(existing);
+        if p.exists() {
+            return Err(PkiError::Exists(p));
+        }
+    }
+    let ca_key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn("Picket CA", "ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(random_serial());
+    validity(&mut params, CA_LIFETIME);
+    let ca_cert = params.self_signed(&ca_key)?;
+    files::write_secret(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
+    files::write_public(&dir.join("ca.crt"), ca_cert.pem().as_bytes())?;
+    let ca = Ca::load(dir)?;
+
+    // Server certificate: loopback names always, plus what the operator gave.
+    let server_key = KeyPair::generate()?;
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    names.extend(sans.iter().cloned());
+    let mut sp = CertificateParams::default();
+    sp.distinguished_name = dn("picket-control", SubjectKind::Server.unit());
+    sp.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => n
+                .clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|e| PkiError::BadSan(n.clone(), e)),
+        })
+        .collect::<Result<_, _>>()?;
+    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    sp.use_authority_key_identifier_extension = true;
+    sp.serial_number = Some(random_serial());
+    validity(&mut sp, SERVER_LIFETIME);
+    let server_cert = sp.signed_by(&server_key, &ca.issuer)?;
+    files::write_secret(
+        &dir.join("server.key"),
+        server_key.serialize_pem().as_bytes(),
+    )?;
+    let chain = format!("{}{}", server_cert.pem(), ca.cert_pem);
+    files::write_public(&dir.join("server.crt"), chain.as_bytes())?;
+
+    // First admin bundle, made here since there is no one yet to sign a CSR.
+    let admin = picket_tls::csr::new_key_and_csr("admin")?;
+    let issued = ca.issue(&admin.csr_pem, "admin", SubjectKind::User, ADMIN_LIFETIME)?;
+    files::write_secret(&dir.join("admin.key"), admin.key_pem.as_bytes())?;
+    files::write_public(&dir.join("admin.crt"), issued.cert_pem.as_bytes())?;
+
+    Ok(InitReport {
+        fingerprint: ca.fingerprint(),
+        ca_cert: dir.join("ca.crt"),
+        admin_cert: dir.join("admin.crt"),
+        admin_key: dir.join("admin.key"),
+    })
+}
+
+impl Ca {
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let cert_path = dir.join("ca.crt");
+        let key_path = dir.join("ca.key");
+        let cert_pem = files::read(&cert_path)?;
+        let der = files::parse_certs(&cert_pem, &cert_path)?
+            .into_iter()
+            .next()
+            .ok_or(files::FileError::NoCertificate { path: cert_path })?;
+        let key =
+            KeyPair::from_pem(&files::read(&key_path)?).map_err(|e| files::FileError::BadKey {
+                path: key_path.clone(),
+                detail: e.to_string(),
+            })?;
+        let issuer = Issuer::from_ca_cert_der(&der, key)?;
+        Ok(Ca {
+            cert_pem,
+            cert_der: der.as_ref().to_vec(),
+            issuer,
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fingerprint::of_der(&self.cert_der)
+    }
+
+    /// Signs the public key of `csr_pem` into a client certificate for
+    /// `name`. Only the CSR's key is used: subject, names and usages come
+    /// from the control plane, never from the request.
+    pub fn issue(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        kind: SubjectKind,
+        lifetime: Duration,
+    ) -> Result<Issued, PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(name, kind.unit());
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.use_authority_key_identifier_extension = true;
+        let serial = random_serial();
+        let serial_hex = hex::encode(serial.to_bytes());
+        p.serial_number = Some(serial);
+        let not_after = validity(&mut p, lifetime);
+        let cert = p.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            serial_hex,
+            not_after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn init_writes_owner_only_keys_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = init(dir.path(), &["picket.example".into(), "10.0.1.50".into()]).unwrap();
+        assert!(r.fingerprint.starts_with("sha256:") && r.fingerprint.len() == 71);
+        for key in ["ca.key", "server.key", "admin.key"] {
+            let mode = std::fs::metadata(dir.path().join(key))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{key}");
+        }
+        let chain = std::fs::read_to_string(dir.path().join("server.crt")).unwrap();
+        assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
+        assert!(matches!(init(dir.path(), &[]), Err(PkiError::Exists(_))));
+        let ca = Ca::load(dir.path()).unwrap();
+        assert_eq!(ca.fingerprint(), r.fingerprint);
+        assert!(matches!(
+            ca.issue("garbage", "x", SubjectKind::Agent, Duration::from_secs(60)),
+            Err(PkiError::BadCsr(_))
+        ));
+    }
+
+    #[test]
+    fn bad_san_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = init(dir.path(), &["bad name with spaces\u{0}".into()]);
+        assert!(e.is_err());
+    }
+}

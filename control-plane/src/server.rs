@@ -1,0 +1,87 @@
+//! Wires the control plane together: store, CA, gRPC and HTTP servers on
+//! listeners bound by the caller, until the shutdown token is cancelled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::Audit;
+use crate::config::ControlConfig;
+use crate::pki::Ca;
+use crate::sessions::Sessions;
+use crate::state::State;
+use crate::store::Store;
+
+/// Both listeners, bound before anything else starts so that a port in use
+/// is reported at once, naming the address.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<Self> {
+        let g = TcpListener::bind(grpc)
+            .await
+            .with_context(|| format!("cannot listen on {grpc} (listen)"))?;
+        let h = TcpListener::bind(http)
+            .await
+            .with_context(|| format!("cannot listen on {http} (http_listen)"))?;
+        Ok(Listeners { grpc: g, http: h })
+    }
+
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+}
+
+/// Opens the store and the CA, then serves until `shutdown`; flushes the
+/// store before returning.
+pub async fn run(
+    cfg: ControlConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let store = Store::open(&cfg.data_dir)?;
+    let ca = Ca::load(&cfg.data_dir).with_context(|| {
+        format!(
+            "no usable CA in {}; run `picket-control init`",
+            cfg.data_dir.display()
+        )
+    })?;
+    let state = Arc::new(State {
+        audit: Audit::new(store.clone()),
+        store: store.clone(),
+        ca,
+        sessions: Arc::new(Sessions::default()),
+        cfg,
+        shutdown: shutdown.clone(),
+    });
+    tracing::info!(
+        grpc = %listeners.grpc_addr()?,
+        http = %listeners.http_addr()?,
+        fingerprint = %state.ca.fingerprint(),
+        "control plane listening"
+    );
+    let grpc = tokio::spawn(crate::grpc::serve(listeners.grpc, state.clone()));
+    let http = tokio::spawn(crate::http::serve(listeners.http, state.clone()));
+    crate::lifecycle::notify_ready(shutdown.clone());
+
+    let result = tokio::select! {
+        r = grpc => r.context("gRPC server task")?.context("gRPC server"),
+        r = http => r.context("HTTP server task")?.context("HTTP server"),
+        _ = shutdown.cancelled() => Ok(()),
+    };
+    shutdown.cancel();
+    crate::lifecycle::notify_stopping();
+    store.flush().context("flushing the store")?;
+    tracing::info!("control plane stopped");
+    result
+}

@@ -1,0 +1,382 @@
+//! The control plane's store: typed records over a [`Backend`].
+//!
+//! The only module that knows how records are laid out on disk. Records are
+//! JSON with serde defaults for added fields; a change that old records
+//! cannot be read as bumps the tree name (`agents` → `agents.v2`).
+
+pub mod backend;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use picket_proto::model::{Labels, Role};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+pub use backend::Backend;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store at {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
+    #[error("store: {0}")]
+    Engine(#[from] sled::Error),
+    #[error("store: corrupt record in {tree}: {detail}")]
+    Corrupt { tree: &'static str, detail: String },
+}
+
+const AGENTS: &str = "agents";
+const TOKENS: &str = "tokens";
+const USERS: &str = "users";
+const AUDIT: &str = "audit";
+
+/// What the control plane knows about one enrolled agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentRecord {
+    pub name: String,
+    /// Labels fixed at enrollment by the token; the agent cannot change them.
+    pub pinned_labels: Labels,
+    /// Labels as last reported by the agent (its config), merged under
+    /// `pinned_labels` when shown.
+    #[serde(default)]
+    pub reported_labels: Labels,
+    pub enrolled_ms: i64,
+    pub cert_serial: String,
+    pub cert_not_after_ms: i64,
+    #[serde(default)]
+    pub revoked_ms: Option<i64>,
+    #[serde(default)]
+    pub inventory: Option<Inventory>,
+    #[serde(default)]
+    pub last_seen_ms: i64,
+    /// Highest record sequence number stored for this agent.
+    #[serde(default)]
+    pub acked_seq: u64,
+}
+
+impl AgentRecord {
+    /// The labels in force: reported ones, overridden by pinned ones.
+    pub fn labels(&self) -> Labels {
+        let mut l = self.reported_labels.clone();
+        l.extend(self.pinned_labels.clone());
+        l
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Inventory {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub cpu_count: u32,
+    pub memory_bytes: u64,
+    pub agent_version: String,
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub expires_ms: i64,
+    pub uses_left: u32,
+    pub labels: Labels,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserRecord {
+    pub name: String,
+    pub role: Role,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditRecord {
+    pub time_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+}
+
+/// Why a token could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    #[error("unknown token")]
+    Unknown,
+    #[error("token expired")]
+    Expired,
+    #[error("token already used")]
+    UsedUp,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    kv: Arc<dyn Backend>,
+}
+
+fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        detail: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs to JSON cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (or creates) the sled store under `data_dir/store`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Ok(Self::with_backend(Arc::new(backend::Sled::open(
+            &data_dir.join("store"),
+        )?)))
+    }
+
+    pub fn with_backend(kv: Arc<dyn Backend>) -> Self {
+        Store { kv }
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.kv.flush()
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.kv
+            .get(tree, key.as_bytes())?
+            .map(|b| decode(tree, &b))
+            .transpose()
+    }
+
+    fn all<T: DeserializeOwned>(&self, tree: &'static str) -> Result<Vec<T>, StoreError> {
+        self.kv
+            .scan(tree, b"")?
+            .map(|r| r.and_then(|(_, v)| decode(tree, &v)))
+            .collect()
+    }
+
+    // -- agents
+
+    pub fn agent(&self, name: &str) -> Result<Option<AgentRecord>, StoreError> {
+        self.get(AGENTS, name)
+    }
+
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.all(AGENTS)
+    }
+
+    pub fn put_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
+        self.kv.put(AGENTS, a.name.as_bytes(), &encode(a))
+    }
+
+    /// Inserts a new agent unless the name is taken; returns false if taken.
+    pub fn insert_agent(&self, a: &AgentRecord) -> Result<bool, StoreError> {
+        let mut inserted = false;
+        let new = encode(a);
+        self.kv.update(AGENTS, a.name.as_bytes(), &mut |old| {
+            inserted = old.is_none();
+            Some(old.map(<[u8]>::to_vec).unwrap_or_else(|| new.clone()))
+        })?;
+        Ok(inserted)
+    }
+
+    /// Applies `f` to an agent's record atomically; returns the new record,
+    /// or None if there is no such agent.
+    pub fn update_agent(
+        &self,
+        name: &str,
+        mut f: impl FnMut(&mut AgentRecord),
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        let mut result: Result<Option<AgentRecord>, StoreError> = Ok(None);
+        self.kv.update(AGENTS, name.as_bytes(), &mut |old| {
+            let old = old?;
+            match decode::<AgentRecord>(AGENTS, old) {
+                Ok(mut rec) => {
+                    f(&mut rec);
+                    let bytes = encode(&rec);
+                    result = Ok(Some(rec));
+                    Some(bytes)
+                }
+                Err(e) => {
+                    result = Err(e);
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        result
+    }
+
+    // -- tokens
+
+    pub fn put_token(&self, hash: &str, t: &TokenRecord) -> Result<(), StoreError> {
+        self.kv.put(TOKENS, hash.as_bytes(), &encode(t))
+    }
+
+    /// Takes one use of the token with this hash, atomically: two agents
+    /// racing for a single-use token cannot both win.
+    pub fn consume_token(
+        &self,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<Result<TokenRecord, TokenRefusal>, StoreError> {
+        let mut outcome: Result<Result<TokenRecord, TokenRefusal>, StoreError> =
+            Ok(Err(TokenRefusal::Unknown));
+        self.kv.update(TOKENS, hash.as_bytes(), &mut |old| {
+            let Some(old) = old else {
+                outcome = Ok(Err(TokenRefusal::Unknown));
+                return None;
+            };
+            match decode::<TokenRecord>(TOKENS, old) {
+                Err(e) => {
+                    outcome = Err(e);
+                    Some(old.to_vec())
+                }
+                Ok(t) if t.expires_ms <= now_ms => {
+                    outcome = Ok(Err(TokenRefusal::Expired));
+                    Some(old.to_vec())
+                }
+                Ok(t) if t.uses_left == 0 => {
+                    outcome = Ok(Err(TokenRefusal::UsedUp));
+                    Some(old.to_vec())
+                }
+                Ok(mut t) => {
+                    t.uses_left -= 1;
+                    let bytes = encode(&t);
+                    outcome = Ok(Ok(t));
+                    Some(bytes)
+                }
+            }
+        })?;
+        outcome
+    }
+
+    // -- users
+
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.get(USERS, name)
+    }
+
+    pub fn put_user(&self, u: &UserRecord) -> Result<(), StoreError> {
+        self.kv.put(USERS, u.name.as_bytes(), &encode(u))
+    }
+
+    // -- audit (append-only: there is no update or delete)
+
+    pub fn append_audit(&self, r: &AuditRecord) -> Result<(), StoreError> {
+        let id = self.kv.next_id()?;
+        self.kv.put(AUDIT, &id.to_be_bytes(), &encode(r))
+    }
+
+    /// The newest `n` audit records, oldest first.
+    pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.kv
+            .last_n(AUDIT, n)?
+            .into_iter()
+            .map(|(_, v)| decode(AUDIT, &v))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(name: &str) -> AgentRecord {
+        AgentRecord {
+            name: name.into(),
+            pinned_labels: Labels::from([("role".into(), "prod".into())]),
+            reported_labels: Labels::from([
+                ("role".into(), "dev".into()),
+                ("dc".into(), "x".into()),
+            ]),
+            enrolled_ms: 1,
+            cert_serial: "aa".into(),
+            cert_not_after_ms: 2,
+            revoked_ms: None,
+            inventory: None,
+            last_seen_ms: 0,
+            acked_seq: 0,
+        }
+    }
+
+    #[test]
+    fn agents_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert!(s.insert_agent(&agent("a")).unwrap());
+            assert!(!s.insert_agent(&agent("a")).unwrap(), "name taken");
+            s.update_agent("a", |r| r.acked_seq = 7).unwrap();
+            assert!(s.update_agent("nope", |_| {}).unwrap().is_none());
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let a = s.agent("a").unwrap().unwrap();
+        assert_eq!(a.acked_seq, 7);
+        assert_eq!(
+            a.labels().get("role").map(String::as_str),
+            Some("prod"),
+            "pinned wins"
+        );
+        assert_eq!(a.labels().get("dc").map(String::as_str), Some("x"));
+        assert_eq!(s.agents().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn tokens_are_consumed_once_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let t = TokenRecord {
+            id: "i".into(),
+            expires_ms: 100,
+            uses_left: 2,
+            labels: Labels::new(),
+            created_by: "user:admin".into(),
+        };
+        s.put_token("h", &t).unwrap();
+        assert_eq!(s.consume_token("h", 50).unwrap().unwrap().uses_left, 1);
+        assert_eq!(s.consume_token("h", 50).unwrap().unwrap().uses_left, 0);
+        assert_eq!(s.consume_token("h", 50).unwrap(), Err(TokenRefusal::UsedUp));
+        assert_eq!(
+            s.consume_token("zz", 50).unwrap(),
+            Err(TokenRefusal::Unknown)
+        );
+        s.put_token("h2", &t).unwrap();
+        assert_eq!(
+            s.consume_token("h2", 100).unwrap(),
+            Err(TokenRefusal::Expired)
+        );
+    }
+
+    #[test]
+    fn audit_tail_is_newest_n_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for i in 0..5 {
+            s.append_audit(&AuditRecord {
+                time_ms: i,
+                actor: "user:a".into(),
+                action: "x".into(),
+                target: String::new(),
+                outcome: "ok".into(),
+            })
+            .unwrap();
+        }
+        let t: Vec<i64> = s.audit_tail(3).unwrap().iter().map(|r| r.time_ms).collect();
+        assert_eq!(t, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn corrupt_record_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(backend::Sled::open(&dir.path().join("s")).unwrap());
+        b.put(AGENTS, b"bad", b"{not json").unwrap();
+        let s = Store::with_backend(b);
+        assert!(matches!(s.agent("bad"), Err(StoreError::Corrupt { .. })));
+    }
+}

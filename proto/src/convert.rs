@@ -1,0 +1,91 @@
+//! Conversions between wire types ([`crate::v1`]) and domain types
+//! ([`crate::model`]). The only module that knows both.
+
+use crate::model::{AgentStatus, Role};
+use crate::v1;
+
+impl From<Role> for v1::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Viewer => v1::Role::Viewer,
+            Role::Operator => v1::Role::Operator,
+            Role::Admin => v1::Role::Admin,
+        }
+    }
+}
+
+/// A wire enum value that has no domain meaning (unspecified or unknown).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{what} is unspecified or unknown ({value})")]
+pub struct Unspecified {
+    pub what: &'static str,
+    pub value: i32,
+}
+
+impl TryFrom<i32> for Role {
+    type Error = Unspecified;
+    fn try_from(value: i32) -> Result<Self, Self::Error> {
+        match v1::Role::try_from(value) {
+            Ok(v1::Role::Viewer) => Ok(Role::Viewer),
+            Ok(v1::Role::Operator) => Ok(Role::Operator),
+            Ok(v1::Role::Admin) => Ok(Role::Admin),
+            _ => Err(Unspecified {
+                what: "role",
+                value,
+            }),
+        }
+    }
+}
+
+impl From<AgentStatus> for v1::AgentStatus {
+    fn from(s: AgentStatus) -> Self {
+        match s {
+            AgentStatus::Online => v1::AgentStatus::Online,
+            AgentStatus::Offline => v1::AgentStatus::Offline,
+            AgentStatus::Revoked => v1::AgentStatus::Revoked,
+        }
+    }
+}
+
+impl TryFrom<i32> for AgentStatus {
+    type Error = Unspecified;
+    fn try_from(value: i32) -> Result<Self, Self::Error> {
+        match v1::AgentStatus::try_from(value) {
+            Ok(v1::AgentStatus::Online) => Ok(AgentStatus::Online),
+            Ok(v1::AgentStatus::Offline) => Ok(AgentStatus::Offline),
+            Ok(v1::AgentStatus::Revoked) => Ok(AgentStatus::Revoked),
+            _ => Err(Unspecified {
+                what: "agent status",
+                value,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_round_trip() {
+        for r in [Role::Viewer, Role::Operator, Role::Admin] {
+            assert_eq!(Role::try_from(v1::Role::from(r) as i32), Ok(r));
+        }
+        assert!(Role::try_from(0).is_err());
+        assert!(Role::try_from(99).is_err());
+    }
+
+    #[test]
+    fn status_round_trip() {
+        for s in [
+            AgentStatus::Online,
+            AgentStatus::Offline,
+            AgentStatus::Revoked,
+        ] {
+            assert_eq!(
+                AgentStatus::try_from(v1::AgentStatus::from(s) as i32),
+                Ok(s)
+            );
+        }
+    }
+}
