@@ -2,11 +2,11 @@
 //! control plane's dev mode both run it.
 //!
 //! Layout:
-//! - [`config`]: `agent.toml`.
-//! - [`enroll`]: key, CSR, CA pin, token exchange.
-//! - [`identity`]: certificate storage and renewal.
-//! - [`inventory`]: what the host is (sysinfo); no sending.
-//! - [`uplink`]: the session stream, heartbeats, reconnect with backoff.
+//! - [`config`] — `agent.toml`.
+//! - [`enroll`] — key, CSR, CA pin, token exchange.
+//! - [`identity`] — certificate storage and renewal.
+//! - [`inventory`] — what the host is (sysinfo); no sending.
+//! - [`uplink`] — the session stream, heartbeats, reconnect with backoff.
 
 pub mod config;
 pub mod enroll;

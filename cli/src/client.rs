@@ -49,7 +49,9 @@ pub fn describe(s: &tonic::Status) -> String {
 
 /// Adds what to check to the TLS errors people meet most.
 fn hint(msg: &str) -> String {
-    let advice = if msg.contains("UnknownIssuer") {
+    let advice = if msg.contains("UnknownIssuer")
+        || msg.contains("invalid peer certificate: BadSignature")
+    {
         Some("the server's certificate is not signed by the CA given with --ca")
     } else if msg.contains("NotValidForName") {
         Some(

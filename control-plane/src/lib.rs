@@ -2,15 +2,15 @@
 //! the admin API, HTTP metrics, and dev mode.
 //!
 //! Layout:
-//! - [`config`]: `control.toml`.
-//! - [`pki`]: the CA, certificate issuing, bootstrap tokens. No gRPC.
-//! - [`store`]: the only module that touches sled (behind [`store::Backend`]).
-//! - [`sessions`]: which agents are connected, and how to cut them off.
-//! - [`audit`]: the append-only audit log.
-//! - [`grpc`]: the tonic edge (auth interceptor, services).
-//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`lifecycle`]: signals and systemd notification.
-//! - [`server`]: wiring; [`dev`]: `picket-control dev`.
+//! - [`config`] — `control.toml`.
+//! - [`pki`] — the CA, certificate issuing, bootstrap tokens. No gRPC.
+//! - [`store`] — the only module that touches sled (behind [`store::Backend`]).
+//! - [`sessions`] — which agents are connected, and how to cut them off.
+//! - [`audit`] — the append-only audit log.
+//! - [`grpc`] — the tonic edge (auth interceptor, services).
+//! - [`http`] — `/metrics`, `/healthz`, `/readyz`.
+//! - [`lifecycle`] — signals and systemd notification.
+//! - [`server`] — wiring; [`dev`]: `picket-control dev`.
 
 pub mod audit;
 pub mod clock;

@@ -1,1 +1,348 @@
+//! The end-to-end harness: runs the real `picket-control`, `picket-agent`
+//! and `picketctl` binaries in a temporary folder, over loopback, as
+//! ripgrep's `tests/util.rs` runs `rg`.
+//!
+//! The binaries are the ones cargo built next to this test
+//! (`target/<profile>/`); `cargo test --workspace` builds them first.
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is under target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built; run `cargo build --workspace --bins` (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` every 200 ms until it returns Some, or fails after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A child process whose stderr is collected, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub stderr: Arc<Mutex<String>>,
+    pub stdout: Arc<Mutex<String>>,
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if let Ok(mut g) = b.lock() {
+                g.push_str(&line);
+                g.push('\n');
+            }
+        }
+    });
+    buf
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Result<Proc> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {cmd:?}"))?;
+        let stderr = collect(child.stderr.take().context("stderr")?);
+        let stdout = collect(child.stdout.take().context("stdout")?);
+        Ok(Proc {
+            child,
+            stderr,
+            stdout,
+        })
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0))
+    }
+
+    /// SIGKILL: no chance to clean up, as a crash or `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(self.pid(), sig);
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<ExitStatus> {
+        let child = &mut self.child;
+        wait_for("process exit", limit, || child.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A temporary world: a home folder for profiles, and helpers to run the
+/// three binaries in it.
+pub struct World {
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    pub fn new() -> Result<World> {
+        Ok(World {
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// A command for one of the binaries with HOME and the profile folder
+    /// inside this world, and no PICKET_* from the caller's environment.
+    pub fn cmd(&self, name: &str) -> Command {
+        let mut c = Command::new(bin(name));
+        c.env("HOME", self.path("home"))
+            .env("PICKET_CONFIG_DIR", self.path("home/.config/picket"))
+            .env("RUST_LOG", "info")
+            .env_remove("XDG_CONFIG_HOME");
+        for v in [
+            "PICKET_SERVER",
+            "PICKET_CA",
+            "PICKET_CERT",
+            "PICKET_KEY",
+            "PICKET_PROFILE",
+        ] {
+            c.env_remove(v);
+        }
+        c.current_dir(self.dir.path());
+        c
+    }
+
+    pub fn run(&self, name: &str, args: &[&str]) -> Result<Output> {
+        self.cmd(name)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {name} {args:?}"))
+    }
+
+    /// `picket-control init`; returns the CA fingerprint it printed.
+    pub fn init(&self, data_dir: &str, extra_config: &str) -> Result<String> {
+        let out = self.run("picket-control", &["init", "--data-dir", data_dir])?;
+        if !out.status.success() {
+            bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let fp = text
+            .split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+            .ok_or_else(|| anyhow!("no fingerprint in init output: {text}"))?;
+        if !extra_config.is_empty() {
+            let cfg = self.dir.path().join(data_dir).join("control.toml");
+            let mut text = std::fs::read_to_string(&cfg)?;
+            for line in extra_config.lines() {
+                if let Some((key, _)) = line.split_once('=') {
+                    let key = key.trim();
+                    text = text
+                        .lines()
+                        .filter(|l| !l.starts_with(&format!("{key} =")))
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    text.push('\n');
+                }
+                text.push_str(line);
+                text.push('\n');
+            }
+            std::fs::write(cfg, text)?;
+        }
+        Ok(fp.to_string())
+    }
+}
+
+/// A running control plane on free loopback ports.
+pub struct Control {
+    pub proc: Proc,
+    pub grpc: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+}
+
+impl Control {
+    pub fn start(world: &World, data_dir: &str) -> Result<Control> {
+        Self::start_on(world, data_dir, "127.0.0.1:0")
+    }
+
+    pub fn start_on(world: &World, data_dir: &str, listen: &str) -> Result<Control> {
+        let cfg = world.path(data_dir).join("control.toml");
+        let mut c = world.cmd("picket-control");
+        c.args(["run", "--config"]).arg(&cfg).args([
+            "--listen",
+            listen,
+            "--http-listen",
+            "127.0.0.1:0",
+        ]);
+        let proc = Proc::spawn(c)?;
+        let (grpc, http) = wait_for("control plane to listen", Duration::from_secs(20), || {
+            let err = proc.stderr();
+            let line = err
+                .lines()
+                .find(|l| l.contains("control plane listening"))?;
+            let field = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                    .map(str::to_string)
+            };
+            Some((field("grpc")?, field("http")?))
+        })
+        .with_context(|| format!("control plane stderr: {}", proc.stderr()))?;
+        Ok(Control {
+            proc,
+            grpc,
+            http,
+            data_dir: world.path(data_dir),
+        })
+    }
+
+    /// `picketctl` flags for the admin bundle that `init` wrote.
+    pub fn admin_flags(&self) -> Vec<String> {
+        self.flags("admin.crt", "admin.key")
+    }
+
+    pub fn flags(&self, cert: &str, key: &str) -> Vec<String> {
+        let d = |f: &str| self.data_dir.join(f).display().to_string();
+        vec![
+            "--server".into(),
+            self.grpc.clone(),
+            "--ca".into(),
+            d("ca.crt"),
+            "--cert".into(),
+            d(cert),
+            "--key".into(),
+            d(key),
+        ]
+    }
+}
+
+/// Runs `picketctl` with `flags` then `args`.
+pub fn ctl(world: &World, flags: &[String], args: &[&str]) -> Result<Output> {
+    let mut c = world.cmd("picketctl");
+    c.args(flags).args(args);
+    c.output().context("running picketctl")
+}
+
+/// `picketctl ... -o json` parsed as JSON lines; fails on a non-zero exit.
+pub fn ctl_json(world: &World, flags: &[String], args: &[&str]) -> Result<Vec<Value>> {
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend(["-o", "json"]);
+    let out = ctl(world, flags, &a)?;
+    if !out.status.success() {
+        bail!(
+            "picketctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad JSON line {l:?}")))
+        .collect()
+}
+
+/// Agents by name from `agents list -o json`.
+pub fn agents(world: &World, flags: &[String]) -> Result<BTreeMap<String, Value>> {
+    Ok(ctl_json(world, flags, &["agents", "list"])?
+        .into_iter()
+        .filter_map(|a| Some((a["name"].as_str()?.to_string(), a)))
+        .collect())
+}
+
+pub fn status_of(world: &World, flags: &[String], name: &str) -> Option<String> {
+    agents(world, flags)
+        .ok()?
+        .get(name)?
+        .get("status")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Creates a token with the admin bundle.
+pub fn token(world: &World, control: &Control, args: &[&str]) -> Result<String> {
+    let mut a = vec!["token", "create"];
+    a.extend(args);
+    let out = ctl(world, &control.admin_flags(), &a)?;
+    if !out.status.success() {
+        bail!("token create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `picket-agent enroll` into `state_dir`.
+pub fn enroll(
+    world: &World,
+    control: &Control,
+    fingerprint: &str,
+    token: &str,
+    name: &str,
+    labels: &[&str],
+) -> Result<Output> {
+    let state = world.path(&format!("agents/{name}"));
+    let mut c = world.cmd("picket-agent");
+    c.args(["enroll", "--server", &control.grpc, "--token", token])
+        .args(["--ca-fingerprint", fingerprint, "--name", name])
+        .arg("--state-dir")
+        .arg(&state);
+    for l in labels {
+        c.args(["--label", l]);
+    }
+    c.output().context("running picket-agent enroll")
+}
+
+/// Starts `picket-agent run` for an enrolled agent.
+pub fn run_agent(world: &World, name: &str) -> Result<Proc> {
+    let cfg = world.path(&format!("agents/{name}/agent.toml"));
+    let mut c = world.cmd("picket-agent");
+    c.args(["run", "--config"]).arg(cfg);
+    Proc::spawn(c)
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,9 +1,9 @@
 //! Picket's TLS plumbing, shared by the agent, the control plane and the CLI.
 //!
-//! - [`files`]: reading PEM certificates and keys, writing secrets 0600.
-//! - [`fingerprint`]: the `sha256:<hex>` fingerprint that agents pin.
-//! - [`csr`]: a fresh ECDSA P-256 key and a CSR for it (keys never travel).
-//! - [`client`]: rustls client configs (mTLS, or a pinned CA for enrollment)
+//! - [`files`] — reading PEM certificates and keys, writing secrets 0600.
+//! - [`fingerprint`] — the `sha256:<hex>` fingerprint that agents pin.
+//! - [`csr`] — a fresh ECDSA P-256 key and a CSR for it (keys never travel).
+//! - [`client`] — rustls client configs (mTLS, or a pinned CA for enrollment)
 //!   and a tonic `Channel` over them.
 //!
 //! Everything here uses rustls with the ring provider; there is no OpenSSL.

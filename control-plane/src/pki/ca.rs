@@ -33,7 +33,7 @@ pub enum PkiError {
     #[error("bad certificate signing request: {0}")]
     BadCsr(rcgen::Error),
     #[error("bad --san {0:?}: {1}")]
-    BadSan(String, rcgen::Error),
+    BadSan(String, String),
 }
 
 /// What a certificate is for: the organisational unit in its subject.
@@ -88,6 +88,21 @@ fn dn(cn: &str, unit: &str) -> DistinguishedName {
     dn
 }
 
+/// A DNS name as a SAN: dot-separated labels of letters, digits and '-',
+/// with an optional leading `*.` wildcard.
+fn is_dns_name(n: &str) -> bool {
+    let n = n.strip_prefix("*.").unwrap_or(n);
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
 fn random_serial() -> SerialNumber {
     let mut b = [0u8; 16];
     rand::rng().fill_bytes(&mut b);
@@ -116,9 +131,32 @@ pub fn init(dir: &Path, sans: &[String]) -> Result<InitReport, PkiError> {
             return Err(PkiError::Exists(p));
         }
     }
+    // Names first: a bad --san must fail before anything is written.
+    // The server certificate names loopback always, plus what the operator gave.
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    names.extend(sans.iter().cloned());
+    let san_list: Vec<SanType> = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) if !is_dns_name(n) => Err(PkiError::BadSan(
+                n.clone(),
+                "not an IP address or a DNS name".into(),
+            )),
+            Err(_) => n
+                .clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|e: rcgen::Error| PkiError::BadSan(n.clone(), e.to_string())),
+        })
+        .collect::<Result<_, _>>()?;
     let ca_key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = dn("Picket CA", "ca");
+    // A unique name, so that two Picket CAs are never mistaken for each
+    // other by name when a certificate is checked against the wrong one.
+    let mut tag = [0u8; 4];
+    rand::rng().fill_bytes(&mut tag);
+    params.distinguished_name = dn(&format!("Picket CA {}", hex::encode(tag)), "ca");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -132,23 +170,10 @@ pub fn init(dir: &Path, sans: &[String]) -> Result<InitReport, PkiError> {
     files::write_public(&dir.join("ca.crt"), ca_cert.pem().as_bytes())?;
     let ca = Ca::load(dir)?;
 
-    // Server certificate: loopback names always, plus what the operator gave.
     let server_key = KeyPair::generate()?;
-    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-    names.extend(sans.iter().cloned());
     let mut sp = CertificateParams::default();
     sp.distinguished_name = dn("picket-control", SubjectKind::Server.unit());
-    sp.subject_alt_names = names
-        .iter()
-        .map(|n| match n.parse::<std::net::IpAddr>() {
-            Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) => n
-                .clone()
-                .try_into()
-                .map(SanType::DnsName)
-                .map_err(|e| PkiError::BadSan(n.clone(), e)),
-        })
-        .collect::<Result<_, _>>()?;
+    sp.subject_alt_names = san_list;
     sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     sp.use_authority_key_identifier_extension = true;
@@ -266,7 +291,13 @@ mod tests {
     #[test]
     fn bad_san_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let e = init(dir.path(), &["bad name with spaces\u{0}".into()]);
-        assert!(e.is_err());
+        for bad in ["bad name", "a..b", "-x.example", "x\u{0}"] {
+            let e = init(dir.path(), &[bad.into()]).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains("--san")),
+                "{bad}: {e:?}"
+            );
+        }
+        assert!(is_dns_name("picket.example.com") && is_dns_name("*.example.com"));
     }
 }

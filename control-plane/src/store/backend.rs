@@ -21,19 +21,23 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         tree: &str,
         key: &[u8],
-        f: &mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+        f: &mut Updater<'_>,
     ) -> Result<(), StoreError>;
     /// Key-value pairs whose key starts with `prefix`, in key order.
     fn scan<'a>(&'a self, tree: &str, prefix: &[u8]) -> Result<KvIter<'a>, StoreError>;
     /// The last `n` pairs of a tree, in key order.
-    fn last_n(&self, tree: &str, n: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last_n(&self, tree: &str, n: usize) -> Result<Vec<Kv>, StoreError>;
     /// A unique, increasing id (across restarts).
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 }
 
-pub type KvIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a>;
+/// A key and its value.
+pub type Kv = (Vec<u8>, Vec<u8>);
+pub type KvIter<'a> = Box<dyn Iterator<Item = Result<Kv, StoreError>> + 'a>;
+/// Maps the old value (if any) to the new one (`None` deletes).
+pub type Updater<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
 
 /// sled, embedded in the data folder.
 pub struct Sled {
@@ -78,9 +82,9 @@ impl Backend for Sled {
         &self,
         tree: &str,
         key: &[u8],
-        f: &mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+        f: &mut Updater<'_>,
     ) -> Result<(), StoreError> {
-        self.tree(tree)?.fetch_and_update(key, |old| f(old))?;
+        self.tree(tree)?.fetch_and_update(key, f)?;
         Ok(())
     }
 
@@ -92,7 +96,7 @@ impl Backend for Sled {
         Ok(Box::new(it))
     }
 
-    fn last_n(&self, tree: &str, n: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last_n(&self, tree: &str, n: usize) -> Result<Vec<Kv>, StoreError> {
         let mut out = self
             .tree(tree)?
             .iter()
