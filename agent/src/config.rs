@@ -49,12 +49,19 @@ pub struct AgentConfig {
     pub labels: Labels,
     #[serde(default = "default_metrics_interval", with = "humantime_serde")]
     pub metrics_interval: Duration,
+    /// Cap on the on-disk buffer of records not yet acknowledged.
+    #[serde(default = "default_buffer_max_bytes")]
+    pub buffer_max_bytes: u64,
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
 }
 
 pub fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/picket-agent")
+}
+
+fn default_buffer_max_bytes() -> u64 {
+    256 * 1024 * 1024
 }
 
 fn default_metrics_interval() -> Duration {
@@ -83,6 +90,9 @@ impl AgentConfig {
         }
         if !cfg.server.contains(':') {
             return Err(err(format!("server: {:?} is not HOST:PORT", cfg.server)));
+        }
+        if cfg.buffer_max_bytes < 64 * 1024 {
+            return Err(err("buffer_max_bytes must be at least 65536".into()));
         }
         if cfg.metrics_interval < Duration::from_millis(100) {
             return Err(err("metrics_interval must be at least 100ms".into()));

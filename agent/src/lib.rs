@@ -6,12 +6,16 @@
 //! - [`enroll`] — key, CSR, CA pin, token exchange.
 //! - [`identity`] — certificate storage and renewal.
 //! - [`inventory`] — what the host is (sysinfo); no sending.
+//! - [`metrics`] — host metrics (sysinfo); no sending.
+//! - [`buffer`] — the on-disk record buffer, sequence numbers, acks.
 //! - [`uplink`] — the session stream, heartbeats, reconnect with backoff.
 
+pub mod buffer;
 pub mod config;
 pub mod enroll;
 pub mod identity;
 pub mod inventory;
+pub mod metrics;
 pub mod uplink;
 
 use std::sync::Arc;
@@ -24,6 +28,8 @@ pub enum AgentError {
     Identity(#[from] identity::IdentityError),
     #[error(transparent)]
     Uplink(#[from] uplink::UplinkError),
+    #[error(transparent)]
+    Buffer(#[from] buffer::BufferError),
 }
 
 /// Runs the agent until `shutdown` is cancelled or the control plane
@@ -36,8 +42,55 @@ pub async fn run(cfg: config::AgentConfig, shutdown: CancellationToken) -> Resul
             "log sources are configured but this agent version does not tail them yet"
         );
     }
-    uplink::run(cfg, identity, shutdown).await?;
-    Ok(())
+    let buffer = Arc::new(buffer::Buffer::open(&cfg.state_dir, cfg.buffer_max_bytes)?);
+    let sampler = tokio::spawn(sample_metrics(
+        cfg.metrics_interval,
+        buffer.clone(),
+        shutdown.clone(),
+    ));
+    let result = uplink::run(cfg, identity, buffer.clone(), shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = sampler.await;
+    buffer.flush()?;
+    Ok(result?)
+}
+
+/// Takes a host metrics sample every `every` and buffers it, with the
+/// buffer's own drop counters alongside.
+async fn sample_metrics(
+    every: std::time::Duration,
+    buffer: Arc<buffer::Buffer>,
+    shutdown: CancellationToken,
+) {
+    let mut collector = metrics::Collector::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut sample = collector.sample(now_ms());
+        for (kind, n) in [buffer::Kind::Metric, buffer::Kind::Log, buffer::Kind::Event]
+            .into_iter()
+            .zip(buffer.dropped())
+        {
+            sample.gauges.push(picket_proto::v1::Gauge {
+                name: "agent_buffer_dropped_records".into(),
+                labels: [("kind".to_string(), kind.name().to_string())].into(),
+                value: n as f64,
+            });
+        }
+        sample.gauges.push(picket_proto::v1::Gauge {
+            name: "agent_buffer_bytes".into(),
+            labels: Default::default(),
+            value: buffer.held_bytes() as f64,
+        });
+        let payload = picket_proto::v1::record::Payload::Metrics(sample);
+        if let Err(error) = buffer.push(vec![payload], None) {
+            tracing::warn!(%error, "metrics sample not buffered");
+        }
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {

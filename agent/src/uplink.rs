@@ -14,8 +14,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
+use crate::buffer::Buffer;
 use crate::config::AgentConfig;
 use crate::identity::Identity;
+
+/// Records per batch on the wire.
+const BATCH: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -74,11 +78,12 @@ impl Backoff {
 pub async fn run(
     cfg: AgentConfig,
     identity: Arc<Identity>,
+    buffer: Arc<Buffer>,
     shutdown: CancellationToken,
 ) -> Result<(), UplinkError> {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        match session(&cfg, &identity, &shutdown, &mut backoff).await? {
+        match session(&cfg, &identity, &buffer, &shutdown, &mut backoff).await? {
             End::Shutdown => return Ok(()),
             End::Reconnect => continue,
             End::Failed(why) => {
@@ -110,6 +115,7 @@ fn refused_or_failed(s: tonic::Status) -> Result<End, UplinkError> {
 async fn session(
     cfg: &AgentConfig,
     identity: &Identity,
+    buffer: &Arc<Buffer>,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<End, UplinkError> {
@@ -121,7 +127,7 @@ async fn session(
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
     let hello = msg(Body::Hello(v1::Hello {
         inventory: Some(crate::inventory::collect(&cfg.labels)),
-        next_seq: 1,
+        next_seq: buffer.next_seq(),
     }));
     if tx.send(hello).await.is_err() {
         return Ok(End::Failed("stream closed before Hello".into()));
@@ -130,10 +136,13 @@ async fn session(
         Ok(r) => r.into_inner(),
         Err(s) => return refused_or_failed(s),
     };
-    let heartbeat = match inbound.message().await {
+    let (heartbeat, acked) = match inbound.message().await {
         Ok(Some(v1::ControlMessage {
             body: Some(control_message::Body::Welcome(w)),
-        })) => Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(100))),
+        })) => (
+            Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(100))),
+            w.acked_seq,
+        ),
         Ok(_) => {
             return Ok(End::Failed(
                 "the control plane did not answer Welcome".into(),
@@ -142,7 +151,14 @@ async fn session(
         Err(s) => return refused_or_failed(s),
     };
     backoff.reset();
-    tracing::info!(server = %cfg.server, name = %cfg.name, "connected");
+    tracing::info!(server = %cfg.server, name = %cfg.name, acked, "connected");
+    if let Err(e) = buffer.ack(acked) {
+        return Ok(End::Failed(e.to_string()));
+    }
+    // Replays what the control plane has not stored, then follows new
+    // records. Ends when the stream does (the session's `tx` drops).
+    let sender = tokio::spawn(send_records(buffer.clone(), acked, tx.clone()));
+    let _stop_sender = AbortOnDrop(sender);
 
     let mut tick = tokio::time::interval(heartbeat);
     tick.tick().await;
@@ -171,11 +187,52 @@ async fn session(
                 };
             }
             m = inbound.message() => match m {
+                Ok(Some(v1::ControlMessage { body: Some(control_message::Body::Ack(a)) })) => {
+                    if let Err(e) = buffer.ack(a.acked_seq) {
+                        return Ok(End::Failed(e.to_string()));
+                    }
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(End::Failed("the control plane closed the stream".into())),
                 Err(s) => return refused_or_failed(s),
             }
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends buffered records above `cursor` in batches, in order, then waits
+/// for more. Sending is at-least-once; the control plane ignores repeats.
+async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<v1::AgentMessage>) {
+    loop {
+        let records = match buffer.after(cursor, BATCH) {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the buffer");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(last) = records.last().map(|r| r.seq) else {
+            // Wake on new records; the timeout covers a wake-up that raced.
+            let _ = tokio::time::timeout(Duration::from_secs(1), buffer.wait_added()).await;
+            continue;
+        };
+        if tx
+            .send(msg(Body::Records(v1::RecordBatch { records })))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        cursor = last;
     }
 }
 

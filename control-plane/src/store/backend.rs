@@ -17,12 +17,7 @@ pub trait Backend: Send + Sync + 'static {
     fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError>;
     /// Atomically replaces the value under `key` with `f(old)` (`None`
     /// deletes). `f` may be called more than once under contention.
-    fn update(
-        &self,
-        tree: &str,
-        key: &[u8],
-        f: &mut Updater<'_>,
-    ) -> Result<(), StoreError>;
+    fn update(&self, tree: &str, key: &[u8], f: &mut Updater<'_>) -> Result<(), StoreError>;
     /// Key-value pairs whose key starts with `prefix`, in key order.
     fn scan<'a>(&'a self, tree: &str, prefix: &[u8]) -> Result<KvIter<'a>, StoreError>;
     /// The last `n` pairs of a tree, in key order.
@@ -78,12 +73,7 @@ impl Backend for Sled {
         Ok(())
     }
 
-    fn update(
-        &self,
-        tree: &str,
-        key: &[u8],
-        f: &mut Updater<'_>,
-    ) -> Result<(), StoreError> {
+    fn update(&self, tree: &str, key: &[u8], f: &mut Updater<'_>) -> Result<(), StoreError> {
         self.tree(tree)?.fetch_and_update(key, f)?;
         Ok(())
     }
