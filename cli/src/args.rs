@@ -57,6 +57,17 @@ pub enum Cmd {
     },
     /// Who the control plane thinks you are.
     Whoami,
+    /// A host's metrics: one row per series with a sparkline, or JSON lines.
+    Metrics {
+        /// The host (agent name).
+        name: String,
+        /// How far back, e.g. 10m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// Only series whose name starts with this, e.g. cpu, disk_used.
+        #[arg(long, default_value = "")]
+        field: String,
+    },
 }
 
 #[derive(Subcommand)]

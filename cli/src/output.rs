@@ -122,3 +122,95 @@ mod tests {
         assert_eq!(lines[0].find("STATUS"), lines[1].find("online"));
     }
 }
+
+/// A sparkline of at most `width` cells: points are averaged into buckets
+/// and drawn with the eight block heights.
+pub fn sparkline(values: &[f64], width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let vals: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if vals.is_empty() || width == 0 {
+        return String::new();
+    }
+    let buckets = vals.len().min(width);
+    let per = vals.len() as f64 / buckets as f64;
+    let avg: Vec<f64> = (0..buckets)
+        .map(|i| {
+            let a = (i as f64 * per) as usize;
+            let b = (((i + 1) as f64 * per) as usize).clamp(a + 1, vals.len());
+            vals[a..b].iter().sum::<f64>() / (b - a) as f64
+        })
+        .collect();
+    let lo = avg.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = avg.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    avg.iter()
+        .map(|v| {
+            if (hi - lo).abs() < f64::EPSILON {
+                BARS[0]
+            } else {
+                let i = ((v - lo) / (hi - lo) * 7.0).round() as usize;
+                BARS[i.min(7)]
+            }
+        })
+        .collect()
+}
+
+/// A value for a table: bytes in KiB/MiB/GiB, percentages with one
+/// decimal, other values with up to two.
+pub fn human(metric: &str, v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    if metric.contains("bytes") {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut x = v;
+        let mut u = 0;
+        while x.abs() >= 1024.0 && u < units.len() - 1 {
+            x /= 1024.0;
+            u += 1;
+        }
+        let suffix = if metric.ends_with("per_second") {
+            "/s"
+        } else {
+            ""
+        };
+        return format!("{x:.1}{}{suffix}", units[u]);
+    }
+    if metric.ends_with("percent") {
+        return format!("{v:.1}%");
+    }
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod chart_tests {
+    use super::*;
+
+    #[test]
+    fn sparkline_scales_and_buckets() {
+        assert_eq!(
+            sparkline(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], 8),
+            "▁▂▃▄▅▆▇█"
+        );
+        assert_eq!(sparkline(&[5.0; 100], 10).chars().count(), 10);
+        assert_eq!(sparkline(&[], 10), "");
+        assert_eq!(sparkline(&[f64::NAN, 1.0], 10), "▁");
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(
+            human("memory_used_bytes", 1536.0 * 1024.0 * 1024.0),
+            "1.5GiB"
+        );
+        assert_eq!(
+            human("network_receive_bytes_per_second", 2048.0),
+            "2.0KiB/s"
+        );
+        assert_eq!(human("cpu_usage_percent", 12.345), "12.3%");
+        assert_eq!(human("processes", 120.0), "120");
+    }
+}

@@ -40,6 +40,19 @@ pub struct ControlConfig {
     /// intervals is closed and the agent shown offline.
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// How long raw metric samples are kept.
+    #[serde(default = "default_raw_retention", with = "humantime_serde")]
+    pub metrics_raw_retention: Duration,
+    /// How long one-minute rollups (min/max/avg) are kept.
+    #[serde(default = "default_rollup_retention", with = "humantime_serde")]
+    pub metrics_rollup_retention: Duration,
+}
+
+fn default_raw_retention() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_rollup_retention() -> Duration {
+    Duration::from_secs(30 * 86400)
 }
 
 fn default_listen() -> SocketAddr {
@@ -114,6 +127,11 @@ user_cert_ttl = "90d"
 
 # Agents send a heartbeat this often; three missed ones mark a host offline.
 heartbeat_interval = "5s"
+
+# Raw host metric samples are kept this long; one-minute rollups
+# (min/max/avg per series) for longer. Enforced in the background.
+metrics_raw_retention = "24h"
+metrics_rollup_retention = "30d"
 "#,
             data_dir = data_dir.display()
         )

@@ -8,7 +8,11 @@ use axum::extract::State as AxState;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -38,38 +42,203 @@ async fn ready(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
 /// Builds a registry from the current state on each scrape: values are read
 /// where they live, so there is no second copy to keep in sync.
 async fn metrics(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
-    let mut reg = Registry::with_prefix("picket_control");
+    let st = state.clone();
+    let body = tokio::task::spawn_blocking(move || exposition(&st)).await;
+    match body {
+        Ok(Ok(body)) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "metrics exposition failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, String::new()).into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "metrics exposition task failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, String::new()).into_response()
+        }
+    }
+}
+
+type Labels = Vec<(String, String)>;
+type HostGauges = Family<Labels, Gauge<f64, AtomicU64>>;
+
+/// Help text for the host metrics agents send; see docs/metrics.md.
+fn help(name: &str) -> &'static str {
+    match name {
+        "cpu_usage_percent" => "CPU busy time over the last interval, percent of all CPUs",
+        "load1" => "Load average over 1 minute",
+        "load5" => "Load average over 5 minutes",
+        "load15" => "Load average over 15 minutes",
+        "memory_used_bytes" => "Memory in use",
+        "memory_total_bytes" => "Memory installed",
+        "swap_used_bytes" => "Swap in use",
+        "swap_total_bytes" => "Swap configured",
+        "disk_used_bytes" => "Disk space used, per mount",
+        "disk_total_bytes" => "Disk space, per mount",
+        "network_receive_bytes" => "Bytes received since boot, per interface",
+        "network_transmit_bytes" => "Bytes sent since boot, per interface",
+        "network_receive_bytes_per_second" => "Receive rate over the last interval, per interface",
+        "network_transmit_bytes_per_second" => "Send rate over the last interval, per interface",
+        "uptime_seconds" => "Seconds since boot",
+        "processes" => "Processes running",
+        "agent_buffer_dropped_records" => {
+            "Records the agent dropped because its buffer was full, by kind"
+        }
+        "agent_buffer_bytes" => "Bytes held in the agent's on-disk buffer",
+        _ => "Host metric reported by the agent",
+    }
+}
+
+/// A Prometheus label or metric name from free text: `[a-zA-Z0-9_]`, not
+/// starting with a digit.
+fn sanitize(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Agent labels as Prometheus labels; keys that would clash with ours or
+/// with reserved names get a `label_` prefix.
+fn host_labels(host: &str, labels: &picket_proto::model::Labels) -> Labels {
+    let mut out = vec![("host".to_string(), host.to_string())];
+    for (k, v) in labels {
+        let mut k = sanitize(k);
+        if matches!(
+            k.as_str(),
+            "host" | "mount" | "interface" | "kind" | "job" | "instance"
+        ) || k.starts_with("__")
+            || k.is_empty()
+        {
+            k = format!("label_{k}");
+        }
+        out.push((k, v.clone()));
+    }
+    out
+}
+
+fn exposition(state: &State) -> Result<String, crate::store::StoreError> {
+    let mut reg = Registry::default();
+    let agents = state.store.agents()?;
+
+    let up = Family::<Labels, Gauge>::default();
+    let mut host: BTreeMap<String, HostGauges> = BTreeMap::new();
+    let (mut enrolled, mut revoked) = (0i64, 0i64);
+    for a in &agents {
+        if a.revoked_ms.is_some() {
+            revoked += 1;
+            continue;
+        }
+        enrolled += 1;
+        let base = host_labels(&a.name, &a.labels());
+        let online = state.sessions.is_online(&a.name);
+        up.get_or_create(&base).set(i64::from(online));
+        // Values of a host that is gone are not exported: Prometheus then
+        // marks its series stale instead of repeating a frozen value.
+        let Some(sample) = state.fleet.latest(&a.name).filter(|_| online) else {
+            continue;
+        };
+        for p in &sample.points {
+            let name = sanitize(&p.name);
+            if name.is_empty() {
+                continue;
+            }
+            let mut labels = base.clone();
+            for (k, v) in &p.labels {
+                let k = sanitize(k);
+                if !labels.iter().any(|(x, _)| *x == k) {
+                    labels.push((k, v.clone()));
+                }
+            }
+            host.entry(name)
+                .or_default()
+                .get_or_create(&labels)
+                .set(p.value);
+        }
+    }
+    reg.register(
+        "picket_agent_up",
+        "1 if the agent has a live session, else 0",
+        up,
+    );
+    for (name, family) in host {
+        let h = help(&name);
+        reg.register(format!("picket_host_{name}"), h, family);
+    }
+
     let connected = Gauge::<i64>::default();
     connected.set(i64::try_from(state.sessions.online_count()).unwrap_or(i64::MAX));
     reg.register(
-        "agents_connected",
+        "picket_control_agents_connected",
         "Agents with an open session stream",
         connected,
     );
-    let enrolled = Gauge::<i64>::default();
-    let revoked = Gauge::<i64>::default();
-    match state.store.agents() {
-        Ok(agents) => {
-            let n = agents.len();
-            let r = agents.iter().filter(|a| a.revoked_ms.is_some()).count();
-            enrolled.set(i64::try_from(n - r).unwrap_or(i64::MAX));
-            revoked.set(i64::try_from(r).unwrap_or(i64::MAX));
-        }
-        Err(error) => tracing::error!(%error, "metrics: cannot list agents"),
+    let g = Gauge::<i64>::default();
+    g.set(enrolled);
+    reg.register(
+        "picket_control_agents_enrolled",
+        "Enrolled, unrevoked agents",
+        g,
+    );
+    let g = Gauge::<i64>::default();
+    g.set(revoked);
+    reg.register("picket_control_agents_revoked", "Revoked agents", g);
+    // Monotonic totals exported as gauges: promtool (2.42, Debian 12) lints
+    // the 0.0.4 text format and flags OpenMetrics counter families, whose
+    // samples carry a `_total` suffix their HELP line lacks. See
+    // docs/metrics.md.
+    for (name, help, v) in [
+        (
+            "picket_control_records_ingested",
+            "Records stored from agents since the control plane started",
+            &state.counters.ingested,
+        ),
+        (
+            "picket_control_records_duplicate",
+            "Records received again after a replay, and skipped, since start",
+            &state.counters.duplicates,
+        ),
+    ] {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(v.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        reg.register(name, help, g);
     }
-    reg.register("agents_enrolled", "Enrolled, unrevoked agents", enrolled);
-    reg.register("agents_revoked", "Revoked agents", revoked);
+
     let mut body = String::new();
-    if let Err(error) = encode(&mut body, &reg) {
-        tracing::error!(%error, "metrics: encoding failed");
-        return (StatusCode::INTERNAL_SERVER_ERROR, String::new()).into_response();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut body, &reg);
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_are_prometheus_safe() {
+        assert_eq!(sanitize("disk.used-bytes"), "disk_used_bytes");
+        assert_eq!(sanitize("1x"), "_1x");
+        let l = host_labels(
+            "vm",
+            &[("host".into(), "x".into()), ("team/a".into(), "y".into())].into(),
+        );
+        assert_eq!(l[0], ("host".into(), "vm".into()));
+        assert!(l.contains(&("label_host".into(), "x".into())));
+        assert!(l.contains(&("team_a".into(), "y".into())));
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
 }

@@ -6,6 +6,8 @@
 //! - [`pki`] — the CA, certificate issuing, bootstrap tokens. No gRPC.
 //! - [`store`] — the only module that touches sled (behind [`store::Backend`]).
 //! - [`sessions`] — which agents are connected, and how to cut them off.
+//! - [`ingest`] — records from agents into the store, exactly once.
+//! - [`fleet`] — newest metrics per host; rollup and retention task.
 //! - [`audit`] — the append-only audit log.
 //! - [`grpc`] — the tonic edge (auth interceptor, services).
 //! - [`http`] — `/metrics`, `/healthz`, `/readyz`.
@@ -16,8 +18,10 @@ pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod dev;
+pub mod fleet;
 pub mod grpc;
 pub mod http;
+pub mod ingest;
 pub mod lifecycle;
 pub mod pki;
 pub mod server;

@@ -62,6 +62,8 @@ pub async fn run(
         ca,
         sessions: Arc::new(Sessions::default()),
         cfg,
+        fleet: Default::default(),
+        counters: Default::default(),
         shutdown: shutdown.clone(),
     });
     tracing::info!(
@@ -72,6 +74,7 @@ pub async fn run(
     );
     let grpc = tokio::spawn(crate::grpc::serve(listeners.grpc, state.clone()));
     let http = tokio::spawn(crate::http::serve(listeners.http, state.clone()));
+    tokio::spawn(crate::fleet::maintain(state.clone()));
     crate::lifecycle::notify_ready(shutdown.clone());
 
     let result = tokio::select! {

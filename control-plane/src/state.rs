@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
 use crate::config::ControlConfig;
+use crate::fleet::Fleet;
 use crate::pki::Ca;
 use crate::sessions::Sessions;
 use crate::store::Store;
@@ -17,6 +18,18 @@ pub struct State {
     pub sessions: Arc<Sessions>,
     pub audit: Audit,
     pub cfg: ControlConfig,
+    /// Each host's newest metrics sample.
+    pub fleet: Fleet,
+    pub counters: Counters,
     /// Cancelled on SIGTERM/SIGINT: streams end, servers stop accepting.
     pub shutdown: CancellationToken,
+}
+
+/// The control plane's own counters, exported on `/metrics`.
+#[derive(Default)]
+pub struct Counters {
+    /// Records stored (first delivery).
+    pub ingested: std::sync::atomic::AtomicU64,
+    /// Records received again after a replay, and skipped.
+    pub duplicates: std::sync::atomic::AtomicU64,
 }

@@ -346,3 +346,67 @@ pub fn run_agent(world: &World, name: &str) -> Result<Proc> {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A plain HTTP/1.0 GET on loopback; returns status code and body.
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("bad HTTP answer from {addr}: {head}"))?;
+    Ok((code, body.to_string()))
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Sets a top-level key of an enrolled agent's agent.toml.
+pub fn set_agent_key(world: &World, name: &str, key: &str, value: &str) -> Result<()> {
+    let path = world.path(&format!("agents/{name}/agent.toml"));
+    let text = std::fs::read_to_string(&path)?;
+    let mut out: Vec<String> = Vec::new();
+    let mut done = false;
+    for line in text.lines() {
+        if line.starts_with(&format!("{key} =")) {
+            out.push(format!("{key} = {value}"));
+            done = true;
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    if !done {
+        // Top-level keys must precede any table.
+        let at = out
+            .iter()
+            .position(|l| l.starts_with('['))
+            .unwrap_or(out.len());
+        out.insert(at, format!("{key} = {value}"));
+    }
+    std::fs::write(path, out.join("\n") + "\n")?;
+    Ok(())
+}
+
+/// Where an outside program the tests need lives; fails naming the
+/// Debian package that `scripts/test` installs, rather than skipping.
+pub fn tool(name: &str, package: &str) -> Result<PathBuf> {
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("{name} is not installed (Debian package {package}; scripts/test installs it)")
+}

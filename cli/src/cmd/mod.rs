@@ -3,6 +3,7 @@
 
 mod agents;
 mod audit;
+mod metrics;
 mod status;
 mod token;
 mod user;
@@ -30,5 +31,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status => status::status(&mut admin, fmt, out).await,
         Cmd::Whoami => status::whoami(&mut admin, fmt, out).await,
         Cmd::Audit { limit } => audit::run(&mut admin, limit, fmt, out).await,
+        Cmd::Metrics { name, since, field } => {
+            metrics::run(&mut admin, name, since, field, fmt, out).await
+        }
     }
 }

@@ -218,6 +218,47 @@ impl AdminService for AdminSvc {
         Ok(Response::new(v1::ListAuditResponse { records }))
     }
 
+    async fn query_metrics(
+        &self,
+        req: Request<v1::QueryMetricsRequest>,
+    ) -> Result<Response<v1::QueryMetricsResponse>, Status> {
+        require(&req, &self.state.audit, Role::Viewer, "metrics.query", "")?;
+        let r = req.into_inner();
+        let st = &self.state;
+        if st.store.agent(&r.host).map_err(internal)?.is_none() {
+            return Err(Status::not_found(format!("no agent named {}", r.host)));
+        }
+        let now = now_ms();
+        let since = if r.since_unix_ms > 0 {
+            r.since_unix_ms
+        } else {
+            now - 3_600_000
+        };
+        let raw_from =
+            now - i64::try_from(st.cfg.metrics_raw_retention.as_millis()).unwrap_or(i64::MAX);
+        let st2 = st.clone();
+        let host = r.host.clone();
+        let use_raw = since >= raw_from;
+        let resp = tokio::task::spawn_blocking(move || {
+            if use_raw {
+                st2.store
+                    .samples(&host, since, i64::MAX)
+                    .map(|s| convert::raw_series(s, &r.field))
+            } else {
+                st2.store
+                    .rollups(&host, since, i64::MAX)
+                    .map(|s| convert::rollup_series(s, &r.field))
+            }
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        Ok(Response::new(v1::QueryMetricsResponse {
+            series: resp,
+            resolution: if use_raw { "raw" } else { "1m" }.into(),
+        }))
+    }
+
     async fn who_am_i(
         &self,
         req: Request<v1::WhoAmIRequest>,

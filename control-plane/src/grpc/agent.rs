@@ -55,8 +55,7 @@ impl AgentService for AgentSvc {
             picket_proto::model::validate_label(k, v).map_err(bad_input)?;
         }
         let st = &self.state;
-        let rec = st
-            .store
+        st.store
             .update_agent(&name, |r| {
                 r.inventory = Some(convert::inventory(&inv));
                 r.reported_labels = reported.clone();
@@ -69,8 +68,9 @@ impl AgentService for AgentSvc {
 
         let heartbeat = st.cfg.heartbeat_interval;
         let (tx, rx) = mpsc::channel(16);
+        let mut acked = st.store.acked_seq(&name).map_err(internal)?;
         let welcome = control(control_message::Body::Welcome(v1::Welcome {
-            acked_seq: rec.acked_seq,
+            acked_seq: acked,
             heartbeat_interval_ms: u32::try_from(heartbeat.as_millis()).unwrap_or(u32::MAX),
         }));
         tx.send(Ok(welcome))
@@ -106,10 +106,27 @@ impl AgentService for AgentSvc {
                                     tracing::error!(%error, agent = %name, "cannot record heartbeat");
                                 }
                             }
-                            Some(Body::Records(_)) => {
-                                break Some(Status::unimplemented(
-                                    "this control plane does not ingest records yet",
-                                ));
+                            Some(Body::Records(batch)) => {
+                                let st = state.clone();
+                                let agent = name.clone();
+                                let r = tokio::task::spawn_blocking(move || {
+                                    crate::ingest::apply(&st, &agent, acked, batch)
+                                })
+                                .await;
+                                match r {
+                                    Ok(Ok(new_acked)) => {
+                                        acked = new_acked;
+                                        let ack = control(control_message::Body::Ack(v1::Ack { acked_seq: acked }));
+                                        if tx.send(Ok(ack)).await.is_err() {
+                                            break None;
+                                        }
+                                    }
+                                    Ok(Err(crate::ingest::IngestError::Store(e))) => {
+                                        break Some(internal(e));
+                                    }
+                                    Ok(Err(e)) => break Some(Status::invalid_argument(e.to_string())),
+                                    Err(e) => break Some(internal(e)),
+                                }
                             }
                             Some(Body::Hello(_)) | None => {
                                 break Some(Status::invalid_argument("unexpected message after Hello"));

@@ -3,7 +3,60 @@
 use picket_proto::model::AgentStatus;
 use picket_proto::v1;
 
+use std::collections::BTreeMap;
+
+use crate::store::metrics::{Rollup, Sample};
 use crate::store::{AgentRecord, Inventory};
+
+type SeriesKey = (String, BTreeMap<String, String>);
+
+fn series(map: BTreeMap<SeriesKey, Vec<v1::SeriesPoint>>) -> Vec<v1::Series> {
+    map.into_iter()
+        .map(|((name, labels), points)| v1::Series {
+            name,
+            labels: labels.into_iter().collect(),
+            points,
+        })
+        .collect()
+}
+
+/// Raw samples as one series per gauge (name and labels), points in time
+/// order, keeping only names that start with `field`.
+pub fn raw_series(samples: Vec<Sample>, field: &str) -> Vec<v1::Series> {
+    let mut map: BTreeMap<SeriesKey, Vec<v1::SeriesPoint>> = BTreeMap::new();
+    for s in samples {
+        for p in s.points.into_iter().filter(|p| p.name.starts_with(field)) {
+            map.entry((p.name, p.labels))
+                .or_default()
+                .push(v1::SeriesPoint {
+                    time_unix_ms: s.time_ms,
+                    value: p.value,
+                    min: p.value,
+                    max: p.value,
+                });
+        }
+    }
+    series(map)
+}
+
+/// One-minute rollups as series of minute averages with min and max.
+pub fn rollup_series(minutes: Vec<(i64, Vec<Rollup>)>, field: &str) -> Vec<v1::Series> {
+    let mut map: BTreeMap<SeriesKey, Vec<v1::SeriesPoint>> = BTreeMap::new();
+    for (t, rs) in minutes {
+        for r in rs.into_iter().filter(|r| r.name.starts_with(field)) {
+            let avg = r.avg();
+            map.entry((r.name, r.labels))
+                .or_default()
+                .push(v1::SeriesPoint {
+                    time_unix_ms: t,
+                    value: avg,
+                    min: r.min,
+                    max: r.max,
+                });
+        }
+    }
+    series(map)
+}
 
 pub fn agent(rec: &AgentRecord, online: bool) -> v1::Agent {
     let status = if rec.revoked_ms.is_some() {

@@ -78,7 +78,6 @@ impl Enrollment for EnrollService {
             revoked_ms: None,
             inventory: None,
             last_seen_ms: 0,
-            acked_seq: 0,
         };
         if !s.store.insert_agent(&rec).map_err(internal)? {
             return Err(Status::already_exists(format!(

@@ -22,10 +22,20 @@ pub trait Backend: Send + Sync + 'static {
     fn scan<'a>(&'a self, tree: &str, prefix: &[u8]) -> Result<KvIter<'a>, StoreError>;
     /// The last `n` pairs of a tree, in key order.
     fn last_n(&self, tree: &str, n: usize) -> Result<Vec<Kv>, StoreError>;
+    /// Applies every write in `ops` atomically, across trees: all or none.
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
     /// A unique, increasing id (across restarts).
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// One write of an atomic [`Backend::apply`]: `value: None` deletes.
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub tree: &'static str,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
 }
 
 /// A key and its value.
@@ -96,6 +106,40 @@ impl Backend for Sled {
             .collect::<Result<Vec<_>, _>>()?;
         out.reverse();
         Ok(out)
+    }
+
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        use sled::Transactional;
+        use sled::transaction::TransactionError;
+        let mut names: Vec<&'static str> = ops.iter().map(|o| o.tree).collect();
+        names.sort_unstable();
+        names.dedup();
+        let trees = names
+            .iter()
+            .map(|n| self.tree(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let r: Result<(), TransactionError<()>> = trees[..].transaction(|views| {
+            for op in ops {
+                let i = names.binary_search(&op.tree).unwrap_or(0);
+                match &op.value {
+                    Some(v) => {
+                        views[i].insert(op.key.as_slice(), v.as_slice())?;
+                    }
+                    None => {
+                        views[i].remove(op.key.as_slice())?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => Err(StoreError::Corrupt {
+                tree: "transaction",
+                detail: "aborted".into(),
+            }),
+        }
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {

@@ -5,6 +5,7 @@
 //! cannot be read as bumps the tree name (`agents` → `agents.v2`).
 
 pub mod backend;
+pub mod metrics;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,9 +49,6 @@ pub struct AgentRecord {
     pub inventory: Option<Inventory>,
     #[serde(default)]
     pub last_seen_ms: i64,
-    /// Highest record sequence number stored for this agent.
-    #[serde(default)]
-    pub acked_seq: u64,
 }
 
 impl AgentRecord {
@@ -114,14 +112,17 @@ pub struct Store {
     kv: Arc<dyn Backend>,
 }
 
-fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         tree,
         detail: e.to_string(),
     })
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing these plain structs to JSON cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
 }
@@ -300,7 +301,6 @@ mod tests {
             revoked_ms: None,
             inventory: None,
             last_seen_ms: 0,
-            acked_seq: 0,
         }
     }
 
@@ -311,13 +311,13 @@ mod tests {
             let s = Store::open(dir.path()).unwrap();
             assert!(s.insert_agent(&agent("a")).unwrap());
             assert!(!s.insert_agent(&agent("a")).unwrap(), "name taken");
-            s.update_agent("a", |r| r.acked_seq = 7).unwrap();
+            s.update_agent("a", |r| r.last_seen_ms = 7).unwrap();
             assert!(s.update_agent("nope", |_| {}).unwrap().is_none());
             s.flush().unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         let a = s.agent("a").unwrap().unwrap();
-        assert_eq!(a.acked_seq, 7);
+        assert_eq!(a.last_seen_ms, 7);
         assert_eq!(
             a.labels().get("role").map(String::as_str),
             Some("prod"),
