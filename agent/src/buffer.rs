@@ -299,7 +299,13 @@ mod tests {
     fn metric(t: i64) -> Payload {
         Payload::Metrics(MetricSample {
             time_unix_ms: t,
-            gauges: vec![],
+            gauges: (0..10)
+                .map(|i| v1::Gauge {
+                    name: format!("gauge_{i}"),
+                    labels: Default::default(),
+                    value: 1.0,
+                })
+                .collect(),
         })
     }
 
@@ -334,30 +340,58 @@ mod tests {
     #[test]
     fn full_buffer_drops_oldest_metrics_then_logs_and_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Buffer::open(dir.path(), 4000).unwrap();
-        let line = "l".repeat(100);
-        for i in 0..20 {
+        let b = Buffer::open(dir.path(), 8000).unwrap();
+        for i in 0..30 {
             b.push(vec![metric(i)], None).unwrap();
+        }
+        let line = "l".repeat(200);
+        for _ in 0..20 {
+            b.push(vec![log(&line)], None).unwrap();
+        }
+        // Logs alone fit: room was made by dropping metrics only.
+        let [m, l, e] = b.dropped();
+        assert!(m > 0 && l == 0 && e == 0, "{m} {l} {e}");
+        for _ in 0..40 {
             b.push(vec![log(&line)], None).unwrap();
         }
         let [m, l, e] = b.dropped();
-        assert!(m > 0, "metrics dropped first");
-        assert_eq!(e, 0);
-        assert!(b.held_bytes() <= 4000);
-        // The newest log line is still there; drops counted, not silent.
+        assert_eq!(m, 30, "every metric went before any log line");
+        assert!(l > 0 && e == 0);
+        assert!(b.held_bytes() <= 8000);
         let recs = b.after(0, 1000).unwrap();
         assert!(
             recs.iter()
-                .any(|r| matches!(&r.payload, Some(Payload::Log(_))))
+                .all(|r| matches!(&r.payload, Some(Payload::Log(_))))
         );
-        assert!(m + l > 0);
-        // Metrics go before any log line does.
-        if l > 0 {
-            assert!(
-                !recs
-                    .iter()
-                    .any(|r| matches!(r.payload, Some(Payload::Metrics(_))) && r.seq < 30)
-            );
+        // The newest line is kept; the oldest went.
+        assert_eq!(recs.last().unwrap().seq, 90);
+        assert!(recs.first().unwrap().seq > 31);
+        // Counts survive a restart.
+        drop(recs);
+        b.flush().unwrap();
+        drop(b);
+        let b = Buffer::open(dir.path(), 8000).unwrap();
+        assert_eq!(b.dropped(), [m, l, 0]);
+    }
+
+    #[test]
+    fn a_buffer_full_of_events_refuses_rather_than_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Buffer::open(dir.path(), 2000).unwrap();
+        let ev = || {
+            Payload::Event(v1::Event {
+                message: "e".repeat(300),
+                ..Default::default()
+            })
+        };
+        let mut refused = false;
+        for _ in 0..20 {
+            if let Err(BufferError::Full(_)) = b.push(vec![ev()], None) {
+                refused = true;
+                break;
+            }
         }
+        assert!(refused);
+        assert_eq!(b.dropped(), [0, 0, 0]);
     }
 }
