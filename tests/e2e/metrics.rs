@@ -143,6 +143,38 @@ fn prometheus_scrapes_every_host_and_promtool_accepts_the_exposition() -> Result
         "label keys are made Prometheus-safe: {series}"
     );
 
+    // Every query of the Grafana dashboard runs, and the host panels show
+    // both hosts.
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../provisioning/grafana/picket-fleet.json"
+    ))?)?;
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .context("panels")?
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(|e| e.replace("$host", ".*")))
+        .collect();
+    assert!(exprs.len() >= 10);
+    for e in &exprs {
+        let url = format!("/api/v1/query?query={}", urlencode(e));
+        let v = wait_for(
+            &format!("dashboard query {e}"),
+            Duration::from_secs(30),
+            || {
+                let (code, body) = http_get(&addr, &url).ok()?;
+                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+                let ok = code == 200 && v["status"] == "success";
+                let needs_hosts =
+                    e.starts_with("picket_host_cpu") || e.starts_with("picket_host_memory");
+                let hosts = v["data"]["result"].as_array().map_or(0, Vec::len);
+                (ok && (!needs_hosts || hosts == 2)).then_some(v)
+            },
+        )?;
+        assert_eq!(v["status"], "success", "{e}");
+    }
+
     // A host that stops reads picket_agent_up 0.
     agents[1].kill9();
     wait_for(
@@ -222,4 +254,16 @@ fn samples_buffered_while_the_control_plane_is_down_arrive_once() -> Result<()> 
         "uptime advances ~1s per sample, no hole: {gaps:?}"
     );
     Ok(())
+}
+
+/// Percent-encodes a PromQL expression for a query string.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
