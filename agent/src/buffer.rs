@@ -102,7 +102,10 @@ impl Buffer {
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(4 * 1024 * 1024)
-            .flush_every_ms(Some(200))
+            // Records and read positions share a batch, so an unflushed tail
+            // lost in a crash is re-read, never skipped; flushing once a
+            // second keeps the idle agent quiet.
+            .flush_every_ms(Some(1000))
             .open()
             .map_err(|e| BufferError::Open {
                 path: path.clone(),

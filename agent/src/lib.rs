@@ -8,6 +8,7 @@
 //! - [`inventory`] — what the host is (sysinfo); no sending.
 //! - [`metrics`] — host metrics (sysinfo); no sending.
 //! - [`buffer`] — the on-disk record buffer, sequence numbers, acks.
+//! - [`sources`] — pure parsers for fail2ban, Suricata, OSSEC/Wazuh, sshd.
 //! - [`uplink`] — the session stream, heartbeats, reconnect with backoff.
 
 pub mod buffer;
@@ -16,6 +17,8 @@ pub mod enroll;
 pub mod identity;
 pub mod inventory;
 pub mod metrics;
+pub mod sources;
+pub mod tail;
 pub mod uplink;
 
 use std::sync::Arc;
