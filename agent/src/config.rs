@@ -28,11 +28,27 @@ pub enum SourceKind {
     Raw,
 }
 
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Fail2ban => "fail2ban",
+            SourceKind::Suricata => "suricata",
+            SourceKind::Ossec => "ossec",
+            SourceKind::Sshd => "sshd",
+            SourceKind::Raw => "raw",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub kind: SourceKind,
     pub path: PathBuf,
+    /// Read an existing file from its start the first time (default: from
+    /// its end, as `tail -f`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_start: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,15 +65,22 @@ pub struct AgentConfig {
     pub labels: Labels,
     #[serde(default = "default_metrics_interval", with = "humantime_serde")]
     pub metrics_interval: Duration,
+    /// Lines longer than this are cut and marked.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
     /// Cap on the on-disk buffer of records not yet acknowledged.
     #[serde(default = "default_buffer_max_bytes")]
     pub buffer_max_bytes: u64,
-    #[serde(default, rename = "source")]
+    #[serde(default, rename = "source", skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceConfig>,
 }
 
 pub fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/picket-agent")
+}
+
+fn default_max_line_bytes() -> usize {
+    64 * 1024
 }
 
 fn default_buffer_max_bytes() -> u64 {
@@ -90,6 +113,17 @@ impl AgentConfig {
         }
         if !cfg.server.contains(':') {
             return Err(err(format!("server: {:?} is not HOST:PORT", cfg.server)));
+        }
+        if cfg.max_line_bytes < 256 {
+            return Err(err("max_line_bytes must be at least 256".into()));
+        }
+        for (i, s) in cfg.sources.iter().enumerate() {
+            if !s.path.is_absolute() {
+                return Err(err(format!(
+                    "source[{i}].path {:?} must be absolute",
+                    s.path
+                )));
+            }
         }
         if cfg.buffer_max_bytes < 64 * 1024 {
             return Err(err("buffer_max_bytes must be at least 65536".into()));
@@ -140,6 +174,17 @@ path = "/var/log/fail2ban.log"
         assert_eq!(c.sources[0].kind, SourceKind::Fail2ban);
         let again = AgentConfig::parse(&c.render(), Path::new("x")).unwrap();
         assert_eq!(again, c);
+        // A freshly enrolled config takes appended [[source]] tables.
+        let mut fresh = c.clone();
+        fresh.sources.clear();
+        let text = fresh.render() + "\n[[source]]\nkind = \"raw\"\npath = \"/var/log/app.log\"\n";
+        assert_eq!(
+            AgentConfig::parse(&text, Path::new("x"))
+                .unwrap()
+                .sources
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub async fn enroll(o: EnrollOptions) -> Result<Enrolled, EnrollError> {
             labels: labels.clone(),
             metrics_interval: std::time::Duration::from_secs(10),
             buffer_max_bytes: 256 * 1024 * 1024,
+            max_line_bytes: 64 * 1024,
             sources: Vec::new(),
         };
         files::write_public(&config_path, cfg.render().as_bytes())?;

@@ -9,9 +9,12 @@
 //! - [`metrics`] — host metrics (sysinfo); no sending.
 //! - [`buffer`] — the on-disk record buffer, sequence numbers, acks.
 //! - [`sources`] — pure parsers for fail2ban, Suricata, OSSEC/Wazuh, sshd.
+//! - [`tail`] — following a file through rotation; no parsing.
+//! - [`collect`] — sources run: inotify → tail → parse → buffer.
 //! - [`uplink`] — the session stream, heartbeats, reconnect with backoff.
 
 pub mod buffer;
+pub mod collect;
 pub mod config;
 pub mod enroll;
 pub mod identity;
@@ -39,21 +42,20 @@ pub enum AgentError {
 /// refuses it for good (revoked).
 pub async fn run(cfg: config::AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let identity = Arc::new(identity::Identity::load(&cfg.state_dir)?);
-    if !cfg.sources.is_empty() {
-        tracing::warn!(
-            sources = cfg.sources.len(),
-            "log sources are configured but this agent version does not tail them yet"
-        );
-    }
     let buffer = Arc::new(buffer::Buffer::open(&cfg.state_dir, cfg.buffer_max_bytes)?);
     let sampler = tokio::spawn(sample_metrics(
         cfg.metrics_interval,
         buffer.clone(),
         shutdown.clone(),
     ));
+    let collector = {
+        let (cfg, buffer, shutdown) = (cfg.clone(), buffer.clone(), shutdown.clone());
+        tokio::task::spawn_blocking(move || collect::run(&cfg, buffer, shutdown))
+    };
     let result = uplink::run(cfg, identity, buffer.clone(), shutdown.clone()).await;
     shutdown.cancel();
     let _ = sampler.await;
+    let _ = collector.await;
     buffer.flush()?;
     Ok(result?)
 }
@@ -84,6 +86,11 @@ async fn sample_metrics(
                 value: n as f64,
             });
         }
+        sample.gauges.push(picket_proto::v1::Gauge {
+            name: "agent_lines_unparsed".into(),
+            labels: Default::default(),
+            value: collect::UNPARSED.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        });
         sample.gauges.push(picket_proto::v1::Gauge {
             name: "agent_buffer_bytes".into(),
             labels: Default::default(),

@@ -57,6 +57,48 @@ pub enum Cmd {
     },
     /// Who the control plane thinks you are.
     Whoami,
+    /// Security events from the fleet, oldest first.
+    Events {
+        #[arg(long)]
+        host: Option<String>,
+        /// fail2ban, suricata, ossec, sshd.
+        #[arg(long)]
+        source: Option<String>,
+        /// Lowest severity: info, low, medium, high, critical.
+        #[arg(long, value_parser = parse_severity)]
+        severity: Option<picket_proto::model::Severity>,
+        /// Only events from this far back (on the event's own time).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Keep the newest N.
+        #[arg(long, default_value_t = 1000)]
+        limit: u64,
+        /// Only events whose message matches this regular expression.
+        #[arg(long)]
+        grep: Option<String>,
+        /// Then follow new events as they arrive.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Raw log lines from the fleet's sources, oldest first.
+    Logs {
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+        /// Only lines read this far back.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only lines matching this regular expression.
+        #[arg(long)]
+        grep: Option<String>,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u64>,
+        /// Then follow new lines as they arrive.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// A host's metrics: one row per series with a sparkline, or JSON lines.
     Metrics {
         /// The host (agent name).
@@ -108,6 +150,11 @@ pub enum UserCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+fn parse_severity(s: &str) -> Result<picket_proto::model::Severity, String> {
+    s.parse()
+        .map_err(|e: picket_proto::model::UnknownSeverity| e.to_string())
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {

@@ -17,6 +17,19 @@ pub async fn connect(s: &Settings) -> anyhow::Result<Admin> {
     let ca = files::read_certs(&s.ca).map_err(|e| BadConfig(e.into()))?;
     let certs = files::read_certs(&s.cert).map_err(|e| BadConfig(e.into()))?;
     let key = files::read_key(&s.key).map_err(|e| BadConfig(e.into()))?;
+    if let Err(e) = client::check_client_cert(&ca, &certs) {
+        let why = match e {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
+            | rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext {
+                ..
+            }) => "has expired; ask an admin for a new bundle (`picketctl user add`)".to_string(),
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+            ) => format!("was not issued by the CA in {}", s.ca.display()),
+            other => format!("is not usable: {other}"),
+        };
+        return Err(BadConfig(anyhow!("client certificate {} {why}", s.cert.display())).into());
+    }
     let cfg = client::mtls_config(&ca, certs, key).map_err(|e| BadConfig(e.into()))?;
     let channel = client::connect(&s.server, cfg)
         .await

@@ -58,7 +58,7 @@ pub fn agent_json(a: &v1::Agent) -> Value {
 }
 
 /// One JSON object on one line.
-pub fn json_line(out: &mut impl Write, v: &Value) -> io::Result<()> {
+pub fn json_line(out: &mut (impl Write + ?Sized), v: &Value) -> io::Result<()> {
     serde_json::to_writer(&mut *out, v)?;
     out.write_all(b"\n")
 }

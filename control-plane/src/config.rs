@@ -46,6 +46,19 @@ pub struct ControlConfig {
     /// How long one-minute rollups (min/max/avg) are kept.
     #[serde(default = "default_rollup_retention", with = "humantime_serde")]
     pub metrics_rollup_retention: Duration,
+    /// How long events are kept.
+    #[serde(default = "default_events_retention", with = "humantime_serde")]
+    pub events_retention: Duration,
+    /// How long raw log lines are kept.
+    #[serde(default = "default_logs_retention", with = "humantime_serde")]
+    pub logs_retention: Duration,
+}
+
+fn default_events_retention() -> Duration {
+    Duration::from_secs(30 * 86400)
+}
+fn default_logs_retention() -> Duration {
+    Duration::from_secs(7 * 86400)
 }
 
 fn default_raw_retention() -> Duration {
@@ -132,6 +145,10 @@ heartbeat_interval = "5s"
 # (min/max/avg per series) for longer. Enforced in the background.
 metrics_raw_retention = "24h"
 metrics_rollup_retention = "30d"
+
+# Events and raw log lines are kept this long.
+events_retention = "30d"
+logs_retention = "7d"
 "#,
             data_dir = data_dir.display()
         )

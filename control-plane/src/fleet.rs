@@ -60,13 +60,20 @@ pub async fn maintain(state: Arc<State>) {
     }
 }
 
-/// One pass of rollup and retention at time `now`.
+/// One pass of rollup and retention (metrics, events, log lines) at `now`.
 pub fn maintain_once(state: &State, now: i64) -> Result<(usize, usize), crate::store::StoreError> {
     let raw_before =
         now - i64::try_from(state.cfg.metrics_raw_retention.as_millis()).unwrap_or(i64::MAX);
     let rollup_before =
         now - i64::try_from(state.cfg.metrics_rollup_retention.as_millis()).unwrap_or(i64::MAX);
-    let (mut rolled, mut expired) = (0, 0);
+    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let (mut rolled, mut expired) = (
+        0,
+        state.store.expire_records(
+            now - ms(state.cfg.events_retention),
+            now - ms(state.cfg.logs_retention),
+        )?,
+    );
     for a in state.store.agents()? {
         rolled += state.store.roll_up(&a.name, now)?;
         expired += state

@@ -8,16 +8,18 @@ use std::sync::atomic::Ordering;
 
 use picket_proto::v1::{self, record::Payload};
 
+use picket_proto::model::Severity;
+
+use crate::clock::now_ms;
 use crate::state::State;
 use crate::store::StoreError;
 use crate::store::metrics::{Point, Sample};
+use crate::store::records::{EventRecord, LogRecord, Records};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("this control plane does not store {0} records yet")]
-    Unsupported(&'static str),
     #[error("record {seq} is out of order (after {after})")]
     OutOfOrder { seq: u64, after: u64 },
 }
@@ -30,7 +32,8 @@ pub fn apply(
     acked: u64,
     batch: v1::RecordBatch,
 ) -> Result<u64, IngestError> {
-    let mut samples = Vec::new();
+    let mut out = Records::default();
+    let received = now_ms();
     let mut last = acked;
     let mut repeats = 0u64;
     for r in batch.records {
@@ -45,7 +48,7 @@ pub fn apply(
             });
         }
         match r.payload {
-            Some(Payload::Metrics(m)) => samples.push(Sample {
+            Some(Payload::Metrics(m)) => out.samples.push(Sample {
                 time_ms: m.time_unix_ms,
                 points: m
                     .gauges
@@ -58,8 +61,30 @@ pub fn apply(
                     })
                     .collect(),
             }),
-            Some(Payload::Event(_)) => return Err(IngestError::Unsupported("event")),
-            Some(Payload::Log(_)) => return Err(IngestError::Unsupported("log")),
+            Some(Payload::Event(e)) => out.events.push(EventRecord {
+                id: 0,
+                host: agent.to_string(),
+                source: e.source,
+                path: e.path,
+                seq: r.seq,
+                time_ms: e.time_unix_ms,
+                received_ms: received,
+                severity: Severity::try_from(e.severity).unwrap_or(Severity::Info),
+                kind: e.kind,
+                message: e.message,
+                fields: e.fields.into_iter().collect(),
+            }),
+            Some(Payload::Log(l)) => out.logs.push(LogRecord {
+                id: 0,
+                host: agent.to_string(),
+                source: l.source,
+                path: l.path,
+                seq: r.seq,
+                time_ms: l.read_unix_ms,
+                line: l.line,
+                truncated: l.truncated,
+                invalid_utf8: l.invalid_utf8,
+            }),
             // An empty record still takes its sequence number.
             None => {}
         }
@@ -72,13 +97,14 @@ pub fn apply(
     if last == acked {
         return Ok(acked);
     }
-    state.store.put_samples(agent, &samples, last)?;
+    let newest = out.samples.iter().max_by_key(|s| s.time_ms).cloned();
+    state.feed.store(&state.store, agent, out, last)?;
     state.store.flush()?;
     state
         .counters
         .ingested
         .fetch_add(last - acked, Ordering::Relaxed);
-    if let Some(newest) = samples.into_iter().max_by_key(|s| s.time_ms) {
+    if let Some(newest) = newest {
         state.fleet.set_latest(agent, newest);
     }
     Ok(last)

@@ -8,6 +8,7 @@
 //! - [`sessions`] — which agents are connected, and how to cut them off.
 //! - [`ingest`] — records from agents into the store, exactly once.
 //! - [`fleet`] — newest metrics per host; rollup and retention task.
+//! - [`feed`] — stored events and log lines, live; backlog-then-follow.
 //! - [`audit`] — the append-only audit log.
 //! - [`grpc`] — the tonic edge (auth interceptor, services).
 //! - [`http`] — `/metrics`, `/healthz`, `/readyz`.
@@ -18,6 +19,7 @@ pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod dev;
+pub mod feed;
 pub mod fleet;
 pub mod grpc;
 pub mod http;

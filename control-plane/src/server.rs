@@ -63,6 +63,7 @@ pub async fn run(
         sessions: Arc::new(Sessions::default()),
         cfg,
         fleet: Default::default(),
+        feed: Default::default(),
         counters: Default::default(),
         shutdown: shutdown.clone(),
     });

@@ -20,6 +20,8 @@ pub struct State {
     pub cfg: ControlConfig,
     /// Each host's newest metrics sample.
     pub fleet: Fleet,
+    /// Stored events and log lines, live, for followers.
+    pub feed: crate::feed::Feed,
     pub counters: Counters,
     /// Cancelled on SIGTERM/SIGINT: streams end, servers stop accepting.
     pub shutdown: CancellationToken,

@@ -1,7 +1,7 @@
 //! Conversions between wire types ([`crate::v1`]) and domain types
 //! ([`crate::model`]). The only module that knows both.
 
-use crate::model::{AgentStatus, Role};
+use crate::model::{AgentStatus, Role, Severity};
 use crate::v1;
 
 impl From<Role> for v1::Role {
@@ -62,6 +62,35 @@ impl TryFrom<i32> for AgentStatus {
     }
 }
 
+impl From<Severity> for v1::Severity {
+    fn from(s: Severity) -> Self {
+        match s {
+            Severity::Info => v1::Severity::Info,
+            Severity::Low => v1::Severity::Low,
+            Severity::Medium => v1::Severity::Medium,
+            Severity::High => v1::Severity::High,
+            Severity::Critical => v1::Severity::Critical,
+        }
+    }
+}
+
+impl TryFrom<i32> for Severity {
+    type Error = Unspecified;
+    fn try_from(value: i32) -> Result<Self, Self::Error> {
+        match v1::Severity::try_from(value) {
+            Ok(v1::Severity::Info) => Ok(Severity::Info),
+            Ok(v1::Severity::Low) => Ok(Severity::Low),
+            Ok(v1::Severity::Medium) => Ok(Severity::Medium),
+            Ok(v1::Severity::High) => Ok(Severity::High),
+            Ok(v1::Severity::Critical) => Ok(Severity::Critical),
+            _ => Err(Unspecified {
+                what: "severity",
+                value,
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +102,15 @@ mod tests {
         }
         assert!(Role::try_from(0).is_err());
         assert!(Role::try_from(99).is_err());
+    }
+
+    #[test]
+    fn severity_round_trip() {
+        use Severity::*;
+        for s in [Info, Low, Medium, High, Critical] {
+            assert_eq!(Severity::try_from(v1::Severity::from(s) as i32), Ok(s));
+        }
+        assert!(Severity::try_from(0).is_err());
     }
 
     #[test]

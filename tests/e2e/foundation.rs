@@ -232,6 +232,18 @@ fn roles_and_certificates_are_enforced() -> Result<()> {
     let mut wrong_ca = admin.clone();
     wrong_ca[3] = w.path("other/ca.crt").display().to_string();
     let out = ctl(&w, &wrong_ca, &["agents", "list"])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("was not issued by the CA in")
+            && stderr(&out).contains("other/ca.crt"),
+        "{}",
+        stderr(&out)
+    );
+    // With a matching client bundle from the other CA, the server's own
+    // certificate is what fails to verify.
+    let mut other_ca = cp.flags("../other/admin.crt", "../other/admin.key");
+    other_ca[3] = w.path("other/ca.crt").display().to_string();
+    let out = ctl(&w, &other_ca, &["agents", "list"])?;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("not signed by the CA"),
@@ -242,9 +254,13 @@ fn roles_and_certificates_are_enforced() -> Result<()> {
     // A client certificate from another CA.
     let foreign = cp.flags("../other/admin.crt", "../other/admin.key");
     let out = ctl(&w, &foreign, &["agents", "list"])?;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "bad credentials are configuration"
+    );
     assert!(
-        stderr(&out).contains("rejected the client certificate"),
+        stderr(&out).contains("was not issued by the CA"),
         "{}",
         stderr(&out)
     );
@@ -252,11 +268,35 @@ fn roles_and_certificates_are_enforced() -> Result<()> {
     // An expired certificate (bob's lives 4 s).
     std::thread::sleep(Duration::from_secs(5));
     let out = ctl(&w, &bob, &["agents", "list"])?;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("has expired"), "{}", stderr(&out));
+
+    // The CLI checks credentials before it dials; the control plane does
+    // not rely on that: a raw client with the foreign or the expired
+    // certificate is refused by the server itself.
+    let rt = tokio::runtime::Runtime::new()?;
+    for (cert, key) in [
+        ("other/admin.crt", "other/admin.key"),
+        ("bob/bob.crt", "bob/bob.key"),
+    ] {
+        let refused = rt.block_on(async {
+            let cfg = picket_tls::client::mtls_config(
+                &picket_tls::files::read_certs(&w.path("cp/ca.crt"))?,
+                picket_tls::files::read_certs(&w.path(cert))?,
+                picket_tls::files::read_key(&w.path(key))?,
+            )?;
+            let Ok(ch) = picket_tls::client::connect(&cp.grpc, cfg).await else {
+                return anyhow::Ok(true);
+            };
+            let mut c = picket_proto::v1::admin_service_client::AdminServiceClient::new(ch);
+            Ok(c.list_agents(picket_proto::v1::ListAgentsRequest {})
+                .await
+                .is_err())
+        })?;
+        assert!(refused, "the server must refuse {cert}");
+    }
 
     // No client certificate at all: UNAUTHENTICATED from the admin service.
-    let rt = tokio::runtime::Runtime::new()?;
     let fp = picket_tls::fingerprint::parse(&picket_tls::fingerprint::of_der(
         picket_tls::files::read_certs(&w.path("cp/ca.crt"))?[0].as_ref(),
     ))?;

@@ -3,6 +3,8 @@
 
 mod agents;
 mod audit;
+mod events;
+mod logs;
 mod metrics;
 mod status;
 mod token;
@@ -31,8 +33,90 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status => status::status(&mut admin, fmt, out).await,
         Cmd::Whoami => status::whoami(&mut admin, fmt, out).await,
         Cmd::Audit { limit } => audit::run(&mut admin, limit, fmt, out).await,
+        Cmd::Events {
+            host,
+            source,
+            severity,
+            since,
+            limit,
+            grep,
+            follow,
+        } => {
+            let q = picket_proto::v1::EventsQuery {
+                host: host.unwrap_or_default(),
+                source: source.unwrap_or_default(),
+                min_severity: severity.map_or(0, |s| picket_proto::v1::Severity::from(s) as i32),
+                since_unix_ms: since.map_or(0, ago_ms),
+                limit,
+                follow,
+                grep: grep.unwrap_or_default(),
+            };
+            events::run(&mut admin, q, fmt).await
+        }
+        Cmd::Logs {
+            host,
+            source,
+            since,
+            grep,
+            tail,
+            follow,
+        } => {
+            let q = picket_proto::v1::LogsQuery {
+                host: host.unwrap_or_default(),
+                source: source.unwrap_or_default(),
+                since_unix_ms: since.map_or(0, ago_ms),
+                tail: tail.unwrap_or(0),
+                follow,
+                grep: grep.unwrap_or_default(),
+            };
+            logs::run(&mut admin, q, fmt).await
+        }
         Cmd::Metrics { name, since, field } => {
             metrics::run(&mut admin, name, since, field, fmt, out).await
         }
     }
+}
+
+/// Unix ms of `now - d`.
+pub(crate) fn ago_ms(d: std::time::Duration) -> i64 {
+    std::time::SystemTime::now()
+        .checked_sub(d)
+        .unwrap_or(std::time::UNIX_EPOCH)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+        .max(1)
+}
+
+/// Prints a server stream item by item through `write`, flushing whenever
+/// the stream pauses (so `-f` shows lines at once, and a long backlog is
+/// not flushed line by line). Memory stays bounded: nothing is collected.
+pub(crate) async fn print_stream<T>(
+    mut stream: tonic::Streaming<T>,
+    mut write: impl FnMut(&mut dyn std::io::Write, T) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use tokio_stream::StreamExt;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    loop {
+        let next = tokio::select! {
+            biased;
+            n = stream.next() => n,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
+                out.flush()?;
+                stream.next().await
+            }
+        };
+        match next {
+            None => break,
+            Some(Ok(item)) => write(&mut out, item)?,
+            Some(Err(s)) => {
+                out.flush()?;
+                return Err(rpc(s));
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
 }

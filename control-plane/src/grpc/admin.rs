@@ -36,8 +36,71 @@ impl AdminSvc {
     }
 }
 
+type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+fn grep(pattern: &str) -> Result<Option<regex::Regex>, Status> {
+    if pattern.is_empty() {
+        return Ok(None);
+    }
+    regex::Regex::new(pattern)
+        .map(Some)
+        .map_err(|e| Status::invalid_argument(format!("--grep: {e}")))
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminSvc {
+    type StreamEventsStream = Stream<v1::StoredEvent>;
+    type StreamLogsStream = Stream<v1::StoredLogLine>;
+
+    async fn stream_events(
+        &self,
+        req: Request<v1::EventsQuery>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        require(&req, &self.state.audit, Role::Viewer, "events.list", "")?;
+        let q = req.into_inner();
+        let min_severity = match q.min_severity {
+            0 => None,
+            s => Some(picket_proto::model::Severity::try_from(s).map_err(bad_input)?),
+        };
+        let filter = crate::feed::EventFilter {
+            host: q.host,
+            source: q.source,
+            min_severity,
+            since: q.since_unix_ms,
+            grep: grep(&q.grep)?,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
+        crate::feed::events(self.state.clone(), filter, limit, q.follow, tx);
+        let out =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
+                r.map(|e| convert::event(&e))
+            });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn stream_logs(
+        &self,
+        req: Request<v1::LogsQuery>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        require(&req, &self.state.audit, Role::Viewer, "logs.list", "")?;
+        let q = req.into_inner();
+        let filter = crate::feed::LogFilter {
+            host: q.host,
+            source: q.source,
+            since: q.since_unix_ms,
+            grep: grep(&q.grep)?,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let tail = usize::try_from(q.tail).unwrap_or(usize::MAX);
+        crate::feed::logs(self.state.clone(), filter, tail, q.follow, tx);
+        let out =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
+                r.map(|l| convert::log_line(&l))
+            });
+        Ok(Response::new(Box::pin(out)))
+    }
+
     async fn list_agents(
         &self,
         req: Request<v1::ListAgentsRequest>,

@@ -6,6 +6,35 @@ use picket_proto::v1;
 use std::collections::BTreeMap;
 
 use crate::store::metrics::{Rollup, Sample};
+use crate::store::records::{EventRecord, LogRecord};
+
+pub fn event(e: &EventRecord) -> v1::StoredEvent {
+    v1::StoredEvent {
+        host: e.host.clone(),
+        source: e.source.clone(),
+        path: e.path.clone(),
+        seq: e.seq,
+        time_unix_ms: e.time_ms,
+        received_unix_ms: e.received_ms,
+        severity: v1::Severity::from(e.severity) as i32,
+        kind: e.kind.clone(),
+        message: e.message.clone(),
+        fields: e.fields.clone().into_iter().collect(),
+    }
+}
+
+pub fn log_line(l: &LogRecord) -> v1::StoredLogLine {
+    v1::StoredLogLine {
+        host: l.host.clone(),
+        source: l.source.clone(),
+        path: l.path.clone(),
+        seq: l.seq,
+        time_unix_ms: l.time_ms,
+        line: l.line.clone(),
+        truncated: l.truncated,
+        invalid_utf8: l.invalid_utf8,
+    }
+}
 use crate::store::{AgentRecord, Inventory};
 
 type SeriesKey = (String, BTreeMap<String, String>);

@@ -32,6 +32,11 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// An internal error as a status (details logged, not sent).
+pub fn status_internal(e: impl std::fmt::Display) -> tonic::Status {
+    status::internal(e)
+}
+
 /// Serves the gRPC API on `listener` until `state.shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<State>) -> Result<(), ServeError> {
     let dir = &state.cfg.data_dir;

@@ -20,6 +20,8 @@ pub trait Backend: Send + Sync + 'static {
     fn update(&self, tree: &str, key: &[u8], f: &mut Updater<'_>) -> Result<(), StoreError>;
     /// Key-value pairs whose key starts with `prefix`, in key order.
     fn scan<'a>(&'a self, tree: &str, prefix: &[u8]) -> Result<KvIter<'a>, StoreError>;
+    /// Pairs with keys at or after `start`, in key order.
+    fn scan_from<'a>(&'a self, tree: &str, start: &[u8]) -> Result<KvIter<'a>, StoreError>;
     /// The last `n` pairs of a tree, in key order.
     fn last_n(&self, tree: &str, n: usize) -> Result<Vec<Kv>, StoreError>;
     /// Applies every write in `ops` atomically, across trees: all or none.
@@ -90,6 +92,14 @@ impl Backend for Sled {
 
     fn scan<'a>(&'a self, tree: &str, prefix: &[u8]) -> Result<KvIter<'a>, StoreError> {
         let it = self.tree(tree)?.scan_prefix(prefix).map(|r| {
+            r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(StoreError::from)
+        });
+        Ok(Box::new(it))
+    }
+
+    fn scan_from<'a>(&'a self, tree: &str, start: &[u8]) -> Result<KvIter<'a>, StoreError> {
+        let it = self.tree(tree)?.range(start.to_vec()..).map(|r| {
             r.map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .map_err(StoreError::from)
         });

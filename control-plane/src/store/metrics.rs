@@ -82,6 +82,25 @@ fn time_of(k: &[u8]) -> i64 {
         .unwrap_or(0)
 }
 
+/// The writes that store `samples` of `host`.
+pub(crate) fn sample_ops(host: &str, samples: &[Sample], ops: &mut Vec<Op>) {
+    ops.extend(samples.iter().map(|s| Op {
+        tree: RAW,
+        key: key(host, s.time_ms),
+        value: Some(encode(&s.points)),
+    }));
+}
+
+/// `ops` plus the write that moves `host`'s acked sequence number.
+pub(crate) fn acked_op(host: &str, acked: u64, mut ops: Vec<Op>) -> Vec<Op> {
+    ops.push(Op {
+        tree: ACKED,
+        key: host.as_bytes().to_vec(),
+        value: Some(acked.to_be_bytes().to_vec()),
+    });
+    ops
+}
+
 fn u64_be(v: Option<Vec<u8>>) -> u64 {
     v.and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
         .unwrap_or(0)

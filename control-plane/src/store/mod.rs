@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod metrics;
+pub mod records;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -109,7 +110,7 @@ pub enum TokenRefusal {
 
 #[derive(Clone)]
 pub struct Store {
-    kv: Arc<dyn Backend>,
+    pub(crate) kv: Arc<dyn Backend>,
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(

@@ -1,0 +1,263 @@
+//! The live feed of stored events and log lines, and the query that joins
+//! backlog and live records with no gap and no repeat.
+//!
+//! Every record gets a fleet-wide ingest id when stored. Ingest allocates
+//! ids, writes and publishes under one lock ([`Feed::store`]), so records
+//! are published in id order and `last_id` is the highest id stored. A
+//! follower subscribes first, then notes `last_id` (the snapshot): the
+//! backlog is what the store holds with id ≤ snapshot, the live part what
+//! is published with id > snapshot.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use picket_proto::model::Severity;
+use regex::Regex;
+use tokio::sync::{broadcast, mpsc};
+use tonic::Status;
+
+use crate::state::State;
+use crate::store::records::{EventRecord, LogRecord, Records};
+use crate::store::{Store, StoreError};
+
+/// How many records a slow follower may fall behind before it is cut off.
+const LIVE_CAPACITY: usize = 65_536;
+
+pub struct Feed {
+    events: broadcast::Sender<Arc<EventRecord>>,
+    logs: broadcast::Sender<Arc<LogRecord>>,
+    last_id: AtomicU64,
+    /// Serialises id allocation, write and publish (see the module docs).
+    order: Mutex<()>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Feed {
+            events: broadcast::channel(LIVE_CAPACITY).0,
+            logs: broadcast::channel(LIVE_CAPACITY).0,
+            last_id: AtomicU64::new(0),
+            order: Mutex::new(()),
+        }
+    }
+}
+
+impl Feed {
+    /// Gives `r`'s events and lines their ids, stores the batch with the
+    /// agent's new acked number, and publishes it.
+    pub fn store(
+        &self,
+        store: &Store,
+        host: &str,
+        mut r: Records,
+        acked: u64,
+    ) -> Result<(), StoreError> {
+        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let ids = store.ingest_ids(r.events.len() + r.logs.len())?;
+        let mut ids = ids.into_iter();
+        for e in &mut r.events {
+            e.id = ids.next().unwrap_or_default();
+        }
+        for l in &mut r.logs {
+            l.id = ids.next().unwrap_or_default();
+        }
+        store.put_records(host, &r, acked)?;
+        let mut max = self.last_id.load(Ordering::Acquire);
+        for e in r.events {
+            max = max.max(e.id);
+            let _ = self.events.send(Arc::new(e));
+        }
+        for l in r.logs {
+            max = max.max(l.id);
+            let _ = self.logs.send(Arc::new(l));
+        }
+        self.last_id.store(max, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// What to show of events.
+pub struct EventFilter {
+    pub host: String,
+    pub source: String,
+    pub min_severity: Option<Severity>,
+    pub since: i64,
+    pub grep: Option<Regex>,
+}
+
+impl EventFilter {
+    fn keep(&self, e: &EventRecord) -> bool {
+        (self.host.is_empty() || e.host == self.host)
+            && (self.source.is_empty() || e.source == self.source)
+            && self.min_severity.is_none_or(|m| e.severity >= m)
+            && e.time_ms >= self.since
+            && self.grep.as_ref().is_none_or(|g| g.is_match(&e.message))
+    }
+}
+
+pub struct LogFilter {
+    pub host: String,
+    pub source: String,
+    pub since: i64,
+    pub grep: Option<Regex>,
+}
+
+impl LogFilter {
+    fn keep(&self, l: &LogRecord) -> bool {
+        (self.host.is_empty() || l.host == self.host)
+            && (self.source.is_empty() || l.source == self.source)
+            && l.time_ms >= self.since
+            && self.grep.as_ref().is_none_or(|g| g.is_match(&l.line))
+    }
+}
+
+/// Streams events into `tx`: the backlog (the newest `limit` if non-zero),
+/// then, with `follow`, live ones. Ends when the receiver goes away or the
+/// control plane shuts down.
+pub fn events(
+    state: Arc<State>,
+    f: EventFilter,
+    limit: usize,
+    follow: bool,
+    tx: mpsc::Sender<Result<Arc<EventRecord>, Status>>,
+) {
+    let live = follow.then(|| state.feed.events.subscribe());
+    let snapshot = state.feed.last_id.load(Ordering::Acquire);
+    let f = Arc::new(f);
+    tokio::spawn(async move {
+        let (st, f2, tx2) = (state.clone(), f.clone(), tx.clone());
+        let backlog_sent = tokio::task::spawn_blocking(move || {
+            let items = match st.store.events_since(f2.since) {
+                Ok(it) => it,
+                Err(e) => {
+                    let _ = tx2.blocking_send(Err(crate::grpc::status_internal(e)));
+                    return false;
+                }
+            };
+            let kept =
+                items.filter(|r| r.as_ref().map_or(true, |e| e.id <= snapshot && f2.keep(e)));
+            send_backlog(kept.map(|r| r.map(Arc::new)), limit, &tx2)
+        })
+        .await
+        .unwrap_or(false);
+        if let (true, Some(live)) = (backlog_sent, live) {
+            follow_live(
+                live,
+                snapshot,
+                |e: &EventRecord| e.id,
+                |e| f.keep(e),
+                &tx,
+                &state,
+            )
+            .await;
+        }
+    });
+}
+
+/// Streams log lines, as [`events`] does (`tail` keeps the last N).
+pub fn logs(
+    state: Arc<State>,
+    f: LogFilter,
+    tail: usize,
+    follow: bool,
+    tx: mpsc::Sender<Result<Arc<LogRecord>, Status>>,
+) {
+    let live = follow.then(|| state.feed.logs.subscribe());
+    let snapshot = state.feed.last_id.load(Ordering::Acquire);
+    let f = Arc::new(f);
+    tokio::spawn(async move {
+        let (st, f2, tx2) = (state.clone(), f.clone(), tx.clone());
+        let backlog_sent = tokio::task::spawn_blocking(move || {
+            let items = match st.store.logs_since(f2.since) {
+                Ok(it) => it,
+                Err(e) => {
+                    let _ = tx2.blocking_send(Err(crate::grpc::status_internal(e)));
+                    return false;
+                }
+            };
+            let kept =
+                items.filter(|r| r.as_ref().map_or(true, |l| l.id <= snapshot && f2.keep(l)));
+            send_backlog(kept.map(|r| r.map(Arc::new)), tail, &tx2)
+        })
+        .await
+        .unwrap_or(false);
+        if let (true, Some(live)) = (backlog_sent, live) {
+            follow_live(
+                live,
+                snapshot,
+                |l: &LogRecord| l.id,
+                |l| f.keep(l),
+                &tx,
+                &state,
+            )
+            .await;
+        }
+    });
+}
+
+/// Sends the backlog: everything as it is read, or, with `last_n`, only
+/// the last N (held in a ring of N). Returns false when the receiver left.
+fn send_backlog<T>(
+    items: impl Iterator<Item = Result<Arc<T>, StoreError>>,
+    last_n: usize,
+    tx: &mpsc::Sender<Result<Arc<T>, Status>>,
+) -> bool {
+    let mut ring: VecDeque<Arc<T>> = VecDeque::new();
+    for item in items {
+        match item {
+            Err(e) => {
+                let _ = tx.blocking_send(Err(crate::grpc::status_internal(e)));
+                return false;
+            }
+            Ok(x) if last_n == 0 => {
+                if tx.blocking_send(Ok(x)).is_err() {
+                    return false;
+                }
+            }
+            Ok(x) => {
+                if ring.len() == last_n {
+                    ring.pop_front();
+                }
+                ring.push_back(x);
+            }
+        }
+    }
+    ring.into_iter().all(|x| tx.blocking_send(Ok(x)).is_ok())
+}
+
+async fn follow_live<T>(
+    mut live: broadcast::Receiver<Arc<T>>,
+    snapshot: u64,
+    id: impl Fn(&T) -> u64,
+    keep: impl Fn(&T) -> bool,
+    tx: &mpsc::Sender<Result<Arc<T>, Status>>,
+    state: &State,
+) {
+    loop {
+        let next = tokio::select! {
+            r = live.recv() => r,
+            _ = tx.closed() => return,
+            _ = state.shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("control plane shutting down"))).await;
+                return;
+            }
+        };
+        match next {
+            Ok(x) => {
+                if id(&x) > snapshot && keep(&x) && tx.send(Ok(x)).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let _ = tx
+                    .send(Err(Status::resource_exhausted(format!(
+                        "this follower fell {n} records behind and was cut off; run again with --since"
+                    ))))
+                    .await;
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
