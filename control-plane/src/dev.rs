@@ -97,6 +97,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let mut agent_cfg = AgentConfig::load(&agent_dir.join("agent.toml"))?;
     agent_cfg.server = server.clone(); // the port may differ from last time
+    let samples = write_samples(&data_dir)?;
+    if agent_cfg.sources.is_empty() {
+        agent_cfg.sources = samples.clone();
+    }
+    tokio::spawn(trickle(data_dir.join("samples/auth.log"), shutdown.clone()));
     let agent_name = agent_cfg.name.clone();
     let agent = tokio::spawn(picket_agent::run(agent_cfg, shutdown.clone()));
 
@@ -113,6 +118,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         &format!("agents show {agent_name}"),
         "agents list -o json",
         "status",
+        "events --severity medium",
+        "logs -f",
+        &format!("metrics {agent_name} --since 10m"),
         "token create --ttl 10m",
         "audit",
     ] {
@@ -174,4 +182,84 @@ async fn create_token(p: &Profile) -> anyhow::Result<String> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Err(anyhow::anyhow!("control plane did not come up: {last:?}"))
+}
+
+const SAMPLES: [(&str, agent_kind::Kind, &str); 4] = [
+    (
+        "auth.log",
+        agent_kind::Kind::Sshd,
+        include_str!("../samples/auth.log"),
+    ),
+    (
+        "fail2ban.log",
+        agent_kind::Kind::Fail2ban,
+        include_str!("../samples/fail2ban.log"),
+    ),
+    (
+        "eve.json",
+        agent_kind::Kind::Suricata,
+        include_str!("../samples/eve.json"),
+    ),
+    (
+        "alerts.log",
+        agent_kind::Kind::Ossec,
+        include_str!("../samples/alerts.log"),
+    ),
+];
+
+mod agent_kind {
+    pub use picket_agent::config::SourceKind as Kind;
+}
+
+/// Writes the sample logs (once) and returns the sources that tail them.
+fn write_samples(data_dir: &Path) -> anyhow::Result<Vec<picket_agent::config::SourceConfig>> {
+    let dir = data_dir.join("samples");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut out = Vec::new();
+    for (name, kind, text) in SAMPLES {
+        let path = dir.join(name);
+        if !path.exists() {
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        out.push(picket_agent::config::SourceConfig {
+            kind,
+            path,
+            from_start: true,
+        });
+    }
+    Ok(out)
+}
+
+/// Appends a fresh sshd failure every five seconds, as a live host would.
+async fn trickle(path: PathBuf, shutdown: CancellationToken) {
+    use std::io::Write;
+    let mut n = 0u32;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let now = time::OffsetDateTime::now_utc();
+        let fmt = time::macros::format_description!(
+            "[month repr:short] [day padding:space] [hour]:[minute]:[second]"
+        );
+        let stamp = now.format(&fmt).unwrap_or_default();
+        let line = format!(
+            "{stamp} dev sshd[{}]: Failed password for invalid user guest{} from 192.0.2.{} port {} ssh2\n",
+            5000 + n,
+            n % 7,
+            1 + n % 200,
+            40000 + n % 20000
+        );
+        let r = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(error) = r {
+            tracing::warn!(%error, "dev: cannot append to the sample auth.log");
+        }
+    }
 }

@@ -112,6 +112,92 @@ impl Parser {
 }
 
 #[cfg(test)]
+mod never_panic {
+    //! A stable-Rust stand-in for the `cargo fuzz` targets (in `fuzz/`):
+    //! corpus lines cut, spliced and sprinkled with odd bytes, plus random
+    //! text, through every parser. Deterministic (fixed seed).
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    #[test]
+    fn mutated_corpus_lines_never_panic() {
+        let mut lines: Vec<String> = Vec::new();
+        for f in [
+            "fail2ban/fail2ban-1.0.2-generated.log",
+            "fail2ban/fail2ban-tests-recidive.log",
+            "sshd/fail2ban-tests-sshd.log",
+            "suricata/dns-tcp-www-google-com.eve.json",
+            "suricata/tls-fingerprint-alert.eve.json",
+            "ossec/ossec-docs-alerts.log",
+            "ossec/ossec-docs-alerts.json",
+            "ossec/wazuh-4.14-alerts.json",
+        ] {
+            lines.extend(corpus::read(f).lines().map(str::to_string));
+        }
+        let odd = [
+            "\u{0}",
+            "\u{fffd}",
+            "é",
+            "{",
+            "}",
+            "[",
+            "\"",
+            ":",
+            " port ",
+            " from ",
+            "** Alert ",
+            "Rule: ",
+            "\n",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let kinds = [
+            SourceKind::Fail2ban,
+            SourceKind::Suricata,
+            SourceKind::Ossec,
+            SourceKind::Sshd,
+            SourceKind::Raw,
+        ];
+        let mut parsers: Vec<Parser> = kinds.iter().map(|k| Parser::for_kind(*k)).collect();
+        for _ in 0..20_000 {
+            let base = &lines[rng.random_range(0..lines.len())];
+            let mut s: String = base.clone();
+            for _ in 0..rng.random_range(0..4) {
+                let cut = rng.random_range(0..=s.len());
+                let cut = (0..=cut)
+                    .rev()
+                    .find(|i| s.is_char_boundary(*i))
+                    .unwrap_or(0);
+                match rng.random_range(0..3) {
+                    0 => s.truncate(cut),
+                    1 => s.insert_str(cut, odd[rng.random_range(0..odd.len())]),
+                    _ => {
+                        let other = &lines[rng.random_range(0..lines.len())];
+                        s = format!(
+                            "{}{}",
+                            &s[..cut],
+                            &other[other.len() / 2..].chars().collect::<String>()
+                        );
+                    }
+                }
+            }
+            let read_ms = rng.random_range(-10_000_000_000_000i64..10_000_000_000_000);
+            for p in &mut parsers {
+                let _ = p.feed(&s, read_ms);
+            }
+        }
+        for p in &mut parsers {
+            let _ = p.flush();
+        }
+        // Extremes.
+        for p in &mut parsers {
+            let _ = p.feed(&"x".repeat(1 << 20), i64::MAX);
+            let _ = p.feed("", i64::MIN);
+        }
+    }
+}
+
+#[cfg(test)]
 pub(crate) mod corpus {
     use std::path::PathBuf;
 

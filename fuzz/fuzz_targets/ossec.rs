@@ -1,0 +1,13 @@
+#![no_main]
+//! The OSSEC/Wazuh parsers (alerts.json lines and alerts.log blocks) never
+//! panic, whatever the lines.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &str| {
+    let _ = picket_agent::sources::ossec::parse_json(data);
+    let mut blocks = picket_agent::sources::ossec::Blocks::default();
+    for line in data.lines() {
+        let _ = blocks.feed(line, 0);
+    }
+    let _ = blocks.flush();
+});

@@ -1,0 +1,8 @@
+#![no_main]
+//! The sshd parser never panics, whatever the line and read time.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: (&str, i64)| {
+    let (line, read_ms) = data;
+    let _ = picket_agent::sources::sshd::parse(line, read_ms);
+});

@@ -1,0 +1,7 @@
+#![no_main]
+//! The Suricata eve.json parser never panics, whatever the line.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|line: &str| {
+    let _ = picket_agent::sources::suricata::parse(line);
+});
