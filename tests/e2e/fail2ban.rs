@@ -16,12 +16,11 @@ fn syslog_now() -> String {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     // `date -u` formats it as sshd's syslog lines have it.
-    let out = Command::new("date")
+    Command::new("date")
         .args(["-u", "-d", &format!("@{secs}"), "+%b %e %H:%M:%S"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_string())
-        .unwrap_or_default();
-    out
+        .unwrap_or_default()
 }
 
 #[test]
