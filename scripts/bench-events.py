@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Event pipeline benchmark: lines per second from append to acknowledged in
+the control plane's store, for each parser, and latency from append to
+visible in `picketctl logs -f` (p50/p99) at a steady 1,000 lines/s.
+
+    scripts/bench-events.py [--lines 200000] [--rate 1000] [--seconds 20]
+
+Builds release binaries, runs a real control plane and agent on loopback in
+a temp folder, and prints Markdown tables (see docs/benchmarks.md).
+"""
+import argparse, json, os, re, shutil, socket, subprocess, tempfile, threading, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+CORPUS = os.path.join(ROOT, "..", "shared", "corpus")
+
+# One representative line per parser; the benchmark appends copies of it.
+LINES = {
+    "raw": "Nov 23 09:12:44 vm-prod app[4188]: GET /api/v1/items?page=2 200 0.012s",
+    "sshd": "Nov 23 09:12:45 vm-prod sshd[4188]: Failed password for invalid user oracle from 203.0.113.77 port 40112 ssh2",
+    "fail2ban": "2026-11-23 09:14:02,118 fail2ban.actions        [6447]: NOTICE  [sshd] Ban 203.0.113.77",
+    "suricata": '{"timestamp":"2026-11-23T09:14:02.118000+0000","flow_id":1042210044,"event_type":"alert","src_ip":"203.0.113.77","src_port":40522,"dest_ip":"10.0.1.10","dest_port":80,"proto":"TCP","alert":{"action":"allowed","gid":1,"signature_id":2013028,"rev":7,"signature":"ET POLICY curl User-Agent Outbound","category":"Attempted Information Leak","severity":2}}',
+    "ossec": '{"timestamp":"2026-11-23T09:14:02.118+0000","rule":{"level":10,"description":"sshd: brute force","id":"5712","groups":["syslog","sshd"]},"agent":{"id":"000","name":"vm-prod"},"data":{"srcip":"203.0.113.77","srcuser":"oracle"},"location":"/var/log/auth.log"}',
+}
+
+
+def run(cmd, env):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+
+
+def wait_re(path, pattern, limit=30):
+    end = time.time() + limit
+    while time.time() < end:
+        m = re.search(pattern, open(path).read())
+        if m:
+            return m
+        time.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {pattern!r} in {path}")
+
+
+def ingested(http):
+    body = urllib.request.urlopen(f"http://{http}/metrics").read().decode()
+    m = re.search(r"^picket_control_records_ingested (\d+)", body, re.M)
+    return int(m.group(1)) if m else 0
+
+
+class Fleet:
+    def __init__(self, kind):
+        self.tmp = tempfile.mkdtemp(prefix="picket-bench-ev-")
+        t = self.tmp
+        self.env = dict(os.environ, HOME=t, PICKET_CONFIG_DIR=f"{t}/cfg", RUST_LOG="warn,picket_control::server=info")
+        out = run([f"{REL}/picket-control", "init", "--data-dir", f"{t}/cp"], self.env).stdout
+        fp = re.search(r"sha256:[0-9a-f]{64}", out).group(0)
+        self.cp = subprocess.Popen([f"{REL}/picket-control", "run", "--config", f"{t}/cp/control.toml",
+                                    "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
+                                   env=self.env, stderr=open(f"{t}/cp.err", "w"))
+        m = wait_re(f"{t}/cp.err", r"grpc=(\S+) http=(\S+)")
+        self.grpc, self.http = m.group(1), m.group(2)
+        self.flags = ["--server", self.grpc, "--ca", f"{t}/cp/ca.crt", "--cert", f"{t}/cp/admin.crt", "--key", f"{t}/cp/admin.key"]
+        tok = run([f"{REL}/picketctl", *self.flags, "token", "create"], self.env).stdout.strip()
+        run([f"{REL}/picket-agent", "enroll", "--server", self.grpc, "--token", tok, "--ca-fingerprint", fp,
+             "--name", "bench", "--state-dir", f"{t}/agent"], self.env)
+        self.log = f"{t}/source.log"
+        open(self.log, "w").close()
+        with open(f"{t}/agent/agent.toml", "a") as f:
+            f.write(f'\n[[source]]\nkind = "{kind}"\npath = "{self.log}"\n')
+        cfg = open(f"{t}/agent/agent.toml").read().replace('metrics_interval = "10s"', 'metrics_interval = "1h"')
+        open(f"{t}/agent/agent.toml", "w").write(cfg)
+        self.agent = subprocess.Popen([f"{REL}/picket-agent", "run", "--config", f"{t}/agent/agent.toml"],
+                                      env=self.env, stderr=subprocess.DEVNULL)
+        time.sleep(2)
+
+    def close(self):
+        for p in (self.agent, self.cp):
+            p.terminate()
+            p.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def throughput(kind, n):
+    f = Fleet(kind)
+    try:
+        base = ingested(f.http)
+        per_line = 1 if kind == "raw" else 2  # the line, and its event
+        want = base + n * per_line
+        line = LINES[kind] + "\n"
+        t0 = time.time()
+        with open(f.log, "a") as out:
+            for _ in range(n // 10000):
+                out.write(line * 10000)
+                out.flush()
+        while ingested(f.http) < want:
+            time.sleep(0.05)
+        dt = time.time() - t0
+        return n / dt, dt
+    finally:
+        f.close()
+
+
+def latency(rate, seconds):
+    f = Fleet("raw")
+    try:
+        follow = subprocess.Popen([f"{REL}/picketctl", *f.flags, "logs", "-f", "-o", "json"], env=f.env,
+                                  stdout=subprocess.PIPE, text=True)
+        lat = []
+        total = rate * seconds
+        def reader():
+            for l in follow.stdout:
+                m = re.search(r"t=(\d+)", json.loads(l)["line"])
+                if m:
+                    lat.append(time.time_ns() - int(m.group(1)))
+                if len(lat) >= total:
+                    return
+        th = threading.Thread(target=reader)
+        th.start()
+        time.sleep(1)
+        with open(f.log, "a") as out:
+            start = time.time()
+            for i in range(total):
+                target = start + i / rate
+                d = target - time.time()
+                if d > 0:
+                    time.sleep(d)
+                out.write(f"bench line {i} t={time.time_ns()}\n")
+                out.flush()
+        th.join(timeout=30)
+        follow.terminate()
+        lat.sort()
+        ms = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1e6
+        return len(lat), ms(0.5), ms(0.99), ms(1.0) if lat else 0
+    finally:
+        f.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lines", type=int, default=200_000)
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--seconds", type=int, default=20)
+    a = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent", "-p", "picketctl"],
+                   cwd=ROOT, check=True)
+    print(f"| parser | lines | seconds | lines/s (append → acked in store) |")
+    print("| --- | --- | --- | --- |")
+    for kind in LINES:
+        rate, dt = throughput(kind, a.lines)
+        print(f"| {kind} | {a.lines} | {dt:.2f} | {rate:,.0f} |", flush=True)
+    n, p50, p99, mx = latency(a.rate, a.seconds)
+    print()
+    print("| rate | lines seen | p50 (ms) | p99 (ms) | max (ms) |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| {a.rate}/s | {n} | {p50:.1f} | {p99:.1f} | {mx:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
