@@ -141,9 +141,11 @@ impl Buffer {
 
     /// Appends records, and with them a source's read position, in one
     /// atomic batch. Returns the sequence numbers given.
+    /// The batch is taken whole or not at all; on an error the caller still
+    /// holds `payloads` and may push them again.
     pub fn push(
         &self,
-        payloads: Vec<Payload>,
+        payloads: &[Payload],
         position: Option<(&str, &[u8])>,
     ) -> Result<std::ops::Range<u64>, BufferError> {
         let mut st = self.lock();
@@ -154,17 +156,14 @@ impl Buffer {
         let first = st.next_seq;
         let mut batch = sled::Batch::default();
         let mut added = 0u64;
-        for (i, p) in payloads.into_iter().enumerate() {
+        for (i, p) in payloads.iter().enumerate() {
             let seq = first + i as u64;
-            let kind = Kind::of(&p) as u8;
-            let rec = v1::Record {
-                seq,
-                payload: Some(p),
-            };
-            let mut value = Vec::with_capacity(rec.encoded_len() + 1);
-            value.push(kind);
-            rec.encode(&mut value)
-                .map_err(|_| BufferError::Corrupt(seq))?;
+            // The bytes of `v1::Record { seq, payload }`, written from a
+            // borrowed payload: field 1, then the oneof.
+            let mut value = Vec::with_capacity(p.encoded_len() + 12);
+            value.push(Kind::of(p) as u8);
+            prost::encoding::uint64::encode(1, &seq, &mut value);
+            p.encode(&mut value);
             added += (9 + value.len()) as u64;
             batch.insert(&rec_key(seq)[..], value);
             st.next_seq = seq + 1;
@@ -324,8 +323,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let b = Buffer::open(dir.path(), 1 << 20).unwrap();
-            assert_eq!(b.push(vec![metric(1), metric(2)], None).unwrap(), 1..3);
-            assert_eq!(b.push(vec![log("x")], Some(("src", b"42"))).unwrap(), 3..4);
+            assert_eq!(b.push(&[metric(1), metric(2)], None).unwrap(), 1..3);
+            assert_eq!(b.push(&[log("x")], Some(("src", b"42"))).unwrap(), 3..4);
             b.flush().unwrap();
         }
         let b = Buffer::open(dir.path(), 1 << 20).unwrap();
@@ -337,7 +336,7 @@ mod tests {
         let rest: Vec<u64> = b.after(0, 100).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(rest, vec![3]);
         assert_eq!(b.after(3, 100).unwrap().len(), 0);
-        assert_eq!(b.push(vec![metric(3)], None).unwrap(), 4..5);
+        assert_eq!(b.push(&[metric(3)], None).unwrap(), 4..5);
     }
 
     #[test]
@@ -345,17 +344,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = Buffer::open(dir.path(), 8000).unwrap();
         for i in 0..30 {
-            b.push(vec![metric(i)], None).unwrap();
+            b.push(&[metric(i)], None).unwrap();
         }
         let line = "l".repeat(200);
         for _ in 0..20 {
-            b.push(vec![log(&line)], None).unwrap();
+            b.push(&[log(&line)], None).unwrap();
         }
         // Logs alone fit: room was made by dropping metrics only.
         let [m, l, e] = b.dropped();
         assert!(m > 0 && l == 0 && e == 0, "{m} {l} {e}");
         for _ in 0..40 {
-            b.push(vec![log(&line)], None).unwrap();
+            b.push(&[log(&line)], None).unwrap();
         }
         let [m, l, e] = b.dropped();
         assert_eq!(m, 30, "every metric went before any log line");
@@ -389,7 +388,7 @@ mod tests {
         };
         let mut refused = false;
         for _ in 0..20 {
-            if let Err(BufferError::Full(_)) = b.push(vec![ev()], None) {
+            if let Err(BufferError::Full(_)) = b.push(&[ev()], None) {
                 refused = true;
                 break;
             }

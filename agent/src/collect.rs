@@ -30,6 +30,10 @@ struct Source {
     key: String,
     tailer: Tailer,
     parser: Parser,
+    /// A batch read but not yet buffered (the buffer was full, or a write
+    /// failed): pushed again before anything more is read, so no line is
+    /// lost while the tailer has moved past it.
+    pending: Option<(Vec<Payload>, Vec<u8>, usize)>,
 }
 
 /// Tails every source until `shutdown`. Returns when cancelled.
@@ -49,6 +53,7 @@ pub fn run(cfg: &AgentConfig, buffer: Arc<Buffer>, shutdown: CancellationToken) 
                 parser: Parser::for_kind(s.kind),
                 key,
                 cfg: s.clone(),
+                pending: None,
             }
         })
         .collect();
@@ -108,6 +113,9 @@ enum Pump {
 
 /// Reads one batch from a source and buffers it; returns lines read.
 fn pump(s: &mut Source, buffer: &Buffer) -> Result<usize, Pump> {
+    if let Some((payloads, pos, n)) = s.pending.take() {
+        return push(s, buffer, payloads, pos, n);
+    }
     let lines = s
         .tailer
         .poll(BATCH_LINES)
@@ -155,9 +163,25 @@ fn pump(s: &mut Source, buffer: &Buffer) -> Result<usize, Pump> {
         .position()
         .map(|p| serde_json::to_vec(&p).unwrap_or_default())
         .unwrap_or_default();
-    match buffer.push(payloads, Some((&s.key, &pos))) {
+    push(s, buffer, payloads, pos, n)
+}
+
+fn push(
+    s: &mut Source,
+    buffer: &Buffer,
+    payloads: Vec<Payload>,
+    pos: Vec<u8>,
+    n: usize,
+) -> Result<usize, Pump> {
+    // The buffer takes the batch whole or not at all; keep it to retry.
+    match buffer.push(&payloads, Some((&s.key, &pos))) {
         Ok(_) => Ok(n),
-        Err(BufferError::Full(_)) => Err(Pump::Full),
-        Err(e) => Err(Pump::Other(e.to_string())),
+        Err(e) => {
+            s.pending = Some((payloads, pos, n));
+            match e {
+                BufferError::Full(_) => Err(Pump::Full),
+                e => Err(Pump::Other(e.to_string())),
+            }
+        }
     }
 }

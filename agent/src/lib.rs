@@ -97,7 +97,7 @@ async fn sample_metrics(
             value: buffer.held_bytes() as f64,
         });
         let payload = picket_proto::v1::record::Payload::Metrics(sample);
-        if let Err(error) = buffer.push(vec![payload], None) {
+        if let Err(error) = buffer.push(&[payload], None) {
             tracing::warn!(%error, "metrics sample not buffered");
         }
     }
