@@ -112,6 +112,50 @@ impl LogFilter {
     }
 }
 
+/// A stored record the feed carries.
+pub trait Stored: Send + Sync + 'static {
+    fn id(&self) -> u64;
+}
+
+impl Stored for EventRecord {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Stored for LogRecord {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Which records a query wants.
+pub trait Filter<T>: Send + Sync + 'static {
+    fn since(&self) -> i64;
+    fn keep(&self, r: &T) -> bool;
+}
+
+impl Filter<EventRecord> for EventFilter {
+    fn since(&self) -> i64 {
+        self.since
+    }
+    fn keep(&self, e: &EventRecord) -> bool {
+        EventFilter::keep(self, e)
+    }
+}
+
+impl Filter<LogRecord> for LogFilter {
+    fn since(&self) -> i64 {
+        self.since
+    }
+    fn keep(&self, l: &LogRecord) -> bool {
+        LogFilter::keep(self, l)
+    }
+}
+
+type Scan<T> =
+    fn(&Store, i64) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + '_>, StoreError>;
+
 /// Streams events into `tx`: the backlog (the newest `limit` if non-zero),
 /// then, with `follow`, live ones. Ends when the receiver goes away or the
 /// control plane shuts down.
@@ -123,36 +167,14 @@ pub fn events(
     tx: mpsc::Sender<Result<Arc<EventRecord>, Status>>,
 ) {
     let live = follow.then(|| state.feed.events.subscribe());
-    let snapshot = state.feed.last_id.load(Ordering::Acquire);
-    let f = Arc::new(f);
-    tokio::spawn(async move {
-        let (st, f2, tx2) = (state.clone(), f.clone(), tx.clone());
-        let backlog_sent = tokio::task::spawn_blocking(move || {
-            let items = match st.store.events_since(f2.since) {
-                Ok(it) => it,
-                Err(e) => {
-                    let _ = tx2.blocking_send(Err(crate::grpc::status_internal(e)));
-                    return false;
-                }
-            };
-            let kept =
-                items.filter(|r| r.as_ref().map_or(true, |e| e.id <= snapshot && f2.keep(e)));
-            send_backlog(kept.map(|r| r.map(Arc::new)), limit, &tx2)
-        })
-        .await
-        .unwrap_or(false);
-        if let (true, Some(live)) = (backlog_sent, live) {
-            follow_live(
-                live,
-                snapshot,
-                |e: &EventRecord| e.id,
-                |e| f.keep(e),
-                &tx,
-                &state,
-            )
-            .await;
-        }
-    });
+    serve(
+        state,
+        f,
+        live,
+        |s, since| Ok(Box::new(s.events_since(since)?)),
+        limit,
+        tx,
+    );
 }
 
 /// Streams log lines, as [`events`] does (`tail` keeps the last N).
@@ -164,34 +186,48 @@ pub fn logs(
     tx: mpsc::Sender<Result<Arc<LogRecord>, Status>>,
 ) {
     let live = follow.then(|| state.feed.logs.subscribe());
+    serve(
+        state,
+        f,
+        live,
+        |s, since| Ok(Box::new(s.logs_since(since)?)),
+        tail,
+        tx,
+    );
+}
+
+/// The backlog up to the snapshot id (read on a blocking thread), then the
+/// live records above it. `live` must be subscribed before this is called.
+fn serve<T: Stored, F: Filter<T>>(
+    state: Arc<State>,
+    f: F,
+    live: Option<broadcast::Receiver<Arc<T>>>,
+    scan: Scan<T>,
+    last_n: usize,
+    tx: mpsc::Sender<Result<Arc<T>, Status>>,
+) {
     let snapshot = state.feed.last_id.load(Ordering::Acquire);
     let f = Arc::new(f);
     tokio::spawn(async move {
         let (st, f2, tx2) = (state.clone(), f.clone(), tx.clone());
         let backlog_sent = tokio::task::spawn_blocking(move || {
-            let items = match st.store.logs_since(f2.since) {
+            let items = match scan(&st.store, f2.since()) {
                 Ok(it) => it,
                 Err(e) => {
                     let _ = tx2.blocking_send(Err(crate::grpc::status_internal(e)));
                     return false;
                 }
             };
-            let kept =
-                items.filter(|r| r.as_ref().map_or(true, |l| l.id <= snapshot && f2.keep(l)));
-            send_backlog(kept.map(|r| r.map(Arc::new)), tail, &tx2)
+            let kept = items.filter(|r| {
+                r.as_ref()
+                    .map_or(true, |x| x.id() <= snapshot && f2.keep(x))
+            });
+            send_backlog(kept.map(|r| r.map(Arc::new)), last_n, &tx2)
         })
         .await
         .unwrap_or(false);
         if let (true, Some(live)) = (backlog_sent, live) {
-            follow_live(
-                live,
-                snapshot,
-                |l: &LogRecord| l.id,
-                |l| f.keep(l),
-                &tx,
-                &state,
-            )
-            .await;
+            follow_live(live, snapshot, |x: &T| f.keep(x), &tx, &state).await;
         }
     });
 }
@@ -226,10 +262,9 @@ fn send_backlog<T>(
     ring.into_iter().all(|x| tx.blocking_send(Ok(x)).is_ok())
 }
 
-async fn follow_live<T>(
+async fn follow_live<T: Stored>(
     mut live: broadcast::Receiver<Arc<T>>,
     snapshot: u64,
-    id: impl Fn(&T) -> u64,
     keep: impl Fn(&T) -> bool,
     tx: &mpsc::Sender<Result<Arc<T>, Status>>,
     state: &State,
@@ -245,7 +280,7 @@ async fn follow_live<T>(
         };
         match next {
             Ok(x) => {
-                if id(&x) > snapshot && keep(&x) && tx.send(Ok(x)).await.is_err() {
+                if x.id() > snapshot && keep(&x) && tx.send(Ok(x)).await.is_err() {
                     return;
                 }
             }
