@@ -132,12 +132,16 @@ impl Stored for LogRecord {
 /// Which records a query wants.
 pub trait Filter<T>: Send + Sync + 'static {
     fn since(&self) -> i64;
+    fn host(&self) -> Option<&str>;
     fn keep(&self, r: &T) -> bool;
 }
 
 impl Filter<EventRecord> for EventFilter {
     fn since(&self) -> i64 {
         self.since
+    }
+    fn host(&self) -> Option<&str> {
+        Some(self.host.as_str()).filter(|h| !h.is_empty())
     }
     fn keep(&self, e: &EventRecord) -> bool {
         EventFilter::keep(self, e)
@@ -148,13 +152,20 @@ impl Filter<LogRecord> for LogFilter {
     fn since(&self) -> i64 {
         self.since
     }
+    fn host(&self) -> Option<&str> {
+        Some(self.host.as_str()).filter(|h| !h.is_empty())
+    }
     fn keep(&self, l: &LogRecord) -> bool {
         LogFilter::keep(self, l)
     }
 }
 
 type Scan<T> =
-    fn(&Store, i64) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + '_>, StoreError>;
+    for<'a> fn(
+        &'a Store,
+        i64,
+        Option<&'a str>,
+    ) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>, StoreError>;
 
 /// Streams events into `tx`: the backlog (the newest `limit` if non-zero),
 /// then, with `follow`, live ones. Ends when the receiver goes away or the
@@ -171,7 +182,7 @@ pub fn events(
         state,
         f,
         live,
-        |s, since| Ok(Box::new(s.events_since(since)?)),
+        |s, since, host| s.events_since(since, host),
         limit,
         tx,
     );
@@ -190,7 +201,7 @@ pub fn logs(
         state,
         f,
         live,
-        |s, since| Ok(Box::new(s.logs_since(since)?)),
+        |s, since, host| s.logs_since(since, host),
         tail,
         tx,
     );
@@ -211,7 +222,7 @@ fn serve<T: Stored, F: Filter<T>>(
     tokio::spawn(async move {
         let (st, f2, tx2) = (state.clone(), f.clone(), tx.clone());
         let backlog_sent = tokio::task::spawn_blocking(move || {
-            let items = match scan(&st.store, f2.since()) {
+            let items = match scan(&st.store, f2.since(), f2.host()) {
                 Ok(it) => it,
                 Err(e) => {
                     let _ = tx2.blocking_send(Err(crate::grpc::status_internal(e)));

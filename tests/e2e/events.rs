@@ -123,6 +123,21 @@ fn events_from_every_parser_and_raw_lines() -> Result<()> {
     assert!(alerts.0[0]["fields"]["signature_id"].is_string());
     assert_eq!(alerts.1[0]["fields"]["rule_id"], "1005");
 
+    // Host filter (served by the per-host index).
+    let mine = ctl_json(
+        &w,
+        &admin,
+        &[
+            "events", "--host", "sec-1", "--source", "fail2ban", "--limit", "100000",
+        ],
+    )?;
+    assert_eq!(
+        mine.iter().filter(|e| e["kind"] == "ban").count(),
+        want_bans
+    );
+    assert!(ctl_json(&w, &admin, &["events", "--host", "nobody"])?.is_empty());
+    assert!(ctl_json(&w, &admin, &["logs", "--host", "nobody"])?.is_empty());
+
     // Severity filter: nothing below medium.
     let med = ctl_json(
         &w,
