@@ -137,14 +137,18 @@ def main():
     ap.add_argument("--lines", type=int, default=200_000)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--parsers", default=",".join(LINES), help="comma-separated subset")
+    ap.add_argument("--no-latency", action="store_true")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent", "-p", "picketctl"],
                    cwd=ROOT, check=True)
     print(f"| parser | lines | seconds | lines/s (append → acked in store) |")
     print("| --- | --- | --- | --- |")
-    for kind in LINES:
+    for kind in a.parsers.split(","):
         rate, dt = throughput(kind, a.lines)
         print(f"| {kind} | {a.lines} | {dt:.2f} | {rate:,.0f} |", flush=True)
+    if a.no_latency:
+        return
     n, p50, p99, mx = latency(a.rate, a.seconds)
     print()
     print("| rate | lines seen | p50 (ms) | p99 (ms) | max (ms) |")

@@ -94,6 +94,8 @@ pub struct Buffer {
     cap_bytes: u64,
     /// Woken whenever records are added.
     added: Notify,
+    /// Every record up to this sequence number is on disk (fsynced).
+    durable: std::sync::atomic::AtomicU64,
 }
 
 impl Buffer {
@@ -132,6 +134,8 @@ impl Buffer {
             }),
             cap_bytes,
             added: Notify::new(),
+            // What a fresh open finds was on disk.
+            durable: std::sync::atomic::AtomicU64::new(next_seq - 1),
         })
     }
 
@@ -223,9 +227,17 @@ impl Buffer {
         Ok(())
     }
 
-    /// Up to `max` records with a sequence number above `after`, in order.
-    pub fn after(&self, after: u64, max: usize) -> Result<Vec<v1::Record>, BufferError> {
+    /// Up to `max` records with a sequence number above `after`, in order,
+    /// stopping once `max_bytes` (encoded) are reached (at least one record
+    /// is returned when there is one).
+    pub fn after(
+        &self,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<v1::Record>, BufferError> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for kv in self
             .tree
             .range(rec_key(after.saturating_add(1))..rec_key(u64::MAX))
@@ -236,8 +248,9 @@ impl Buffer {
                 .get(1..)
                 .and_then(|b| v1::Record::decode(b).ok())
                 .ok_or(BufferError::Corrupt(seq))?;
+            bytes += v.len();
             out.push(rec);
-            if out.len() >= max {
+            if out.len() >= max || bytes >= max_bytes {
                 break;
             }
         }
@@ -287,9 +300,21 @@ impl Buffer {
         self.added.notified().await;
     }
 
+    /// Makes every record pushed so far durable.
     pub fn flush(&self) -> Result<(), BufferError> {
+        let upto = self.next_seq().saturating_sub(1);
         self.db.flush()?;
+        self.durable
+            .fetch_max(upto, std::sync::atomic::Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Records up to this sequence number are on disk. Only those may be
+    /// sent: a record sent before it is durable could be lost in a crash
+    /// and its sequence number reused for other lines after the restart,
+    /// which the control plane would then skip as a repeat.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -330,12 +355,22 @@ mod tests {
         let b = Buffer::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(b.next_seq(), 4);
         assert_eq!(b.position("src").unwrap().as_deref(), Some(&b"42"[..]));
-        let all: Vec<u64> = b.after(0, 100).unwrap().iter().map(|r| r.seq).collect();
+        let all: Vec<u64> = b
+            .after(0, 100, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(all, vec![1, 2, 3]);
         b.ack(2).unwrap();
-        let rest: Vec<u64> = b.after(0, 100).unwrap().iter().map(|r| r.seq).collect();
+        let rest: Vec<u64> = b
+            .after(0, 100, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(rest, vec![3]);
-        assert_eq!(b.after(3, 100).unwrap().len(), 0);
+        assert_eq!(b.after(3, 100, usize::MAX).unwrap().len(), 0);
         assert_eq!(b.push(&[metric(3)], None).unwrap(), 4..5);
     }
 
@@ -360,7 +395,7 @@ mod tests {
         assert_eq!(m, 30, "every metric went before any log line");
         assert!(l > 0 && e == 0);
         assert!(b.held_bytes() <= 8000);
-        let recs = b.after(0, 1000).unwrap();
+        let recs = b.after(0, 1000, usize::MAX).unwrap();
         assert!(
             recs.iter()
                 .all(|r| matches!(&r.payload, Some(Payload::Log(_))))
@@ -374,6 +409,20 @@ mod tests {
         drop(b);
         let b = Buffer::open(dir.path(), 8000).unwrap();
         assert_eq!(b.dropped(), [m, l, 0]);
+    }
+
+    #[test]
+    fn only_flushed_records_count_as_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(b.durable_seq(), 0);
+        b.push(&[metric(1), metric(2)], None).unwrap();
+        assert_eq!(b.durable_seq(), 0, "pushed is not yet durable");
+        b.flush().unwrap();
+        assert_eq!(b.durable_seq(), 2);
+        drop(b);
+        let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(b.durable_seq(), 2, "what a restart finds was on disk");
     }
 
     #[test]

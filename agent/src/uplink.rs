@@ -18,8 +18,11 @@ use crate::buffer::Buffer;
 use crate::config::AgentConfig;
 use crate::identity::Identity;
 
-/// Records per batch on the wire.
-const BATCH: usize = 512;
+/// Records per batch on the wire, and the bytes that end a batch early:
+/// big batches amortise the control plane's fsync per batch; the byte cap
+/// keeps a batch of long lines well under gRPC's 4 MiB message limit.
+const BATCH: usize = 8192;
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -212,7 +215,7 @@ impl Drop for AbortOnDrop {
 /// for more. Sending is at-least-once; the control plane ignores repeats.
 async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<v1::AgentMessage>) {
     loop {
-        let records = match buffer.after(cursor, BATCH) {
+        let records = match buffer.after(cursor, BATCH, BATCH_BYTES) {
             Ok(r) => r,
             Err(error) => {
                 tracing::error!(%error, "cannot read the buffer");
@@ -225,6 +228,19 @@ async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<v1:
             let _ = tokio::time::timeout(Duration::from_secs(1), buffer.wait_added()).await;
             continue;
         };
+        // Never send what is not on disk yet (see `Buffer::durable_seq`).
+        if last > buffer.durable_seq() {
+            let b = buffer.clone();
+            match tokio::task::spawn_blocking(move || b.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "cannot flush the buffer");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(_) => return,
+            }
+        }
         if tx
             .send(msg(Body::Records(v1::RecordBatch { records })))
             .await

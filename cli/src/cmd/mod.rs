@@ -89,22 +89,27 @@ pub(crate) fn ago_ms(d: std::time::Duration) -> i64 {
 }
 
 /// Prints a server stream item by item through `write`, flushing whenever
-/// the stream pauses (so `-f` shows lines at once, and a long backlog is
-/// not flushed line by line). Memory stays bounded: nothing is collected.
+/// the stream pauses and at least every 20 ms while it flows (so `-f` shows
+/// lines at once, and a long backlog is not flushed line by line). Memory
+/// stays bounded: nothing is collected.
 pub(crate) async fn print_stream<T>(
     mut stream: tonic::Streaming<T>,
     mut write: impl FnMut(&mut dyn std::io::Write, T) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
     use std::io::Write;
+    use std::time::{Duration, Instant};
     use tokio_stream::StreamExt;
+    const EVERY: Duration = Duration::from_millis(20);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let mut flushed = Instant::now();
     loop {
         let next = tokio::select! {
             biased;
             n = stream.next() => n,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
+            _ = tokio::time::sleep(EVERY) => {
                 out.flush()?;
+                flushed = Instant::now();
                 stream.next().await
             }
         };
@@ -115,6 +120,10 @@ pub(crate) async fn print_stream<T>(
                 out.flush()?;
                 return Err(rpc(s));
             }
+        }
+        if flushed.elapsed() >= EVERY {
+            out.flush()?;
+            flushed = Instant::now();
         }
     }
     out.flush()?;
