@@ -136,24 +136,35 @@ impl Store {
         self.kv.apply(&ops)
     }
 
-    /// Raw samples of `host` with `from <= time < to`, oldest first.
-    pub fn samples(&self, host: &str, from: i64, to: i64) -> Result<Vec<Sample>, StoreError> {
+    /// Values of `host` in `tree` with `from <= time < to`, oldest first;
+    /// the scan starts at `from` rather than at the host's first entry.
+    fn host_range<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        host: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, T)>, StoreError> {
+        let p = prefix(host);
         let mut out = Vec::new();
-        for kv in self.kv.scan(RAW, &prefix(host))? {
+        for kv in self.kv.scan_from(tree, &key(host, from))? {
             let (k, v) = kv?;
             let t = time_of(&k);
-            if t < from {
-                continue;
-            }
-            if t >= to {
+            if !k.starts_with(&p) || t >= to {
                 break;
             }
-            out.push(Sample {
-                time_ms: t,
-                points: decode(RAW, &v)?,
-            });
+            out.push((t, decode(tree, &v)?));
         }
         Ok(out)
+    }
+
+    /// Raw samples of `host` with `from <= time < to`, oldest first.
+    pub fn samples(&self, host: &str, from: i64, to: i64) -> Result<Vec<Sample>, StoreError> {
+        Ok(self
+            .host_range(RAW, host, from, to)?
+            .into_iter()
+            .map(|(time_ms, points)| Sample { time_ms, points })
+            .collect())
     }
 
     /// The newest raw sample of `host`.
@@ -178,19 +189,7 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<Vec<(i64, Vec<Rollup>)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.kv.scan(ROLLUP, &prefix(host))? {
-            let (k, v) = kv?;
-            let t = time_of(&k);
-            if t < from {
-                continue;
-            }
-            if t >= to {
-                break;
-            }
-            out.push((t, decode(ROLLUP, &v)?));
-        }
-        Ok(out)
+        self.host_range(ROLLUP, host, from, to)
     }
 
     /// Rolls every whole minute of `host` before `until` that is not rolled
