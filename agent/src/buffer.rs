@@ -103,7 +103,8 @@ impl Buffer {
         let path = dir.join("buffer");
         let db = sled::Config::new()
             .path(&path)
-            .cache_capacity(4 * 1024 * 1024)
+            // A small page cache: the buffer is written once, read once.
+            .cache_capacity(1024 * 1024)
             // Records and read positions share a batch, so an unflushed tail
             // lost in a crash is re-read, never skipped; flushing once a
             // second keeps the idle agent quiet.
