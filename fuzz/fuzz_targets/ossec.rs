@@ -7,7 +7,7 @@ fuzz_target!(|data: &str| {
     let _ = picket_agent::sources::ossec::parse_json(data);
     let mut blocks = picket_agent::sources::ossec::Blocks::default();
     for line in data.lines() {
-        let _ = blocks.feed(line, 0);
+        let _ = blocks.feed(line);
     }
     let _ = blocks.flush();
 });

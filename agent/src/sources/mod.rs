@@ -97,7 +97,7 @@ impl Parser {
             Parser::Sshd => vec![sshd::parse(line, read_ms)],
             // `raw` sources ship lines only (to the log store), no events.
             Parser::Raw => Vec::new(),
-            Parser::Ossec(b) => b.feed(line, read_ms),
+            Parser::Ossec(b) => b.feed(line),
         }
     }
 

@@ -114,17 +114,18 @@ pub struct Blocks {
 }
 
 impl Blocks {
-    /// Feeds one line of alerts.log (or alerts.json: a `{` line is parsed
+    /// Feeds one line of alerts.log (blocks carry their own year, so the
+    /// read time is not needed) (or alerts.json: a `{` line is parsed
     /// at once). Returns the block the line completes, if any.
-    pub fn feed(&mut self, line: &str, read_ms: i64) -> Vec<Parsed> {
+    pub fn feed(&mut self, line: &str) -> Vec<Parsed> {
         if line.starts_with('{') {
-            let mut out = self.flush_at(read_ms);
+            let mut out = self.flush();
             out.push(parse_json(line));
             return out;
         }
         let mut out = Vec::new();
         if HEADER.is_match(line) {
-            out = self.flush_at(read_ms);
+            out = self.flush();
         } else if self.lines.is_empty() {
             if line.trim().is_empty() {
                 return out;
@@ -136,12 +137,8 @@ impl Blocks {
         out
     }
 
-    /// Ends the current block (the file went quiet).
+    /// Ends the current block (the next one began, or the file went quiet).
     pub fn flush(&mut self) -> Vec<Parsed> {
-        self.flush_at(0)
-    }
-
-    fn flush_at(&mut self, _read_ms: i64) -> Vec<Parsed> {
         if self.lines.is_empty() {
             return Vec::new();
         }
@@ -196,7 +193,7 @@ mod tests {
     fn alerts_log_blocks() {
         let text = corpus::read("ossec/ossec-docs-alerts.log");
         let mut b = Blocks::default();
-        let mut out: Vec<Parsed> = text.lines().flat_map(|l| b.feed(l, 0)).collect();
+        let mut out: Vec<Parsed> = text.lines().flat_map(|l| b.feed(l)).collect();
         out.extend(b.flush());
         assert_eq!(out.len(), 4, "{out:#?}");
         assert!(out.iter().all(|p| p.parsed && p.kind == "alert"));
@@ -251,9 +248,9 @@ mod tests {
     #[test]
     fn stray_text_and_broken_blocks_are_kept() {
         let mut b = Blocks::default();
-        let out = b.feed("random text", 0);
+        let out = b.feed("random text");
         assert_eq!((out[0].kind.as_str(), out[0].parsed), ("other", false));
-        assert!(b.feed("** Alert 1.2: - x", 0).is_empty());
+        assert!(b.feed("** Alert 1.2: - x").is_empty());
         let out = b.flush();
         assert_eq!(out.len(), 1);
         assert!(!out[0].parsed, "a block with no Rule line is flagged");

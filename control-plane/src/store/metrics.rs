@@ -112,30 +112,6 @@ impl Store {
         Ok(u64_be(self.kv.get(ACKED, agent.as_bytes())?))
     }
 
-    /// Stores samples and moves the agent's acked sequence number to
-    /// `acked`, atomically: after a crash either both are there or neither.
-    pub fn put_samples(
-        &self,
-        host: &str,
-        samples: &[Sample],
-        acked: u64,
-    ) -> Result<(), StoreError> {
-        let mut ops: Vec<Op> = samples
-            .iter()
-            .map(|s| Op {
-                tree: RAW,
-                key: key(host, s.time_ms),
-                value: Some(encode(&s.points)),
-            })
-            .collect();
-        ops.push(Op {
-            tree: ACKED,
-            key: host.as_bytes().to_vec(),
-            value: Some(acked.to_be_bytes().to_vec()),
-        });
-        self.kv.apply(&ops)
-    }
-
     /// Values of `host` in `tree` with `from <= time < to`, oldest first;
     /// the scan starts at `from` rather than at the host's first entry.
     fn host_range<T: serde::de::DeserializeOwned>(
@@ -274,6 +250,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::records::Records;
 
     fn sample(t: i64, cpu: f64) -> Sample {
         Sample {
@@ -290,17 +267,28 @@ mod tests {
     fn samples_and_ack_commit_together_and_roll_up() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.put_samples(
+        s.put_records(
             "h",
-            &[
-                sample(1_000, 10.0),
-                sample(31_000, 30.0),
-                sample(61_000, 50.0),
-            ],
+            &Records {
+                samples: vec![
+                    sample(1_000, 10.0),
+                    sample(31_000, 30.0),
+                    sample(61_000, 50.0),
+                ],
+                ..Default::default()
+            },
             3,
         )
         .unwrap();
-        s.put_samples("other", &[sample(1_000, 99.0)], 1).unwrap();
+        s.put_records(
+            "other",
+            &Records {
+                samples: vec![sample(1_000, 99.0)],
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
         assert_eq!(s.acked_seq("h").unwrap(), 3);
         assert_eq!(s.acked_seq("nobody").unwrap(), 0);
         assert_eq!(s.samples("h", 0, i64::MAX).unwrap().len(), 3);
