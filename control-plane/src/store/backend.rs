@@ -47,109 +47,130 @@ pub type KvIter<'a> = Box<dyn Iterator<Item = Result<Kv, StoreError>> + 'a>;
 pub type Updater<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
 
 /// sled, embedded in the data folder.
+///
+/// Every logical table lives in one sled tree, its keys prefixed with the
+/// table's name and a 0 byte: sled makes a `Batch` atomic within one tree
+/// only, and a batch costs far less than a cross-tree transaction (which
+/// copies every write into per-tree caches before it commits). Ingest
+/// writes thousands of records and their index entries per batch.
 pub struct Sled {
     db: sled::Db,
+    tree: sled::Tree,
+}
+
+/// The one sled tree that holds every table (layout version 2).
+const TABLES: &str = "tables.v2";
+
+fn table_key(table: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(table.len() + 1 + key.len());
+    k.extend_from_slice(table.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+/// The first key past every key of `table`.
+fn table_end(table: &str) -> Vec<u8> {
+    let mut k = table.as_bytes().to_vec();
+    k.push(1);
+    k
 }
 
 impl Sled {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |detail: String| StoreError::Open {
+            path: path.to_path_buf(),
+            detail,
+        };
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(64 * 1024 * 1024)
             .flush_every_ms(Some(500))
             .open()
-            .map_err(|e| StoreError::Open {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })?;
-        Ok(Sled { db })
+            .map_err(|e| open_err(e.to_string()))?;
+        // Layout 1 (before the single tree) kept a sled tree per table.
+        if db.tree_names().iter().any(|n| n.as_ref() == b"agents") {
+            return Err(open_err(
+                "this store was written by an older Picket (one sled tree per table) and \
+                 cannot be read; move it aside and run `picket-control init` again"
+                    .into(),
+            ));
+        }
+        let tree = db.open_tree(TABLES)?;
+        Ok(Sled { db, tree })
     }
 
-    fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree(name)?)
+    fn range(&self, table: &str, start: &[u8]) -> sled::Iter {
+        self.tree.range(table_key(table, start)..table_end(table))
     }
+}
+
+/// Strips the table prefix from a stored key.
+fn strip(table_len: usize, r: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Kv, StoreError> {
+    let (k, v) = r?;
+    Ok((
+        k.get(table_len + 1..).unwrap_or_default().to_vec(),
+        v.to_vec(),
+    ))
 }
 
 impl Backend for Sled {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree(tree)?.get(key)?.map(|v| v.to_vec()))
+        Ok(self.tree.get(table_key(tree, key))?.map(|v| v.to_vec()))
     }
 
     fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.tree(tree)?.insert(key, value)?;
+        self.tree.insert(table_key(tree, key), value)?;
         Ok(())
     }
 
     fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError> {
-        self.tree(tree)?.remove(key)?;
+        self.tree.remove(table_key(tree, key))?;
         Ok(())
     }
 
     fn update(&self, tree: &str, key: &[u8], f: &mut Updater<'_>) -> Result<(), StoreError> {
-        self.tree(tree)?.fetch_and_update(key, f)?;
+        self.tree.fetch_and_update(table_key(tree, key), f)?;
         Ok(())
     }
 
     fn scan<'a>(&'a self, tree: &str, prefix: &[u8]) -> Result<KvIter<'a>, StoreError> {
-        let it = self.tree(tree)?.scan_prefix(prefix).map(|r| {
-            r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(StoreError::from)
-        });
+        let n = tree.len();
+        let it = self
+            .tree
+            .scan_prefix(table_key(tree, prefix))
+            .map(move |r| strip(n, r));
         Ok(Box::new(it))
     }
 
     fn scan_from<'a>(&'a self, tree: &str, start: &[u8]) -> Result<KvIter<'a>, StoreError> {
-        let it = self.tree(tree)?.range(start.to_vec()..).map(|r| {
-            r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(StoreError::from)
-        });
-        Ok(Box::new(it))
+        let n = tree.len();
+        Ok(Box::new(self.range(tree, start).map(move |r| strip(n, r))))
     }
 
     fn last_n(&self, tree: &str, n: usize) -> Result<Vec<Kv>, StoreError> {
+        let len = tree.len();
         let mut out = self
-            .tree(tree)?
-            .iter()
+            .range(tree, &[])
             .rev()
             .take(n)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .map(|r| strip(len, r))
             .collect::<Result<Vec<_>, _>>()?;
         out.reverse();
         Ok(out)
     }
 
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
-        use sled::Transactional;
-        use sled::transaction::TransactionError;
-        let mut names: Vec<&'static str> = ops.iter().map(|o| o.tree).collect();
-        names.sort_unstable();
-        names.dedup();
-        let trees = names
-            .iter()
-            .map(|n| self.tree(n))
-            .collect::<Result<Vec<_>, _>>()?;
-        let r: Result<(), TransactionError<()>> = trees[..].transaction(|views| {
-            for op in ops {
-                let i = names.binary_search(&op.tree).unwrap_or(0);
-                match &op.value {
-                    Some(v) => {
-                        views[i].insert(op.key.as_slice(), v.as_slice())?;
-                    }
-                    None => {
-                        views[i].remove(op.key.as_slice())?;
-                    }
-                }
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            let k = table_key(op.tree, &op.key);
+            match &op.value {
+                Some(v) => batch.insert(k, v.as_slice()),
+                None => batch.remove(k),
             }
-            Ok(())
-        });
-        match r {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => Err(StoreError::Corrupt {
-                tree: "transaction",
-                detail: "aborted".into(),
-            }),
         }
+        self.tree.apply_batch(batch)?;
+        Ok(())
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
