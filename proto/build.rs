@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Small maps (labels, event fields): a BTreeMap is cheaper to build
+        // and hash-free, and prints in a stable order.
+        .btree_map(".")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -140,7 +140,7 @@ def main():
     ap.add_argument("--parsers", default=",".join(LINES), help="comma-separated subset")
     ap.add_argument("--no-latency", action="store_true")
     a = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent", "-p", "picketctl"],
+    if not os.environ.get("BENCH_NO_BUILD"): subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent", "-p", "picketctl"],
                    cwd=ROOT, check=True)
     print(f"| parser | lines | seconds | lines/s (append → acked in store) |")
     print("| --- | --- | --- | --- |")

@@ -3,19 +3,31 @@
 //!
 //! One tree holds everything, so that one sled `Batch` (atomic within a
 //! tree) commits records together with the read position that produced
-//! them. Keys:
-//! - `r` + seq (u64 big-endian): a record, `[kind][prost v1::Record]`;
+//! them. Records are stored a chunk per push, not one per key: a batch of
+//! 2,000 lines and their events is one sled write, one read and one
+//! delete, where a key per record cost three sled operations each. A chunk
+//! holds its records already encoded for the wire ([`picket_proto::frame`]),
+//! so sending them copies bytes and decodes nothing. Keys:
+//! - `c` + first seq (u64 big-endian): a chunk, `[kinds][last seq]` then
+//!   the records as the bytes of a `v1::RecordBatch`;
 //! - `m` + name: counters (`next_seq`, drops per kind);
 //! - `p` + source: a source's read position (opaque bytes).
 //!
-//! The buffer is bounded: past `cap_bytes` the oldest metric samples go
-//! first, then the oldest log lines; events are never dropped (the buffer
-//! refuses new records instead, and the producer waits). Every drop is
-//! counted. No networking here.
+//! Memory holds one small entry per chunk (first and last seq, kinds,
+//! size), so finding, acking and dropping chunks never scans sled.
+//!
+//! A chunk's records keep their own sequence numbers, which may have gaps
+//! where records were dropped. The buffer is bounded: past `cap_bytes` the
+//! oldest metric samples go first, then the oldest log lines; events are
+//! never dropped (the buffer refuses new records instead, and the producer
+//! waits). Every drop is counted. No networking here.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use picket_proto::frame::{self, EncodedBatch, FrameError};
 use picket_proto::v1::{self, record::Payload};
 use prost::Message;
 use tokio::sync::Notify;
@@ -26,12 +38,19 @@ pub enum BufferError {
     Open { path: PathBuf, detail: String },
     #[error("agent buffer: {0}")]
     Sled(#[from] sled::Error),
-    #[error("agent buffer: corrupt record at seq {0}")]
-    Corrupt(u64),
+    #[error("agent buffer: corrupt chunk at seq {seq}: {detail}")]
+    Corrupt { seq: u64, detail: String },
     #[error(
         "agent buffer is full of unacknowledged events ({0} bytes); waiting for the control plane"
     )]
     Full(u64),
+}
+
+fn corrupt(seq: u64, e: impl std::fmt::Display) -> BufferError {
+    BufferError::Corrupt {
+        seq,
+        detail: e.to_string(),
+    }
 }
 
 /// What a record holds, in drop order.
@@ -52,6 +71,11 @@ impl Kind {
         }
     }
 
+    /// This kind's bit in a chunk's `kinds` byte.
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Metric => "metric",
@@ -63,26 +87,61 @@ impl Kind {
 
 const NEXT_SEQ: &[u8] = b"mnext_seq";
 const DROPPED: [&[u8]; 3] = [b"mdropped_metric", b"mdropped_log", b"mdropped_event"];
+/// Bytes before a chunk's records: the kinds byte and the last seq.
+const HEADER: usize = 9;
 
-fn rec_key(seq: u64) -> [u8; 9] {
+fn chunk_key(first_seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
-    k[0] = b'r';
-    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k[0] = b'c';
+    k[1..].copy_from_slice(&first_seq.to_be_bytes());
     k
 }
 
-fn seq_of(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
 fn u64_of(v: Option<sled::IVec>) -> u64 {
-    v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-        .unwrap_or(0)
+    v.and_then(|v| u64_at(&v, 0)).unwrap_or(0)
+}
+
+/// What memory keeps of a chunk.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    last_seq: u64,
+    kinds: u8,
+    /// Key and value bytes.
+    size: u64,
+}
+
+/// Encodes records as a chunk value.
+fn encode_chunk<'a>(records: impl Iterator<Item = (u64, &'a Payload)>, hint: usize) -> Vec<u8> {
+    let mut value = Vec::with_capacity(HEADER + hint);
+    value.extend_from_slice(&[0u8; HEADER]);
+    let (mut kinds, mut last) = (0u8, 0u64);
+    for (seq, p) in records {
+        frame::put_record(seq, p, &mut value);
+        kinds |= Kind::of(p).bit();
+        last = seq;
+    }
+    value[0] = kinds;
+    value[1..HEADER].copy_from_slice(&last.to_be_bytes());
+    value
+}
+
+fn meta_of(value: &[u8]) -> Option<Meta> {
+    Some(Meta {
+        kinds: *value.first()?,
+        last_seq: u64_at(value, 1)?,
+        size: (9 + value.len()) as u64,
+    })
 }
 
 struct State {
     next_seq: u64,
-    /// Bytes of records held (keys and values).
+    /// Every chunk held, by first seq.
+    chunks: BTreeMap<u64, Meta>,
+    /// Bytes of chunks held (keys and values).
     bytes: u64,
     dropped: [u64; 3],
 }
@@ -95,7 +154,7 @@ pub struct Buffer {
     /// Woken whenever records are added.
     added: Notify,
     /// Every record up to this sequence number is on disk (fsynced).
-    durable: std::sync::atomic::AtomicU64,
+    durable: AtomicU64,
 }
 
 impl Buffer {
@@ -105,20 +164,27 @@ impl Buffer {
             .path(&path)
             // A small page cache: the buffer is written once, read once.
             .cache_capacity(1024 * 1024)
-            // Records and read positions share a batch, so an unflushed tail
-            // lost in a crash is re-read, never skipped; flushing once a
-            // second keeps the idle agent quiet.
-            .flush_every_ms(Some(1000))
+            // No background flusher: `flush` is called when records must be
+            // durable (before they are sent, and once a second while there
+            // is something new) and on shutdown, so an idle agent does not
+            // wake sled up. Records and read positions share a batch, so an
+            // unflushed tail lost in a crash is re-read, never skipped.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| BufferError::Open {
                 path: path.clone(),
                 detail: e.to_string(),
             })?;
         let tree = db.open_tree("buffer")?;
+        migrate_record_keys(&tree)?;
+        let mut chunks = BTreeMap::new();
         let mut bytes = 0u64;
-        for kv in tree.scan_prefix(b"r") {
+        for kv in tree.scan_prefix(b"c") {
             let (k, v) = kv?;
-            bytes += (k.len() + v.len()) as u64;
+            let first = u64_at(&k, 1).unwrap_or(0);
+            let meta = meta_of(&v).ok_or_else(|| corrupt(first, "short chunk header"))?;
+            bytes += meta.size;
+            chunks.insert(first, meta);
         }
         let next_seq = u64_of(tree.get(NEXT_SEQ)?).max(1);
         let mut dropped = [0u64; 3];
@@ -130,13 +196,14 @@ impl Buffer {
             tree,
             state: Mutex::new(State {
                 next_seq,
+                chunks,
                 bytes,
                 dropped,
             }),
             cap_bytes,
             added: Notify::new(),
             // What a fresh open finds was on disk.
-            durable: std::sync::atomic::AtomicU64::new(next_seq - 1),
+            durable: AtomicU64::new(next_seq - 1),
         })
     }
 
@@ -154,70 +221,94 @@ impl Buffer {
         position: Option<(&str, &[u8])>,
     ) -> Result<std::ops::Range<u64>, BufferError> {
         let mut st = self.lock();
-        let incoming: u64 = payloads.iter().map(|p| p.encoded_len() as u64 + 24).sum();
+        let size: usize = payloads.iter().map(|p| p.encoded_len() + 12).sum();
+        let incoming = (size + HEADER + 9) as u64;
         if st.bytes + incoming > self.cap_bytes {
             self.make_room(&mut st, incoming)?;
         }
         let first = st.next_seq;
+        let next = first + payloads.len() as u64;
         let mut batch = sled::Batch::default();
-        let mut added = 0u64;
-        for (i, p) in payloads.iter().enumerate() {
-            let seq = first + i as u64;
-            // The bytes of `v1::Record { seq, payload }`, written from a
-            // borrowed payload: field 1, then the oneof.
-            let mut value = Vec::with_capacity(p.encoded_len() + 12);
-            value.push(Kind::of(p) as u8);
-            prost::encoding::uint64::encode(1, &seq, &mut value);
-            p.encode(&mut value);
-            added += (9 + value.len()) as u64;
-            batch.insert(&rec_key(seq)[..], value);
-            st.next_seq = seq + 1;
+        let mut chunk = None;
+        if !payloads.is_empty() {
+            let value = encode_chunk((first..).zip(payloads), size);
+            chunk = meta_of(&value);
+            batch.insert(&chunk_key(first)[..], value);
         }
-        batch.insert(NEXT_SEQ, &st.next_seq.to_be_bytes()[..]);
+        batch.insert(NEXT_SEQ, &next.to_be_bytes()[..]);
         if let Some((source, pos)) = position {
             let mut k = b"p".to_vec();
             k.extend_from_slice(source.as_bytes());
             batch.insert(k, pos);
         }
         self.tree.apply_batch(batch)?;
-        st.bytes += added;
-        let range = first..st.next_seq;
+        if let Some(meta) = chunk {
+            st.bytes += meta.size;
+            st.chunks.insert(first, meta);
+        }
+        st.next_seq = next;
         drop(st);
         self.added.notify_one();
-        Ok(range)
+        Ok(first..next)
     }
 
     /// Drops the oldest metrics, then the oldest log lines, until `need`
-    /// more bytes fit under 90 % of the cap.
+    /// more bytes fit under 90 % of the cap. A chunk that holds other kinds
+    /// too is rewritten without the dropped ones.
     fn make_room(&self, st: &mut State, need: u64) -> Result<(), BufferError> {
         let target = (self.cap_bytes / 10 * 9).saturating_sub(need);
         for kind in [Kind::Metric, Kind::Log] {
-            if st.bytes <= target {
-                break;
-            }
-            let mut batch = sled::Batch::default();
-            let mut freed = 0u64;
-            let mut n = 0u64;
-            for kv in self.tree.scan_prefix(b"r") {
-                let (k, v) = kv?;
-                if v.first() == Some(&(kind as u8)) {
-                    batch.remove(k.clone());
-                    freed += (k.len() + v.len()) as u64;
-                    n += 1;
-                    if st.bytes - freed <= target {
-                        break;
-                    }
+            let i = kind as usize;
+            let candidates: Vec<(u64, Meta)> = st
+                .chunks
+                .iter()
+                .filter(|(_, m)| m.kinds & kind.bit() != 0)
+                .map(|(f, m)| (*f, *m))
+                .collect();
+            for (first, meta) in candidates {
+                if st.bytes <= target {
+                    break;
                 }
-            }
-            if n > 0 {
-                let i = kind as usize;
-                st.dropped[i] += n;
+                let key = chunk_key(first);
+                let Some(value) = self.tree.get(key)? else {
+                    continue;
+                };
+                let recs = v1::RecordBatch::decode(value.get(HEADER..).unwrap_or_default())
+                    .map_err(|e| corrupt(first, e))?
+                    .records;
+                let (gone, kept): (Vec<_>, Vec<_>) = recs
+                    .into_iter()
+                    .partition(|r| r.payload.as_ref().map(Kind::of) == Some(kind));
+                let mut batch = sled::Batch::default();
+                let new = if kept.is_empty() {
+                    batch.remove(&key[..]);
+                    None
+                } else {
+                    let value = encode_chunk(
+                        kept.iter()
+                            .filter_map(|r| Some((r.seq, r.payload.as_ref()?))),
+                        value.len(),
+                    );
+                    let m = meta_of(&value);
+                    batch.insert(&key[..], value);
+                    m
+                };
+                st.dropped[i] += gone.len() as u64;
                 batch.insert(DROPPED[i], &st.dropped[i].to_be_bytes()[..]);
                 self.tree.apply_batch(batch)?;
-                st.bytes -= freed;
+                st.bytes -= meta.size;
+                match new {
+                    Some(m) => {
+                        st.bytes += m.size;
+                        st.chunks.insert(first, m);
+                    }
+                    None => {
+                        st.chunks.remove(&first);
+                    }
+                }
                 tracing::warn!(
                     kind = kind.name(),
-                    dropped = n,
+                    dropped = gone.len(),
                     "agent buffer full: dropped the oldest records"
                 );
             }
@@ -228,49 +319,74 @@ impl Buffer {
         Ok(())
     }
 
-    /// Up to `max` records with a sequence number above `after`, in order,
-    /// stopping once `max_bytes` (encoded) are reached (at least one record
-    /// is returned when there is one).
+    /// Records with a sequence number above `after`, in order and encoded
+    /// for the wire: up to `max` of them, stopping once `max_bytes` are
+    /// reached (at least one record is returned when there is one).
     pub fn after(
         &self,
         after: u64,
         max: usize,
         max_bytes: usize,
-    ) -> Result<Vec<v1::Record>, BufferError> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for kv in self
-            .tree
-            .range(rec_key(after.saturating_add(1))..rec_key(u64::MAX))
-        {
-            let (k, v) = kv?;
-            let seq = seq_of(&k).ok_or(BufferError::Corrupt(0))?;
-            let rec = v
-                .get(1..)
-                .and_then(|b| v1::Record::decode(b).ok())
-                .ok_or(BufferError::Corrupt(seq))?;
-            bytes += v.len();
-            out.push(rec);
-            if out.len() >= max || bytes >= max_bytes {
-                break;
+    ) -> Result<EncodedBatch, BufferError> {
+        let from = after.saturating_add(1);
+        // The chunk holding `from` may start before it.
+        let firsts: Vec<u64> = {
+            let st = self.lock();
+            let start = st
+                .chunks
+                .range(..=from)
+                .next_back()
+                .map_or(from, |(f, _)| *f);
+            st.chunks
+                .range(start..)
+                .filter(|(_, m)| m.last_seq >= from)
+                .map(|(f, _)| *f)
+                .take(max.max(1))
+                .collect()
+        };
+        let mut out = EncodedBatch::default();
+        for first in firsts {
+            // A chunk acked meanwhile is gone: nothing in it is owed.
+            let Some(value) = self.tree.get(chunk_key(first))? else {
+                continue;
+            };
+            for entry in frame::records(value.get(HEADER..).unwrap_or_default()) {
+                let (seq, bytes) = entry.map_err(|e: FrameError| corrupt(first, e))?;
+                if seq < from {
+                    continue;
+                }
+                out.push(seq, bytes);
+                if out.count >= max || out.bytes.len() >= max_bytes {
+                    return Ok(out);
+                }
             }
         }
         Ok(out)
     }
 
-    /// Forgets every record up to and including `seq`: the control plane
-    /// has stored them.
+    /// Forgets every chunk whose records are all at or below `seq`: the
+    /// control plane has stored them. (A chunk acked in part stays until
+    /// the rest is acked; `after` skips what was acked.)
     pub fn ack(&self, seq: u64) -> Result<(), BufferError> {
         let mut st = self.lock();
+        let done: Vec<(u64, Meta)> = st
+            .chunks
+            .iter()
+            .take_while(|(_, m)| m.last_seq <= seq)
+            .map(|(f, m)| (*f, *m))
+            .collect();
+        if done.is_empty() {
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
-        let mut freed = 0u64;
-        for kv in self.tree.range(rec_key(0)..=rec_key(seq)) {
-            let (k, v) = kv?;
-            freed += (k.len() + v.len()) as u64;
-            batch.remove(k);
+        for (first, _) in &done {
+            batch.remove(&chunk_key(*first)[..]);
         }
         self.tree.apply_batch(batch)?;
-        st.bytes = st.bytes.saturating_sub(freed);
+        for (first, meta) in done {
+            st.chunks.remove(&first);
+            st.bytes = st.bytes.saturating_sub(meta.size);
+        }
         Ok(())
     }
 
@@ -305,8 +421,7 @@ impl Buffer {
     pub fn flush(&self) -> Result<(), BufferError> {
         let upto = self.next_seq().saturating_sub(1);
         self.db.flush()?;
-        self.durable
-            .fetch_max(upto, std::sync::atomic::Ordering::AcqRel);
+        self.durable.fetch_max(upto, Ordering::AcqRel);
         Ok(())
     }
 
@@ -315,7 +430,40 @@ impl Buffer {
     /// and its sequence number reused for other lines after the restart,
     /// which the control plane would then skip as a repeat.
     pub fn durable_seq(&self) -> u64 {
-        self.durable.load(std::sync::atomic::Ordering::Acquire)
+        self.durable.load(Ordering::Acquire)
+    }
+}
+
+/// Buffers written before chunks kept one key per record (`r` + seq, value
+/// `[kind][v1::Record]`); folds any such records into chunks, keeping their
+/// sequence numbers, so that an upgrade loses nothing.
+fn migrate_record_keys(tree: &sled::Tree) -> Result<(), BufferError> {
+    loop {
+        let old: Vec<(sled::IVec, v1::Record)> = tree
+            .scan_prefix(b"r")
+            .take(4096)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let seq = u64_at(&k, 1).unwrap_or(0);
+                let rec = v1::Record::decode(v.get(1..).unwrap_or_default())
+                    .map_err(|e| corrupt(seq, e))?;
+                Ok((k, rec))
+            })
+            .collect::<Result<_, BufferError>>()?;
+        let Some(first) = old.first().map(|(_, r)| r.seq) else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        let value = encode_chunk(
+            old.iter()
+                .filter_map(|(_, r)| Some((r.seq, r.payload.as_ref()?))),
+            0,
+        );
+        batch.insert(&chunk_key(first)[..], value);
+        for (k, _) in old {
+            batch.remove(k);
+        }
+        tree.apply_batch(batch)?;
     }
 }
 
@@ -323,6 +471,16 @@ impl Buffer {
 mod tests {
     use super::*;
     use picket_proto::v1::{LogLine, MetricSample};
+
+    /// `Buffer::after`, decoded.
+    fn read(
+        b: &Buffer,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<v1::Record>, BufferError> {
+        Ok(b.after(after, max, max_bytes)?.decode().unwrap())
+    }
 
     fn metric(t: i64) -> Payload {
         Payload::Metrics(MetricSample {
@@ -356,22 +514,10 @@ mod tests {
         let b = Buffer::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(b.next_seq(), 4);
         assert_eq!(b.position("src").unwrap().as_deref(), Some(&b"42"[..]));
-        let all: Vec<u64> = b
-            .after(0, 100, usize::MAX)
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect();
-        assert_eq!(all, vec![1, 2, 3]);
+        assert_eq!(seqs(&read(&b, 0, 100, usize::MAX).unwrap()), vec![1, 2, 3]);
         b.ack(2).unwrap();
-        let rest: Vec<u64> = b
-            .after(0, 100, usize::MAX)
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect();
-        assert_eq!(rest, vec![3]);
-        assert_eq!(b.after(3, 100, usize::MAX).unwrap().len(), 0);
+        assert_eq!(seqs(&read(&b, 0, 100, usize::MAX).unwrap()), vec![3]);
+        assert_eq!(read(&b, 3, 100, usize::MAX).unwrap().len(), 0);
         assert_eq!(b.push(&[metric(3)], None).unwrap(), 4..5);
     }
 
@@ -396,7 +542,7 @@ mod tests {
         assert_eq!(m, 30, "every metric went before any log line");
         assert!(l > 0 && e == 0);
         assert!(b.held_bytes() <= 8000);
-        let recs = b.after(0, 1000, usize::MAX).unwrap();
+        let recs = read(&b, 0, 1000, usize::MAX).unwrap();
         assert!(
             recs.iter()
                 .all(|r| matches!(&r.payload, Some(Payload::Log(_))))
@@ -424,6 +570,112 @@ mod tests {
         drop(b);
         let b = Buffer::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(b.durable_seq(), 2, "what a restart finds was on disk");
+    }
+
+    fn ev(msg: &str) -> Payload {
+        Payload::Event(v1::Event {
+            message: msg.into(),
+            ..Default::default()
+        })
+    }
+
+    fn seqs(recs: &[v1::Record]) -> Vec<u64> {
+        recs.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn reads_and_acks_split_chunks_anywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+        let lines: Vec<Payload> = (0..10).map(|i| log(&format!("l{i}"))).collect();
+        assert_eq!(b.push(&lines, None).unwrap(), 1..11);
+        assert_eq!(b.push(&lines[..5], None).unwrap(), 11..16);
+        // A read may start and end inside a chunk, and cross into the next.
+        assert_eq!(seqs(&read(&b, 3, 4, usize::MAX).unwrap()), vec![4, 5, 6, 7]);
+        assert_eq!(
+            seqs(&read(&b, 8, 4, usize::MAX).unwrap()),
+            vec![9, 10, 11, 12]
+        );
+        let held = b.held_bytes();
+        // Acking part of a chunk keeps it (its rest is still owed)...
+        b.ack(7).unwrap();
+        assert_eq!(b.held_bytes(), held);
+        assert_eq!(
+            seqs(&read(&b, 7, 100, usize::MAX).unwrap()),
+            (8..16).collect::<Vec<_>>()
+        );
+        // ...and acking its last record frees it.
+        b.ack(10).unwrap();
+        assert!(b.held_bytes() < held);
+        assert_eq!(
+            seqs(&read(&b, 0, 100, usize::MAX).unwrap()),
+            (11..16).collect::<Vec<_>>()
+        );
+        // The byte cap ends a read early, after at least one record.
+        assert_eq!(read(&b, 10, 100, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn dropping_log_lines_keeps_the_events_of_the_same_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Buffer::open(dir.path(), 6000).unwrap();
+        let line = "l".repeat(200);
+        // Chunks of 10 lines and one event, as a source batch makes them.
+        let mut pushed = 0;
+        for i in 0..4 {
+            let mut batch: Vec<Payload> = (0..10).map(|_| log(&line)).collect();
+            batch.push(ev(&format!("event {i}")));
+            b.push(&batch, Some(("src", format!("{i}").as_bytes())))
+                .unwrap();
+            pushed += 11;
+        }
+        let [m, l, e] = b.dropped();
+        assert!(l > 0, "the cap forced log lines out");
+        assert_eq!((m, e), (0, 0));
+        let recs = read(&b, 0, 1000, usize::MAX).unwrap();
+        let events: Vec<&str> = recs
+            .iter()
+            .filter_map(|r| match &r.payload {
+                Some(Payload::Event(e)) => Some(e.message.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(events, ["event 0", "event 1", "event 2", "event 3"]);
+        assert_eq!(
+            recs.len() as u64 + l,
+            pushed,
+            "every record kept or counted"
+        );
+        // Sequence numbers stay increasing across the gaps.
+        assert!(seqs(&recs).windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(b.position("src").unwrap().as_deref(), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn records_from_a_one_key_per_record_buffer_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("buffer")).unwrap();
+            let tree = db.open_tree("buffer").unwrap();
+            for seq in [5u64, 6, 7] {
+                let mut v = vec![Kind::Log as u8];
+                v1::Record {
+                    seq,
+                    payload: Some(log(&format!("old {seq}"))),
+                }
+                .encode(&mut v)
+                .unwrap();
+                let mut k = vec![b'r'];
+                k.extend_from_slice(&seq.to_be_bytes());
+                tree.insert(k, v).unwrap();
+            }
+            tree.insert(NEXT_SEQ, &8u64.to_be_bytes()[..]).unwrap();
+            db.flush().unwrap();
+        }
+        let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(seqs(&read(&b, 0, 100, usize::MAX).unwrap()), vec![5, 6, 7]);
+        assert_eq!(b.push(&[log("new")], None).unwrap(), 8..9);
+        assert!(b.held_bytes() > 0);
     }
 
     #[test]

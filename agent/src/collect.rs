@@ -151,7 +151,7 @@ fn pump(s: &mut Source, buffer: &Buffer) -> Result<usize, Pump> {
             kind: p.kind,
             severity: v1::Severity::from(p.severity) as i32,
             message: p.message,
-            fields: p.fields.into_iter().collect(),
+            fields: p.fields,
             time_unix_ms: p.time_ms.unwrap_or(read_ms),
         }));
     }

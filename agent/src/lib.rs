@@ -48,6 +48,7 @@ pub async fn run(cfg: config::AgentConfig, shutdown: CancellationToken) -> Resul
         buffer.clone(),
         shutdown.clone(),
     ));
+    let flusher = tokio::spawn(keep_durable(buffer.clone(), shutdown.clone()));
     let collector = {
         let (cfg, buffer, shutdown) = (cfg.clone(), buffer.clone(), shutdown.clone());
         tokio::task::spawn_blocking(move || collect::run(&cfg, buffer, shutdown))
@@ -55,9 +56,33 @@ pub async fn run(cfg: config::AgentConfig, shutdown: CancellationToken) -> Resul
     let result = uplink::run(cfg, identity, buffer.clone(), shutdown.clone()).await;
     shutdown.cancel();
     let _ = sampler.await;
+    let _ = flusher.await;
     let _ = collector.await;
     buffer.flush()?;
     Ok(result?)
+}
+
+/// Flushes the buffer once a second when it holds records not yet on
+/// disk, so that what was read is durable even while the control plane is
+/// away (the uplink also flushes before it sends). Idle, it does nothing.
+async fn keep_durable(buffer: Arc<buffer::Buffer>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if buffer.durable_seq() + 1 >= buffer.next_seq() {
+            continue;
+        }
+        let b = buffer.clone();
+        match tokio::task::spawn_blocking(move || b.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "cannot flush the buffer"),
+            Err(_) => return,
+        }
+    }
 }
 
 /// Takes a host metrics sample every `every` and buffers it, with the

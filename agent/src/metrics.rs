@@ -3,7 +3,7 @@
 //! memory, disks' space, network counters), so a sample costs little.
 //! No sending here: samples go to the buffer.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use picket_proto::v1::{Gauge, MetricSample};
@@ -20,7 +20,7 @@ pub struct Collector {
 fn gauge(name: &str, value: f64) -> Gauge {
     Gauge {
         name: name.to_string(),
-        labels: HashMap::new(),
+        labels: BTreeMap::new(),
         value,
     }
 }
@@ -28,7 +28,7 @@ fn gauge(name: &str, value: f64) -> Gauge {
 fn labelled(name: &str, key: &str, val: &str, value: f64) -> Gauge {
     Gauge {
         name: name.to_string(),
-        labels: HashMap::from([(key.to_string(), val.to_string())]),
+        labels: BTreeMap::from([(key.to_string(), val.to_string())]),
         value,
     }
 }

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use picket_proto::v1::{
-    self, agent_message::Body, agent_service_client::AgentServiceClient, control_message,
-};
+use picket_proto::frame::Outbound;
+use picket_proto::v1::{self, agent_message::Body, control_message};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -101,8 +100,25 @@ pub async fn run(
     }
 }
 
-fn msg(body: Body) -> v1::AgentMessage {
-    v1::AgentMessage { body: Some(body) }
+fn msg(body: Body) -> Outbound {
+    Outbound::Message(v1::AgentMessage { body: Some(body) })
+}
+
+/// Opens `AgentService.Session`, as the generated client does, but with a
+/// codec that sends [`Outbound`]: records go out as the buffer stored them.
+async fn open_session(
+    channel: tonic::transport::Channel,
+    outbound: mpsc::Receiver<Outbound>,
+) -> Result<tonic::Streaming<v1::ControlMessage>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("control plane not ready: {e}")))?;
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/picket.v1.AgentService/Session");
+    let codec = tonic_prost::ProstCodec::<Outbound, v1::ControlMessage>::default();
+    let request = tonic::Request::new(ReceiverStream::new(outbound));
+    Ok(grpc.streaming(request, path, codec).await?.into_inner())
 }
 
 fn refused_or_failed(s: tonic::Status) -> Result<End, UplinkError> {
@@ -126,8 +142,7 @@ async fn session(
         Ok(c) => c,
         Err(e) => return Ok(End::Failed(e.to_string())),
     };
-    let mut client = AgentServiceClient::new(channel.clone());
-    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
+    let (tx, rx) = mpsc::channel::<Outbound>(64);
     let hello = msg(Body::Hello(v1::Hello {
         inventory: Some(crate::inventory::collect(&cfg.labels)),
         next_seq: buffer.next_seq(),
@@ -135,8 +150,8 @@ async fn session(
     if tx.send(hello).await.is_err() {
         return Ok(End::Failed("stream closed before Hello".into()));
     }
-    let mut inbound = match client.session(ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
+    let mut inbound = match open_session(channel.clone(), rx).await {
+        Ok(s) => s,
         Err(s) => return refused_or_failed(s),
     };
     let (heartbeat, acked) = match inbound.message().await {
@@ -213,9 +228,9 @@ impl Drop for AbortOnDrop {
 
 /// Sends buffered records above `cursor` in batches, in order, then waits
 /// for more. Sending is at-least-once; the control plane ignores repeats.
-async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<v1::AgentMessage>) {
+async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<Outbound>) {
     loop {
-        let records = match buffer.after(cursor, BATCH, BATCH_BYTES) {
+        let batch = match buffer.after(cursor, BATCH, BATCH_BYTES) {
             Ok(r) => r,
             Err(error) => {
                 tracing::error!(%error, "cannot read the buffer");
@@ -223,11 +238,13 @@ async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<v1:
                 continue;
             }
         };
-        let Some(last) = records.last().map(|r| r.seq) else {
-            // Wake on new records; the timeout covers a wake-up that raced.
-            let _ = tokio::time::timeout(Duration::from_secs(1), buffer.wait_added()).await;
+        if batch.count == 0 {
+            // Wake on new records (a push that raced leaves a permit behind; the
+            // timeout is a belt over those braces).
+            let _ = tokio::time::timeout(Duration::from_secs(30), buffer.wait_added()).await;
             continue;
-        };
+        }
+        let last = batch.last_seq;
         // Never send what is not on disk yet (see `Buffer::durable_seq`).
         if last > buffer.durable_seq() {
             let b = buffer.clone();
@@ -241,11 +258,7 @@ async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<v1:
                 Err(_) => return,
             }
         }
-        if tx
-            .send(msg(Body::Records(v1::RecordBatch { records })))
-            .await
-            .is_err()
-        {
+        if tx.send(Outbound::Records(batch)).await.is_err() {
             return;
         }
         cursor = last;

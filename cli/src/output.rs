@@ -90,7 +90,7 @@ impl<W: Write> Table<W> {
     }
 }
 
-pub fn labels_str(labels: &std::collections::HashMap<String, String>) -> String {
+pub fn labels_str(labels: &std::collections::BTreeMap<String, String>) -> String {
     let mut v: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     v.sort();
     v.join(",")

@@ -72,7 +72,7 @@ pub fn apply(
                 severity: Severity::try_from(e.severity).unwrap_or(Severity::Info),
                 kind: e.kind,
                 message: e.message,
-                fields: e.fields.into_iter().collect(),
+                fields: e.fields,
             }),
             Some(Payload::Log(l)) => out.logs.push(LogRecord {
                 id: 0,

@@ -14,6 +14,7 @@ mod generated {
 }
 
 pub mod convert;
+pub mod frame;
 pub mod model;
 
 /// The `picket.v1` messages, clients and servers.

@@ -19,7 +19,7 @@ pub fn event(e: &EventRecord) -> v1::StoredEvent {
         severity: v1::Severity::from(e.severity) as i32,
         kind: e.kind.clone(),
         message: e.message.clone(),
-        fields: e.fields.clone().into_iter().collect(),
+        fields: e.fields.clone(),
     }
 }
 
