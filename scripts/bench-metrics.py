@@ -63,7 +63,7 @@ def main():
     if not node_exporter:
         subprocess.run(["apt-get", "install", "-y", "-qq", "prometheus-node-exporter"], check=True)
         node_exporter = shutil.which("prometheus-node-exporter")
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent", "-p", "picketctl"],
+    if not os.environ.get("BENCH_NO_BUILD"): subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent", "-p", "picketctl"],
                    cwd=ROOT, check=True)
 
     rows = []

@@ -75,7 +75,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    // One thread runs the async side (the stream, timers, the metrics
+    // sampler); file tailing and sled writes run on their own blocking
+    // threads. Worker threads per core would only add memory: the agent's
+    // async work is light.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     match cli.cmd {
         Cmd::Enroll {
             server,
