@@ -2,62 +2,93 @@
 //! `event_type`, with the flow's addresses and, for alerts, every alert
 //! field.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use picket_proto::model::Severity;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{Parsed, time};
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+/// A JSON object's members, borrowed from the line: values stay unparsed
+/// until read, and members nobody reads cost a skip.
+type Object<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
+
+fn object(raw: &str) -> Option<Object<'_>> {
+    serde_json::from_str(raw).ok()
+}
+
+/// A JSON string's text, unescaped; `None` for any other value.
+fn string(v: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str(v.get()).ok()
+}
+
+/// A scalar JSON value as field text: strings unquoted and unescaped,
+/// numbers and booleans as written; `None` for null, objects and arrays.
+fn text(v: &RawValue) -> Option<String> {
+    let raw = v.get();
+    match raw.as_bytes().first()? {
+        b'"' => serde_json::from_str::<Cow<'_, str>>(raw)
+            .ok()
+            .map(Cow::into_owned),
+        b'{' | b'[' | b'n' => None,
+        _ => Some(raw.to_string()),
+    }
+}
+
+/// Any JSON value as field text: [`text`], or compact JSON for objects
+/// and arrays.
+fn text_or_json(v: &RawValue) -> String {
+    match v.get().as_bytes().first() {
+        Some(b'{' | b'[') => serde_json::from_str::<serde_json::Value>(v.get())
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        _ => text(v).unwrap_or_default(),
     }
 }
 
 pub fn parse(line: &str) -> Parsed {
-    let Ok(v) = serde_json::from_str::<Value>(line) else {
+    let Some(eve) = object(line) else {
         return Parsed::unparsed("other", line, None);
     };
-    let Some(kind) = v.get("event_type").and_then(Value::as_str) else {
+    let Some(kind) = eve.get("event_type").and_then(|v| string(v)) else {
         return Parsed::unparsed("other", line, None);
     };
-    let t = v
+    let kind = kind.as_ref();
+    let t = eve
         .get("timestamp")
-        .and_then(Value::as_str)
-        .and_then(time::rfc3339ish);
+        .and_then(|v| string(v))
+        .and_then(|s| time::rfc3339ish(&s));
     let mut p = Parsed::new(kind, Severity::Info, line).at(t);
-    for (key, name) in [
-        ("src_ip", "src_ip"),
-        ("src_port", "src_port"),
-        ("dest_ip", "dest_ip"),
-        ("dest_port", "dest_port"),
-        ("proto", "proto"),
-        ("flow_id", "flow_id"),
-        ("app_proto", "app_proto"),
-        ("in_iface", "in_iface"),
+    for name in [
+        "src_ip",
+        "src_port",
+        "dest_ip",
+        "dest_port",
+        "proto",
+        "flow_id",
+        "app_proto",
+        "in_iface",
     ] {
-        if let Some(s) = v.get(key).and_then(text) {
+        if let Some(s) = eve.get(name).and_then(|v| text(v)) {
             p = p.field(name, s);
         }
     }
-    if let Some(alert) = v.get("alert").and_then(Value::as_object) {
-        for (k, val) in alert {
-            let name = match k.as_str() {
-                "severity" => "alert_severity".to_string(),
-                other => other.to_string(),
-            };
-            // Every alert field, empty ones too: "in full".
-            let s = match val {
-                Value::Object(_) | Value::Array(_) => val.to_string(),
-                other => text(other).unwrap_or_default(),
-            };
-            p.fields.insert(name, s);
-        }
+    let mut alert_severity = None;
+    let alert = eve.get("alert").and_then(|a| object(a.get()));
+    for (k, val) in alert.iter().flatten() {
+        let name = match k.as_ref() {
+            "severity" => {
+                alert_severity = val.get().parse::<u64>().ok();
+                "alert_severity".to_string()
+            }
+            other => other.to_string(),
+        };
+        // Every alert field, empty ones too: "in full".
+        p.fields.insert(name, text_or_json(val));
     }
     p.severity = match kind {
-        "alert" => match v.pointer("/alert/severity").and_then(Value::as_u64) {
+        "alert" => match alert_severity {
             Some(1) => Severity::High,
             Some(2) => Severity::Medium,
             _ => Severity::Low,
@@ -72,6 +103,7 @@ pub fn parse(line: &str) -> Parsed {
 mod tests {
     use super::*;
     use crate::sources::corpus;
+    use serde_json::Value;
 
     #[test]
     fn every_corpus_line_parses_with_its_event_type() {
@@ -135,6 +167,23 @@ mod tests {
         );
         assert_eq!((p.kind.as_str(), p.severity), ("anomaly", Severity::Low));
         assert_eq!(p.time_ms, Some(1_734_372_015_123));
+        let p = parse(
+            r#"{"event_type":"alert","src_ip":{"odd":1},"src_port":null,"flow_id":12,"alert":{"signature":"a \"q\" \u00e9","metadata":{"x": [1, 2]},"rev":1.50,"severity":1}}"#,
+        );
+        assert_eq!(p.severity, Severity::High);
+        assert_eq!(p.fields["signature"], "a \"q\" é", "strings are unescaped");
+        assert_eq!(
+            p.fields["metadata"], r#"{"x":[1,2]}"#,
+            "nested values as compact JSON"
+        );
+        assert_eq!(p.fields["rev"], "1.50", "numbers as written");
+        assert_eq!(p.fields["flow_id"], "12");
+        assert!(!p.fields.contains_key("src_ip") && !p.fields.contains_key("src_port"));
+        let p = parse(r#"{"event_type":"dns","timestamp":5,"alert":"x"}"#);
+        assert!(
+            p.parsed && p.time_ms.is_none(),
+            "odd types are skipped, not fatal"
+        );
         let p = parse(r#"{"event_type":"drop"}"#);
         assert_eq!(p.severity, Severity::Low);
         for bad in ["{not json", "[]", r#"{"no_type":1}"#, ""] {
