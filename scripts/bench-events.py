@@ -38,6 +38,15 @@ def wait_re(path, pattern, limit=30):
     raise SystemExit(f"timed out waiting for {pattern!r} in {path}")
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
 def ingested(http):
     body = urllib.request.urlopen(f"http://{http}/metrics").read().decode()
     m = re.search(r"^picket_control_records_ingested (\d+)", body, re.M)
@@ -85,6 +94,7 @@ def throughput(kind, n):
         want = base + n * per_line
         line = LINES[kind] + "\n"
         t0 = time.time()
+        cpu0 = cpu_s(f.agent.pid), cpu_s(f.cp.pid)
         with open(f.log, "a") as out:
             for _ in range(n // 10000):
                 out.write(line * 10000)
@@ -92,7 +102,8 @@ def throughput(kind, n):
         while ingested(f.http) < want:
             time.sleep(0.05)
         dt = time.time() - t0
-        return n / dt, dt
+        cpu = cpu_s(f.agent.pid) - cpu0[0], cpu_s(f.cp.pid) - cpu0[1]
+        return n / dt, dt, cpu
     finally:
         f.close()
 
@@ -142,11 +153,11 @@ def main():
     a = ap.parse_args()
     if not os.environ.get("BENCH_NO_BUILD"): subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent", "-p", "picketctl"],
                    cwd=ROOT, check=True)
-    print(f"| parser | lines | seconds | lines/s (append → acked in store) |")
-    print("| --- | --- | --- | --- |")
+    print(f"| parser | lines | seconds | lines/s (append → acked in store) | agent CPU s | control plane CPU s |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for kind in a.parsers.split(","):
-        rate, dt = throughput(kind, a.lines)
-        print(f"| {kind} | {a.lines} | {dt:.2f} | {rate:,.0f} |", flush=True)
+        rate, dt, (agent_cpu, cp_cpu) = throughput(kind, a.lines)
+        print(f"| {kind} | {a.lines} | {dt:.2f} | {rate:,.0f} | {agent_cpu:.2f} | {cp_cpu:.2f} |", flush=True)
     if a.no_latency:
         return
     n, p50, p99, mx = latency(a.rate, a.seconds)

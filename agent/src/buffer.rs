@@ -3,9 +3,9 @@
 //!
 //! One tree holds everything, so that one sled `Batch` (atomic within a
 //! tree) commits records together with the read position that produced
-//! them. Records are stored a chunk per push, not one per key: a batch of
-//! 2,000 lines and their events is one sled write, one read and one
-//! delete, where a key per record cost three sled operations each. A chunk
+//! them. Records are stored in chunks of about 64 KiB, not one per key: a
+//! batch of 2,000 lines and their events is a few dozen sled writes, where
+//! a key per record cost three sled operations each. A chunk
 //! holds its records already encoded for the wire ([`picket_proto::frame`]),
 //! so sending them copies bytes and decodes nothing. Keys:
 //! - `c` + first seq (u64 big-endian): a chunk, `[kinds][last seq]` then
@@ -87,6 +87,11 @@ impl Kind {
 
 const NEXT_SEQ: &[u8] = b"mnext_seq";
 const DROPPED: [&[u8]; 3] = [b"mdropped_metric", b"mdropped_log", b"mdropped_event"];
+/// A push is split into chunks of about this many bytes: small enough to
+/// stay inline in sled's log (larger values become a file each) and to
+/// keep the copy small when a send starts inside a chunk.
+const CHUNK_BYTES: usize = 64 * 1024;
+
 /// Bytes before a chunk's records: the kinds byte and the last seq.
 const HEADER: usize = 9;
 
@@ -144,6 +149,8 @@ struct State {
     /// Bytes of chunks held (keys and values).
     bytes: u64,
     dropped: [u64; 3],
+    /// The highest seq acked: chunks at or below it are being deleted.
+    acked: u64,
 }
 
 pub struct Buffer {
@@ -199,6 +206,7 @@ impl Buffer {
                 chunks,
                 bytes,
                 dropped,
+                acked: 0,
             }),
             cap_bytes,
             added: Notify::new(),
@@ -229,11 +237,21 @@ impl Buffer {
         let first = st.next_seq;
         let next = first + payloads.len() as u64;
         let mut batch = sled::Batch::default();
-        let mut chunk = None;
-        if !payloads.is_empty() {
-            let value = encode_chunk((first..).zip(payloads), size);
-            chunk = meta_of(&value);
-            batch.insert(&chunk_key(first)[..], value);
+        let mut chunks = Vec::new();
+        let mut rest = (first..).zip(payloads).peekable();
+        while rest.peek().is_some() {
+            let mut bytes = 0;
+            let mut group = Vec::new();
+            while let Some((seq, p)) = rest.next_if(|_| bytes < CHUNK_BYTES) {
+                bytes += p.encoded_len() + 12;
+                group.push((seq, p));
+            }
+            let chunk_first = group[0].0;
+            let value = encode_chunk(group.into_iter(), bytes);
+            if let Some(meta) = meta_of(&value) {
+                chunks.push((chunk_first, meta));
+            }
+            batch.insert(&chunk_key(chunk_first)[..], value);
         }
         batch.insert(NEXT_SEQ, &next.to_be_bytes()[..]);
         if let Some((source, pos)) = position {
@@ -242,9 +260,9 @@ impl Buffer {
             batch.insert(k, pos);
         }
         self.tree.apply_batch(batch)?;
-        if let Some(meta) = chunk {
+        for (chunk_first, meta) in chunks {
             st.bytes += meta.size;
-            st.chunks.insert(first, meta);
+            st.chunks.insert(chunk_first, meta);
         }
         st.next_seq = next;
         drop(st);
@@ -262,7 +280,7 @@ impl Buffer {
             let candidates: Vec<(u64, Meta)> = st
                 .chunks
                 .iter()
-                .filter(|(_, m)| m.kinds & kind.bit() != 0)
+                .filter(|(_, m)| m.kinds & kind.bit() != 0 && m.last_seq > st.acked)
                 .map(|(f, m)| (*f, *m))
                 .collect();
             for (first, meta) in candidates {
@@ -368,24 +386,30 @@ impl Buffer {
     /// control plane has stored them. (A chunk acked in part stays until
     /// the rest is acked; `after` skips what was acked.)
     pub fn ack(&self, seq: u64) -> Result<(), BufferError> {
-        let mut st = self.lock();
-        let done: Vec<(u64, Meta)> = st
-            .chunks
-            .iter()
-            .take_while(|(_, m)| m.last_seq <= seq)
-            .map(|(f, m)| (*f, *m))
-            .collect();
+        let done: Vec<u64> = {
+            let mut st = self.lock();
+            st.acked = st.acked.max(seq);
+            st.chunks
+                .iter()
+                .take_while(|(_, m)| m.last_seq <= seq)
+                .map(|(f, _)| *f)
+                .collect()
+        };
         if done.is_empty() {
             return Ok(());
         }
+        // Deleted outside the lock, so that reading and pushing go on
+        // meanwhile; `after` and `make_room` skip a chunk that is gone.
         let mut batch = sled::Batch::default();
-        for (first, _) in &done {
+        for first in &done {
             batch.remove(&chunk_key(*first)[..]);
         }
         self.tree.apply_batch(batch)?;
-        for (first, meta) in done {
-            st.chunks.remove(&first);
-            st.bytes = st.bytes.saturating_sub(meta.size);
+        let mut st = self.lock();
+        for first in done {
+            if let Some(meta) = st.chunks.remove(&first) {
+                st.bytes = st.bytes.saturating_sub(meta.size);
+            }
         }
         Ok(())
     }
