@@ -1,0 +1,229 @@
+use super::*;
+use picket_proto::v1::{LogLine, MetricSample};
+
+/// `Buffer::after`, decoded.
+fn read(
+    b: &Buffer,
+    after: u64,
+    max: usize,
+    max_bytes: usize,
+) -> Result<Vec<v1::Record>, BufferError> {
+    Ok(b.after(after, max, max_bytes)?.decode().unwrap())
+}
+
+fn metric(t: i64) -> Payload {
+    Payload::Metrics(MetricSample {
+        time_unix_ms: t,
+        gauges: (0..10)
+            .map(|i| v1::Gauge {
+                name: format!("gauge_{i}"),
+                labels: Default::default(),
+                value: 1.0,
+            })
+            .collect(),
+    })
+}
+
+fn log(line: &str) -> Payload {
+    Payload::Log(LogLine {
+        line: line.into(),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn sequence_numbers_survive_reopen_and_ack_trims() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(b.push(&[metric(1), metric(2)], None).unwrap(), 1..3);
+        assert_eq!(b.push(&[log("x")], Some(("src", b"42"))).unwrap(), 3..4);
+        b.flush().unwrap();
+    }
+    let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(b.next_seq(), 4);
+    assert_eq!(b.position("src").unwrap().as_deref(), Some(&b"42"[..]));
+    assert_eq!(seqs(&read(&b, 0, 100, usize::MAX).unwrap()), vec![1, 2, 3]);
+    b.ack(2).unwrap();
+    assert_eq!(seqs(&read(&b, 0, 100, usize::MAX).unwrap()), vec![3]);
+    assert_eq!(read(&b, 3, 100, usize::MAX).unwrap().len(), 0);
+    assert_eq!(b.push(&[metric(3)], None).unwrap(), 4..5);
+}
+
+#[test]
+fn full_buffer_drops_oldest_metrics_then_logs_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Buffer::open(dir.path(), 8000).unwrap();
+    for i in 0..30 {
+        b.push(&[metric(i)], None).unwrap();
+    }
+    let line = "l".repeat(200);
+    for _ in 0..20 {
+        b.push(&[log(&line)], None).unwrap();
+    }
+    // Logs alone fit: room was made by dropping metrics only.
+    let [m, l, e] = b.dropped();
+    assert!(m > 0 && l == 0 && e == 0, "{m} {l} {e}");
+    for _ in 0..40 {
+        b.push(&[log(&line)], None).unwrap();
+    }
+    let [m, l, e] = b.dropped();
+    assert_eq!(m, 30, "every metric went before any log line");
+    assert!(l > 0 && e == 0);
+    assert!(b.held_bytes() <= 8000);
+    let recs = read(&b, 0, 1000, usize::MAX).unwrap();
+    assert!(
+        recs.iter()
+            .all(|r| matches!(&r.payload, Some(Payload::Log(_))))
+    );
+    // The newest line is kept; the oldest went.
+    assert_eq!(recs.last().unwrap().seq, 90);
+    assert!(recs.first().unwrap().seq > 31);
+    // Counts survive a restart.
+    drop(recs);
+    b.flush().unwrap();
+    drop(b);
+    let b = Buffer::open(dir.path(), 8000).unwrap();
+    assert_eq!(b.dropped(), [m, l, 0]);
+}
+
+#[test]
+fn only_flushed_records_count_as_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(b.durable_seq(), 0);
+    b.push(&[metric(1), metric(2)], None).unwrap();
+    assert_eq!(b.durable_seq(), 0, "pushed is not yet durable");
+    b.flush().unwrap();
+    assert_eq!(b.durable_seq(), 2);
+    drop(b);
+    let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(b.durable_seq(), 2, "what a restart finds was on disk");
+}
+
+fn ev(msg: &str) -> Payload {
+    Payload::Event(v1::Event {
+        message: msg.into(),
+        ..Default::default()
+    })
+}
+
+fn seqs(recs: &[v1::Record]) -> Vec<u64> {
+    recs.iter().map(|r| r.seq).collect()
+}
+
+#[test]
+fn reads_and_acks_split_chunks_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+    let lines: Vec<Payload> = (0..10).map(|i| log(&format!("l{i}"))).collect();
+    assert_eq!(b.push(&lines, None).unwrap(), 1..11);
+    assert_eq!(b.push(&lines[..5], None).unwrap(), 11..16);
+    // A read may start and end inside a chunk, and cross into the next.
+    assert_eq!(seqs(&read(&b, 3, 4, usize::MAX).unwrap()), vec![4, 5, 6, 7]);
+    assert_eq!(
+        seqs(&read(&b, 8, 4, usize::MAX).unwrap()),
+        vec![9, 10, 11, 12]
+    );
+    let held = b.held_bytes();
+    // Acking part of a chunk keeps it (its rest is still owed)...
+    b.ack(7).unwrap();
+    assert_eq!(b.held_bytes(), held);
+    assert_eq!(
+        seqs(&read(&b, 7, 100, usize::MAX).unwrap()),
+        (8..16).collect::<Vec<_>>()
+    );
+    // ...and acking its last record frees it.
+    b.ack(10).unwrap();
+    assert!(b.held_bytes() < held);
+    assert_eq!(
+        seqs(&read(&b, 0, 100, usize::MAX).unwrap()),
+        (11..16).collect::<Vec<_>>()
+    );
+    // The byte cap ends a read early, after at least one record.
+    assert_eq!(read(&b, 10, 100, 1).unwrap().len(), 1);
+}
+
+#[test]
+fn dropping_log_lines_keeps_the_events_of_the_same_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Buffer::open(dir.path(), 6000).unwrap();
+    let line = "l".repeat(200);
+    // Chunks of 10 lines and one event, as a source batch makes them.
+    let mut pushed = 0;
+    for i in 0..4 {
+        let mut batch: Vec<Payload> = (0..10).map(|_| log(&line)).collect();
+        batch.push(ev(&format!("event {i}")));
+        b.push(&batch, Some(("src", format!("{i}").as_bytes())))
+            .unwrap();
+        pushed += 11;
+    }
+    let [m, l, e] = b.dropped();
+    assert!(l > 0, "the cap forced log lines out");
+    assert_eq!((m, e), (0, 0));
+    let recs = read(&b, 0, 1000, usize::MAX).unwrap();
+    let events: Vec<&str> = recs
+        .iter()
+        .filter_map(|r| match &r.payload {
+            Some(Payload::Event(e)) => Some(e.message.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events, ["event 0", "event 1", "event 2", "event 3"]);
+    assert_eq!(
+        recs.len() as u64 + l,
+        pushed,
+        "every record kept or counted"
+    );
+    // Sequence numbers stay increasing across the gaps.
+    assert!(seqs(&recs).windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(b.position("src").unwrap().as_deref(), Some(&b"3"[..]));
+}
+
+#[test]
+fn records_from_a_one_key_per_record_buffer_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path().join("buffer")).unwrap();
+        let tree = db.open_tree("buffer").unwrap();
+        for seq in [5u64, 6, 7] {
+            let mut v = vec![Kind::Log as u8];
+            v1::Record {
+                seq,
+                payload: Some(log(&format!("old {seq}"))),
+            }
+            .encode(&mut v)
+            .unwrap();
+            let mut k = vec![b'r'];
+            k.extend_from_slice(&seq.to_be_bytes());
+            tree.insert(k, v).unwrap();
+        }
+        tree.insert(NEXT_SEQ, &8u64.to_be_bytes()[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(seqs(&read(&b, 0, 100, usize::MAX).unwrap()), vec![5, 6, 7]);
+    assert_eq!(b.push(&[log("new")], None).unwrap(), 8..9);
+    assert!(b.held_bytes() > 0);
+}
+
+#[test]
+fn a_buffer_full_of_events_refuses_rather_than_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Buffer::open(dir.path(), 2000).unwrap();
+    let ev = || {
+        Payload::Event(v1::Event {
+            message: "e".repeat(300),
+            ..Default::default()
+        })
+    };
+    let mut refused = false;
+    for _ in 0..20 {
+        if let Err(BufferError::Full(_)) = b.push(&[ev()], None) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused);
+    assert_eq!(b.dropped(), [0, 0, 0]);
+}
