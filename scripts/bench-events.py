@@ -5,6 +5,9 @@ visible in `picketctl logs -f` (p50/p99) at a steady 1,000 lines/s.
 
     scripts/bench-events.py [--lines 200000] [--rate 1000] [--seconds 20]
 
+BENCH_NO_BUILD=1 reuses the release binaries as they are; BENCH_PERF=DIR
+samples both processes with `perf record -g` into DIR while they work.
+
 Builds release binaries, runs a real control plane and agent on loopback in
 a temp folder, and prints Markdown tables (see docs/benchmarks.md).
 """
@@ -45,6 +48,12 @@ def cpu_s(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def written_mb(pid):
+    """Bytes the process has passed to write(2) and friends, in MB."""
+    with open(f"/proc/{pid}/io") as f:
+        return int(re.search(r"^wchar: (\d+)", f.read(), re.M).group(1)) / 1e6
 
 
 def ingested(http):
@@ -93,8 +102,17 @@ def throughput(kind, n):
         per_line = 1 if kind == "raw" else 2  # the line, and its event
         want = base + n * per_line
         line = LINES[kind] + "\n"
+        perf = []
+        if os.environ.get("BENCH_PERF"):
+            # Sample both processes while they work: perf.<kind>.{agent,cp}.data in BENCH_PERF.
+            for who, p in (("agent", f.agent), ("cp", f.cp)):
+                out = os.path.join(os.environ["BENCH_PERF"], f"perf.{kind}.{who}.data")
+                perf.append(subprocess.Popen(["perf", "record", "-q", "-F", "999", "-g", "-o", out, "-p", str(p.pid)],
+                                             stderr=subprocess.DEVNULL))
+            time.sleep(0.5)
         t0 = time.time()
         cpu0 = cpu_s(f.agent.pid), cpu_s(f.cp.pid)
+        w0 = written_mb(f.agent.pid), written_mb(f.cp.pid)
         with open(f.log, "a") as out:
             for _ in range(n // 10000):
                 out.write(line * 10000)
@@ -103,7 +121,11 @@ def throughput(kind, n):
             time.sleep(0.05)
         dt = time.time() - t0
         cpu = cpu_s(f.agent.pid) - cpu0[0], cpu_s(f.cp.pid) - cpu0[1]
-        return n / dt, dt, cpu
+        mb = written_mb(f.agent.pid) - w0[0], written_mb(f.cp.pid) - w0[1]
+        for p in perf:
+            p.send_signal(2)
+            p.wait()
+        return n / dt, dt, cpu, mb
     finally:
         f.close()
 
@@ -153,11 +175,11 @@ def main():
     a = ap.parse_args()
     if not os.environ.get("BENCH_NO_BUILD"): subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent", "-p", "picketctl"],
                    cwd=ROOT, check=True)
-    print(f"| parser | lines | seconds | lines/s (append → acked in store) | agent CPU s | control plane CPU s |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| parser | lines | seconds | lines/s (append → acked in store) | agent CPU s | control plane CPU s | agent MB written | control plane MB written |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for kind in a.parsers.split(","):
-        rate, dt, (agent_cpu, cp_cpu) = throughput(kind, a.lines)
-        print(f"| {kind} | {a.lines} | {dt:.2f} | {rate:,.0f} | {agent_cpu:.2f} | {cp_cpu:.2f} |", flush=True)
+        rate, dt, (agent_cpu, cp_cpu), (agent_mb, cp_mb) = throughput(kind, a.lines)
+        print(f"| {kind} | {a.lines} | {dt:.2f} | {rate:,.0f} | {agent_cpu:.2f} | {cp_cpu:.2f} | {agent_mb:,.0f} | {cp_mb:,.0f} |", flush=True)
     if a.no_latency:
         return
     n, p50, p99, mx = latency(a.rate, a.seconds)

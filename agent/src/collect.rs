@@ -1,7 +1,9 @@
 //! Runs the configured sources: inotify wakes it, each [`Tailer`] reads
 //! what is new, each [`Parser`] makes events, and the lines, the events and
-//! the source's new read position go to the buffer in one batch. Runs on a
-//! thread of its own (file and sled I/O are blocking).
+//! the source's new read position go to the buffer in one batch. Reading
+//! and parsing run on one thread, buffer writes on another (a queue of two
+//! batches between them), so that parsing the next batch overlaps writing
+//! the last; both block on file and sled I/O.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -17,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::{Buffer, BufferError};
 use crate::config::{AgentConfig, SourceConfig};
 use crate::sources::Parser;
-use crate::tail::{Position, Tailer};
+use crate::tail::{Line, Position, Tailer};
 
 /// Lines per buffer batch.
-const BATCH_LINES: usize = 2000;
+pub const BATCH_LINES: usize = 2000;
 
 /// Lines no parser recognised (kept as `other`), since start.
 pub static UNPARSED: AtomicU64 = AtomicU64::new(0);
@@ -30,10 +32,14 @@ struct Source {
     key: String,
     tailer: Tailer,
     parser: Parser,
-    /// A batch read but not yet buffered (the buffer was full, or a write
-    /// failed): pushed again before anything more is read, so no line is
-    /// lost while the tailer has moved past it.
-    pending: Option<(Vec<Payload>, Vec<u8>, usize)>,
+}
+
+/// One source's batch for the buffer: records and the read position after
+/// them, committed together.
+struct Write {
+    payloads: Vec<Payload>,
+    key: String,
+    position: Vec<u8>,
 }
 
 /// Tails every source until `shutdown`. Returns when cancelled.
@@ -53,7 +59,6 @@ pub fn run(cfg: &AgentConfig, buffer: Arc<Buffer>, shutdown: CancellationToken) 
                 parser: Parser::for_kind(s.kind),
                 key,
                 cfg: s.clone(),
-                pending: None,
             }
         })
         .collect();
@@ -82,16 +87,32 @@ pub fn run(cfg: &AgentConfig, buffer: Arc<Buffer>, shutdown: CancellationToken) 
         Err(error) => tracing::warn!(%error, "inotify unavailable; polling every second"),
     }
 
-    while !shutdown.is_cancelled() {
+    let (queue, writes) = mpsc::sync_channel::<Write>(2);
+    let writer = {
+        let (buffer, shutdown) = (buffer.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("picket-writer".into())
+            .spawn(move || write_all(&buffer, writes, &shutdown))
+    };
+    let writer = match writer {
+        Ok(w) => w,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the buffer writer; sources not read");
+            return;
+        }
+    };
+    'run: while !shutdown.is_cancelled() {
         let mut busy = false;
         for s in &mut sources {
-            match pump(s, &buffer) {
-                Ok(n) => busy |= n >= BATCH_LINES,
-                Err(Pump::Full) => {
-                    // Events are never dropped: wait for acks to make room.
-                    std::thread::sleep(Duration::from_millis(200));
+            match pump(s) {
+                Ok(None) => {}
+                Ok(Some((write, n))) => {
+                    busy |= n >= BATCH_LINES;
+                    if queue.send(write).is_err() {
+                        break 'run;
+                    }
                 }
-                Err(Pump::Other(e)) => {
+                Err(e) => {
                     tracing::warn!(path = %s.cfg.path.display(), error = %e, "source read failed");
                 }
             }
@@ -104,50 +125,104 @@ pub fn run(cfg: &AgentConfig, buffer: Arc<Buffer>, shutdown: CancellationToken) 
         let _ = wake.recv_timeout(Duration::from_secs(1));
         while wake.try_recv().is_ok() {}
     }
+    drop(queue);
+    let _ = writer.join();
 }
 
-enum Pump {
-    Full,
-    Other(String),
-}
-
-/// Reads one batch from a source and buffers it; returns lines read.
-fn pump(s: &mut Source, buffer: &Buffer) -> Result<usize, Pump> {
-    if let Some((payloads, pos, n)) = s.pending.take() {
-        return push(s, buffer, payloads, pos, n);
+/// Buffers each batch in order. A batch the buffer cannot take yet (full of
+/// events, or a failed write) is retried until it can: the reader has moved
+/// past its lines, so giving up would lose them, and waiting holds the
+/// reader back through the queue. Only at shutdown is a batch abandoned,
+/// and then its read position was never committed either: the lines are
+/// read again after the restart.
+fn write_all(buffer: &Buffer, writes: mpsc::Receiver<Write>, shutdown: &CancellationToken) {
+    for w in writes {
+        loop {
+            match buffer.push(&w.payloads, Some((&w.key, &w.position))) {
+                Ok(_) => break,
+                Err(BufferError::Full(_)) => {
+                    // Events are never dropped: wait for acks to make room.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(error) => {
+                    tracing::warn!(source = %w.key, %error, "cannot buffer lines; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
     }
-    let lines = s
-        .tailer
-        .poll(BATCH_LINES)
-        .map_err(|e| Pump::Other(e.to_string()))?;
-    let read_ms = crate::now_ms();
-    let mut payloads = Vec::with_capacity(lines.len() * 2);
-    let source = s.cfg.kind.as_str().to_string();
-    let path = s.key.clone();
+}
+
+/// Reads and parses one batch from a source; returns it with the number
+/// of lines read, or `None` when there was nothing new.
+fn pump(s: &mut Source) -> std::io::Result<Option<(Write, usize)>> {
+    let lines = s.tailer.poll(BATCH_LINES)?;
     let n = lines.len();
+    // Short of a full batch means the end of the file: a multi-line block
+    // is then complete.
+    let payloads = records(
+        s.cfg.kind.as_str(),
+        &s.key,
+        &mut s.parser,
+        lines,
+        crate::now_ms(),
+        n < BATCH_LINES,
+    );
+    if payloads.is_empty() {
+        return Ok(None);
+    }
+    let position = s
+        .tailer
+        .position()
+        .map(|p| serde_json::to_vec(&p).unwrap_or_default())
+        .unwrap_or_default();
+    Ok(Some((
+        Write {
+            payloads,
+            key: s.key.clone(),
+            position,
+        },
+        n,
+    )))
+}
+
+/// The records a batch of lines makes: each line for the log store, then
+/// the events parsed from them. `at_end` flushes a parser's held-back
+/// multi-line block.
+pub fn records(
+    source: &str,
+    path: &str,
+    parser: &mut Parser,
+    lines: Vec<Line>,
+    read_ms: i64,
+    at_end: bool,
+) -> Vec<Payload> {
+    let mut payloads = Vec::with_capacity(lines.len() * 2);
     let mut parsed = Vec::new();
     for l in lines {
-        parsed.extend(s.parser.feed(&l.text, read_ms));
+        parsed.extend(parser.feed(&l.text, read_ms));
         payloads.push(Payload::Log(v1::LogLine {
-            source: source.clone(),
-            path: path.clone(),
+            source: source.to_string(),
+            path: path.to_string(),
             line: l.text,
             read_unix_ms: read_ms,
             truncated: l.truncated,
             invalid_utf8: l.invalid_utf8,
         }));
     }
-    if n < BATCH_LINES {
-        // At the end of the file: a multi-line block is complete.
-        parsed.extend(s.parser.flush());
+    if at_end {
+        parsed.extend(parser.flush());
     }
     for p in parsed {
         if !p.parsed {
             UNPARSED.fetch_add(1, Ordering::Relaxed);
         }
         payloads.push(Payload::Event(v1::Event {
-            source: source.clone(),
-            path: path.clone(),
+            source: source.to_string(),
+            path: path.to_string(),
             kind: p.kind,
             severity: v1::Severity::from(p.severity) as i32,
             message: p.message,
@@ -155,33 +230,5 @@ fn pump(s: &mut Source, buffer: &Buffer) -> Result<usize, Pump> {
             time_unix_ms: p.time_ms.unwrap_or(read_ms),
         }));
     }
-    if payloads.is_empty() {
-        return Ok(0);
-    }
-    let pos = s
-        .tailer
-        .position()
-        .map(|p| serde_json::to_vec(&p).unwrap_or_default())
-        .unwrap_or_default();
-    push(s, buffer, payloads, pos, n)
-}
-
-fn push(
-    s: &mut Source,
-    buffer: &Buffer,
-    payloads: Vec<Payload>,
-    pos: Vec<u8>,
-    n: usize,
-) -> Result<usize, Pump> {
-    // The buffer takes the batch whole or not at all; keep it to retry.
-    match buffer.push(&payloads, Some((&s.key, &pos))) {
-        Ok(_) => Ok(n),
-        Err(e) => {
-            s.pending = Some((payloads, pos, n));
-            match e {
-                BufferError::Full(_) => Err(Pump::Full),
-                e => Err(Pump::Other(e.to_string())),
-            }
-        }
-    }
+    payloads
 }

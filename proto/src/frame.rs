@@ -34,7 +34,13 @@ const AGENT_MESSAGE_RECORDS_FIELD: u32 = 3;
 /// Appends `Record { seq, payload }` as one `RecordBatch.records` entry,
 /// written from a borrowed payload.
 pub fn put_record(seq: u64, payload: &Payload, out: &mut Vec<u8>) {
-    let len = uint64::encoded_len(SEQ_FIELD, &seq) + payload.encoded_len();
+    put_record_sized(seq, payload, payload.encoded_len(), out);
+}
+
+/// [`put_record`] for a caller that already knows `payload.encoded_len()`
+/// (computing it walks every field and map entry).
+pub fn put_record_sized(seq: u64, payload: &Payload, payload_len: usize, out: &mut Vec<u8>) {
+    let len = uint64::encoded_len(SEQ_FIELD, &seq) + payload_len;
     encode_key(RECORDS_FIELD, WireType::LengthDelimited, out);
     encode_varint(len as u64, out);
     uint64::encode(SEQ_FIELD, &seq, out);

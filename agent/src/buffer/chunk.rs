@@ -1,11 +1,13 @@
-//! How records sit in the buffer's sled tree: the keys, a chunk's bytes
-//! (a header, then `v1::RecordBatch` entries), and the one-time fold of the
-//! older one-key-per-record layout into chunks.
+//! How records sit in the buffer: the sled keys, a chunk's bytes (a
+//! header, then `v1::RecordBatch` entries) and its index entry, and the
+//! one-time moves of older layouts (one key per record; chunks inline in
+//! sled) into segments.
 
 use picket_proto::frame;
 use picket_proto::v1::{self, record::Payload};
 use prost::Message;
 
+use super::segment::{LOC_BYTES, Loc, Writer};
 use super::{BufferError, Kind, corrupt};
 
 pub(super) const NEXT_SEQ: &[u8] = b"mnext_seq";
@@ -15,10 +17,20 @@ pub(super) const DROPPED: [&[u8]; 3] = [b"mdropped_metric", b"mdropped_log", b"m
 /// small enough that a send starting inside a chunk copies little.
 pub(super) const CHUNK_BYTES: usize = 64 * 1024;
 
-/// Bytes before a chunk's records: the kinds byte and the last seq.
+/// Bytes before a chunk's records: the kinds byte and the last seq. An
+/// index entry is the same header, then the chunk's [`Loc`].
 pub(super) const HEADER: usize = 9;
 
-pub(super) fn chunk_key(first_seq: u64) -> [u8; 9] {
+/// Index entry of the chunk whose first record has `first_seq`.
+pub(super) fn index_key(first_seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b's';
+    k[1..].copy_from_slice(&first_seq.to_be_bytes());
+    k
+}
+
+/// A chunk held inline in sled, as buffers before segments did.
+pub(super) fn inline_key(first_seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = b'c';
     k[1..].copy_from_slice(&first_seq.to_be_bytes());
@@ -38,20 +50,52 @@ pub(super) fn u64_of(v: Option<sled::IVec>) -> u64 {
 pub(super) struct Meta {
     pub(super) last_seq: u64,
     pub(super) kinds: u8,
-    /// Key and value bytes.
+    /// Bytes held for it: the chunk and its index entry.
     pub(super) size: u64,
+    pub(super) loc: Loc,
 }
 
-/// Encodes records as a chunk value.
+impl Meta {
+    /// The meta of chunk bytes written at `loc`.
+    pub(super) fn of_chunk(chunk: &[u8], loc: Loc) -> Option<Meta> {
+        Some(Meta {
+            kinds: *chunk.first()?,
+            last_seq: u64_at(chunk, 1)?,
+            size: (chunk.len() + 9 + HEADER + LOC_BYTES) as u64,
+            loc,
+        })
+    }
+
+    /// The index entry's value.
+    pub(super) fn entry(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HEADER + LOC_BYTES);
+        v.push(self.kinds);
+        v.extend_from_slice(&self.last_seq.to_be_bytes());
+        self.loc.put(&mut v);
+        v
+    }
+
+    pub(super) fn from_entry(v: &[u8]) -> Option<Meta> {
+        let loc = Loc::get(v.get(HEADER..)?)?;
+        Some(Meta {
+            kinds: *v.first()?,
+            last_seq: u64_at(v, 1)?,
+            size: u64::from(loc.len) + (9 + HEADER + LOC_BYTES) as u64,
+            loc,
+        })
+    }
+}
+
+/// Encodes records, each with its `encoded_len`, as a chunk.
 pub(super) fn encode_chunk<'a>(
-    records: impl Iterator<Item = (u64, &'a Payload)>,
+    records: impl Iterator<Item = (u64, &'a Payload, usize)>,
     hint: usize,
 ) -> Vec<u8> {
     let mut value = Vec::with_capacity(HEADER + hint);
     value.extend_from_slice(&[0u8; HEADER]);
     let (mut kinds, mut last) = (0u8, 0u64);
-    for (seq, p) in records {
-        frame::put_record(seq, p, &mut value);
+    for (seq, p, len) in records {
+        frame::put_record_sized(seq, p, len, &mut value);
         kinds |= Kind::of(p).bit();
         last = seq;
     }
@@ -60,18 +104,11 @@ pub(super) fn encode_chunk<'a>(
     value
 }
 
-pub(super) fn meta_of(value: &[u8]) -> Option<Meta> {
-    Some(Meta {
-        kinds: *value.first()?,
-        last_seq: u64_at(value, 1)?,
-        size: (9 + value.len()) as u64,
-    })
-}
-
-/// Buffers written before chunks kept one key per record (`r` + seq, value
-/// `[kind][v1::Record]`); folds any such records into chunks, keeping their
-/// sequence numbers, so that an upgrade loses nothing.
-pub(super) fn migrate_record_keys(tree: &sled::Tree) -> Result<(), BufferError> {
+/// Moves older layouts into segments, keeping every record and its
+/// sequence number, so that an upgrade loses nothing: one key per record
+/// (`r` + seq, value `[kind][v1::Record]`) is first folded into chunks, and
+/// chunks held inline in sled (`c` + first seq) are then moved to segments.
+pub(super) fn migrate(tree: &sled::Tree, writer: &mut Writer) -> Result<(), BufferError> {
     loop {
         let old: Vec<(sled::IVec, v1::Record)> = tree
             .scan_prefix(b"r")
@@ -85,18 +122,32 @@ pub(super) fn migrate_record_keys(tree: &sled::Tree) -> Result<(), BufferError> 
             })
             .collect::<Result<_, BufferError>>()?;
         let Some(first) = old.first().map(|(_, r)| r.seq) else {
-            return Ok(());
+            break;
         };
         let mut batch = sled::Batch::default();
         let value = encode_chunk(
-            old.iter()
-                .filter_map(|(_, r)| Some((r.seq, r.payload.as_ref()?))),
+            old.iter().filter_map(|(_, r)| {
+                let p = r.payload.as_ref()?;
+                Some((r.seq, p, p.encoded_len()))
+            }),
             0,
         );
-        batch.insert(&chunk_key(first)[..], value);
+        batch.insert(&inline_key(first)[..], value);
         for (k, _) in old {
             batch.remove(k);
         }
         tree.apply_batch(batch)?;
     }
+    for kv in tree.scan_prefix(b"c") {
+        let (k, chunk) = kv?;
+        let first = u64_at(&k, 1).unwrap_or(0);
+        let at = writer.append(&chunk)?;
+        let meta = Meta::of_chunk(&chunk, at.loc).ok_or_else(|| corrupt(first, "short chunk"))?;
+        writer.sync()?;
+        let mut batch = sled::Batch::default();
+        batch.insert(&index_key(first)[..], meta.entry());
+        batch.remove(k);
+        tree.apply_batch(batch)?;
+    }
+    Ok(())
 }

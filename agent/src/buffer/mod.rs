@@ -22,20 +22,22 @@
 //! never dropped (the buffer refuses new records instead, and the producer
 //! waits). Every drop is counted. No networking here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use picket_proto::frame::{self, EncodedBatch, FrameError};
 
 mod chunk;
+mod segment;
 use chunk::{
-    CHUNK_BYTES, DROPPED, HEADER, Meta, NEXT_SEQ, chunk_key, encode_chunk, meta_of,
-    migrate_record_keys, u64_at, u64_of,
+    CHUNK_BYTES, DROPPED, HEADER, Meta, NEXT_SEQ, encode_chunk, index_key, u64_at, u64_of,
 };
 use picket_proto::v1::{self, record::Payload};
 use prost::Message;
+use segment::{Appended, Writer};
 use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,8 @@ pub enum BufferError {
     Open { path: PathBuf, detail: String },
     #[error("agent buffer: {0}")]
     Sled(#[from] sled::Error),
+    #[error("agent buffer segment {path}: {detail}")]
+    Segment { path: PathBuf, detail: String },
     #[error("agent buffer: corrupt chunk at seq {seq}: {detail}")]
     Corrupt { seq: u64, detail: String },
     #[error(
@@ -95,17 +99,79 @@ struct State {
     next_seq: u64,
     /// Every chunk held, by first seq.
     chunks: BTreeMap<u64, Meta>,
-    /// Bytes of chunks held (keys and values).
+    /// Bytes of chunks held (chunks and their index entries).
     bytes: u64,
     dropped: [u64; 3],
     /// The highest seq acked: chunks at or below it are being deleted.
     acked: u64,
+    /// Segments that hold indexed chunks, or that appends go to.
+    segs: BTreeMap<u64, Seg>,
+    /// The segment appends go to: kept even while no chunk is in it.
+    current: Option<u64>,
+}
+
+struct Seg {
+    file: Arc<File>,
+    /// Indexed chunks in it.
+    chunks: usize,
+}
+
+impl State {
+    fn hold(&mut self, first: u64, meta: Meta) {
+        if let Some(s) = self.segs.get_mut(&meta.loc.seg) {
+            s.chunks += 1;
+        }
+        self.bytes += meta.size;
+        self.chunks.insert(first, meta);
+    }
+
+    /// Forgets a chunk; deletes its segment once nothing is in it.
+    fn release(&mut self, first: u64, dir: &Path) {
+        let Some(meta) = self.chunks.remove(&first) else {
+            return;
+        };
+        self.bytes = self.bytes.saturating_sub(meta.size);
+        let id = meta.loc.seg;
+        if let Some(s) = self.segs.get_mut(&id) {
+            s.chunks = s.chunks.saturating_sub(1);
+            if s.chunks == 0 && self.current != Some(id) {
+                self.segs.remove(&id);
+                segment::remove(dir, id);
+            }
+        }
+    }
+
+    /// Registers the segment an append started.
+    fn appended(&mut self, at: &Appended, dir: &Path) {
+        let Some(file) = &at.started else {
+            return;
+        };
+        let old = self.current.replace(at.loc.seg);
+        self.segs.insert(
+            at.loc.seg,
+            Seg {
+                file: file.clone(),
+                chunks: 0,
+            },
+        );
+        if let Some(old) = old
+            && self.segs.get(&old).is_some_and(|s| s.chunks == 0)
+        {
+            self.segs.remove(&old);
+            segment::remove(dir, old);
+        }
+    }
 }
 
 pub struct Buffer {
     db: sled::Db,
     tree: sled::Tree,
+    /// Where the segment files are.
+    dir: PathBuf,
     state: Mutex<State>,
+    /// Held for a whole push (or drop), so that batches commit in
+    /// sequence order; reading and acking only take `state`.
+    writer: Mutex<Writer>,
     cap_bytes: u64,
     /// Woken whenever records are added.
     added: Notify,
@@ -116,9 +182,13 @@ pub struct Buffer {
 impl Buffer {
     pub fn open(dir: &Path, cap_bytes: u64) -> Result<Buffer, BufferError> {
         let path = dir.join("buffer");
+        let open_err = |e: &dyn std::fmt::Display| BufferError::Open {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
         let db = sled::Config::new()
             .path(&path)
-            // A small page cache: the buffer is written once, read once.
+            // A small page cache: sled holds only the index and counters.
             .cache_capacity(1024 * 1024)
             // No background flusher: `flush` is called when records must be
             // durable (before they are sent, and once a second while there
@@ -127,45 +197,70 @@ impl Buffer {
             // unflushed tail lost in a crash is re-read, never skipped.
             .flush_every_ms(None)
             .open()
-            .map_err(|e| BufferError::Open {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| open_err(&e))?;
         let tree = db.open_tree("buffer")?;
-        migrate_record_keys(&tree)?;
-        let mut chunks = BTreeMap::new();
-        let mut bytes = 0u64;
-        for kv in tree.scan_prefix(b"c") {
+        let seg_dir = dir.join("buffer.segments");
+        let found = segment::existing(&seg_dir)?;
+        let mut writer = Writer::new(&seg_dir, found.keys().next_back().map_or(1, |id| id + 1));
+        chunk::migrate(&tree, &mut writer)?;
+        let mut state = State {
+            next_seq: u64_of(tree.get(NEXT_SEQ)?).max(1),
+            chunks: BTreeMap::new(),
+            bytes: 0,
+            dropped: [0; 3],
+            acked: 0,
+            segs: BTreeMap::new(),
+            current: writer.current(),
+        };
+        for (i, key) in DROPPED.iter().enumerate() {
+            state.dropped[i] = u64_of(tree.get(key)?);
+        }
+        for kv in tree.scan_prefix(b"s") {
             let (k, v) = kv?;
             let first = u64_at(&k, 1).unwrap_or(0);
-            let meta = meta_of(&v).ok_or_else(|| corrupt(first, "short chunk header"))?;
-            bytes += meta.size;
-            chunks.insert(first, meta);
+            let meta = Meta::from_entry(&v).ok_or_else(|| corrupt(first, "short index entry"))?;
+            if let btree_map::Entry::Vacant(slot) = state.segs.entry(meta.loc.seg) {
+                let file = segment::open_read(&seg_dir, meta.loc.seg).map_err(|e| {
+                    open_err(&format!(
+                        "{e}: the records from seq {first} in it are lost; \
+                         move {} and {} away to start with an empty buffer",
+                        path.display(),
+                        seg_dir.display()
+                    ))
+                })?;
+                slot.insert(Seg { file, chunks: 0 });
+            }
+            state.hold(first, meta);
         }
-        let next_seq = u64_of(tree.get(NEXT_SEQ)?).max(1);
-        let mut dropped = [0u64; 3];
-        for (i, key) in DROPPED.iter().enumerate() {
-            dropped[i] = u64_of(tree.get(key)?);
+        if let Some(id) = state.current
+            && !state.segs.contains_key(&id)
+        {
+            let file = segment::open_read(&seg_dir, id)?;
+            state.segs.insert(id, Seg { file, chunks: 0 });
+        }
+        // Segments of acked chunks whose deletion a crash cut short.
+        for id in found.keys().filter(|id| !state.segs.contains_key(id)) {
+            segment::remove(&seg_dir, *id);
         }
         Ok(Buffer {
             db,
             tree,
-            state: Mutex::new(State {
-                next_seq,
-                chunks,
-                bytes,
-                dropped,
-                acked: 0,
-            }),
+            dir: seg_dir,
+            // What a fresh open finds was on disk.
+            durable: AtomicU64::new(state.next_seq - 1),
+            state: Mutex::new(state),
+            writer: Mutex::new(writer),
             cap_bytes,
             added: Notify::new(),
-            // What a fresh open finds was on disk.
-            durable: AtomicU64::new(next_seq - 1),
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Appends records, and with them a source's read position, in one
@@ -177,31 +272,40 @@ impl Buffer {
         payloads: &[Payload],
         position: Option<(&str, &[u8])>,
     ) -> Result<std::ops::Range<u64>, BufferError> {
-        let mut st = self.lock();
-        let size: usize = payloads.iter().map(|p| p.encoded_len() + 12).sum();
-        let incoming = (size + HEADER + 9) as u64;
-        if st.bytes + incoming > self.cap_bytes {
-            self.make_room(&mut st, incoming)?;
-        }
-        let first = st.next_seq;
+        let mut w = self.lock_writer();
+        let lens: Vec<usize> = payloads.iter().map(Payload::encoded_len).collect();
+        let incoming = (lens.iter().map(|l| l + 12).sum::<usize>() + HEADER + 9) as u64;
+        let first = {
+            let mut st = self.lock();
+            if st.bytes + incoming > self.cap_bytes {
+                self.make_room(&mut st, &mut w, incoming)?;
+            }
+            st.next_seq
+        };
         let next = first + payloads.len() as u64;
+        // Chunks are encoded and written without the state lock: sending
+        // and acking go on meanwhile. Nothing is visible until `hold`.
         let mut batch = sled::Batch::default();
         let mut chunks = Vec::new();
-        let mut rest = (first..).zip(payloads).peekable();
+        let mut rest = (first..).zip(payloads.iter().zip(lens)).peekable();
         while rest.peek().is_some() {
             let mut bytes = 0;
             let mut group = Vec::new();
-            while let Some((seq, p)) = rest.next_if(|_| bytes < CHUNK_BYTES) {
-                bytes += p.encoded_len() + 12;
-                group.push((seq, p));
+            while let Some((seq, (p, len))) = rest.next_if(|_| bytes < CHUNK_BYTES) {
+                bytes += len + 12;
+                group.push((seq, p, len));
             }
             let chunk_first = group[0].0;
             let value = encode_chunk(group.into_iter(), bytes);
-            if let Some(meta) = meta_of(&value) {
-                chunks.push((chunk_first, meta));
-            }
-            batch.insert(&chunk_key(chunk_first)[..], value);
+            let at = w.append(&value)?;
+            self.lock().appended(&at, &self.dir);
+            let meta =
+                Meta::of_chunk(&value, at.loc).ok_or_else(|| corrupt(chunk_first, "empty"))?;
+            batch.insert(&index_key(chunk_first)[..], meta.entry());
+            chunks.push((chunk_first, meta));
         }
+        // The bytes are on disk before any index entry points at them.
+        w.sync()?;
         batch.insert(NEXT_SEQ, &next.to_be_bytes()[..]);
         if let Some((source, pos)) = position {
             let mut k = b"p".to_vec();
@@ -209,12 +313,13 @@ impl Buffer {
             batch.insert(k, pos);
         }
         self.tree.apply_batch(batch)?;
+        let mut st = self.lock();
         for (chunk_first, meta) in chunks {
-            st.bytes += meta.size;
-            st.chunks.insert(chunk_first, meta);
+            st.hold(chunk_first, meta);
         }
         st.next_seq = next;
         drop(st);
+        drop(w);
         self.added.notify_one();
         Ok(first..next)
     }
@@ -222,7 +327,7 @@ impl Buffer {
     /// Drops the oldest metrics, then the oldest log lines, until `need`
     /// more bytes fit under 90 % of the cap. A chunk that holds other kinds
     /// too is rewritten without the dropped ones.
-    fn make_room(&self, st: &mut State, need: u64) -> Result<(), BufferError> {
+    fn make_room(&self, st: &mut State, w: &mut Writer, need: u64) -> Result<(), BufferError> {
         let target = (self.cap_bytes / 10 * 9).saturating_sub(need);
         for kind in [Kind::Metric, Kind::Log] {
             let i = kind as usize;
@@ -236,10 +341,10 @@ impl Buffer {
                 if st.bytes <= target {
                     break;
                 }
-                let key = chunk_key(first);
-                let Some(value) = self.tree.get(key)? else {
+                let Some(seg) = st.segs.get(&meta.loc.seg) else {
                     continue;
                 };
+                let value = segment::read(&seg.file, meta.loc).map_err(|e| corrupt(first, e))?;
                 let recs = v1::RecordBatch::decode(value.get(HEADER..).unwrap_or_default())
                     .map_err(|e| corrupt(first, e))?
                     .records;
@@ -247,31 +352,32 @@ impl Buffer {
                     .into_iter()
                     .partition(|r| r.payload.as_ref().map(Kind::of) == Some(kind));
                 let mut batch = sled::Batch::default();
+                let key = index_key(first);
                 let new = if kept.is_empty() {
                     batch.remove(&key[..]);
                     None
                 } else {
                     let value = encode_chunk(
-                        kept.iter()
-                            .filter_map(|r| Some((r.seq, r.payload.as_ref()?))),
+                        kept.iter().filter_map(|r| {
+                            let p = r.payload.as_ref()?;
+                            Some((r.seq, p, p.encoded_len()))
+                        }),
                         value.len(),
                     );
-                    let m = meta_of(&value);
-                    batch.insert(&key[..], value);
-                    m
+                    let at = w.append(&value)?;
+                    st.appended(&at, &self.dir);
+                    w.sync()?;
+                    let m =
+                        Meta::of_chunk(&value, at.loc).ok_or_else(|| corrupt(first, "empty"))?;
+                    batch.insert(&key[..], m.entry());
+                    Some(m)
                 };
                 st.dropped[i] += gone.len() as u64;
                 batch.insert(DROPPED[i], &st.dropped[i].to_be_bytes()[..]);
                 self.tree.apply_batch(batch)?;
-                st.bytes -= meta.size;
-                match new {
-                    Some(m) => {
-                        st.bytes += m.size;
-                        st.chunks.insert(first, m);
-                    }
-                    None => {
-                        st.chunks.remove(&first);
-                    }
+                st.release(first, &self.dir);
+                if let Some(m) = new {
+                    st.hold(first, m);
                 }
                 tracing::warn!(
                     kind = kind.name(),
@@ -297,7 +403,7 @@ impl Buffer {
     ) -> Result<EncodedBatch, BufferError> {
         let from = after.saturating_add(1);
         // The chunk holding `from` may start before it.
-        let firsts: Vec<u64> = {
+        let chunks: Vec<(u64, Meta, Arc<File>)> = {
             let st = self.lock();
             let start = st
                 .chunks
@@ -307,16 +413,15 @@ impl Buffer {
             st.chunks
                 .range(start..)
                 .filter(|(_, m)| m.last_seq >= from)
-                .map(|(f, _)| *f)
+                .filter_map(|(f, m)| Some((*f, *m, st.segs.get(&m.loc.seg)?.file.clone())))
                 .take(max.max(1))
                 .collect()
         };
         let mut out = EncodedBatch::default();
-        for first in firsts {
-            // A chunk acked meanwhile is gone: nothing in it is owed.
-            let Some(value) = self.tree.get(chunk_key(first))? else {
-                continue;
-            };
+        for (first, meta, file) in chunks {
+            // Read without the lock: a chunk acked meanwhile still reads
+            // from the open file, and is skipped by the control plane.
+            let value = segment::read(&file, meta.loc).map_err(|e| corrupt(first, e))?;
             for entry in frame::records(value.get(HEADER..).unwrap_or_default()) {
                 let (seq, bytes) = entry.map_err(|e: FrameError| corrupt(first, e))?;
                 if seq < from {
@@ -351,14 +456,12 @@ impl Buffer {
         // meanwhile; `after` and `make_room` skip a chunk that is gone.
         let mut batch = sled::Batch::default();
         for first in &done {
-            batch.remove(&chunk_key(*first)[..]);
+            batch.remove(&index_key(*first)[..]);
         }
         self.tree.apply_batch(batch)?;
         let mut st = self.lock();
         for first in done {
-            if let Some(meta) = st.chunks.remove(&first) {
-                st.bytes = st.bytes.saturating_sub(meta.size);
-            }
+            st.release(first, &self.dir);
         }
         Ok(())
     }

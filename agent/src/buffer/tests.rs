@@ -227,3 +227,109 @@ fn a_buffer_full_of_events_refuses_rather_than_drops() {
     assert!(refused);
     assert_eq!(b.dropped(), [0, 0, 0]);
 }
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("buffer.segments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn chunks_held_inline_in_sled_move_to_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path().join("buffer")).unwrap();
+        let tree = db.open_tree("buffer").unwrap();
+        let (a, b) = (log("inline 3"), ev("inline 4"));
+        let chunk = encode_chunk(
+            [(3, &a, a.encoded_len()), (4, &b, b.encoded_len())].into_iter(),
+            0,
+        );
+        tree.insert(chunk::inline_key(3), chunk).unwrap();
+        tree.insert(NEXT_SEQ, &5u64.to_be_bytes()[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(seqs(&read(&b, 0, 100, usize::MAX).unwrap()), vec![3, 4]);
+    assert_eq!(b.tree.scan_prefix(b"c").count(), 0, "moved, not copied");
+    assert_eq!(b.push(&[log("new")], None).unwrap(), 5..6);
+    drop(b);
+    let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(seqs(&read(&b, 0, 100, usize::MAX).unwrap()), vec![3, 4, 5]);
+}
+
+#[test]
+fn segments_go_once_acked_and_orphans_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "x".repeat(8 << 20);
+    {
+        let b = Buffer::open(dir.path(), 1 << 30).unwrap();
+        // 8 MiB lines: two fill a segment, so three make two segments.
+        for i in 0..3 {
+            b.push(&[log(&format!("{i}{big}"))], Some(("src", b"p")))
+                .unwrap();
+        }
+        b.flush().unwrap();
+        assert_eq!(segment_files(dir.path()).len(), 2);
+        b.ack(2).unwrap();
+        assert_eq!(
+            segment_files(dir.path()).len(),
+            1,
+            "the first segment is deleted"
+        );
+        assert_eq!(seqs(&read(&b, 0, 10, usize::MAX).unwrap()), vec![3]);
+    }
+    // A stray segment (its deletion cut short by a crash) goes at open.
+    std::fs::write(
+        dir.path().join("buffer.segments/00000000000000ff.seg"),
+        b"old",
+    )
+    .unwrap();
+    let b = Buffer::open(dir.path(), 1 << 30).unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    assert_eq!(seqs(&read(&b, 0, 10, usize::MAX).unwrap()), vec![3]);
+    b.push(&[log("after")], None).unwrap();
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        2,
+        "appends after a restart go to a new segment"
+    );
+    b.ack(4).unwrap();
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        1,
+        "the segment appends go to stays"
+    );
+    assert_eq!(b.held_bytes(), 0);
+}
+
+#[test]
+fn damaged_segments_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+        b.push(&[log("one"), log("two")], None).unwrap();
+        b.flush().unwrap();
+    }
+    let seg = dir
+        .path()
+        .join("buffer.segments")
+        .join(&segment_files(dir.path())[0]);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+    let e = b.after(0, 10, usize::MAX).unwrap_err().to_string();
+    assert!(e.contains("checksum"), "{e}");
+    drop(b);
+    std::fs::remove_file(&seg).unwrap();
+    let e = Buffer::open(dir.path(), 1 << 20).err().unwrap().to_string();
+    assert!(
+        e.contains("are lost") && e.contains("buffer.segments"),
+        "{e}"
+    );
+}

@@ -68,7 +68,7 @@ impl AgentService for AgentSvc {
 
         let heartbeat = st.cfg.heartbeat_interval;
         let (tx, rx) = mpsc::channel(16);
-        let mut acked = st.store.acked_seq(&name).map_err(internal)?;
+        let acked = st.store.acked_seq(&name).map_err(internal)?;
         let welcome = control(control_message::Body::Welcome(v1::Welcome {
             acked_seq: acked,
             heartbeat_interval_ms: u32::try_from(heartbeat.as_millis()).unwrap_or(u32::MAX),
@@ -81,6 +81,18 @@ impl AgentService for AgentSvc {
         tokio::spawn(async move {
             let _guard = guard;
             let silence = heartbeat * 3;
+            // Batches are stored (and acked) by a task of their own, so the
+            // next batch is decoded while the previous one is written; the
+            // small queue keeps the agent's stream under backpressure.
+            let (to_store, queue) = mpsc::channel::<v1::RecordBatch>(2);
+            let mut storer = tokio::spawn(store_batches(
+                state.clone(),
+                name.clone(),
+                acked,
+                queue,
+                tx.clone(),
+            ));
+            let mut storer_done = None;
             let end: Option<Status> = loop {
                 tokio::select! {
                     _ = cancel.cancelled() => {
@@ -95,6 +107,12 @@ impl AgentService for AgentSvc {
                     _ = state.shutdown.cancelled() => {
                         break Some(Status::unavailable("control plane shutting down"));
                     }
+                    r = &mut storer => {
+                        // Only a failure ends the storer while its queue is open.
+                        let status = r.unwrap_or_else(|e| Some(internal(e)));
+                        storer_done = Some(None);
+                        break status;
+                    }
                     msg = tokio::time::timeout(silence, inbound.message()) => match msg {
                         Err(_) => {
                             tracing::warn!(agent = %name, "no heartbeat for {silence:?}; closing session");
@@ -107,25 +125,9 @@ impl AgentService for AgentSvc {
                                 }
                             }
                             Some(Body::Records(batch)) => {
-                                let st = state.clone();
-                                let agent = name.clone();
-                                let r = tokio::task::spawn_blocking(move || {
-                                    crate::ingest::apply(&st, &agent, acked, batch)
-                                })
-                                .await;
-                                match r {
-                                    Ok(Ok(new_acked)) => {
-                                        acked = new_acked;
-                                        let ack = control(control_message::Body::Ack(v1::Ack { acked_seq: acked }));
-                                        if tx.send(Ok(ack)).await.is_err() {
-                                            break None;
-                                        }
-                                    }
-                                    Ok(Err(crate::ingest::IngestError::Store(e))) => {
-                                        break Some(internal(e));
-                                    }
-                                    Ok(Err(e)) => break Some(Status::invalid_argument(e.to_string())),
-                                    Err(e) => break Some(internal(e)),
+                                if to_store.send(batch).await.is_err() {
+                                    // The storer failed; its status is taken below.
+                                    break None;
                                 }
                             }
                             Some(Body::Hello(_)) | None => {
@@ -140,6 +142,13 @@ impl AgentService for AgentSvc {
                     }
                 }
             };
+            // Whatever was queued is stored before the session ends.
+            drop(to_store);
+            let stored = match storer_done {
+                Some(s) => s,
+                None => storer.await.unwrap_or_else(|e| Some(internal(e))),
+            };
+            let end = end.or(stored);
             let _ = state
                 .store
                 .update_agent(&name, |r| r.last_seen_ms = now_ms());
@@ -180,4 +189,34 @@ impl AgentService for AgentSvc {
             not_after_unix_ms: not_after,
         }))
     }
+}
+
+/// Stores `agent`'s batches in order and acks each once it is durable.
+/// Returns the status that should end the session, if storing failed.
+async fn store_batches(
+    state: Arc<State>,
+    agent: String,
+    mut acked: u64,
+    mut queue: mpsc::Receiver<v1::RecordBatch>,
+    tx: mpsc::Sender<Result<v1::ControlMessage, Status>>,
+) -> Option<Status> {
+    while let Some(batch) = queue.recv().await {
+        let (st, name) = (state.clone(), agent.clone());
+        let r = tokio::task::spawn_blocking(move || crate::ingest::apply(&st, &name, acked, batch))
+            .await;
+        match r {
+            Ok(Ok(new_acked)) => {
+                acked = new_acked;
+                let ack = control(control_message::Body::Ack(v1::Ack { acked_seq: acked }));
+                if tx.send(Ok(ack)).await.is_err() {
+                    // The agent went away; what was stored stays stored.
+                    return None;
+                }
+            }
+            Ok(Err(crate::ingest::IngestError::Store(e))) => return Some(internal(e)),
+            Ok(Err(e)) => return Some(Status::invalid_argument(e.to_string())),
+            Err(e) => return Some(internal(e)),
+        }
+    }
+    None
 }
