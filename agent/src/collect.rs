@@ -16,7 +16,7 @@ use notify::{RecursiveMode, Watcher};
 use picket_proto::v1::{self, record::Payload};
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::{Buffer, BufferError};
+use crate::buffer::{Buffer, BufferError, Encoded};
 use crate::config::{AgentConfig, SourceConfig};
 use crate::sources::Parser;
 use crate::tail::{Line, Position, Tailer};
@@ -37,7 +37,9 @@ struct Source {
 /// One source's batch for the buffer: records and the read position after
 /// them, committed together.
 struct Write {
-    payloads: Vec<Payload>,
+    /// Encoded here, on the reading thread, which also frees the parsed
+    /// records: the writer only copies bytes.
+    records: Encoded,
     key: String,
     position: Vec<u8>,
 }
@@ -138,7 +140,7 @@ pub fn run(cfg: &AgentConfig, buffer: Arc<Buffer>, shutdown: CancellationToken) 
 fn write_all(buffer: &Buffer, writes: mpsc::Receiver<Write>, shutdown: &CancellationToken) {
     for w in writes {
         loop {
-            match buffer.push(&w.payloads, Some((&w.key, &w.position))) {
+            match buffer.push_encoded(&w.records, Some((&w.key, &w.position))) {
                 Ok(_) => break,
                 Err(BufferError::Full(_)) => {
                     // Events are never dropped: wait for acks to make room.
@@ -181,7 +183,7 @@ fn pump(s: &mut Source) -> std::io::Result<Option<(Write, usize)>> {
         .unwrap_or_default();
     Ok(Some((
         Write {
-            payloads,
+            records: Encoded::new(&payloads),
             key: s.key.clone(),
             position,
         },

@@ -34,17 +34,21 @@ const AGENT_MESSAGE_RECORDS_FIELD: u32 = 3;
 /// Appends `Record { seq, payload }` as one `RecordBatch.records` entry,
 /// written from a borrowed payload.
 pub fn put_record(seq: u64, payload: &Payload, out: &mut Vec<u8>) {
-    put_record_sized(seq, payload, payload.encoded_len(), out);
-}
-
-/// [`put_record`] for a caller that already knows `payload.encoded_len()`
-/// (computing it walks every field and map entry).
-pub fn put_record_sized(seq: u64, payload: &Payload, payload_len: usize, out: &mut Vec<u8>) {
-    let len = uint64::encoded_len(SEQ_FIELD, &seq) + payload_len;
+    let len = uint64::encoded_len(SEQ_FIELD, &seq) + payload.encoded_len();
     encode_key(RECORDS_FIELD, WireType::LengthDelimited, out);
     encode_varint(len as u64, out);
     uint64::encode(SEQ_FIELD, &seq, out);
     payload.encode(out);
+}
+
+/// [`put_record`] for a payload encoded earlier (`Payload::encode`'s
+/// bytes, its field key included): only bytes are copied.
+pub fn put_encoded(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
+    let len = uint64::encoded_len(SEQ_FIELD, &seq) + payload.len();
+    encode_key(RECORDS_FIELD, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+    uint64::encode(SEQ_FIELD, &seq, out);
+    out.extend_from_slice(payload);
 }
 
 /// The records of an encoded `RecordBatch`, as `(seq, entry bytes)`; the
@@ -168,7 +172,14 @@ mod tests {
         let payloads = [line("a"), line(&"b".repeat(300)), line("c")];
         let mut stored = Vec::new();
         for (seq, p) in (7..).zip(&payloads) {
-            put_record(seq, p, &mut stored);
+            if seq == 8 {
+                // Encoded ahead, as the agent's producers do.
+                let mut bytes = Vec::new();
+                p.encode(&mut bytes);
+                put_encoded(seq, &bytes, &mut stored);
+            } else {
+                put_record(seq, p, &mut stored);
+            }
         }
         // Send the last two, picked out of the stored bytes.
         let mut run = EncodedBatch::default();

@@ -86,22 +86,79 @@ impl Meta {
     }
 }
 
-/// Encodes records, each with its `encoded_len`, as a chunk.
+/// Makes a chunk of encoded payloads and their sequence numbers.
 pub(super) fn encode_chunk<'a>(
-    records: impl Iterator<Item = (u64, &'a Payload, usize)>,
+    records: impl Iterator<Item = (u64, &'a [u8], Kind)>,
     hint: usize,
 ) -> Vec<u8> {
     let mut value = Vec::with_capacity(HEADER + hint);
     value.extend_from_slice(&[0u8; HEADER]);
     let (mut kinds, mut last) = (0u8, 0u64);
-    for (seq, p, len) in records {
-        frame::put_record_sized(seq, p, len, &mut value);
-        kinds |= Kind::of(p).bit();
+    for (seq, payload, kind) in records {
+        frame::put_encoded(seq, payload, &mut value);
+        kinds |= kind.bit();
         last = seq;
     }
     value[0] = kinds;
     value[1..HEADER].copy_from_slice(&last.to_be_bytes());
     value
+}
+
+/// A chunk of decoded records (each keeps its sequence number).
+pub(super) fn encode_records(records: &[v1::Record]) -> Vec<u8> {
+    let payloads: Vec<(u64, &Payload)> = records
+        .iter()
+        .filter_map(|r| Some((r.seq, r.payload.as_ref()?)))
+        .collect();
+    let enc = Encoded::new(payloads.iter().map(|(_, p)| *p));
+    encode_chunk(
+        payloads
+            .iter()
+            .zip(enc.iter())
+            .map(|((seq, _), (bytes, kind))| (*seq, bytes, kind)),
+        enc.bytes.len() + 12 * payloads.len(),
+    )
+}
+
+/// Payloads encoded by the thread that made them, so that the buffer's
+/// writer only copies bytes, and the producer frees what it allocated.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    bytes: Vec<u8>,
+    /// Where each payload ends in `bytes`, and its kind.
+    ends: Vec<(usize, Kind)>,
+}
+
+impl Encoded {
+    pub fn new<'a>(payloads: impl IntoIterator<Item = &'a Payload>) -> Encoded {
+        let mut e = Encoded::default();
+        for p in payloads {
+            p.encode(&mut e.bytes);
+            e.ends.push((e.bytes.len(), Kind::of(p)));
+        }
+        e
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes the payloads take.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Each payload's bytes (`Payload::encode`'s) and kind.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&[u8], Kind)> {
+        let starts = std::iter::once(0).chain(self.ends.iter().map(|(end, _)| *end));
+        starts
+            .zip(&self.ends)
+            .map(|(start, (end, kind))| (self.bytes.get(start..*end).unwrap_or_default(), *kind))
+    }
 }
 
 /// Moves older layouts into segments, keeping every record and its
@@ -125,17 +182,12 @@ pub(super) fn migrate(tree: &sled::Tree, writer: &mut Writer) -> Result<(), Buff
             break;
         };
         let mut batch = sled::Batch::default();
-        let value = encode_chunk(
-            old.iter().filter_map(|(_, r)| {
-                let p = r.payload.as_ref()?;
-                Some((r.seq, p, p.encoded_len()))
-            }),
-            0,
-        );
-        batch.insert(&inline_key(first)[..], value);
-        for (k, _) in old {
+        let mut records = Vec::with_capacity(old.len());
+        for (k, r) in old {
             batch.remove(k);
+            records.push(r);
         }
+        batch.insert(&inline_key(first)[..], encode_records(&records));
         tree.apply_batch(batch)?;
     }
     for kv in tree.scan_prefix(b"c") {

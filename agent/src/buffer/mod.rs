@@ -32,8 +32,10 @@ use picket_proto::frame::{self, EncodedBatch, FrameError};
 
 mod chunk;
 mod segment;
+pub use chunk::Encoded;
 use chunk::{
-    CHUNK_BYTES, DROPPED, HEADER, Meta, NEXT_SEQ, encode_chunk, index_key, u64_at, u64_of,
+    CHUNK_BYTES, DROPPED, HEADER, Meta, NEXT_SEQ, encode_chunk, encode_records, index_key, u64_at,
+    u64_of,
 };
 use picket_proto::v1::{self, record::Payload};
 use prost::Message;
@@ -186,7 +188,7 @@ impl Buffer {
             path: path.clone(),
             detail: e.to_string(),
         };
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&path)
             // A small page cache: sled holds only the index and counters.
             .cache_capacity(1024 * 1024)
@@ -195,9 +197,23 @@ impl Buffer {
             // is something new) and on shutdown, so an idle agent does not
             // wake sled up. Records and read positions share a batch, so an
             // unflushed tail lost in a crash is re-read, never skipped.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_err(&e))?;
+            .flush_every_ms(None);
+        // sled 0.34 lets go of its file lock a moment after a `Db` is
+        // dropped (spacejam/sled#1234): wait up to a second for it, so a
+        // restart in the same process opens; another live agent on the
+        // same state folder still gets the error.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && tries < 20 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => break r.map_err(|e| open_err(&e))?,
+            }
+        };
         let tree = db.open_tree("buffer")?;
         let seg_dir = dir.join("buffer.segments");
         let found = segment::existing(&seg_dir)?;
@@ -272,9 +288,17 @@ impl Buffer {
         payloads: &[Payload],
         position: Option<(&str, &[u8])>,
     ) -> Result<std::ops::Range<u64>, BufferError> {
+        self.push_encoded(&Encoded::new(payloads), position)
+    }
+
+    /// [`Buffer::push`] of payloads the caller encoded.
+    pub fn push_encoded(
+        &self,
+        records: &Encoded,
+        position: Option<(&str, &[u8])>,
+    ) -> Result<std::ops::Range<u64>, BufferError> {
         let mut w = self.lock_writer();
-        let lens: Vec<usize> = payloads.iter().map(Payload::encoded_len).collect();
-        let incoming = (lens.iter().map(|l| l + 12).sum::<usize>() + HEADER + 9) as u64;
+        let incoming = (records.byte_len() + 12 * records.len() + HEADER + 9) as u64;
         let first = {
             let mut st = self.lock();
             if st.bytes + incoming > self.cap_bytes {
@@ -282,18 +306,18 @@ impl Buffer {
             }
             st.next_seq
         };
-        let next = first + payloads.len() as u64;
+        let next = first + records.len() as u64;
         // Chunks are encoded and written without the state lock: sending
         // and acking go on meanwhile. Nothing is visible until `hold`.
         let mut batch = sled::Batch::default();
         let mut chunks = Vec::new();
-        let mut rest = (first..).zip(payloads.iter().zip(lens)).peekable();
+        let mut rest = (first..).zip(records.iter()).peekable();
         while rest.peek().is_some() {
             let mut bytes = 0;
             let mut group = Vec::new();
-            while let Some((seq, (p, len))) = rest.next_if(|_| bytes < CHUNK_BYTES) {
-                bytes += len + 12;
-                group.push((seq, p, len));
+            while let Some((seq, (p, kind))) = rest.next_if(|_| bytes < CHUNK_BYTES) {
+                bytes += p.len() + 12;
+                group.push((seq, p, kind));
             }
             let chunk_first = group[0].0;
             let value = encode_chunk(group.into_iter(), bytes);
@@ -357,13 +381,7 @@ impl Buffer {
                     batch.remove(&key[..]);
                     None
                 } else {
-                    let value = encode_chunk(
-                        kept.iter().filter_map(|r| {
-                            let p = r.payload.as_ref()?;
-                            Some((r.seq, p, p.encoded_len()))
-                        }),
-                        value.len(),
-                    );
+                    let value = encode_records(&kept);
                     let at = w.append(&value)?;
                     st.appended(&at, &self.dir);
                     w.sync()?;

@@ -243,11 +243,16 @@ fn chunks_held_inline_in_sled_move_to_segments() {
     {
         let db = sled::open(dir.path().join("buffer")).unwrap();
         let tree = db.open_tree("buffer").unwrap();
-        let (a, b) = (log("inline 3"), ev("inline 4"));
-        let chunk = encode_chunk(
-            [(3, &a, a.encoded_len()), (4, &b, b.encoded_len())].into_iter(),
-            0,
-        );
+        let chunk = encode_records(&[
+            v1::Record {
+                seq: 3,
+                payload: Some(log("inline 3")),
+            },
+            v1::Record {
+                seq: 4,
+                payload: Some(ev("inline 4")),
+            },
+        ]);
         tree.insert(chunk::inline_key(3), chunk).unwrap();
         tree.insert(NEXT_SEQ, &5u64.to_be_bytes()[..]).unwrap();
         db.flush().unwrap();

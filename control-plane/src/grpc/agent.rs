@@ -84,7 +84,8 @@ impl AgentService for AgentSvc {
             // Batches are stored (and acked) by a task of their own, so the
             // next batch is decoded while the previous one is written; the
             // small queue keeps the agent's stream under backpressure.
-            let (to_store, queue) = mpsc::channel::<v1::RecordBatch>(2);
+            // (A few 2 MiB batches: what queues up is stored in one go.)
+            let (to_store, queue) = mpsc::channel::<v1::RecordBatch>(4);
             let mut storer = tokio::spawn(store_batches(
                 state.clone(),
                 name.clone(),
@@ -191,6 +192,9 @@ impl AgentService for AgentSvc {
     }
 }
 
+/// At most about this many records are stored under one flush.
+const GROUP_RECORDS: usize = 16_384;
+
 /// Stores `agent`'s batches in order and acks each once it is durable.
 /// Returns the status that should end the session, if storing failed.
 async fn store_batches(
@@ -200,7 +204,15 @@ async fn store_batches(
     mut queue: mpsc::Receiver<v1::RecordBatch>,
     tx: mpsc::Sender<Result<v1::ControlMessage, Status>>,
 ) -> Option<Status> {
-    while let Some(batch) = queue.recv().await {
+    while let Some(mut batch) = queue.recv().await {
+        // Group commit: batches that queued up while the last one was
+        // written are stored with this one, under one flush and one ack.
+        while batch.records.len() < GROUP_RECORDS {
+            match queue.try_recv() {
+                Ok(more) => batch.records.extend(more.records),
+                Err(_) => break,
+            }
+        }
         let (st, name) = (state.clone(), agent.clone());
         let r = tokio::task::spawn_blocking(move || crate::ingest::apply(&st, &name, acked, batch))
             .await;

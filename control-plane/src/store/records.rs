@@ -75,6 +75,8 @@ pub struct LogRecord {
 pub trait Timed: Serialize + DeserializeOwned {
     fn time_ms(&self) -> i64;
     fn id(&self) -> u64;
+    /// About the bytes it takes encoded (to size buffers).
+    fn size_hint(&self) -> usize;
 }
 
 impl Timed for EventRecord {
@@ -84,6 +86,16 @@ impl Timed for EventRecord {
     fn id(&self) -> u64 {
         self.id
     }
+    fn size_hint(&self) -> usize {
+        let fields: usize = self.fields.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        self.host.len()
+            + self.source.len()
+            + self.path.len()
+            + self.kind.len()
+            + self.message.len()
+            + fields
+            + 48
+    }
 }
 
 impl Timed for LogRecord {
@@ -92,6 +104,9 @@ impl Timed for LogRecord {
     }
     fn id(&self) -> u64 {
         self.id
+    }
+    fn size_hint(&self) -> usize {
+        self.host.len() + self.source.len() + self.path.len() + self.line.len() + 40
     }
 }
 
@@ -132,7 +147,7 @@ fn block_ops<T: Timed>(
     host: &str,
     recs: &[T],
     ops: &mut Vec<Op>,
-) {
+) -> Result<(), StoreError> {
     let mut order: Vec<&T> = recs.iter().collect();
     order.sort_by_key(|r| (r.time_ms(), r.id()));
     let mut rest = &order[..];
@@ -146,10 +161,15 @@ fn block_ops<T: Timed>(
         let (block, tail) = rest.split_at(n);
         rest = tail;
         let k = key(min, first.id());
-        let mut value = host.as_bytes().to_vec();
+        let size: usize = block.iter().map(|r| r.size_hint()).sum();
+        let mut value = Vec::with_capacity(host.len() + 2 + size);
+        value.extend_from_slice(host.as_bytes());
         value.push(0);
-        // Serializing these plain structs to JSON cannot fail.
-        let _ = serde_json::to_writer(&mut value, block);
+        value.push(POSTCARD);
+        let value = postcard::to_extend(block, value).map_err(|e| StoreError::Corrupt {
+            tree: table,
+            detail: format!("cannot encode a block: {e}"),
+        })?;
         ops.push(Op {
             tree: index,
             key: host_key(host, &k),
@@ -161,18 +181,28 @@ fn block_ops<T: Timed>(
             value: Some(value),
         });
     }
+    Ok(())
 }
 
+/// A block's value is the host, a 0 byte, then the records: [`POSTCARD`]
+/// and postcard bytes, or (blocks written before postcard) a JSON array.
+const POSTCARD: u8 = 1;
+
 fn decode_block<T: Timed>(table: &'static str, value: &[u8]) -> Result<Vec<T>, StoreError> {
-    let json = value
+    let corrupt = |detail: String| StoreError::Corrupt {
+        tree: table,
+        detail,
+    };
+    let records = value
         .iter()
         .position(|b| *b == 0)
         .and_then(|at| value.get(at + 1..))
-        .ok_or(StoreError::Corrupt {
-            tree: table,
-            detail: "block without a host".into(),
-        })?;
-    decode(table, json)
+        .ok_or_else(|| corrupt("block without a host".into()))?;
+    match records.split_first() {
+        Some((&POSTCARD, bytes)) => postcard::from_bytes(bytes).map_err(|e| corrupt(e.to_string())),
+        Some((b'[', _)) => decode(table, records),
+        _ => Err(corrupt("block in an unknown format".into())),
+    }
 }
 
 /// A record in the merge heap, ordered by `(time, id)`.
@@ -280,8 +310,8 @@ impl Store {
     pub fn put_records(&self, host: &str, r: &Records, acked: u64) -> Result<(), StoreError> {
         let mut ops = Vec::with_capacity(r.samples.len() + 5);
         sample_ops(host, &r.samples, &mut ops);
-        block_ops(EVENTS, EVENTS_BY_HOST, host, &r.events, &mut ops);
-        block_ops(LOGS, LOGS_BY_HOST, host, &r.logs, &mut ops);
+        block_ops(EVENTS, EVENTS_BY_HOST, host, &r.events, &mut ops)?;
+        block_ops(LOGS, LOGS_BY_HOST, host, &r.logs, &mut ops)?;
         self.kv.apply(&acked_op(host, acked, ops))
     }
 
@@ -426,6 +456,36 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().time_ms)
             .collect()
+    }
+
+    #[test]
+    fn blocks_read_in_both_formats_and_garbage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut e = ev("h", 1, 1_000);
+        e.message = "a \"quoted\" line, é, \u{0}".into();
+        e.fields.insert("ip".into(), "192.0.2.1".into());
+        put(&s, "h", vec![e.clone()]);
+        // A block as stores before postcard wrote it: JSON after the host.
+        let old = ev("h", 2, 1_500);
+        let mut v = b"h\0".to_vec();
+        v.extend_from_slice(&serde_json::to_vec(&[&old]).unwrap());
+        s.kv.put(EVENTS, &key(1_500, 2), &v).unwrap();
+        let got: Vec<EventRecord> = s
+            .events_since(0, None)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got, vec![e, old]);
+        s.kv.put(EVENTS, &key(1_700, 3), b"h\0\x01garbage").unwrap();
+        s.kv.put(EVENTS, &key(1_800, 4), b"h\0?").unwrap();
+        let errors: Vec<String> = s
+            .events_since(1_600, None)
+            .unwrap()
+            .filter_map(|r| r.err().map(|e| e.to_string()))
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[1].contains("unknown format"), "{errors:?}");
     }
 
     #[test]
