@@ -2,7 +2,8 @@
 //!
 //! Records at or below the agent's acked sequence number are repeats (a
 //! replay after a reconnect) and are skipped. The rest are written in one
-//! transaction with the new acked number, and only then acked on the wire.
+//! atomic batch with the new acked number; the session acks them on the
+//! wire once a flush has made them durable (`grpc::agent`).
 
 use std::sync::atomic::Ordering;
 
@@ -25,7 +26,7 @@ pub enum IngestError {
 }
 
 /// Stores a batch for `agent` whose acked number is `acked`; returns the
-/// new acked number.
+/// new acked number. Not yet durable: the caller flushes before it acks.
 pub fn apply(
     state: &State,
     agent: &str,
@@ -99,11 +100,6 @@ pub fn apply(
     }
     let newest = out.samples.iter().max_by_key(|s| s.time_ms).cloned();
     state.feed.store(&state.store, agent, out, last)?;
-    state.store.flush()?;
-    state
-        .counters
-        .ingested
-        .fetch_add(last - acked, Ordering::Relaxed);
     if let Some(newest) = newest {
         state.fleet.set_latest(agent, newest);
     }

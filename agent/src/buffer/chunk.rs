@@ -7,8 +7,8 @@ use picket_proto::frame;
 use picket_proto::v1::{self, record::Payload};
 use prost::Message;
 
-use super::segment::{LOC_BYTES, Loc, Writer};
 use super::{BufferError, Kind, corrupt};
+use picket_segment::{LOC_BYTES, Loc, Writer};
 
 pub(super) const NEXT_SEQ: &[u8] = b"mnext_seq";
 pub(super) const DROPPED: [&[u8]; 3] = [b"mdropped_metric", b"mdropped_log", b"mdropped_event"];

@@ -31,13 +31,13 @@ use std::sync::{Arc, Mutex};
 use picket_proto::frame::{self, EncodedBatch, FrameError};
 
 mod chunk;
-mod segment;
 pub use chunk::Encoded;
 use chunk::{
     CHUNK_BYTES, DROPPED, HEADER, Meta, NEXT_SEQ, encode_chunk, encode_records, index_key, u64_at,
     u64_of,
 };
 use picket_proto::v1::{self, record::Payload};
+use picket_segment::{self as segment, SegmentError};
 use prost::Message;
 use segment::{Appended, Writer};
 use tokio::sync::Notify;
@@ -48,8 +48,8 @@ pub enum BufferError {
     Open { path: PathBuf, detail: String },
     #[error("agent buffer: {0}")]
     Sled(#[from] sled::Error),
-    #[error("agent buffer segment {path}: {detail}")]
-    Segment { path: PathBuf, detail: String },
+    #[error("agent buffer: {0}")]
+    Segment(#[from] SegmentError),
     #[error("agent buffer: corrupt chunk at seq {seq}: {detail}")]
     Corrupt { seq: u64, detail: String },
     #[error(

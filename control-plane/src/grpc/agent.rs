@@ -7,7 +7,7 @@ use std::time::Duration;
 use picket_proto::v1::{
     self, agent_message::Body, agent_service_server::AgentService, control_message,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -192,11 +192,13 @@ impl AgentService for AgentSvc {
     }
 }
 
-/// At most about this many records are stored under one flush.
+/// At most about this many records are stored in one go.
 const GROUP_RECORDS: usize = 16_384;
 
-/// Stores `agent`'s batches in order and acks each once it is durable.
-/// Returns the status that should end the session, if storing failed.
+/// Stores `agent`'s batches in order. Durability runs beside it: a flusher
+/// flushes whatever has been stored and acks up to there, while the next
+/// batch is written (group commit). Returns the status that should end
+/// the session, if storing failed.
 async fn store_batches(
     state: Arc<State>,
     agent: String,
@@ -204,9 +206,11 @@ async fn store_batches(
     mut queue: mpsc::Receiver<v1::RecordBatch>,
     tx: mpsc::Sender<Result<v1::ControlMessage, Status>>,
 ) -> Option<Status> {
+    let (stored, to_flush) = watch::channel(acked);
+    let mut flusher = tokio::spawn(flush_and_ack(state.clone(), to_flush, tx));
     while let Some(mut batch) = queue.recv().await {
-        // Group commit: batches that queued up while the last one was
-        // written are stored with this one, under one flush and one ack.
+        // Batches that queued up while the last one was written are
+        // stored with this one.
         while batch.records.len() < GROUP_RECORDS {
             match queue.try_recv() {
                 Ok(more) => batch.records.extend(more.records),
@@ -219,16 +223,54 @@ async fn store_batches(
         match r {
             Ok(Ok(new_acked)) => {
                 acked = new_acked;
-                let ack = control(control_message::Body::Ack(v1::Ack { acked_seq: acked }));
-                if tx.send(Ok(ack)).await.is_err() {
-                    // The agent went away; what was stored stays stored.
-                    return None;
-                }
+                stored.send_replace(acked);
             }
             Ok(Err(crate::ingest::IngestError::Store(e))) => return Some(internal(e)),
             Ok(Err(e)) => return Some(Status::invalid_argument(e.to_string())),
             Err(e) => return Some(internal(e)),
         }
+        if flusher.is_finished() {
+            break;
+        }
     }
-    None
+    // The flusher makes the last batches durable and acks them, then ends.
+    drop(stored);
+    (&mut flusher).await.unwrap_or_else(|e| Some(internal(e)))
+}
+
+/// Flushes the store each time more of the agent's records are stored,
+/// then acks the highest sequence number stored before the flush began
+/// (the records ingest counts are those). Ends when storing does, after a
+/// last flush, or when the agent goes away.
+async fn flush_and_ack(
+    state: Arc<State>,
+    mut stored: watch::Receiver<u64>,
+    tx: mpsc::Sender<Result<v1::ControlMessage, Status>>,
+) -> Option<Status> {
+    let mut acked = *stored.borrow();
+    loop {
+        let more = stored.changed().await;
+        let upto = *stored.borrow_and_update();
+        if upto > acked {
+            let st = state.clone();
+            match tokio::task::spawn_blocking(move || st.store.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Some(internal(e)),
+                Err(e) => return Some(internal(e)),
+            }
+            state
+                .counters
+                .ingested
+                .fetch_add(upto - acked, std::sync::atomic::Ordering::Relaxed);
+            acked = upto;
+            let ack = control(control_message::Body::Ack(v1::Ack { acked_seq: acked }));
+            if tx.send(Ok(ack)).await.is_err() {
+                // The agent went away; what was stored stays stored.
+                return None;
+            }
+        }
+        if more.is_err() {
+            return None;
+        }
+    }
 }

@@ -111,6 +111,9 @@ pub enum TokenRefusal {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) kv: Arc<dyn Backend>,
+    /// Where blocks of events and log lines keep their bytes; without it
+    /// (a bare backend) blocks are held inline.
+    segments: Option<Arc<records::Segments>>,
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(
@@ -131,13 +134,17 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 impl Store {
     /// Opens (or creates) the sled store under `data_dir/store`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self::with_backend(Arc::new(backend::Sled::open(
-            &data_dir.join("store"),
-        )?)))
+        let kv: Arc<dyn Backend> = Arc::new(backend::Sled::open(&data_dir.join("store"))?);
+        let segments = records::open_segments(&data_dir.join("blocks"), kv.as_ref())?;
+        Ok(Store {
+            kv,
+            segments: Some(Arc::new(segments)),
+        })
     }
 
+    /// A store on `kv` alone, blocks inline.
     pub fn with_backend(kv: Arc<dyn Backend>) -> Self {
-        Store { kv }
+        Store { kv, segments: None }
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {

@@ -15,8 +15,10 @@
 //! A per-host index (`host \0 block key`, empty values) serves `--host`
 //! queries without reading other hosts' blocks. Source, severity and
 //! `--grep` are filtered during the scan (few values each: an index would
-//! save little over the time range). A block's value is its host, a 0 byte,
-//! then the records as a JSON array.
+//! save little over the time range). A block's value in sled is its host, a
+//! 0 byte, then where its records are: [`SEGMENT`] and the [`Loc`] of their
+//! postcard bytes in a segment file ([`segments`]); or, held inline,
+//! [`POSTCARD`] and the bytes, or a JSON array (stores before postcard).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -26,7 +28,9 @@ use picket_proto::model::Severity;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::backend::{KvIter, Op};
+use picket_segment::Loc;
+
+use super::backend::{Backend, KvIter, Op};
 use super::metrics::{Sample, acked_op, sample_ops};
 use super::{Store, StoreError, decode};
 
@@ -34,6 +38,17 @@ const EVENTS: &str = "events";
 const LOGS: &str = "logs";
 const EVENTS_BY_HOST: &str = "events_by_host";
 const LOGS_BY_HOST: &str = "logs_by_host";
+
+mod segments;
+pub(crate) use segments::Segments;
+
+/// The segment streams for event and log blocks, under `dir`.
+pub(crate) fn open_segments(
+    dir: &std::path::Path,
+    kv: &dyn Backend,
+) -> Result<Segments, StoreError> {
+    Segments::open(dir, &[EVENTS, LOGS], kv)
+}
 
 /// The longest time span of one block.
 pub const SPAN_MS: i64 = 1_000;
@@ -140,16 +155,20 @@ pub struct Records {
     pub logs: Vec<LogRecord>,
 }
 
-/// Sorts one host's records into blocks and adds their writes to `ops`.
-fn block_ops<T: Timed>(
-    table: &'static str,
-    index: &'static str,
-    host: &str,
-    recs: &[T],
-    ops: &mut Vec<Op>,
-) -> Result<(), StoreError> {
+/// One block of records, encoded, before it is stored.
+struct Block {
+    key: Vec<u8>,
+    /// The key's time: the block's oldest record.
+    time: i64,
+    /// The records, postcard-encoded.
+    bytes: Vec<u8>,
+}
+
+/// Sorts one host's records into blocks.
+fn blocks<T: Timed>(table: &'static str, recs: &[T]) -> Result<Vec<Block>, StoreError> {
     let mut order: Vec<&T> = recs.iter().collect();
     order.sort_by_key(|r| (r.time_ms(), r.id()));
+    let mut out = Vec::new();
     let mut rest = &order[..];
     while let Some(first) = rest.first() {
         let min = first.time_ms();
@@ -160,50 +179,26 @@ fn block_ops<T: Timed>(
             .count();
         let (block, tail) = rest.split_at(n);
         rest = tail;
-        let k = key(min, first.id());
         let size: usize = block.iter().map(|r| r.size_hint()).sum();
-        let mut value = Vec::with_capacity(host.len() + 2 + size);
-        value.extend_from_slice(host.as_bytes());
-        value.push(0);
-        value.push(POSTCARD);
-        let value = postcard::to_extend(block, value).map_err(|e| StoreError::Corrupt {
-            tree: table,
-            detail: format!("cannot encode a block: {e}"),
+        let bytes = postcard::to_extend(block, Vec::with_capacity(size)).map_err(|e| {
+            StoreError::Corrupt {
+                tree: table,
+                detail: format!("cannot encode a block: {e}"),
+            }
         })?;
-        ops.push(Op {
-            tree: index,
-            key: host_key(host, &k),
-            value: Some(Vec::new()),
-        });
-        ops.push(Op {
-            tree: table,
-            key: k,
-            value: Some(value),
+        out.push(Block {
+            key: key(min, first.id()),
+            time: min,
+            bytes,
         });
     }
-    Ok(())
+    Ok(out)
 }
 
-/// A block's value is the host, a 0 byte, then the records: [`POSTCARD`]
-/// and postcard bytes, or (blocks written before postcard) a JSON array.
+/// A block's value: inline records, in a format marked by their first
+/// byte (postcard, or a JSON array), or where they are in a segment.
 const POSTCARD: u8 = 1;
-
-fn decode_block<T: Timed>(table: &'static str, value: &[u8]) -> Result<Vec<T>, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        tree: table,
-        detail,
-    };
-    let records = value
-        .iter()
-        .position(|b| *b == 0)
-        .and_then(|at| value.get(at + 1..))
-        .ok_or_else(|| corrupt("block without a host".into()))?;
-    match records.split_first() {
-        Some((&POSTCARD, bytes)) => postcard::from_bytes(bytes).map_err(|e| corrupt(e.to_string())),
-        Some((b'[', _)) => decode(table, records),
-        _ => Err(corrupt("block in an unknown format".into())),
-    }
-}
+const SEGMENT: u8 = 2;
 
 /// A record in the merge heap, ordered by `(time, id)`.
 struct Entry<T>(T);
@@ -254,7 +249,7 @@ impl<T: Timed> Merge<'_, T> {
                 None => return Ok(()),
             },
         };
-        let recs: Vec<T> = decode_block(self.table, &value)?;
+        let recs: Vec<T> = self.store.decode_block(self.table, &value)?;
         self.heap.extend(
             recs.into_iter()
                 .filter(|r| r.time_ms() >= self.since)
@@ -306,13 +301,98 @@ impl Store {
         (0..n).map(|_| self.kv.next_id()).collect()
     }
 
-    /// Stores a batch and moves `host`'s acked sequence number, atomically.
+    /// Stores a batch and moves `host`'s acked sequence number, atomically
+    /// (block bytes in segments are synced first; see [`segments`]).
     pub fn put_records(&self, host: &str, r: &Records, acked: u64) -> Result<(), StoreError> {
         let mut ops = Vec::with_capacity(r.samples.len() + 5);
         sample_ops(host, &r.samples, &mut ops);
-        block_ops(EVENTS, EVENTS_BY_HOST, host, &r.events, &mut ops)?;
-        block_ops(LOGS, LOGS_BY_HOST, host, &r.logs, &mut ops)?;
+        let events = blocks(EVENTS, &r.events)?;
+        self.block_ops(EVENTS, EVENTS_BY_HOST, host, events, &mut ops)?;
+        let logs = blocks(LOGS, &r.logs)?;
+        self.block_ops(LOGS, LOGS_BY_HOST, host, logs, &mut ops)?;
         self.kv.apply(&acked_op(host, acked, ops))
+    }
+
+    /// Adds the writes that store `blocks` of `host` to `ops`: the block
+    /// (its bytes in a segment, or inline) and its host index entry.
+    fn block_ops(
+        &self,
+        table: &'static str,
+        index: &'static str,
+        host: &str,
+        blocks: Vec<Block>,
+        ops: &mut Vec<Op>,
+    ) -> Result<(), StoreError> {
+        let locs = match &self.segments {
+            Some(seg) => {
+                let bytes: Vec<(i64, &[u8])> =
+                    blocks.iter().map(|b| (b.time, &b.bytes[..])).collect();
+                seg.write(table, &bytes, ops)?
+            }
+            None => Vec::new(),
+        };
+        for (i, b) in blocks.into_iter().enumerate() {
+            let mut value = Vec::with_capacity(host.len() + 2 + 24);
+            value.extend_from_slice(host.as_bytes());
+            value.push(0);
+            match locs.get(i) {
+                Some(loc) => {
+                    value.push(SEGMENT);
+                    loc.put(&mut value);
+                }
+                None => {
+                    value.push(POSTCARD);
+                    value.extend_from_slice(&b.bytes);
+                }
+            }
+            ops.push(Op {
+                tree: index,
+                key: host_key(host, &b.key),
+                value: Some(Vec::new()),
+            });
+            ops.push(Op {
+                tree: table,
+                key: b.key,
+                value: Some(value),
+            });
+        }
+        Ok(())
+    }
+
+    /// A stored block's records (none when retention took its segment
+    /// meanwhile).
+    fn decode_block<T: Timed>(
+        &self,
+        table: &'static str,
+        value: &[u8],
+    ) -> Result<Vec<T>, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            tree: table,
+            detail,
+        };
+        let records = value
+            .iter()
+            .position(|b| *b == 0)
+            .and_then(|at| value.get(at + 1..))
+            .ok_or_else(|| corrupt("block without a host".into()))?;
+        let postcard =
+            |bytes: &[u8]| postcard::from_bytes(bytes).map_err(|e| corrupt(e.to_string()));
+        match records.split_first() {
+            Some((&POSTCARD, bytes)) => postcard(bytes),
+            Some((&SEGMENT, at)) => {
+                let loc = Loc::get(at).ok_or_else(|| corrupt("short block location".into()))?;
+                let seg = self
+                    .segments
+                    .as_ref()
+                    .ok_or_else(|| corrupt("block in a segment, but no segments here".into()))?;
+                match seg.read(table, loc)? {
+                    Some(bytes) => postcard(&bytes),
+                    None => Ok(Vec::new()),
+                }
+            }
+            Some((b'[', _)) => decode(table, records),
+            _ => Err(corrupt("block in an unknown format".into())),
+        }
     }
 
     /// Events with `time >= since` (of `host` only, if given), oldest
@@ -417,200 +497,14 @@ impl Store {
                 }
                 self.kv.apply(&ops)?;
             }
+            // Segment files whose blocks are all gone now.
+            if let Some(seg) = &self.segments {
+                seg.expire(table, cut, self.kv.as_ref())?;
+            }
         }
         Ok(n)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(host: &str, id: u64, t: i64) -> EventRecord {
-        EventRecord {
-            id,
-            host: host.into(),
-            source: "sshd".into(),
-            path: "/var/log/auth.log".into(),
-            seq: id,
-            time_ms: t,
-            received_ms: t,
-            severity: Severity::Low,
-            kind: "auth_failure".into(),
-            message: format!("m{id}"),
-            fields: BTreeMap::new(),
-        }
-    }
-
-    fn put(s: &Store, host: &str, events: Vec<EventRecord>) {
-        let acked = events.iter().map(|e| e.seq).max().unwrap_or(0);
-        let r = Records {
-            events,
-            ..Default::default()
-        };
-        s.put_records(host, &r, acked).unwrap();
-    }
-
-    fn times(s: &Store, host: Option<&str>, since: i64) -> Vec<i64> {
-        s.events_since(since, host)
-            .unwrap()
-            .map(|e| e.unwrap().time_ms)
-            .collect()
-    }
-
-    #[test]
-    fn blocks_read_in_both_formats_and_garbage_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        let mut e = ev("h", 1, 1_000);
-        e.message = "a \"quoted\" line, é, \u{0}".into();
-        e.fields.insert("ip".into(), "192.0.2.1".into());
-        put(&s, "h", vec![e.clone()]);
-        // A block as stores before postcard wrote it: JSON after the host.
-        let old = ev("h", 2, 1_500);
-        let mut v = b"h\0".to_vec();
-        v.extend_from_slice(&serde_json::to_vec(&[&old]).unwrap());
-        s.kv.put(EVENTS, &key(1_500, 2), &v).unwrap();
-        let got: Vec<EventRecord> = s
-            .events_since(0, None)
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(got, vec![e, old]);
-        s.kv.put(EVENTS, &key(1_700, 3), b"h\0\x01garbage").unwrap();
-        s.kv.put(EVENTS, &key(1_800, 4), b"h\0?").unwrap();
-        let errors: Vec<String> = s
-            .events_since(1_600, None)
-            .unwrap()
-            .filter_map(|r| r.err().map(|e| e.to_string()))
-            .collect();
-        assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[1].contains("unknown format"), "{errors:?}");
-    }
-
-    #[test]
-    fn time_ordered_across_hosts_with_acks_and_retention() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        // One batch out of order and spread over 20 s: several blocks.
-        put(
-            &s,
-            "h",
-            vec![ev("h", 2, 2_000), ev("h", 1, 1_000), ev("h", 3, 20_000)],
-        );
-        s.put_records(
-            "h",
-            &Records {
-                logs: vec![LogRecord {
-                    id: 4,
-                    host: "h".into(),
-                    source: "raw".into(),
-                    path: "/x".into(),
-                    seq: 4,
-                    time_ms: 1_500,
-                    line: "l".into(),
-                    truncated: false,
-                    invalid_utf8: false,
-                }],
-                ..Default::default()
-            },
-            4,
-        )
-        .unwrap();
-        assert_eq!(s.acked_seq("h").unwrap(), 4);
-        // Another host's block overlaps h's in time.
-        put(&s, "g", vec![ev("g", 5, 1_500), ev("g", 6, 2_000)]);
-        assert_eq!(times(&s, None, 0), vec![1_000, 1_500, 2_000, 2_000, 20_000]);
-        let ids: Vec<u64> = s
-            .events_since(0, None)
-            .unwrap()
-            .map(|e| e.unwrap().id)
-            .collect();
-        assert_eq!(ids, vec![1, 5, 2, 6, 3], "equal times are in id order");
-        assert_eq!(
-            times(&s, None, 1_600),
-            vec![2_000, 2_000, 20_000],
-            "--since cuts inside a block"
-        );
-        assert_eq!(
-            times(&s, Some("h"), 1_500),
-            vec![2_000, 20_000],
-            "the host index skips g"
-        );
-        assert_eq!(times(&s, Some("g"), 0), vec![1_500, 2_000]);
-        assert!(times(&s, Some("nobody"), 0).is_empty());
-        assert!(times(&s, Some("h\0"), 0).is_empty());
-        assert_eq!(s.logs_since(0, Some("h")).unwrap().count(), 1);
-
-        // Blocks wholly before the cut-off go, with their index entries;
-        // a block that may still hold a newer record stays.
-        assert!(s.expire_records(5_000, 0).unwrap() >= 2);
-        assert_eq!(times(&s, None, 0), vec![20_000]);
-        assert_eq!(times(&s, Some("h"), 0), vec![20_000]);
-        assert!(times(&s, Some("g"), 0).is_empty());
-        assert_eq!(
-            s.kv.scan(EVENTS_BY_HOST, b"").unwrap().count(),
-            1,
-            "index entries expire with their blocks"
-        );
-        let ids = s.ingest_ids(3).unwrap();
-        assert!(ids[0] < ids[1] && ids[1] < ids[2]);
-    }
-
-    /// Many batches from several hosts, with times that jump about (as a
-    /// replay after an outage does), read back with every filter: the
-    /// merge must equal a plain sort of what went in.
-    #[test]
-    fn merged_blocks_equal_a_sort_of_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut rnd = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
-        let hosts = ["a", "b", "c"];
-        let mut all = Vec::new();
-        let mut id = 0;
-        for batch in 0..60u64 {
-            let host = hosts[rnd(3) as usize];
-            let base = rnd(100_000) as i64;
-            let n = if batch == 7 {
-                BLOCK_MAX as u64 * 2 + 5
-            } else {
-                rnd(80)
-            };
-            let mut evs = Vec::new();
-            for _ in 0..n {
-                id += 1;
-                // Mostly close together, now and then far off.
-                let t = if rnd(10) == 0 {
-                    rnd(100_000) as i64
-                } else {
-                    base + rnd(3_000) as i64
-                };
-                evs.push(ev(host, id, t));
-            }
-            all.extend(evs.clone());
-            put(&s, host, evs);
-        }
-        all.sort_by_key(|e| (e.time_ms, e.id));
-        for since in [0, 1, 999, 50_000, 99_999, 200_000] {
-            for host in [None, Some("a"), Some("c")] {
-                let want: Vec<u64> = all
-                    .iter()
-                    .filter(|e| e.time_ms >= since && host.is_none_or(|h| e.host == h))
-                    .map(|e| e.id)
-                    .collect();
-                let got: Vec<u64> = s
-                    .events_since(since, host)
-                    .unwrap()
-                    .map(|e| e.unwrap().id)
-                    .collect();
-                assert_eq!(got, want, "since {since} host {host:?}");
-            }
-        }
-    }
-}
+mod tests;

@@ -1,17 +1,17 @@
-//! Where the buffer's chunk bytes live: append-only segment files beside
-//! the sled index. Sled keeps small things (the chunk index, counters, read
-//! positions); the bulk bytes are written once, read once and deleted with
-//! their file, which sled did poorly: it rewrites a leaf node whole, large
-//! values and all, as keys around them change.
+//! Bulk bytes beside a sled index: append-only segment files. Sled keeps
+//! small things (indexes, counters); the bulk bytes (the agent's buffered
+//! chunks, the control plane's blocks of events and log lines) are written
+//! once and deleted with their file, which sled did poorly: it rewrites a
+//! leaf node whole, large values and all, as keys around them change.
 //!
-//! A chunk is located by [`Loc`] (segment, offset, length, CRC-32). The
+//! A piece is located by [`Loc`] (segment, offset, length, CRC-32). The
 //! writer appends to the newest segment and starts another once it passes
-//! [`SEGMENT_BYTES`]; a segment file is deleted when no indexed chunk is in
-//! it. Durability: [`Writer::sync`] is called before the index entries that
-//! point at new bytes are applied to sled, so an index entry that survives
-//! a crash always points at bytes on disk. Bytes without an index entry
-//! (written before a crash, or left by a rewrite) are garbage that goes
-//! with their segment.
+//! [`SEGMENT_BYTES`]; the owner deletes a segment file once nothing it
+//! indexes is in it. Durability: [`Writer::sync`] is called before the
+//! index entries that point at new bytes are applied to sled, so an index
+//! entry that survives a crash always points at bytes on disk. Bytes
+//! without an index entry (written before a crash, or left by a rewrite)
+//! are garbage that goes with their segment.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -20,32 +20,38 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::BufferError;
+/// A segment file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("segment file {path}: {detail}")]
+pub struct SegmentError {
+    pub path: PathBuf,
+    pub detail: String,
+}
 
 /// A segment is closed for appends past this size.
-pub(super) const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Where a chunk's bytes are, and their checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Loc {
-    pub(super) seg: u64,
-    pub(super) off: u64,
-    pub(super) len: u32,
-    pub(super) crc: u32,
+pub struct Loc {
+    pub seg: u64,
+    pub off: u64,
+    pub len: u32,
+    pub crc: u32,
 }
 
 /// Bytes of an encoded [`Loc`].
-pub(super) const LOC_BYTES: usize = 24;
+pub const LOC_BYTES: usize = 24;
 
 impl Loc {
-    pub(super) fn put(&self, out: &mut Vec<u8>) {
+    pub fn put(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.seg.to_be_bytes());
         out.extend_from_slice(&self.off.to_be_bytes());
         out.extend_from_slice(&self.len.to_be_bytes());
         out.extend_from_slice(&self.crc.to_be_bytes());
     }
 
-    pub(super) fn get(b: &[u8]) -> Option<Loc> {
+    pub fn get(b: &[u8]) -> Option<Loc> {
         let b: &[u8; LOC_BYTES] = b.get(..LOC_BYTES)?.try_into().ok()?;
         let (seg, rest) = b.split_at(8);
         let (off, rest) = rest.split_at(8);
@@ -59,8 +65,8 @@ impl Loc {
     }
 }
 
-fn io(path: &Path, e: std::io::Error) -> BufferError {
-    BufferError::Segment {
+fn io(path: &Path, e: impl std::fmt::Display) -> SegmentError {
+    SegmentError {
         path: path.to_path_buf(),
         detail: e.to_string(),
     }
@@ -71,7 +77,7 @@ fn seg_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 /// The segment files found in `dir`, by id (created if missing).
-pub(super) fn existing(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, BufferError> {
+pub fn existing(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, SegmentError> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let mut found = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
@@ -89,13 +95,13 @@ pub(super) fn existing(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, BufferError
 }
 
 /// Opens segment `id` for reading.
-pub(super) fn open_read(dir: &Path, id: u64) -> Result<Arc<File>, BufferError> {
+pub fn open_read(dir: &Path, id: u64) -> Result<Arc<File>, SegmentError> {
     let path = seg_path(dir, id);
     File::open(&path).map(Arc::new).map_err(|e| io(&path, e))
 }
 
 /// Deletes segment `id`; one already gone is fine.
-pub(super) fn remove(dir: &Path, id: u64) {
+pub fn remove(dir: &Path, id: u64) {
     let path = seg_path(dir, id);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
@@ -107,7 +113,7 @@ pub(super) fn remove(dir: &Path, id: u64) {
 }
 
 /// Reads a chunk's bytes and checks them.
-pub(super) fn read(file: &File, loc: Loc) -> Result<Vec<u8>, String> {
+pub fn read(file: &File, loc: Loc) -> Result<Vec<u8>, String> {
     let mut bytes = vec![0u8; loc.len as usize];
     file.read_exact_at(&mut bytes, loc.off)
         .map_err(|e| format!("segment {:016x}: {e}", loc.seg))?;
@@ -123,7 +129,7 @@ pub(super) fn read(file: &File, loc: Loc) -> Result<Vec<u8>, String> {
 /// The appending end. New bytes always go to a segment created by this
 /// writer, never to one that existed at open, whose tail may hold a torn
 /// write from before a crash.
-pub(super) struct Writer {
+pub struct Writer {
     dir: PathBuf,
     next_id: u64,
     current: Option<(u64, File, u64)>,
@@ -132,14 +138,14 @@ pub(super) struct Writer {
 }
 
 /// What an append did besides writing.
-pub(super) struct Appended {
-    pub(super) loc: Loc,
+pub struct Appended {
+    pub loc: Loc,
     /// A segment started for it, to be registered for reading.
-    pub(super) started: Option<Arc<File>>,
+    pub started: Option<Arc<File>>,
 }
 
 impl Writer {
-    pub(super) fn new(dir: &Path, next_id: u64) -> Writer {
+    pub fn new(dir: &Path, next_id: u64) -> Writer {
         Writer {
             dir: dir.to_path_buf(),
             next_id,
@@ -149,11 +155,11 @@ impl Writer {
     }
 
     /// The segment new bytes go to, if one is open.
-    pub(super) fn current(&self) -> Option<u64> {
+    pub fn current(&self) -> Option<u64> {
         self.current.as_ref().map(|(id, _, _)| *id)
     }
 
-    pub(super) fn append(&mut self, bytes: &[u8]) -> Result<Appended, BufferError> {
+    pub fn append(&mut self, bytes: &[u8]) -> Result<Appended, SegmentError> {
         let mut started = None;
         let full = matches!(&self.current, Some((_, _, len)) if *len >= SEGMENT_BYTES);
         if full || self.current.is_none() {
@@ -185,9 +191,11 @@ impl Writer {
         let loc = Loc {
             seg: *id,
             off: *len,
-            len: u32::try_from(bytes.len()).map_err(|_| BufferError::Corrupt {
-                seq: 0,
-                detail: format!("a chunk of {} bytes is too large", bytes.len()),
+            len: u32::try_from(bytes.len()).map_err(|_| {
+                io(
+                    &self.dir,
+                    format!("{} bytes are too many for one piece", bytes.len()),
+                )
             })?,
             crc: crc32fast::hash(bytes),
         };
@@ -202,7 +210,7 @@ impl Writer {
     }
 
     /// Makes every appended byte durable.
-    pub(super) fn sync(&mut self) -> Result<(), BufferError> {
+    pub fn sync(&mut self) -> Result<(), SegmentError> {
         if let Some(old) = self.closed_unsynced.take() {
             old.sync_data().map_err(|e| io(&self.dir, e))?;
         }

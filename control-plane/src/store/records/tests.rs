@@ -1,0 +1,240 @@
+use super::*;
+
+fn ev(host: &str, id: u64, t: i64) -> EventRecord {
+    EventRecord {
+        id,
+        host: host.into(),
+        source: "sshd".into(),
+        path: "/var/log/auth.log".into(),
+        seq: id,
+        time_ms: t,
+        received_ms: t,
+        severity: Severity::Low,
+        kind: "auth_failure".into(),
+        message: format!("m{id}"),
+        fields: BTreeMap::new(),
+    }
+}
+
+fn put(s: &Store, host: &str, events: Vec<EventRecord>) {
+    let acked = events.iter().map(|e| e.seq).max().unwrap_or(0);
+    let r = Records {
+        events,
+        ..Default::default()
+    };
+    s.put_records(host, &r, acked).unwrap();
+}
+
+fn times(s: &Store, host: Option<&str>, since: i64) -> Vec<i64> {
+    s.events_since(since, host)
+        .unwrap()
+        .map(|e| e.unwrap().time_ms)
+        .collect()
+}
+
+#[test]
+fn blocks_read_in_both_formats_and_garbage_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let mut e = ev("h", 1, 1_000);
+    e.message = "a \"quoted\" line, é, \u{0}".into();
+    e.fields.insert("ip".into(), "192.0.2.1".into());
+    put(&s, "h", vec![e.clone()]);
+    // A block as stores before postcard wrote it: JSON after the host.
+    let old = ev("h", 2, 1_500);
+    let mut v = b"h\0".to_vec();
+    v.extend_from_slice(&serde_json::to_vec(&[&old]).unwrap());
+    s.kv.put(EVENTS, &key(1_500, 2), &v).unwrap();
+    let got: Vec<EventRecord> = s
+        .events_since(0, None)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, vec![e, old]);
+    s.kv.put(EVENTS, &key(1_700, 3), b"h\0\x01garbage").unwrap();
+    s.kv.put(EVENTS, &key(1_800, 4), b"h\0?").unwrap();
+    let errors: Vec<String> = s
+        .events_since(1_600, None)
+        .unwrap()
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[1].contains("unknown format"), "{errors:?}");
+}
+
+#[test]
+fn time_ordered_across_hosts_with_acks_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    // One batch out of order and spread over 20 s: several blocks.
+    put(
+        &s,
+        "h",
+        vec![ev("h", 2, 2_000), ev("h", 1, 1_000), ev("h", 3, 20_000)],
+    );
+    s.put_records(
+        "h",
+        &Records {
+            logs: vec![LogRecord {
+                id: 4,
+                host: "h".into(),
+                source: "raw".into(),
+                path: "/x".into(),
+                seq: 4,
+                time_ms: 1_500,
+                line: "l".into(),
+                truncated: false,
+                invalid_utf8: false,
+            }],
+            ..Default::default()
+        },
+        4,
+    )
+    .unwrap();
+    assert_eq!(s.acked_seq("h").unwrap(), 4);
+    // Another host's block overlaps h's in time.
+    put(&s, "g", vec![ev("g", 5, 1_500), ev("g", 6, 2_000)]);
+    assert_eq!(times(&s, None, 0), vec![1_000, 1_500, 2_000, 2_000, 20_000]);
+    let ids: Vec<u64> = s
+        .events_since(0, None)
+        .unwrap()
+        .map(|e| e.unwrap().id)
+        .collect();
+    assert_eq!(ids, vec![1, 5, 2, 6, 3], "equal times are in id order");
+    assert_eq!(
+        times(&s, None, 1_600),
+        vec![2_000, 2_000, 20_000],
+        "--since cuts inside a block"
+    );
+    assert_eq!(
+        times(&s, Some("h"), 1_500),
+        vec![2_000, 20_000],
+        "the host index skips g"
+    );
+    assert_eq!(times(&s, Some("g"), 0), vec![1_500, 2_000]);
+    assert!(times(&s, Some("nobody"), 0).is_empty());
+    assert!(times(&s, Some("h\0"), 0).is_empty());
+    assert_eq!(s.logs_since(0, Some("h")).unwrap().count(), 1);
+
+    // Blocks wholly before the cut-off go, with their index entries;
+    // a block that may still hold a newer record stays.
+    assert!(s.expire_records(5_000, 0).unwrap() >= 2);
+    assert_eq!(times(&s, None, 0), vec![20_000]);
+    assert_eq!(times(&s, Some("h"), 0), vec![20_000]);
+    assert!(times(&s, Some("g"), 0).is_empty());
+    assert_eq!(
+        s.kv.scan(EVENTS_BY_HOST, b"").unwrap().count(),
+        1,
+        "index entries expire with their blocks"
+    );
+    let ids = s.ingest_ids(3).unwrap();
+    assert!(ids[0] < ids[1] && ids[1] < ids[2]);
+}
+
+/// Many batches from several hosts, with times that jump about (as a
+/// replay after an outage does), read back with every filter: the
+/// merge must equal a plain sort of what went in.
+#[test]
+fn merged_blocks_equal_a_sort_of_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let hosts = ["a", "b", "c"];
+    let mut all = Vec::new();
+    let mut id = 0;
+    for batch in 0..60u64 {
+        let host = hosts[rnd(3) as usize];
+        let base = rnd(100_000) as i64;
+        let n = if batch == 7 {
+            BLOCK_MAX as u64 * 2 + 5
+        } else {
+            rnd(80)
+        };
+        let mut evs = Vec::new();
+        for _ in 0..n {
+            id += 1;
+            // Mostly close together, now and then far off.
+            let t = if rnd(10) == 0 {
+                rnd(100_000) as i64
+            } else {
+                base + rnd(3_000) as i64
+            };
+            evs.push(ev(host, id, t));
+        }
+        all.extend(evs.clone());
+        put(&s, host, evs);
+    }
+    all.sort_by_key(|e| (e.time_ms, e.id));
+    for since in [0, 1, 999, 50_000, 99_999, 200_000] {
+        for host in [None, Some("a"), Some("c")] {
+            let want: Vec<u64> = all
+                .iter()
+                .filter(|e| e.time_ms >= since && host.is_none_or(|h| e.host == h))
+                .map(|e| e.id)
+                .collect();
+            let got: Vec<u64> = s
+                .events_since(since, host)
+                .unwrap()
+                .map(|e| e.unwrap().id)
+                .collect();
+            assert_eq!(got, want, "since {since} host {host:?}");
+        }
+    }
+}
+
+fn segment_files(dir: &std::path::Path, table: &str) -> usize {
+    std::fs::read_dir(dir.join("blocks").join(table))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn block_bytes_live_in_segments_that_retention_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "x".repeat(9 << 20);
+    {
+        let s = Store::open(dir.path()).unwrap();
+        // Two 9 MiB events fill a 16 MiB segment; the third starts another.
+        for (id, t) in [(1, 1_000), (2, 5_000), (3, 60_000)] {
+            let mut e = ev("h", id, t);
+            e.message = format!("{id}{big}");
+            put(&s, "h", vec![e]);
+        }
+        assert_eq!(segment_files(dir.path(), "events"), 2);
+        let mut sizes = 0;
+        for kv in s.kv.scan(EVENTS, &[]).unwrap() {
+            sizes += kv.unwrap().1.len();
+        }
+        assert!(sizes < 200, "sled holds locations only ({sizes} bytes)");
+    }
+    // A segment no sled entry knows (a crash before its batch) goes.
+    std::fs::write(dir.path().join("blocks/events/00000000000000ff.seg"), b"x").unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(segment_files(dir.path(), "events"), 2);
+    let got: Vec<EventRecord> = s
+        .events_since(0, None)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(got[1].message.starts_with('2') && got[1].message.len() == big.len() + 1);
+    // Expiring the first two blocks takes their (closed) segment too.
+    assert_eq!(s.expire_records(30_000, 0).unwrap(), 2);
+    assert_eq!(segment_files(dir.path(), "events"), 1);
+    assert_eq!(times(&s, None, 0), [60_000]);
+    // Appends after a restart go to a new segment; the current one stays.
+    put(&s, "h", vec![ev("h", 4, 61_000)]);
+    assert_eq!(s.expire_records(i64::MAX, 0).unwrap(), 2);
+    assert_eq!(
+        segment_files(dir.path(), "events"),
+        1,
+        "the segment appends go to stays"
+    );
+    assert!(times(&s, None, 0).is_empty());
+}
