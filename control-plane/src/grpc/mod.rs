@@ -16,8 +16,8 @@ use picket_proto::v1::{
     enrollment_server::EnrollmentServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::state::State;
@@ -82,7 +82,13 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) -> Result<(), Serve
         ))
         .add_service(InterceptedService::new(health_svc, auth.clone()))
         .add_service(InterceptedService::new(reflection, auth))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(
+            // No Nagle: a small frame (an Ack, a flow-control window
+            // update) otherwise waits out the peer's delayed ACK, 40 ms,
+            // and the agent's stream stalls behind it.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled(),
+        )
         .await?;
     Ok(())
 }
