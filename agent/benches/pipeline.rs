@@ -15,8 +15,9 @@ use picket_agent::config::SourceKind;
 use picket_agent::sources::Parser;
 use picket_agent::tail::Line;
 
-/// The lines scripts/bench-events.py appends, one per parser.
-const LINES: [(SourceKind, &str); 5] = [
+/// The lines scripts/bench-events.py appends, one per parser, and an
+/// auth.log line that is not sshd's (most of auth.log).
+const LINES: [(SourceKind, &str); 6] = [
     (
         SourceKind::Raw,
         "Nov 23 09:12:44 vm-prod app[4188]: GET /api/v1/items?page=2 200 0.012s",
@@ -24,6 +25,10 @@ const LINES: [(SourceKind, &str); 5] = [
     (
         SourceKind::Sshd,
         "Nov 23 09:12:45 vm-prod sshd[4188]: Failed password for invalid user oracle from 203.0.113.77 port 40112 ssh2",
+    ),
+    (
+        SourceKind::Sshd,
+        "Nov 23 09:12:45 vm-prod CRON[4190]: pam_unix(cron:session): session opened for user root(uid=0) by (uid=0)",
     ),
     (
         SourceKind::Fail2ban,
@@ -108,8 +113,13 @@ fn main() -> anyhow::Result<()> {
         }
         let ack = per_line(t);
         println!(
-            "| {} | {parse} | {push} | {flush} | {read} | {ack} |",
-            kind.as_str()
+            "| {}{} | {parse} | {push} | {flush} | {read} | {ack} |",
+            kind.as_str(),
+            if line.contains("sshd[") || kind != SourceKind::Sshd {
+                ""
+            } else {
+                " (not sshd's)"
+            }
         );
     }
     Ok(())
