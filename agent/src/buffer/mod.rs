@@ -119,10 +119,9 @@ struct Seg {
 }
 
 impl State {
+    /// Makes a chunk visible. (Its segment was pinned when it was
+    /// written: see [`State::appended`].)
     fn hold(&mut self, first: u64, meta: Meta) {
-        if let Some(s) = self.segs.get_mut(&meta.loc.seg) {
-            s.chunks += 1;
-        }
         self.bytes += meta.size;
         self.chunks.insert(first, meta);
     }
@@ -133,7 +132,12 @@ impl State {
             return;
         };
         self.bytes = self.bytes.saturating_sub(meta.size);
-        let id = meta.loc.seg;
+        self.unpin(meta.loc.seg, dir);
+    }
+
+    /// One chunk fewer in segment `id`: deleted once none is left, unless
+    /// appends still go to it.
+    fn unpin(&mut self, id: u64, dir: &Path) {
         if let Some(s) = self.segs.get_mut(&id) {
             s.chunks = s.chunks.saturating_sub(1);
             if s.chunks == 0 && self.current != Some(id) {
@@ -143,24 +147,29 @@ impl State {
         }
     }
 
-    /// Registers the segment an append started.
+    /// Counts a chunk just written into its segment, registering the
+    /// segment if the append started it. The count is taken at the write,
+    /// not when the chunk is held, so that a segment closed by the same
+    /// push is not deleted under the chunks it is about to index.
     fn appended(&mut self, at: &Appended, dir: &Path) {
-        let Some(file) = &at.started else {
-            return;
-        };
-        let old = self.current.replace(at.loc.seg);
-        self.segs.insert(
-            at.loc.seg,
-            Seg {
-                file: file.clone(),
-                chunks: 0,
-            },
-        );
-        if let Some(old) = old
-            && self.segs.get(&old).is_some_and(|s| s.chunks == 0)
-        {
-            self.segs.remove(&old);
-            segment::remove(dir, old);
+        if let Some(file) = &at.started {
+            let old = self.current.replace(at.loc.seg);
+            self.segs.insert(
+                at.loc.seg,
+                Seg {
+                    file: file.clone(),
+                    chunks: 0,
+                },
+            );
+            if let Some(old) = old
+                && self.segs.get(&old).is_some_and(|s| s.chunks == 0)
+            {
+                self.segs.remove(&old);
+                segment::remove(dir, old);
+            }
+        }
+        if let Some(s) = self.segs.get_mut(&at.loc.seg) {
+            s.chunks += 1;
         }
     }
 }
@@ -246,6 +255,9 @@ impl Buffer {
                 })?;
                 slot.insert(Seg { file, chunks: 0 });
             }
+            if let Some(seg) = state.segs.get_mut(&meta.loc.seg) {
+                seg.chunks += 1;
+            }
             state.hold(first, meta);
         }
         if let Some(id) = state.current
@@ -311,6 +323,47 @@ impl Buffer {
         // and acking go on meanwhile. Nothing is visible until `hold`.
         let mut batch = sled::Batch::default();
         let mut chunks = Vec::new();
+        let written = self.write_chunks(&mut w, first, records, &mut batch, &mut chunks);
+        let committed = written.and_then(|()| {
+            // The bytes are on disk before any index entry points at them.
+            w.sync()?;
+            batch.insert(NEXT_SEQ, &next.to_be_bytes()[..]);
+            if let Some((source, pos)) = position {
+                let mut k = b"p".to_vec();
+                k.extend_from_slice(source.as_bytes());
+                batch.insert(k, pos);
+            }
+            self.tree.apply_batch(batch)?;
+            Ok(())
+        });
+        let mut st = self.lock();
+        if let Err(e) = committed {
+            // Nothing indexes what was written: let its segments go.
+            for (_, meta) in chunks {
+                st.unpin(meta.loc.seg, &self.dir);
+            }
+            return Err(e);
+        }
+        for (chunk_first, meta) in chunks {
+            st.hold(chunk_first, meta);
+        }
+        st.next_seq = next;
+        drop(st);
+        drop(w);
+        self.added.notify_one();
+        Ok(first..next)
+    }
+
+    /// Writes `records` (numbered from `first`) as chunks to segments, and
+    /// their index entries into `batch`; `chunks` gets each one written.
+    fn write_chunks(
+        &self,
+        w: &mut Writer,
+        first: u64,
+        records: &Encoded,
+        batch: &mut sled::Batch,
+        chunks: &mut Vec<(u64, Meta)>,
+    ) -> Result<(), BufferError> {
         let mut rest = (first..).zip(records.iter()).peekable();
         while rest.peek().is_some() {
             let mut bytes = 0;
@@ -322,30 +375,13 @@ impl Buffer {
             let chunk_first = group[0].0;
             let value = encode_chunk(group.into_iter(), bytes);
             let at = w.append(&value)?;
-            self.lock().appended(&at, &self.dir);
             let meta =
                 Meta::of_chunk(&value, at.loc).ok_or_else(|| corrupt(chunk_first, "empty"))?;
+            self.lock().appended(&at, &self.dir);
             batch.insert(&index_key(chunk_first)[..], meta.entry());
             chunks.push((chunk_first, meta));
         }
-        // The bytes are on disk before any index entry points at them.
-        w.sync()?;
-        batch.insert(NEXT_SEQ, &next.to_be_bytes()[..]);
-        if let Some((source, pos)) = position {
-            let mut k = b"p".to_vec();
-            k.extend_from_slice(source.as_bytes());
-            batch.insert(k, pos);
-        }
-        self.tree.apply_batch(batch)?;
-        let mut st = self.lock();
-        for (chunk_first, meta) in chunks {
-            st.hold(chunk_first, meta);
-        }
-        st.next_seq = next;
-        drop(st);
-        drop(w);
-        self.added.notify_one();
-        Ok(first..next)
+        Ok(())
     }
 
     /// Drops the oldest metrics, then the oldest log lines, until `need`
@@ -383,16 +419,28 @@ impl Buffer {
                 } else {
                     let value = encode_records(&kept);
                     let at = w.append(&value)?;
-                    st.appended(&at, &self.dir);
-                    w.sync()?;
                     let m =
                         Meta::of_chunk(&value, at.loc).ok_or_else(|| corrupt(first, "empty"))?;
+                    st.appended(&at, &self.dir);
                     batch.insert(&key[..], m.entry());
                     Some(m)
                 };
-                st.dropped[i] += gone.len() as u64;
-                batch.insert(DROPPED[i], &st.dropped[i].to_be_bytes()[..]);
-                self.tree.apply_batch(batch)?;
+                let dropped = st.dropped[i] + gone.len() as u64;
+                batch.insert(DROPPED[i], &dropped.to_be_bytes()[..]);
+                let committed = (|| -> Result<(), BufferError> {
+                    if new.is_some() {
+                        w.sync()?;
+                    }
+                    self.tree.apply_batch(batch)?;
+                    Ok(())
+                })();
+                if let Err(e) = committed {
+                    if let Some(m) = new {
+                        st.unpin(m.loc.seg, &self.dir);
+                    }
+                    return Err(e);
+                }
+                st.dropped[i] = dropped;
                 st.release(first, &self.dir);
                 if let Some(m) = new {
                     st.hold(first, m);

@@ -338,3 +338,24 @@ fn damaged_segments_are_errors_not_panics() {
         "{e}"
     );
 }
+
+#[test]
+fn a_push_that_rolls_the_segment_keeps_its_chunks_in_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Buffer::open(dir.path(), 1 << 30).unwrap();
+    // Fill the first segment to just under its size, and ack it all: the
+    // segment is empty of held chunks but still the one appends go to.
+    b.push(&[log(&"x".repeat((16 << 20) - (40 << 10)))], None)
+        .unwrap();
+    b.ack(1).unwrap();
+    // The next push's first chunk lands in that segment and fills it; its
+    // next chunk starts a new one. The first must not go with the old.
+    let lines: Vec<Payload> = (0..200).map(|i| log(&format!("{i:0>1000}"))).collect();
+    assert_eq!(b.push(&lines, None).unwrap(), 2..202);
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    let want: Vec<u64> = (2..202).collect();
+    assert_eq!(seqs(&read(&b, 1, 1000, usize::MAX).unwrap()), want);
+    drop(b);
+    let b = Buffer::open(dir.path(), 1 << 30).unwrap();
+    assert_eq!(seqs(&read(&b, 1, 1000, usize::MAX).unwrap()), want);
+}
