@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(200_000);
     println!("{n} lines per parser; microseconds per line\n");
     println!(
-        "| parser | parse → records | push (encode, write) | flush | read for the wire | ack |"
+        "| parser | parse, encode → records | push (write) | flush | read for the wire | ack |"
     );
     println!("| --- | --- | --- | --- | --- | --- |");
     for (kind, line) in LINES {
@@ -71,21 +71,21 @@ fn main() -> anyhow::Result<()> {
         let t = now();
         let batches: Vec<_> = (0..n / BATCH_LINES)
             .map(|_| {
-                let lines = (0..BATCH_LINES)
+                let lines: Vec<Line> = (0..BATCH_LINES)
                     .map(|_| Line {
                         text: line.to_string(),
                         truncated: false,
                         invalid_utf8: false,
                     })
                     .collect();
-                records(kind.as_str(), "/var/log/x", &mut parser, lines, 0, false)
+                records(kind.as_str(), "/var/log/x", &mut parser, &lines, 0, false)
             })
             .collect();
         let parse = per_line(t);
 
         let t = now();
         for b in &batches {
-            buffer.push(b, Some(("/var/log/x", b"position")))?;
+            buffer.push_encoded(b, Some(("/var/log/x", b"position")))?;
         }
         let push = per_line(t);
         drop(batches);

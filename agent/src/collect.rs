@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use picket_proto::v1::{self, record::Payload};
+use picket_proto::frame::{EventRef, LogRef};
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::{Buffer, BufferError, Encoded};
@@ -165,15 +165,15 @@ fn pump(s: &mut Source) -> std::io::Result<Option<(Write, usize)>> {
     let n = lines.len();
     // Short of a full batch means the end of the file: a multi-line block
     // is then complete.
-    let payloads = records(
+    let records = records(
         s.cfg.kind.as_str(),
         &s.key,
         &mut s.parser,
-        lines,
+        &lines,
         crate::now_ms(),
         n < BATCH_LINES,
     );
-    if payloads.is_empty() {
+    if records.is_empty() {
         return Ok(None);
     }
     let position = s
@@ -183,7 +183,7 @@ fn pump(s: &mut Source) -> std::io::Result<Option<(Write, usize)>> {
         .unwrap_or_default();
     Ok(Some((
         Write {
-            records: Encoded::new(&payloads),
+            records,
             key: s.key.clone(),
             position,
         },
@@ -191,46 +191,137 @@ fn pump(s: &mut Source) -> std::io::Result<Option<(Write, usize)>> {
     )))
 }
 
-/// The records a batch of lines makes: each line for the log store, then
-/// the events parsed from them. `at_end` flushes a parser's held-back
-/// multi-line block.
+/// The records a batch of lines makes, encoded: each line for the log
+/// store, then the events parsed from them. `at_end` flushes a parser's
+/// held-back multi-line block. Events are encoded from what the parser
+/// borrowed from the lines, with no owned copy in between.
 pub fn records(
     source: &str,
     path: &str,
     parser: &mut Parser,
-    lines: Vec<Line>,
+    lines: &[Line],
     read_ms: i64,
     at_end: bool,
-) -> Vec<Payload> {
-    let mut payloads = Vec::with_capacity(lines.len() * 2);
-    let mut parsed = Vec::new();
+) -> Encoded {
+    let text: usize = lines.iter().map(|l| l.text.len()).sum();
+    let mut out = Encoded::with_capacity(lines.len() * 2, text * 3);
+    let mut parsed = Vec::with_capacity(lines.len());
     for l in lines {
-        parsed.extend(parser.feed(&l.text, read_ms));
-        payloads.push(Payload::Log(v1::LogLine {
-            source: source.to_string(),
-            path: path.to_string(),
-            line: l.text,
+        parser.feed(&l.text, read_ms, &mut parsed);
+        out.push_log(&LogRef {
+            source,
+            path,
+            line: &l.text,
             read_unix_ms: read_ms,
             truncated: l.truncated,
             invalid_utf8: l.invalid_utf8,
-        }));
+        });
     }
     if at_end {
-        parsed.extend(parser.flush());
+        parser.flush(&mut parsed);
     }
-    for p in parsed {
+    for p in &parsed {
         if !p.parsed {
             UNPARSED.fetch_add(1, Ordering::Relaxed);
         }
-        payloads.push(Payload::Event(v1::Event {
-            source: source.to_string(),
-            path: path.to_string(),
-            kind: p.kind,
-            severity: v1::Severity::from(p.severity) as i32,
-            message: p.message,
-            fields: p.fields,
+        out.push_event(&EventRef {
+            source,
+            path,
+            kind: &p.kind,
+            severity: p.severity.into(),
+            message: &p.message,
+            fields: p.fields.iter(),
             time_unix_ms: p.time_ms.unwrap_or(read_ms),
-        }));
+        });
     }
-    payloads
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use picket_proto::frame;
+    use picket_proto::v1::{self, record::Payload};
+    use prost::Message;
+
+    use super::*;
+    use crate::config::SourceKind;
+
+    fn line(text: &str) -> Line {
+        Line {
+            text: text.to_string(),
+            truncated: false,
+            invalid_utf8: false,
+        }
+    }
+
+    /// The records of a batch, decoded with the generated types.
+    fn decoded(e: &Encoded) -> Vec<Payload> {
+        let mut batch = Vec::new();
+        for (seq, (bytes, _)) in (1..).zip(e.iter()) {
+            frame::put_encoded(seq, bytes, &mut batch);
+        }
+        v1::RecordBatch::decode(&batch[..])
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| r.payload.unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_its_lines_then_their_events() {
+        let eve = r#"{"timestamp":"2024-12-16T18:00:15.123456+0000","event_type":"alert","src_ip":"192.0.2.1","alert":{"signature":"a \"q\"","severity":1}}"#;
+        let lines = [line(eve), line("not json")];
+        let mut parser = Parser::for_kind(SourceKind::Suricata);
+        let got = decoded(&records("suricata", "/eve", &mut parser, &lines, 99, false));
+        assert_eq!(got.len(), 4, "{got:#?}");
+        for (p, l) in got.iter().zip(&lines) {
+            let Payload::Log(log) = p else {
+                panic!("{p:?}")
+            };
+            assert_eq!(
+                (log.line.as_str(), log.source.as_str()),
+                (l.text.as_str(), "suricata")
+            );
+            assert_eq!((log.path.as_str(), log.read_unix_ms), ("/eve", 99));
+        }
+        let Payload::Event(alert) = &got[2] else {
+            panic!()
+        };
+        assert_eq!(
+            (alert.kind.as_str(), alert.message.as_str()),
+            ("alert", eve)
+        );
+        assert_eq!(alert.severity, v1::Severity::High as i32);
+        assert_eq!(alert.time_unix_ms, 1_734_372_015_123);
+        assert_eq!(alert.fields["signature"], "a \"q\"");
+        assert_eq!(alert.fields["alert_severity"], "1");
+        assert_eq!(alert.fields["src_ip"], "192.0.2.1");
+        let Payload::Event(other) = &got[3] else {
+            panic!()
+        };
+        assert_eq!(
+            (other.kind.as_str(), other.time_unix_ms),
+            ("other", 99),
+            "read time"
+        );
+    }
+
+    #[test]
+    fn an_ossec_block_is_flushed_at_the_end_of_a_batch() {
+        let lines = [
+            line("** Alert 1510376428.465: - syslog,sudo"),
+            line("2017 Nov 11 00:00:28 ubnt->/var/log/messages"),
+            line("Rule: 5402 (level 3) -> 'Successful sudo to ROOT executed'"),
+        ];
+        let mut parser = Parser::for_kind(SourceKind::Ossec);
+        let got = decoded(&records("ossec", "/a", &mut parser, &lines, 0, false));
+        assert_eq!(got.len(), 3, "the block waits for its end");
+        let got = decoded(&records("ossec", "/a", &mut parser, &[], 0, true));
+        let [Payload::Event(e)] = &got[..] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(e.fields["rule_id"], "5402");
+        assert_eq!(e.message.lines().count(), 3);
+    }
 }

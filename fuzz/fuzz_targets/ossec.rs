@@ -6,8 +6,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &str| {
     let _ = picket_agent::sources::ossec::parse_json(data);
     let mut blocks = picket_agent::sources::ossec::Blocks::default();
+    let mut out = Vec::new();
     for line in data.lines() {
-        let _ = blocks.feed(line);
+        blocks.feed(line, &mut out);
     }
     let _ = blocks.flush();
 });

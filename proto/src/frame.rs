@@ -10,7 +10,7 @@
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{
     DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint,
-    encoded_len_varint, skip_field, uint64,
+    encoded_len_varint, key_len, skip_field, uint64,
 };
 use prost::{DecodeError, Message};
 
@@ -49,6 +49,152 @@ pub fn put_encoded(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
     encode_varint(len as u64, out);
     uint64::encode(SEQ_FIELD, &seq, out);
     out.extend_from_slice(payload);
+}
+
+/// `Record.payload`'s `event` and `log` fields.
+const PAYLOAD_EVENT_FIELD: u32 = 11;
+const PAYLOAD_LOG_FIELD: u32 = 12;
+
+/// A `v1::Event` from borrowed parts: what a parser made of a line,
+/// encoded without building the owned message. `fields` is walked twice
+/// (length, then bytes); a name given twice is decoded as its last value.
+#[derive(Debug, Clone)]
+pub struct EventRef<'a, F> {
+    pub source: &'a str,
+    pub path: &'a str,
+    pub kind: &'a str,
+    pub severity: v1::Severity,
+    pub message: &'a str,
+    pub fields: F,
+    pub time_unix_ms: i64,
+}
+
+/// A `v1::LogLine` from borrowed parts.
+#[derive(Debug, Clone, Copy)]
+pub struct LogRef<'a> {
+    pub source: &'a str,
+    pub path: &'a str,
+    pub line: &'a str,
+    pub read_unix_ms: i64,
+    pub truncated: bool,
+    pub invalid_utf8: bool,
+}
+
+/// Bytes of a proto3 string field (none when empty, as prost writes it).
+fn str_len(tag: u32, s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
+    }
+}
+
+fn put_str(tag: u32, s: &str, out: &mut Vec<u8>) {
+    if !s.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(s.len() as u64, out);
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+fn varint_len(tag: u32, v: u64) -> usize {
+    if v == 0 {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(v)
+    }
+}
+
+fn put_varint(tag: u32, v: u64, out: &mut Vec<u8>) {
+    if v != 0 {
+        encode_key(tag, WireType::Varint, out);
+        encode_varint(v, out);
+    }
+}
+
+/// A map entry's body: key 1, value 2, each left out when empty.
+fn entry_len(k: &str, v: &str) -> usize {
+    str_len(1, k) + str_len(2, v)
+}
+
+/// `v1::Event` field numbers.
+mod event {
+    pub const SOURCE: u32 = 1;
+    pub const PATH: u32 = 2;
+    pub const KIND: u32 = 3;
+    pub const SEVERITY: u32 = 4;
+    pub const MESSAGE: u32 = 5;
+    pub const FIELDS: u32 = 6;
+    pub const TIME: u32 = 7;
+}
+
+/// `v1::LogLine` field numbers.
+mod log {
+    pub const SOURCE: u32 = 1;
+    pub const PATH: u32 = 2;
+    pub const LINE: u32 = 3;
+    pub const READ: u32 = 4;
+    pub const TRUNCATED: u32 = 5;
+    pub const INVALID_UTF8: u32 = 6;
+}
+
+/// Appends `Payload::Event(e)`'s bytes (its field key included), the
+/// same bytes `Payload::encode` writes for the owned event when `fields`
+/// come in name order.
+pub fn put_event<'a, F>(e: &EventRef<'a, F>, out: &mut Vec<u8>)
+where
+    F: Iterator<Item = (&'a str, &'a str)> + Clone,
+{
+    let fields: usize = e
+        .fields
+        .clone()
+        .map(|(k, v)| {
+            let n = entry_len(k, v);
+            key_len(event::FIELDS) + encoded_len_varint(n as u64) + n
+        })
+        .sum();
+    let len = str_len(event::SOURCE, e.source)
+        + str_len(event::PATH, e.path)
+        + str_len(event::KIND, e.kind)
+        + varint_len(event::SEVERITY, e.severity as i32 as u64)
+        + str_len(event::MESSAGE, e.message)
+        + fields
+        + varint_len(event::TIME, e.time_unix_ms as u64);
+    out.reserve(len + 4);
+    encode_key(PAYLOAD_EVENT_FIELD, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+    put_str(event::SOURCE, e.source, out);
+    put_str(event::PATH, e.path, out);
+    put_str(event::KIND, e.kind, out);
+    put_varint(event::SEVERITY, e.severity as i32 as u64, out);
+    put_str(event::MESSAGE, e.message, out);
+    for (k, v) in e.fields.clone() {
+        encode_key(event::FIELDS, WireType::LengthDelimited, out);
+        encode_varint(entry_len(k, v) as u64, out);
+        put_str(1, k, out);
+        put_str(2, v, out);
+    }
+    put_varint(event::TIME, e.time_unix_ms as u64, out);
+}
+
+/// Appends `Payload::Log(l)`'s bytes (its field key included), the same
+/// bytes `Payload::encode` writes for the owned line.
+pub fn put_log(l: &LogRef<'_>, out: &mut Vec<u8>) {
+    let len = str_len(log::SOURCE, l.source)
+        + str_len(log::PATH, l.path)
+        + str_len(log::LINE, l.line)
+        + varint_len(log::READ, l.read_unix_ms as u64)
+        + varint_len(log::TRUNCATED, u64::from(l.truncated))
+        + varint_len(log::INVALID_UTF8, u64::from(l.invalid_utf8));
+    out.reserve(len + 4);
+    encode_key(PAYLOAD_LOG_FIELD, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+    put_str(log::SOURCE, l.source, out);
+    put_str(log::PATH, l.path, out);
+    put_str(log::LINE, l.line, out);
+    put_varint(log::READ, l.read_unix_ms as u64, out);
+    put_varint(log::TRUNCATED, u64::from(l.truncated), out);
+    put_varint(log::INVALID_UTF8, u64::from(l.invalid_utf8), out);
 }
 
 /// The records of an encoded `RecordBatch`, as `(seq, entry bytes)`; the
@@ -206,6 +352,91 @@ mod tests {
         assert_eq!(v1::AgentMessage::decode(&wire[..]).unwrap(), want);
         let hello = Outbound::Message(want.clone()).encode_to_vec();
         assert_eq!(hello, want.encode_to_vec());
+    }
+
+    #[test]
+    fn borrowed_events_and_lines_encode_as_the_generated_types() {
+        let fields = [("", "empty name"), ("a", "1"), ("b", ""), ("é", "x\"y")];
+        for (time, severity, message) in [
+            (1_734_372_015_123, v1::Severity::High, "m"),
+            (0, v1::Severity::Info, ""),
+            (-5, v1::Severity::Critical, "ü"),
+        ] {
+            let e = EventRef {
+                source: "suricata",
+                path: "/var/log/suricata/eve.json",
+                kind: "alert",
+                severity,
+                message,
+                fields: fields.iter().copied(),
+                time_unix_ms: time,
+            };
+            let mut mine = Vec::new();
+            put_event(&e, &mut mine);
+            let owned = Payload::Event(v1::Event {
+                source: e.source.into(),
+                path: e.path.into(),
+                kind: e.kind.into(),
+                severity: severity as i32,
+                message: message.into(),
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                time_unix_ms: time,
+            });
+            let mut want = Vec::new();
+            owned.encode(&mut want);
+            assert_eq!(mine, want, "same bytes as prost");
+        }
+        for (line, read, truncated, invalid_utf8) in [
+            ("x", 7, true, false),
+            ("", 0, false, true),
+            ("\u{fffd}", -1, false, false),
+        ] {
+            let l = LogRef {
+                source: "raw",
+                path: "/p",
+                line,
+                read_unix_ms: read,
+                truncated,
+                invalid_utf8,
+            };
+            let mut mine = Vec::new();
+            put_log(&l, &mut mine);
+            let mut want = Vec::new();
+            Payload::Log(v1::LogLine {
+                source: "raw".into(),
+                path: "/p".into(),
+                line: line.into(),
+                read_unix_ms: read,
+                truncated,
+                invalid_utf8,
+            })
+            .encode(&mut want);
+            assert_eq!(mine, want);
+        }
+        // A repeated name decodes as its last value, as a map would keep it.
+        let mut bytes = Vec::new();
+        put_event(
+            &EventRef {
+                source: "s",
+                path: "",
+                kind: "k",
+                severity: v1::Severity::Low,
+                message: "",
+                fields: [("a", "1"), ("a", "2")].into_iter(),
+                time_unix_ms: 1,
+            },
+            &mut bytes,
+        );
+        let mut rec = Vec::new();
+        put_encoded(3, &bytes, &mut rec);
+        let got = v1::RecordBatch::decode(&rec[..]).unwrap().records;
+        let Some(Payload::Event(e)) = &got[0].payload else {
+            panic!("{got:?}")
+        };
+        assert_eq!(e.fields["a"], "2");
     }
 
     #[test]

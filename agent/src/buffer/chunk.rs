@@ -139,6 +139,29 @@ impl Encoded {
         e
     }
 
+    /// Room for `records` payloads of about `bytes` in all.
+    pub fn with_capacity(records: usize, bytes: usize) -> Encoded {
+        Encoded {
+            bytes: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(records),
+        }
+    }
+
+    /// Adds an event, encoded from borrowed parts.
+    pub fn push_event<'a, F>(&mut self, e: &frame::EventRef<'a, F>)
+    where
+        F: Iterator<Item = (&'a str, &'a str)> + Clone,
+    {
+        frame::put_event(e, &mut self.bytes);
+        self.ends.push((self.bytes.len(), Kind::Event));
+    }
+
+    /// Adds a log line, encoded from borrowed parts.
+    pub fn push_log(&mut self, l: &frame::LogRef<'_>) {
+        frame::put_log(l, &mut self.bytes);
+        self.ends.push((self.bytes.len(), Kind::Log));
+    }
+
     pub fn len(&self) -> usize {
         self.ends.len()
     }
@@ -153,7 +176,7 @@ impl Encoded {
     }
 
     /// Each payload's bytes (`Payload::encode`'s) and kind.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&[u8], Kind)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], Kind)> {
         let starts = std::iter::once(0).chain(self.ends.iter().map(|(end, _)| *end));
         starts
             .zip(&self.ends)

@@ -9,45 +9,57 @@
 //! source's. Kinds, fields and severities follow SPEC §6.
 
 pub mod fail2ban;
+pub mod json;
 pub mod ossec;
 pub mod sshd;
 pub mod suricata;
 pub mod time;
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 use picket_proto::model::Severity;
 
 use crate::config::SourceKind;
 
-/// What a parser made of one line (or one OSSEC block).
+/// What a parser made of one line (or one OSSEC block). Text is borrowed
+/// from the line wherever it appears there as it is, so that a parsed
+/// line costs few allocations; it is encoded for the wire straight from
+/// these borrows (`collect::records`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Parsed {
-    pub kind: String,
+pub struct Parsed<'a> {
+    pub kind: Cow<'a, str>,
     pub severity: Severity,
-    pub fields: BTreeMap<String, String>,
+    pub fields: Fields<'a>,
     /// The event's own time (Unix ms, UTC) when the log has one.
     pub time_ms: Option<i64>,
     /// The original text.
-    pub message: String,
+    pub message: Cow<'a, str>,
     /// False when the parser did not recognise the line.
     pub parsed: bool,
 }
 
-impl Parsed {
-    pub fn new(kind: &str, severity: Severity, message: &str) -> Parsed {
+impl<'a> Parsed<'a> {
+    pub fn new(
+        kind: impl Into<Cow<'a, str>>,
+        severity: Severity,
+        message: impl Into<Cow<'a, str>>,
+    ) -> Parsed<'a> {
         Parsed {
-            kind: kind.to_string(),
+            kind: kind.into(),
             severity,
-            fields: BTreeMap::new(),
+            fields: Fields::default(),
             time_ms: None,
-            message: message.to_string(),
+            message: message.into(),
             parsed: true,
         }
     }
 
     /// A line the parser could not read: kept, marked, counted.
-    pub fn unparsed(kind: &str, message: &str, time_ms: Option<i64>) -> Parsed {
+    pub fn unparsed(
+        kind: impl Into<Cow<'a, str>>,
+        message: impl Into<Cow<'a, str>>,
+        time_ms: Option<i64>,
+    ) -> Parsed<'a> {
         Parsed {
             parsed: false,
             time_ms,
@@ -55,17 +67,93 @@ impl Parsed {
         }
     }
 
-    pub fn field(mut self, k: &str, v: impl Into<String>) -> Parsed {
+    /// Sets a field; an empty value sets nothing.
+    pub fn field(mut self, k: impl Into<Cow<'a, str>>, v: impl Into<Cow<'a, str>>) -> Parsed<'a> {
         let v = v.into();
         if !v.is_empty() {
-            self.fields.insert(k.to_string(), v);
+            self.fields.insert(k, v);
         }
         self
     }
 
-    pub fn at(mut self, t: Option<i64>) -> Parsed {
+    pub fn at(mut self, t: Option<i64>) -> Parsed<'a> {
         self.time_ms = t;
         self
+    }
+
+    /// Copies what is borrowed, to outlive the line.
+    pub fn into_owned(self) -> Parsed<'static> {
+        Parsed {
+            kind: Cow::Owned(self.kind.into_owned()),
+            severity: self.severity,
+            fields: Fields(
+                self.fields
+                    .0
+                    .into_iter()
+                    .map(|(k, v)| (Cow::Owned(k.into_owned()), Cow::Owned(v.into_owned())))
+                    .collect(),
+            ),
+            time_ms: self.time_ms,
+            message: Cow::Owned(self.message.into_owned()),
+            parsed: self.parsed,
+        }
+    }
+}
+
+/// An event's fields: each name once, in the order first set. A few
+/// fields a line, so a list beats a map.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fields<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'a> Fields<'a> {
+    /// Sets `k` to `v`, replacing an earlier value.
+    pub fn insert(&mut self, k: impl Into<Cow<'a, str>>, v: impl Into<Cow<'a, str>>) {
+        let (k, v) = (k.into(), v.into());
+        match self.0.iter_mut().find(|(name, _)| *name == k) {
+            Some(slot) => slot.1 = v,
+            None => self.0.push((k, v)),
+        }
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    pub fn get_mut(&mut self, k: &str) -> Option<&mut Cow<'a, str>> {
+        self.0
+            .iter_mut()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v)
+    }
+
+    pub fn contains_key(&self, k: &str) -> bool {
+        self.get(k).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// `fields["name"]`, as with a map: panics when the field is missing.
+impl<'a> std::ops::Index<&str> for Fields<'a> {
+    type Output = Cow<'a, str>;
+    fn index(&self, k: &str) -> &Cow<'a, str> {
+        match self.0.iter().find(|(name, _)| name == k) {
+            Some((_, v)) => v,
+            None => panic!("no field {k:?}"),
+        }
     }
 }
 
@@ -89,24 +177,24 @@ impl Parser {
         }
     }
 
-    /// Feeds one line read at `read_ms`; returns the events it completes.
-    pub fn feed(&mut self, line: &str, read_ms: i64) -> Vec<Parsed> {
+    /// Feeds one line read at `read_ms`; adds the events it completes to
+    /// `out`.
+    pub fn feed<'a>(&mut self, line: &'a str, read_ms: i64, out: &mut Vec<Parsed<'a>>) {
         match self {
-            Parser::Fail2ban => vec![fail2ban::parse(line, read_ms)],
-            Parser::Suricata => vec![suricata::parse(line)],
-            Parser::Sshd => vec![sshd::parse(line, read_ms)],
+            Parser::Fail2ban => out.push(fail2ban::parse(line, read_ms)),
+            Parser::Suricata => out.push(suricata::parse(line)),
+            Parser::Sshd => out.push(sshd::parse(line, read_ms)),
             // `raw` sources ship lines only (to the log store), no events.
-            Parser::Raw => Vec::new(),
-            Parser::Ossec(b) => b.feed(line),
+            Parser::Raw => {}
+            Parser::Ossec(b) => b.feed(line, out),
         }
     }
 
     /// Events held back waiting for more lines (an OSSEC block whose end
     /// has not been seen): called when the file goes quiet.
-    pub fn flush(&mut self) -> Vec<Parsed> {
-        match self {
-            Parser::Ossec(b) => b.flush(),
-            _ => Vec::new(),
+    pub fn flush(&mut self, out: &mut Vec<Parsed<'_>>) {
+        if let Parser::Ossec(b) = self {
+            out.extend(b.flush());
         }
     }
 }
@@ -183,16 +271,17 @@ mod never_panic {
             }
             let read_ms = rng.random_range(-10_000_000_000_000i64..10_000_000_000_000);
             for p in &mut parsers {
-                let _ = p.feed(&s, read_ms);
+                p.feed(&s, read_ms, &mut Vec::new());
             }
         }
         for p in &mut parsers {
-            let _ = p.flush();
+            p.flush(&mut Vec::new());
         }
         // Extremes.
+        let long = "x".repeat(1 << 20);
         for p in &mut parsers {
-            let _ = p.feed(&"x".repeat(1 << 20), i64::MAX);
-            let _ = p.feed("", i64::MIN);
+            p.feed(&long, i64::MAX, &mut Vec::new());
+            p.feed("", i64::MIN, &mut Vec::new());
         }
     }
 }

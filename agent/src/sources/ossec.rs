@@ -12,12 +12,14 @@
 //! A block ends where the next `** Alert` begins, or on [`Blocks::flush`]
 //! when the file has gone quiet.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use picket_proto::model::Severity;
 use regex::Regex;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
+use super::json::{self, Object};
 use super::{Parsed, time};
 
 pub fn severity(level: u64) -> Severity {
@@ -30,68 +32,85 @@ pub fn severity(level: u64) -> Severity {
     }
 }
 
-fn num_or_str(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+/// A string, or a number as written.
+fn num_or_str(v: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let v = v?;
+    match v.get().as_bytes().first()? {
+        b'"' => json::string(v),
+        b'-' | b'0'..=b'9' => Some(Cow::Borrowed(v.get())),
         _ => None,
     }
 }
 
+/// The rule's groups: an array of names, or OSSEC's `a,b,` string.
+fn groups(v: Option<&RawValue>) -> Cow<'_, str> {
+    let Some(v) = v else {
+        return Cow::Borrowed("");
+    };
+    if let Some(s) = json::string(v) {
+        return match s {
+            Cow::Borrowed(b) => Cow::Borrowed(b.trim_end_matches(',')),
+            Cow::Owned(o) => Cow::Owned(o.trim_end_matches(',').to_string()),
+        };
+    }
+    let names: Vec<&RawValue> = serde_json::from_str(v.get()).unwrap_or_default();
+    let names: Vec<Cow<'_, str>> = names.into_iter().filter_map(json::string).collect();
+    Cow::Owned(names.join(","))
+}
+
 /// One alerts.json line, OSSEC or Wazuh.
-pub fn parse_json(line: &str) -> Parsed {
-    let Ok(v) = serde_json::from_str::<Value>(line) else {
+pub fn parse_json(line: &str) -> Parsed<'_> {
+    let Some(v) = Object::parse(line) else {
         return Parsed::unparsed("other", line, None);
     };
-    let Some(rule) = v.get("rule").and_then(Value::as_object) else {
+    let Some(rule) = v.object("rule") else {
         return Parsed::unparsed("other", line, None);
     };
-    let level = rule
-        .get("level")
-        .and_then(|l| l.as_u64().or_else(|| l.as_str()?.parse().ok()));
-    let groups = match rule.get("groups").or_else(|| rule.get("group")) {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(","),
-        Some(Value::String(s)) => s.trim_end_matches(',').to_string(),
-        _ => String::new(),
-    };
+    let level = rule.get("level").and_then(|l| {
+        l.get()
+            .parse()
+            .ok()
+            .or_else(|| json::string(l)?.parse().ok())
+    });
     let time_ms = v
-        .get("timestamp")
-        .and_then(Value::as_str)
-        .and_then(time::rfc3339ish)
-        .or_else(|| v.get("TimeStamp").and_then(Value::as_i64));
-    let str_at = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+        .string("timestamp")
+        .and_then(|t| time::rfc3339ish(&t))
+        .or_else(|| v.get("TimeStamp")?.get().parse().ok());
+    let data = v.object("data").unwrap_or_default();
+    let agent = v.object("agent").unwrap_or_default();
+    let none = || Cow::Borrowed("");
     Parsed::new("alert", severity(level.unwrap_or(0)), line)
         .at(time_ms)
         .field(
             "rule_id",
-            num_or_str(rule.get("id").or_else(|| rule.get("sidid"))).unwrap_or_default(),
+            num_or_str(rule.get("id").or_else(|| rule.get("sidid"))).unwrap_or_else(none),
         )
         .field("level", level.map(|l| l.to_string()).unwrap_or_default())
         .field(
             "description",
-            num_or_str(rule.get("description").or_else(|| rule.get("comment"))).unwrap_or_default(),
+            num_or_str(rule.get("description").or_else(|| rule.get("comment")))
+                .unwrap_or_else(none),
         )
-        .field("groups", groups)
-        .field("location", str_at("/location").unwrap_or_default())
+        .field(
+            "groups",
+            groups(rule.get("groups").or_else(|| rule.get("group"))),
+        )
+        .field("location", v.string("location").unwrap_or_else(none))
         .field(
             "src_ip",
-            str_at("/data/srcip")
-                .or_else(|| str_at("/srcip"))
-                .unwrap_or_default(),
+            data.string("srcip")
+                .or_else(|| v.string("srcip"))
+                .unwrap_or_else(none),
         )
         .field(
             "user",
-            str_at("/data/srcuser")
-                .or_else(|| str_at("/data/dstuser"))
-                .or_else(|| str_at("/srcuser"))
-                .or_else(|| str_at("/dstuser"))
-                .unwrap_or_default(),
+            data.string("srcuser")
+                .or_else(|| data.string("dstuser"))
+                .or_else(|| v.string("srcuser"))
+                .or_else(|| v.string("dstuser"))
+                .unwrap_or_else(none),
         )
-        .field("agent", str_at("/agent/name").unwrap_or_default())
+        .field("agent", agent.string("name").unwrap_or_else(none))
 }
 
 static HEADER: LazyLock<Regex> = LazyLock::new(|| {
@@ -116,31 +135,29 @@ pub struct Blocks {
 impl Blocks {
     /// Feeds one line of alerts.log (blocks carry their own year, so the
     /// read time is not needed) (or alerts.json: a `{` line is parsed
-    /// at once). Returns the block the line completes, if any.
-    pub fn feed(&mut self, line: &str) -> Vec<Parsed> {
+    /// at once). Adds the block the line completes, if any, to `out`.
+    pub fn feed<'a>(&mut self, line: &'a str, out: &mut Vec<Parsed<'a>>) {
         if line.starts_with('{') {
-            let mut out = self.flush();
+            out.extend(self.flush());
             out.push(parse_json(line));
-            return out;
+            return;
         }
-        let mut out = Vec::new();
         if HEADER.is_match(line) {
-            out = self.flush();
+            out.extend(self.flush());
         } else if self.lines.is_empty() {
-            if line.trim().is_empty() {
-                return out;
+            if !line.trim().is_empty() {
+                // Text outside any block: keep it, flag it.
+                out.push(Parsed::unparsed("other", line, None));
             }
-            // Text outside any block: keep it, flag it.
-            return vec![Parsed::unparsed("other", line, None)];
+            return;
         }
         self.lines.push(line.to_string());
-        out
     }
 
     /// Ends the current block (the next one began, or the file went quiet).
-    pub fn flush(&mut self) -> Vec<Parsed> {
+    pub fn flush(&mut self) -> Option<Parsed<'static>> {
         if self.lines.is_empty() {
-            return Vec::new();
+            return None;
         }
         let lines = std::mem::take(&mut self.lines);
         // Trailing blank lines separate blocks; they are not content.
@@ -151,9 +168,9 @@ impl Blocks {
         let lines = &lines[..end];
         let message = lines.join("\n");
         let Some(h) = lines.first().and_then(|l| HEADER.captures(l)) else {
-            return vec![Parsed::unparsed("other", &message, None)];
+            return Some(Parsed::unparsed("other", message, None));
         };
-        let mut p = Parsed::new("alert", Severity::Info, &message).field(
+        let mut p = Parsed::new("alert", Severity::Info, message).field(
             "groups",
             h.name("groups")
                 .map_or("", |g| g.as_str())
@@ -164,14 +181,14 @@ impl Blocks {
         for l in &lines[1..] {
             if let Some(w) = WHEN.captures(l) {
                 p.time_ms = time::y_mon_d(&w["y"], &w["mon"], &w["d"], &w["clock"]);
-                p = p.field("location", &w["loc"]);
+                p = p.field("location", w["loc"].to_string());
             } else if let Some(r) = RULE.captures(l) {
                 let level: u64 = r["level"].parse().unwrap_or(0);
                 p.severity = severity(level);
                 p = p
-                    .field("rule_id", &r["id"])
-                    .field("level", &r["level"])
-                    .field("description", &r["desc"]);
+                    .field("rule_id", r["id"].to_string())
+                    .field("level", r["level"].to_string())
+                    .field("description", r["desc"].to_string());
                 ok = true;
             } else if let Some(ip) = l.strip_prefix("Src IP: ") {
                 p = p.field("src_ip", ip.trim());
@@ -180,7 +197,7 @@ impl Blocks {
             }
         }
         p.parsed = ok;
-        vec![p]
+        Some(p.into_owned())
     }
 }
 
@@ -193,7 +210,10 @@ mod tests {
     fn alerts_log_blocks() {
         let text = corpus::read("ossec/ossec-docs-alerts.log");
         let mut b = Blocks::default();
-        let mut out: Vec<Parsed> = text.lines().flat_map(|l| b.feed(l)).collect();
+        let mut out = Vec::new();
+        for l in text.lines() {
+            b.feed(l, &mut out);
+        }
         out.extend(b.flush());
         assert_eq!(out.len(), 4, "{out:#?}");
         assert!(out.iter().all(|p| p.parsed && p.kind == "alert"));
@@ -224,7 +244,8 @@ mod tests {
         assert_eq!(all[0].time_ms, Some(1_510_376_401_000));
         assert_eq!(all[2].fields["user"], "root");
 
-        let w = parse_json(corpus::read("ossec/wazuh-4.14-alerts.json").trim());
+        let wazuh = corpus::read("ossec/wazuh-4.14-alerts.json");
+        let w = parse_json(wazuh.trim());
         assert_eq!(w.fields["rule_id"], "5712");
         assert_eq!(w.fields["level"], "10");
         assert_eq!(w.severity, Severity::High);
@@ -248,11 +269,14 @@ mod tests {
     #[test]
     fn stray_text_and_broken_blocks_are_kept() {
         let mut b = Blocks::default();
-        let out = b.feed("random text");
-        assert_eq!((out[0].kind.as_str(), out[0].parsed), ("other", false));
-        assert!(b.feed("** Alert 1.2: - x").is_empty());
-        let out = b.flush();
-        assert_eq!(out.len(), 1);
-        assert!(!out[0].parsed, "a block with no Rule line is flagged");
+        let mut out = Vec::new();
+        b.feed("random text", &mut out);
+        assert_eq!((out[0].kind.as_ref(), out[0].parsed), ("other", false));
+        out.clear();
+        b.feed("** Alert 1.2: - x", &mut out);
+        assert!(out.is_empty());
+        let p = b.flush().expect("the open block");
+        assert!(!p.parsed, "a block with no Rule line is flagged");
+        assert!(b.flush().is_none());
     }
 }

@@ -124,7 +124,7 @@ static SSHD: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\bsshd(?:-session)?(?:\[\d+\])?:|\[sshd\]").expect("static regex")
 });
 
-pub fn parse(line: &str, read_ms: i64) -> Parsed {
+pub fn parse(line: &str, read_ms: i64) -> Parsed<'_> {
     let t = line_time(line, read_ms);
     for rule in ANY_RULE.matches(line).iter().filter_map(|i| RULES.get(i)) {
         if let Some(c) = rule.re.captures(line) {
@@ -149,7 +149,7 @@ pub fn parse(line: &str, read_ms: i64) -> Parsed {
     let mut p = Parsed::new("other", Severity::Info, line).at(t);
     p.parsed = SSHD.is_match(line);
     if let Some(c) = FROM.captures(line) {
-        p = p.field("ip", &c["ip"]);
+        p = p.field("ip", c.name("ip").map_or("", |m| m.as_str()));
         if let Some(port) = c.name("port") {
             p = p.field("port", port.as_str());
         }
@@ -165,12 +165,12 @@ static FROM: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// IPv4-mapped IPv6 (`::ffff:1.2.3.4`) is reported as the IPv4 address.
-fn normalize(mut p: Parsed) -> Parsed {
+fn normalize(mut p: Parsed<'_>) -> Parsed<'_> {
     if let Some(ip) = p.fields.get_mut("ip")
         && let Some(v4) = ip.strip_prefix("::ffff:")
         && v4.parse::<std::net::Ipv4Addr>().is_ok()
     {
-        *ip = v4.to_string();
+        *ip = v4.to_string().into();
     }
     p
 }
@@ -251,7 +251,7 @@ mod tests {
                 }
                 matched += 1;
                 let got = parse(next, READ);
-                if matches!(got.kind.as_str(), "auth_failure" | "invalid_user")
+                if matches!(got.kind.as_ref(), "auth_failure" | "invalid_user")
                     && got.fields.get("ip").is_some_and(|ip| ip == host)
                 {
                     agree += 1;
@@ -347,10 +347,10 @@ mod tests {
         for (line, kind, user, ip, port, method) in cases {
             let p = parse(line, READ);
             assert_eq!(p.kind, kind, "{line}");
-            assert_eq!(p.fields.get("user").map(String::as_str), user, "{line}");
-            assert_eq!(p.fields.get("ip").map(String::as_str), ip, "{line}");
-            assert_eq!(p.fields.get("port").map(String::as_str), port, "{line}");
-            assert_eq!(p.fields.get("method").map(String::as_str), method, "{line}");
+            assert_eq!(p.fields.get("user"), user, "{line}");
+            assert_eq!(p.fields.get("ip"), ip, "{line}");
+            assert_eq!(p.fields.get("port"), port, "{line}");
+            assert_eq!(p.fields.get("method"), method, "{line}");
             let sev = if matches!(kind, "auth_failure" | "invalid_user") {
                 Severity::Low
             } else {
@@ -363,12 +363,12 @@ mod tests {
             "Mar  1 10:00:00 h sshd[1]: Server listening on 0.0.0.0 port 22.",
             READ,
         );
-        assert_eq!((p.kind.as_str(), p.parsed), ("other", true));
+        assert_eq!((p.kind.as_ref(), p.parsed), ("other", true));
         let p = parse(
             "Mar  1 10:00:00 h CRON[5]: pam_unix(cron:session): session opened",
             READ,
         );
-        assert_eq!((p.kind.as_str(), p.parsed), ("other", false));
+        assert_eq!((p.kind.as_ref(), p.parsed), ("other", false));
     }
 
     #[test]
@@ -385,7 +385,7 @@ mod tests {
         let failures = lines
             .iter()
             .map(|l| parse(l, READ))
-            .filter(|p| matches!(p.kind.as_str(), "auth_failure" | "invalid_user"))
+            .filter(|p| matches!(p.kind.as_ref(), "auth_failure" | "invalid_user"))
             .count();
         assert!(failures >= 10, "{failures}");
     }

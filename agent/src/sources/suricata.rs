@@ -3,91 +3,52 @@
 //! field.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use picket_proto::model::Severity;
-use serde_json::value::RawValue;
 
+use super::json::{Object, text, text_or_json};
 use super::{Parsed, time};
 
-/// A JSON object's members, borrowed from the line: values stay unparsed
-/// until read, and members nobody reads cost a skip.
-type Object<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
+/// The flow's members, kept as fields when present.
+const FLOW: [&str; 8] = [
+    "src_ip",
+    "src_port",
+    "dest_ip",
+    "dest_port",
+    "proto",
+    "flow_id",
+    "app_proto",
+    "in_iface",
+];
 
-fn object(raw: &str) -> Option<Object<'_>> {
-    serde_json::from_str(raw).ok()
-}
-
-/// A JSON string's text, unescaped; `None` for any other value.
-fn string(v: &RawValue) -> Option<Cow<'_, str>> {
-    serde_json::from_str(v.get()).ok()
-}
-
-/// A scalar JSON value as field text: strings unquoted and unescaped,
-/// numbers and booleans as written; `None` for null, objects and arrays.
-fn text(v: &RawValue) -> Option<String> {
-    let raw = v.get();
-    match raw.as_bytes().first()? {
-        b'"' => serde_json::from_str::<Cow<'_, str>>(raw)
-            .ok()
-            .map(Cow::into_owned),
-        b'{' | b'[' | b'n' => None,
-        _ => Some(raw.to_string()),
-    }
-}
-
-/// Any JSON value as field text: [`text`], or compact JSON for objects
-/// and arrays.
-fn text_or_json(v: &RawValue) -> String {
-    match v.get().as_bytes().first() {
-        Some(b'{' | b'[') => serde_json::from_str::<serde_json::Value>(v.get())
-            .map(|v| v.to_string())
-            .unwrap_or_default(),
-        _ => text(v).unwrap_or_default(),
-    }
-}
-
-pub fn parse(line: &str) -> Parsed {
-    let Some(eve) = object(line) else {
+pub fn parse(line: &str) -> Parsed<'_> {
+    let Some(eve) = Object::parse(line) else {
         return Parsed::unparsed("other", line, None);
     };
-    let Some(kind) = eve.get("event_type").and_then(|v| string(v)) else {
+    let Some(kind) = eve.string("event_type") else {
         return Parsed::unparsed("other", line, None);
     };
-    let kind = kind.as_ref();
-    let t = eve
-        .get("timestamp")
-        .and_then(|v| string(v))
-        .and_then(|s| time::rfc3339ish(&s));
+    let t = eve.string("timestamp").and_then(|s| time::rfc3339ish(&s));
+    // The severity is known once the alert's members have been read.
     let mut p = Parsed::new(kind, Severity::Info, line).at(t);
-    for name in [
-        "src_ip",
-        "src_port",
-        "dest_ip",
-        "dest_port",
-        "proto",
-        "flow_id",
-        "app_proto",
-        "in_iface",
-    ] {
-        if let Some(s) = eve.get(name).and_then(|v| text(v)) {
+    for name in FLOW {
+        if let Some(s) = eve.get(name).and_then(text) {
             p = p.field(name, s);
         }
     }
     let mut alert_severity = None;
-    let alert = eve.get("alert").and_then(|a| object(a.get()));
-    for (k, val) in alert.iter().flatten() {
+    for (k, val) in eve.object("alert").iter().flat_map(Object::iter) {
         let name = match k.as_ref() {
             "severity" => {
                 alert_severity = val.get().parse::<u64>().ok();
-                "alert_severity".to_string()
+                Cow::Borrowed("alert_severity")
             }
-            other => other.to_string(),
+            _ => k.clone(),
         };
         // Every alert field, empty ones too: "in full".
         p.fields.insert(name, text_or_json(val));
     }
-    p.severity = match kind {
+    p.severity = match p.kind.as_ref() {
         "alert" => match alert_severity {
             Some(1) => Severity::High,
             Some(2) => Severity::Medium,
@@ -128,7 +89,7 @@ mod tests {
                 let want: Value = serde_json::from_str(line).unwrap();
                 assert_eq!(p.kind, want["event_type"].as_str().unwrap());
                 assert!(p.time_ms.is_some(), "{line}");
-                kinds.insert(p.kind.clone());
+                kinds.insert(p.kind.to_string());
                 if p.kind == "alert" {
                     for k in [
                         "signature_id",
@@ -165,7 +126,7 @@ mod tests {
         let p = parse(
             r#"{"timestamp":"2024-12-16T18:00:15.123456+0000","event_type":"anomaly","src_ip":"192.0.2.1"}"#,
         );
-        assert_eq!((p.kind.as_str(), p.severity), ("anomaly", Severity::Low));
+        assert_eq!((p.kind.as_ref(), p.severity), ("anomaly", Severity::Low));
         assert_eq!(p.time_ms, Some(1_734_372_015_123));
         let p = parse(
             r#"{"event_type":"alert","src_ip":{"odd":1},"src_port":null,"flow_id":12,"alert":{"signature":"a \"q\" \u00e9","metadata":{"x": [1, 2]},"rev":1.50,"severity":1}}"#,
@@ -188,7 +149,7 @@ mod tests {
         assert_eq!(p.severity, Severity::Low);
         for bad in ["{not json", "[]", r#"{"no_type":1}"#, ""] {
             let p = parse(bad);
-            assert_eq!((p.kind.as_str(), p.parsed), ("other", false), "{bad}");
+            assert_eq!((p.kind.as_ref(), p.parsed), ("other", false), "{bad}");
         }
     }
 }
