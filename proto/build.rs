@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Small maps (labels, event fields): a BTreeMap is cheaper to build
         // and hash-free, and prints in a stable order.
         .btree_map(".")
+        // Encoded records, sliced out of the received message, not copied.
+        .bytes(".picket.v1.RecordBatch.records")
         .compile_fds(fds)?;
     Ok(())
 }

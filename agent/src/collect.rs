@@ -260,9 +260,8 @@ mod tests {
         for (seq, (bytes, _)) in (1..).zip(e.iter()) {
             frame::put_encoded(seq, bytes, &mut batch);
         }
-        v1::RecordBatch::decode(&batch[..])
+        frame::decode_records(&v1::RecordBatch::decode(&batch[..]).unwrap())
             .unwrap()
-            .records
             .into_iter()
             .map(|r| r.payload.unwrap())
             .collect()

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
 use crate::state::State;
-use crate::store::records::{EventRecord, LogRecord, Records};
+use crate::store::records::{EventRecord, FromWire, LogRecord, Records, Wire};
 use crate::store::{Store, StoreError};
 
 /// How many records a slow follower may fall behind before it is cut off.
@@ -45,35 +45,64 @@ impl Default for Feed {
 
 impl Feed {
     /// Gives `r`'s events and lines their ids, stores the batch with the
-    /// agent's new acked number, and publishes it.
+    /// agent's new acked number, and publishes it (decoded only when
+    /// someone follows).
     pub fn store(
         &self,
         store: &Store,
         host: &str,
-        mut r: Records,
+        mut r: Records<'_>,
         acked: u64,
     ) -> Result<(), StoreError> {
         let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let ids = store.ingest_ids(r.events.len() + r.logs.len())?;
         let mut ids = ids.into_iter();
-        for e in &mut r.events {
-            e.id = ids.next().unwrap_or_default();
-        }
-        for l in &mut r.logs {
-            l.id = ids.next().unwrap_or_default();
+        for w in r.events.iter_mut().chain(r.logs.iter_mut()) {
+            w.id = ids.next().unwrap_or_default();
         }
         store.put_records(host, &r, acked)?;
-        let mut max = self.last_id.load(Ordering::Acquire);
-        for e in r.events {
-            max = max.max(e.id);
-            let _ = self.events.send(Arc::new(e));
+        publish(&self.events, host, &r.events);
+        publish(&self.logs, host, &r.logs);
+        let max = r.events.iter().chain(&r.logs).map(|w| w.id).max();
+        if let Some(max) = max {
+            self.last_id.fetch_max(max, Ordering::Release);
         }
-        for l in r.logs {
-            max = max.max(l.id);
-            let _ = self.logs.send(Arc::new(l));
-        }
-        self.last_id.store(max, Ordering::Release);
         Ok(())
+    }
+}
+
+impl Feed {
+    /// Subscribes to `live` (when following) and takes the snapshot id,
+    /// under the lock that stores and publishes: every record is then
+    /// either at or below the snapshot, or sent to the new receiver. (A
+    /// batch stored while no one followed is not published at all.)
+    fn snapshot<T>(
+        &self,
+        live: Option<&broadcast::Sender<Arc<T>>>,
+    ) -> (Option<broadcast::Receiver<Arc<T>>>, u64) {
+        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = live.map(broadcast::Sender::subscribe);
+        (rx, self.last_id.load(Ordering::Acquire))
+    }
+}
+
+/// Sends stored records to the followers, if any.
+fn publish<T: FromWire + Send + Sync + 'static>(
+    to: &broadcast::Sender<Arc<T>>,
+    host: &str,
+    records: &[Wire<'_>],
+) {
+    if to.receiver_count() == 0 {
+        return;
+    }
+    for w in records {
+        match T::from_wire(host, w) {
+            Ok(r) => {
+                let _ = to.send(Arc::new(r));
+            }
+            // Ingest checked that it decodes.
+            Err(error) => tracing::error!(%error, id = w.id, "cannot decode a stored record"),
+        }
     }
 }
 
@@ -177,11 +206,12 @@ pub fn events(
     follow: bool,
     tx: mpsc::Sender<Result<Arc<EventRecord>, Status>>,
 ) {
-    let live = follow.then(|| state.feed.events.subscribe());
+    let (live, snapshot) = state.feed.snapshot(follow.then_some(&state.feed.events));
     serve(
         state,
         f,
         live,
+        snapshot,
         |s, since, host| s.events_since(since, host),
         limit,
         tx,
@@ -196,11 +226,12 @@ pub fn logs(
     follow: bool,
     tx: mpsc::Sender<Result<Arc<LogRecord>, Status>>,
 ) {
-    let live = follow.then(|| state.feed.logs.subscribe());
+    let (live, snapshot) = state.feed.snapshot(follow.then_some(&state.feed.logs));
     serve(
         state,
         f,
         live,
+        snapshot,
         |s, since, host| s.logs_since(since, host),
         tail,
         tx,
@@ -208,16 +239,16 @@ pub fn logs(
 }
 
 /// The backlog up to the snapshot id (read on a blocking thread), then the
-/// live records above it. `live` must be subscribed before this is called.
+/// live records above it ([`Feed::snapshot`]).
 fn serve<T: Stored, F: Filter<T>>(
     state: Arc<State>,
     f: F,
     live: Option<broadcast::Receiver<Arc<T>>>,
+    snapshot: u64,
     scan: Scan<T>,
     last_n: usize,
     tx: mpsc::Sender<Result<Arc<T>, Status>>,
 ) {
-    let snapshot = state.feed.last_id.load(Ordering::Acquire);
     let f = Arc::new(f);
     tokio::spawn(async move {
         let (st, f2, tx2) = (state.clone(), f.clone(), tx.clone());

@@ -213,6 +213,11 @@ fn exposition(state: &State) -> Result<String, crate::store::StoreError> {
             "Records received again after a replay, and skipped, since start",
             &state.counters.duplicates,
         ),
+        (
+            "picket_control_records_rejected",
+            "Records that could not be decoded, and skipped, since start",
+            &state.counters.rejected,
+        ),
     ] {
         let g = Gauge::<i64>::default();
         g.set(i64::try_from(v.load(Ordering::Relaxed)).unwrap_or(i64::MAX));

@@ -5,17 +5,19 @@
 //! atomic batch with the new acked number; the session acks them on the
 //! wire once a flush has made them durable (`grpc::agent`).
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
-use picket_proto::v1::{self, record::Payload};
-
-use picket_proto::model::Severity;
+use picket_proto::frame::FrameError;
+use picket_proto::scan::{self, PayloadView};
+use picket_proto::v1;
+use prost::Message;
 
 use crate::clock::now_ms;
 use crate::state::State;
 use crate::store::StoreError;
 use crate::store::metrics::{Point, Sample};
-use crate::store::records::{EventRecord, LogRecord, Records};
+use crate::store::records::{Records, Wire};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -27,6 +29,11 @@ pub enum IngestError {
 
 /// Stores a batch for `agent` whose acked number is `acked`; returns the
 /// new acked number. Not yet durable: the caller flushes before it acks.
+///
+/// Events and log lines are stored as the agent encoded them, once
+/// checked (`scan`); a record that does not decode is skipped and counted
+/// (`rejected`), and its sequence number still acked, so that one bad
+/// record cannot stall the agent's stream.
 pub fn apply(
     state: &State,
     agent: &str,
@@ -36,8 +43,19 @@ pub fn apply(
     let mut out = Records::default();
     let received = now_ms();
     let mut last = acked;
-    let mut repeats = 0u64;
-    for r in batch.records {
+    let (mut repeats, mut rejected) = (0u64, 0u64);
+    let mut first_error = None;
+    for bytes in &batch.records {
+        let r = match scan::record(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                // Its sequence number is unknown, but entries are framed
+                // one by one: the next record's number moves past it.
+                rejected += 1;
+                first_error.get_or_insert((last + 1, e));
+                continue;
+            }
+        };
         if r.seq <= last {
             if r.seq <= acked {
                 repeats += 1;
@@ -48,53 +66,34 @@ pub fn apply(
                 after: last,
             });
         }
-        match r.payload {
-            Some(Payload::Metrics(m)) => out.samples.push(Sample {
-                time_ms: m.time_unix_ms,
-                points: m
-                    .gauges
-                    .into_iter()
-                    .filter(|g| !g.name.is_empty())
-                    .map(|g| Point {
-                        name: g.name,
-                        labels: g.labels.into_iter().collect(),
-                        value: g.value,
-                    })
-                    .collect(),
-            }),
-            Some(Payload::Event(e)) => out.events.push(EventRecord {
-                id: 0,
-                host: agent.to_string(),
-                source: e.source,
-                path: e.path,
-                seq: r.seq,
-                time_ms: e.time_unix_ms,
-                received_ms: received,
-                severity: Severity::try_from(e.severity).unwrap_or(Severity::Info),
-                kind: e.kind,
-                message: e.message,
-                fields: e.fields,
-            }),
-            Some(Payload::Log(l)) => out.logs.push(LogRecord {
-                id: 0,
-                host: agent.to_string(),
-                source: l.source,
-                path: l.path,
-                seq: r.seq,
-                time_ms: l.read_unix_ms,
-                line: l.line,
-                truncated: l.truncated,
-                invalid_utf8: l.invalid_utf8,
-            }),
-            // An empty record still takes its sequence number.
-            None => {}
-        }
         last = r.seq;
+        let wire = |payload, time_ms| Wire {
+            id: 0,
+            seq: r.seq,
+            time_ms,
+            received_ms: received,
+            payload: Cow::Borrowed(payload),
+        };
+        let stored = match r.payload {
+            PayloadView::Event(p) => scan::event_time(p).map(|t| out.events.push(wire(p, t))),
+            PayloadView::Log(p) => scan::log_time(p).map(|t| out.logs.push(wire(p, t))),
+            PayloadView::Metrics(p) => v1::MetricSample::decode(p)
+                .map(|m| out.samples.push(sample(m)))
+                .map_err(FrameError::from),
+            // An empty record still takes its sequence number.
+            PayloadView::None => Ok(()),
+        };
+        if let Err(e) = stored {
+            rejected += 1;
+            first_error.get_or_insert((r.seq, e));
+        }
     }
-    state
-        .counters
-        .duplicates
-        .fetch_add(repeats, Ordering::Relaxed);
+    let counters = &state.counters;
+    counters.duplicates.fetch_add(repeats, Ordering::Relaxed);
+    if let Some((seq, error)) = first_error {
+        counters.rejected.fetch_add(rejected, Ordering::Relaxed);
+        tracing::warn!(%agent, seq, %error, rejected, "skipped records that do not decode");
+    }
     if last == acked {
         return Ok(acked);
     }
@@ -104,4 +103,127 @@ pub fn apply(
         state.fleet.set_latest(agent, newest);
     }
     Ok(last)
+}
+
+fn sample(m: v1::MetricSample) -> Sample {
+    Sample {
+        time_ms: m.time_unix_ms,
+        points: m
+            .gauges
+            .into_iter()
+            .filter(|g| !g.name.is_empty())
+            .map(|g| Point {
+                name: g.name,
+                labels: g.labels.into_iter().collect(),
+                value: g.value,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use picket_proto::frame;
+    use picket_proto::model::Severity;
+    use picket_proto::v1::record::Payload;
+
+    use super::*;
+    use crate::config::ControlConfig;
+    use crate::pki::{Ca, init};
+    use crate::sessions::Sessions;
+    use crate::store::Store;
+
+    fn state(dir: &std::path::Path) -> State {
+        init(dir, &[]).unwrap();
+        let cfg_path = dir.join("control.toml");
+        let cfg = ControlConfig::parse(&ControlConfig::template(dir), &cfg_path).unwrap();
+        let store = Store::open(dir).unwrap();
+        State {
+            audit: crate::audit::Audit::new(store.clone()),
+            store,
+            ca: Ca::load(dir).unwrap(),
+            sessions: Arc::new(Sessions::default()),
+            cfg,
+            fleet: Default::default(),
+            feed: Default::default(),
+            counters: Default::default(),
+            shutdown: Default::default(),
+        }
+    }
+
+    fn record(seq: u64, p: Payload) -> v1::Record {
+        v1::Record {
+            seq,
+            payload: Some(p),
+        }
+    }
+
+    #[test]
+    fn records_are_stored_as_sent_and_bad_ones_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let event = v1::Event {
+            source: "suricata".into(),
+            path: "/eve".into(),
+            kind: "alert".into(),
+            severity: v1::Severity::High as i32,
+            message: "m".into(),
+            fields: [("signature".to_string(), "ET x".to_string())].into(),
+            time_unix_ms: 5_000,
+        };
+        let line = v1::LogLine {
+            source: "suricata".into(),
+            line: "l".into(),
+            read_unix_ms: 6_000,
+            ..Default::default()
+        };
+        let mut batch = frame::batch_of(&[
+            record(1, Payload::Event(event.clone())),
+            record(2, Payload::Log(line)),
+            record(4, Payload::Metrics(v1::MetricSample::default())),
+        ]);
+        // Seq 3: an event whose message is not UTF-8.
+        let mut bad =
+            frame::batch_of(&[record(3, Payload::Event(event.clone()))]).records[0].to_vec();
+        let m = bad.iter().rposition(|b| *b == b'm').unwrap();
+        bad[m] = 0xff;
+        batch.records.insert(2, bad.into());
+
+        assert_eq!(apply(&st, "h", 0, batch.clone()).unwrap(), 4);
+        assert_eq!(st.counters.rejected.load(Ordering::Relaxed), 1);
+        let events: Vec<_> = st
+            .store
+            .events_since(0, None)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let e = &events[0];
+        assert_eq!((e.host.as_str(), e.seq, e.time_ms), ("h", 1, 5_000));
+        assert_eq!((e.kind.as_str(), e.severity), ("alert", Severity::High));
+        assert_eq!(e.fields["signature"], "ET x");
+        let logs: Vec<_> = st
+            .store
+            .logs_since(0, None)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            (logs[0].line.as_str(), logs[0].time_ms, logs[0].seq),
+            ("l", 6_000, 2)
+        );
+        assert_eq!(st.store.acked_seq("h").unwrap(), 4);
+
+        // A replay is skipped; a record too broken to show its sequence
+        // number is skipped too, and the next one still stored.
+        assert_eq!(apply(&st, "h", 4, batch).unwrap(), 4);
+        assert_eq!(st.counters.duplicates.load(Ordering::Relaxed), 4);
+        let mut broken = frame::batch_of(&[record(6, Payload::Event(event))]);
+        broken.records.insert(0, vec![0x0a, 0x7f].into());
+        assert_eq!(apply(&st, "h", 4, broken).unwrap(), 6);
+        assert_eq!(st.counters.rejected.load(Ordering::Relaxed), 2);
+        assert_eq!(st.store.events_since(0, None).unwrap().count(), 2);
+    }
 }

@@ -34,4 +34,6 @@ pub struct Counters {
     pub ingested: std::sync::atomic::AtomicU64,
     /// Records received again after a replay, and skipped.
     pub duplicates: std::sync::atomic::AtomicU64,
+    /// Records that were not well-formed protobuf, and skipped.
+    pub rejected: std::sync::atomic::AtomicU64,
 }

@@ -235,6 +235,22 @@ pub fn records(batch: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8]), FrameE
     })
 }
 
+/// A batch's records, decoded.
+pub fn decode_records(batch: &v1::RecordBatch) -> Result<Vec<v1::Record>, DecodeError> {
+    batch
+        .records
+        .iter()
+        .map(|r| v1::Record::decode(&r[..]))
+        .collect()
+}
+
+/// A batch of decoded records.
+pub fn batch_of(records: &[v1::Record]) -> v1::RecordBatch {
+    v1::RecordBatch {
+        records: records.iter().map(|r| r.encode_to_vec().into()).collect(),
+    }
+}
+
 /// A run of records as the bytes of a `v1::RecordBatch`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EncodedBatch {
@@ -252,7 +268,7 @@ impl EncodedBatch {
     }
 
     pub fn decode(&self) -> Result<Vec<v1::Record>, DecodeError> {
-        Ok(v1::RecordBatch::decode(&self.bytes[..])?.records)
+        decode_records(&v1::RecordBatch::decode(&self.bytes[..])?)
     }
 }
 
@@ -339,15 +355,15 @@ mod tests {
         let wire = Outbound::Records(run.clone()).encode_to_vec();
         assert_eq!(wire.len(), Outbound::Records(run).encoded_len());
         let want = v1::AgentMessage {
-            body: Some(Body::Records(v1::RecordBatch {
-                records: (8..)
+            body: Some(Body::Records(batch_of(
+                &(8..)
                     .zip(&payloads[1..])
                     .map(|(seq, p)| v1::Record {
                         seq,
                         payload: Some(p.clone()),
                     })
-                    .collect(),
-            })),
+                    .collect::<Vec<_>>(),
+            ))),
         };
         assert_eq!(v1::AgentMessage::decode(&wire[..]).unwrap(), want);
         let hello = Outbound::Message(want.clone()).encode_to_vec();
@@ -432,7 +448,7 @@ mod tests {
         );
         let mut rec = Vec::new();
         put_encoded(3, &bytes, &mut rec);
-        let got = v1::RecordBatch::decode(&rec[..]).unwrap().records;
+        let got = decode_records(&v1::RecordBatch::decode(&rec[..]).unwrap()).unwrap();
         let Some(Payload::Event(e)) = &got[0].payload else {
             panic!("{got:?}")
         };

@@ -16,6 +16,7 @@ mod generated {
 pub mod convert;
 pub mod frame;
 pub mod model;
+pub mod scan;
 
 /// The `picket.v1` messages, clients and servers.
 pub mod v1 {

@@ -208,14 +208,15 @@ impl Buffer {
             // unflushed tail lost in a crash is re-read, never skipped.
             .flush_every_ms(None);
         // sled 0.34 lets go of its file lock a moment after a `Db` is
-        // dropped (spacejam/sled#1234): wait up to a second for it, so a
-        // restart in the same process opens; another live agent on the
-        // same state folder still gets the error.
+        // dropped (spacejam/sled#1234), once its I/O threads are done,
+        // which on a loaded machine took over a second: wait up to five
+        // for it, so a restart in the same process opens; another live
+        // agent on the same state folder still gets the error.
         let mut tries = 0;
         let db = loop {
             match config.open() {
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && tries < 20 =>
+                    if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 =>
                 {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -406,8 +407,8 @@ impl Buffer {
                 };
                 let value = segment::read(&seg.file, meta.loc).map_err(|e| corrupt(first, e))?;
                 let recs = v1::RecordBatch::decode(value.get(HEADER..).unwrap_or_default())
-                    .map_err(|e| corrupt(first, e))?
-                    .records;
+                    .and_then(|b| frame::decode_records(&b))
+                    .map_err(|e| corrupt(first, e))?;
                 let (gone, kept): (Vec<_>, Vec<_>) = recs
                     .into_iter()
                     .partition(|r| r.payload.as_ref().map(Kind::of) == Some(kind));

@@ -16,9 +16,12 @@
 //! queries without reading other hosts' blocks. Source, severity and
 //! `--grep` are filtered during the scan (few values each: an index would
 //! save little over the time range). A block's value in sled is its host, a
-//! 0 byte, then where its records are: [`SEGMENT`] and the [`Loc`] of their
-//! postcard bytes in a segment file ([`segments`]); or, held inline,
-//! [`POSTCARD`] and the bytes, or a JSON array (stores before postcard).
+//! 0 byte, then where its records are: [`WIRE_SEGMENT`] and the [`Loc`] of
+//! their bytes in a segment file ([`segments`]), or [`WIRE`] and the bytes
+//! inline (a store opened without segments). Blocks hold each record as
+//! the agent encoded it ([`wire`]). Older stores' blocks still read:
+//! postcard in a segment ([`SEGMENT`]) or inline ([`POSTCARD`]), or a JSON
+//! array.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -40,7 +43,9 @@ const EVENTS_BY_HOST: &str = "events_by_host";
 const LOGS_BY_HOST: &str = "logs_by_host";
 
 mod segments;
+mod wire;
 pub(crate) use segments::Segments;
+pub use wire::{FromWire, Wire};
 
 /// The segment streams for event and log blocks, under `dir`.
 pub(crate) fn open_segments(
@@ -86,12 +91,10 @@ pub struct LogRecord {
     pub invalid_utf8: bool,
 }
 
-/// What the block store needs of a record.
-pub trait Timed: Serialize + DeserializeOwned {
+/// What the block store needs of a record it reads.
+pub trait Timed: Serialize + DeserializeOwned + FromWire {
     fn time_ms(&self) -> i64;
     fn id(&self) -> u64;
-    /// About the bytes it takes encoded (to size buffers).
-    fn size_hint(&self) -> usize;
 }
 
 impl Timed for EventRecord {
@@ -101,16 +104,6 @@ impl Timed for EventRecord {
     fn id(&self) -> u64 {
         self.id
     }
-    fn size_hint(&self) -> usize {
-        let fields: usize = self.fields.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-        self.host.len()
-            + self.source.len()
-            + self.path.len()
-            + self.kind.len()
-            + self.message.len()
-            + fields
-            + 48
-    }
 }
 
 impl Timed for LogRecord {
@@ -119,9 +112,6 @@ impl Timed for LogRecord {
     }
     fn id(&self) -> u64 {
         self.id
-    }
-    fn size_hint(&self) -> usize {
-        self.host.len() + self.source.len() + self.path.len() + self.line.len() + 40
     }
 }
 
@@ -149,10 +139,22 @@ fn host_key(host: &str, block_key: &[u8]) -> Vec<u8> {
 
 /// What one agent batch stores.
 #[derive(Debug, Default)]
-pub struct Records {
+pub struct Records<'a> {
     pub samples: Vec<Sample>,
-    pub events: Vec<EventRecord>,
-    pub logs: Vec<LogRecord>,
+    pub events: Vec<Wire<'a>>,
+    pub logs: Vec<Wire<'a>>,
+}
+
+impl Records<'static> {
+    /// A batch of decoded records (tests, tools): encoded as an agent
+    /// would have sent them.
+    pub fn of(samples: Vec<Sample>, events: &[EventRecord], logs: &[LogRecord]) -> Self {
+        Records {
+            samples,
+            events: events.iter().map(FromWire::to_wire).collect(),
+            logs: logs.iter().map(FromWire::to_wire).collect(),
+        }
+    }
 }
 
 /// One block of records, encoded, before it is stored.
@@ -160,45 +162,46 @@ struct Block {
     key: Vec<u8>,
     /// The key's time: the block's oldest record.
     time: i64,
-    /// The records, postcard-encoded.
+    /// The records' entries ([`wire`]).
     bytes: Vec<u8>,
 }
 
 /// Sorts one host's records into blocks.
-fn blocks<T: Timed>(table: &'static str, recs: &[T]) -> Result<Vec<Block>, StoreError> {
-    let mut order: Vec<&T> = recs.iter().collect();
-    order.sort_by_key(|r| (r.time_ms(), r.id()));
+fn blocks(recs: &[Wire<'_>]) -> Vec<Block> {
+    let mut order: Vec<&Wire<'_>> = recs.iter().collect();
+    order.sort_by_key(|r| (r.time_ms, r.id));
     let mut out = Vec::new();
     let mut rest = &order[..];
     while let Some(first) = rest.first() {
-        let min = first.time_ms();
+        let min = first.time_ms;
         let n = rest
             .iter()
             .take(BLOCK_MAX)
-            .take_while(|r| r.time_ms() - min <= SPAN_MS)
+            .take_while(|r| r.time_ms - min <= SPAN_MS)
             .count();
         let (block, tail) = rest.split_at(n);
         rest = tail;
         let size: usize = block.iter().map(|r| r.size_hint()).sum();
-        let bytes = postcard::to_extend(block, Vec::with_capacity(size)).map_err(|e| {
-            StoreError::Corrupt {
-                tree: table,
-                detail: format!("cannot encode a block: {e}"),
-            }
-        })?;
+        let mut bytes = Vec::with_capacity(size);
+        for r in block {
+            r.put(&mut bytes);
+        }
         out.push(Block {
-            key: key(min, first.id()),
+            key: key(min, first.id),
             time: min,
             bytes,
         });
     }
-    Ok(out)
+    out
 }
 
-/// A block's value: inline records, in a format marked by their first
-/// byte (postcard, or a JSON array), or where they are in a segment.
+/// A block's value: where its records are and in what format. Blocks are
+/// written as [`WIRE_SEGMENT`] (or [`WIRE`] without segments); the others
+/// are read only. Inline JSON arrays are marked by their `[`.
 const POSTCARD: u8 = 1;
 const SEGMENT: u8 = 2;
+const WIRE_SEGMENT: u8 = 3;
+const WIRE: u8 = 4;
 
 /// A record in the merge heap, ordered by `(time, id)`.
 struct Entry<T>(T);
@@ -306,9 +309,9 @@ impl Store {
     pub fn put_records(&self, host: &str, r: &Records, acked: u64) -> Result<(), StoreError> {
         let mut ops = Vec::with_capacity(r.samples.len() + 5);
         sample_ops(host, &r.samples, &mut ops);
-        let events = blocks(EVENTS, &r.events)?;
+        let events = blocks(&r.events);
         self.block_ops(EVENTS, EVENTS_BY_HOST, host, events, &mut ops)?;
-        let logs = blocks(LOGS, &r.logs)?;
+        let logs = blocks(&r.logs);
         self.block_ops(LOGS, LOGS_BY_HOST, host, logs, &mut ops)?;
         self.kv.apply(&acked_op(host, acked, ops))
     }
@@ -337,11 +340,11 @@ impl Store {
             value.push(0);
             match locs.get(i) {
                 Some(loc) => {
-                    value.push(SEGMENT);
+                    value.push(WIRE_SEGMENT);
                     loc.put(&mut value);
                 }
                 None => {
-                    value.push(POSTCARD);
+                    value.push(WIRE);
                     value.extend_from_slice(&b.bytes);
                 }
             }
@@ -370,26 +373,35 @@ impl Store {
             tree: table,
             detail,
         };
-        let records = value
+        let at = value
             .iter()
             .position(|b| *b == 0)
-            .and_then(|at| value.get(at + 1..))
             .ok_or_else(|| corrupt("block without a host".into()))?;
+        let (host, records) = (&value[..at], &value[at + 1..]);
+        let host = std::str::from_utf8(host).map_err(|e| corrupt(e.to_string()))?;
         let postcard =
             |bytes: &[u8]| postcard::from_bytes(bytes).map_err(|e| corrupt(e.to_string()));
+        let wire = |bytes: &[u8]| -> Result<Vec<T>, StoreError> {
+            wire::entries(bytes)
+                .map(|w| {
+                    let w = w.map_err(|e| corrupt(e.to_string()))?;
+                    T::from_wire(host, &w).map_err(|e| corrupt(e.to_string()))
+                })
+                .collect()
+        };
+        let in_segment = |at: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+            let loc = Loc::get(at).ok_or_else(|| corrupt("short block location".into()))?;
+            let seg = self
+                .segments
+                .as_ref()
+                .ok_or_else(|| corrupt("block in a segment, but no segments here".into()))?;
+            seg.read(table, loc)
+        };
         match records.split_first() {
+            Some((&WIRE_SEGMENT, at)) => in_segment(at)?.map_or(Ok(Vec::new()), |b| wire(&b)),
+            Some((&WIRE, bytes)) => wire(bytes),
+            Some((&SEGMENT, at)) => in_segment(at)?.map_or(Ok(Vec::new()), |b| postcard(&b)),
             Some((&POSTCARD, bytes)) => postcard(bytes),
-            Some((&SEGMENT, at)) => {
-                let loc = Loc::get(at).ok_or_else(|| corrupt("short block location".into()))?;
-                let seg = self
-                    .segments
-                    .as_ref()
-                    .ok_or_else(|| corrupt("block in a segment, but no segments here".into()))?;
-                match seg.read(table, loc)? {
-                    Some(bytes) => postcard(&bytes),
-                    None => Ok(Vec::new()),
-                }
-            }
             Some((b'[', _)) => decode(table, records),
             _ => Err(corrupt("block in an unknown format".into())),
         }

@@ -18,11 +18,8 @@ fn ev(host: &str, id: u64, t: i64) -> EventRecord {
 
 fn put(s: &Store, host: &str, events: Vec<EventRecord>) {
     let acked = events.iter().map(|e| e.seq).max().unwrap_or(0);
-    let r = Records {
-        events,
-        ..Default::default()
-    };
-    s.put_records(host, &r, acked).unwrap();
+    s.put_records(host, &Records::of(vec![], &events, &[]), acked)
+        .unwrap();
 }
 
 fn times(s: &Store, host: Option<&str>, since: i64) -> Vec<i64> {
@@ -51,15 +48,32 @@ fn blocks_read_in_both_formats_and_garbage_is_an_error() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(got, vec![e, old]);
+    // Postcard, inline, as stores before wire blocks wrote it.
+    let pc = ev("h", 5, 1_600);
+    let mut v = b"h\0\x01".to_vec();
+    v.extend_from_slice(&postcard::to_allocvec(&[&pc][..]).unwrap());
+    s.kv.put(EVENTS, &key(1_600, 5), &v).unwrap();
+    let got: Vec<EventRecord> = s
+        .events_since(1_600, None)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, vec![pc]);
     s.kv.put(EVENTS, &key(1_700, 3), b"h\0\x01garbage").unwrap();
+    // Wire blocks: an entry cut short, and a payload that does not decode.
+    s.kv.put(EVENTS, &key(1_710, 6), b"h\0\x04\x06\x06\x00\x09ab")
+        .unwrap();
+    s.kv.put(EVENTS, &key(1_720, 7), b"h\0\x04\x07\x07\x00\x02\x0a\x09")
+        .unwrap();
     s.kv.put(EVENTS, &key(1_800, 4), b"h\0?").unwrap();
     let errors: Vec<String> = s
         .events_since(1_600, None)
         .unwrap()
         .filter_map(|r| r.err().map(|e| e.to_string()))
         .collect();
-    assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors[1].contains("unknown format"), "{errors:?}");
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert!(errors[1].contains("runs past"), "{errors:?}");
+    assert!(errors[3].contains("unknown format"), "{errors:?}");
 }
 
 #[test]
@@ -74,8 +88,10 @@ fn time_ordered_across_hosts_with_acks_and_retention() {
     );
     s.put_records(
         "h",
-        &Records {
-            logs: vec![LogRecord {
+        &Records::of(
+            vec![],
+            &[],
+            &[LogRecord {
                 id: 4,
                 host: "h".into(),
                 source: "raw".into(),
@@ -86,8 +102,7 @@ fn time_ordered_across_hosts_with_acks_and_retention() {
                 truncated: false,
                 invalid_utf8: false,
             }],
-            ..Default::default()
-        },
+        ),
         4,
     )
     .unwrap();
