@@ -32,10 +32,12 @@ pub enum PayloadView<'a> {
 enum Value<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
+    /// A fixed-size value or a group: no Picket field is one.
+    Other,
 }
 
-/// Calls `f` with each field of an encoded message; fields of the other
-/// wire types (which no Picket message uses) are skipped.
+/// Calls `f` with each field of an encoded message (values of the wire
+/// types no Picket field uses are skipped, and given as `Other`).
 fn fields<'a>(
     mut buf: &'a [u8],
     mut f: impl FnMut(u32, Value<'a>) -> Result<(), FrameError>,
@@ -54,7 +56,10 @@ fn fields<'a>(
                 buf = rest;
                 f(tag, Value::Bytes(value))?;
             }
-            other => skip_field(other, tag, &mut buf, DecodeContext::default())?,
+            other => {
+                skip_field(other, tag, &mut buf, DecodeContext::default())?;
+                f(tag, Value::Other)?;
+            }
         }
     }
     Ok(())
@@ -67,14 +72,14 @@ fn string(v: &Value<'_>) -> Result<(), FrameError> {
         Value::Bytes(b) => std::str::from_utf8(b)
             .map(drop)
             .map_err(|_| FrameError::Malformed("a string is not UTF-8")),
-        Value::Varint(_) => Err(WRONG_TYPE),
+        Value::Varint(_) | Value::Other => Err(WRONG_TYPE),
     }
 }
 
 fn varint(v: &Value<'_>) -> Result<u64, FrameError> {
     match v {
         Value::Varint(n) => Ok(*n),
-        Value::Bytes(_) => Err(WRONG_TYPE),
+        Value::Bytes(_) | Value::Other => Err(WRONG_TYPE),
     }
 }
 
@@ -264,5 +269,10 @@ mod tests {
         assert!(event_time(&[0x0a, 0x02, 0xc3, 0x28]).is_err(), "bad UTF-8");
         assert!(event_time(&[0x38, 0x01, 0x0a]).is_err(), "truncated");
         assert!(log_time(&[0x22, 0x00]).is_err(), "time as bytes");
+        // Found by `cargo fuzz run scan`: a known field as a fixed32.
+        assert!(event_time(&[0x2d, 0x29, 0x8a, 0xc5, 0xac]).is_err());
+        assert!(v1::Event::decode(&[0x2d, 0x29, 0x8a, 0xc5, 0xac][..]).is_err());
+        // Unknown fields of any wire type are skipped, as prost does.
+        assert_eq!(log_time(&[0x4d, 1, 2, 3, 4, 0x20, 0x05]).unwrap(), 5);
     }
 }
