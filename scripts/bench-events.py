@@ -17,7 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 CORPUS = os.path.join(ROOT, "..", "shared", "corpus")
 
-# One representative line per parser; the benchmark appends copies of it.
+# One representative line per parser; the benchmark appends copies of it,
+# each varied (`vary`): address, port, flow id.
 LINES = {
     "raw": "Nov 23 09:12:44 vm-prod app[4188]: GET /api/v1/items?page=2 200 0.012s",
     "sshd": "Nov 23 09:12:45 vm-prod sshd[4188]: Failed password for invalid user oracle from 203.0.113.77 port 40112 ssh2",
@@ -25,6 +26,15 @@ LINES = {
     "suricata": '{"timestamp":"2026-11-23T09:14:02.118000+0000","flow_id":1042210044,"event_type":"alert","src_ip":"203.0.113.77","src_port":40522,"dest_ip":"10.0.1.10","dest_port":80,"proto":"TCP","alert":{"action":"allowed","gid":1,"signature_id":2013028,"rev":7,"signature":"ET POLICY curl User-Agent Outbound","category":"Attempted Information Leak","severity":2}}',
     "ossec": '{"timestamp":"2026-11-23T09:14:02.118+0000","rule":{"level":10,"description":"sshd: brute force","id":"5712","groups":["syslog","sshd"]},"agent":{"id":"000","name":"vm-prod"},"data":{"srcip":"203.0.113.77","srcuser":"oracle"},"location":"/var/log/auth.log"}',
 }
+
+
+def vary(line, i):
+    """Copy `i` of a line, with its address, port, flow id and page
+    varied: blocks and buffer chunks are compressed, and copies of one
+    line would compress far better than a real log."""
+    return (line.replace("203.0.113.77", f"203.0.{i // 250 % 250}.{i % 250 + 1}")
+            .replace("40522", str(1024 + i % 60000)).replace("40112", str(1024 + i % 60000))
+            .replace("1042210044", str(1042210044 + i * 7919)).replace("page=2", f"page={i}"))
 
 
 def run(cmd, env):
@@ -101,7 +111,8 @@ def throughput(kind, n):
         base = ingested(f.http)
         per_line = 1 if kind == "raw" else 2  # the line, and its event
         want = base + n * per_line
-        line = LINES[kind] + "\n"
+        chunks = ["".join(vary(LINES[kind], k * 10000 + i) + "\n" for i in range(10000))
+                  for k in range(n // 10000)]
         perf = []
         if os.environ.get("BENCH_PERF"):
             # Sample both processes while they work: perf.<kind>.{agent,cp}.data in BENCH_PERF.
@@ -114,8 +125,8 @@ def throughput(kind, n):
         cpu0 = cpu_s(f.agent.pid), cpu_s(f.cp.pid)
         w0 = written_mb(f.agent.pid), written_mb(f.cp.pid)
         with open(f.log, "a") as out:
-            for _ in range(n // 10000):
-                out.write(line * 10000)
+            for chunk in chunks:
+                out.write(chunk)
                 out.flush()
         while ingested(f.http) < want:
             time.sleep(0.05)

@@ -13,6 +13,8 @@
 //! without an index entry (written before a crash, or left by a rewrite)
 //! are garbage that goes with their segment.
 
+pub mod pack;
+
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -3,6 +3,8 @@
 //! one-time moves of older layouts (one key per record; chunks inline in
 //! sled) into segments.
 
+use std::borrow::Cow;
+
 use picket_proto::frame;
 use picket_proto::v1::{self, record::Payload};
 use prost::Message;
@@ -20,6 +22,22 @@ pub(super) const CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes before a chunk's records: the kinds byte and the last seq. An
 /// index entry is the same header, then the chunk's [`Loc`].
 pub(super) const HEADER: usize = 9;
+
+/// Set in a chunk's kinds byte when its records are packed
+/// ([`picket_segment::pack`]): the buffer holds four to eight times more
+/// text on disk. Chunks written before packing are read as they are.
+const PACKED: u8 = 0x80;
+
+/// A chunk's records (`v1::RecordBatch` entries), unpacked if need be.
+pub(super) fn chunk_records(chunk: &[u8]) -> Result<Cow<'_, [u8]>, String> {
+    let body = chunk.get(HEADER..).ok_or("short chunk")?;
+    if chunk[0] & PACKED == 0 {
+        return Ok(Cow::Borrowed(body));
+    }
+    picket_segment::pack::unpack(body)
+        .map(Cow::Owned)
+        .map_err(|e| e.to_string())
+}
 
 /// Index entry of the chunk whose first record has `first_seq`.
 pub(super) fn index_key(first_seq: u64) -> [u8; 9] {
@@ -59,7 +77,7 @@ impl Meta {
     /// The meta of chunk bytes written at `loc`.
     pub(super) fn of_chunk(chunk: &[u8], loc: Loc) -> Option<Meta> {
         Some(Meta {
-            kinds: *chunk.first()?,
+            kinds: *chunk.first()? & !PACKED,
             last_seq: u64_at(chunk, 1)?,
             size: (chunk.len() + 9 + HEADER + LOC_BYTES) as u64,
             loc,
@@ -86,21 +104,22 @@ impl Meta {
     }
 }
 
-/// Makes a chunk of encoded payloads and their sequence numbers.
+/// Makes a packed chunk of encoded payloads and their sequence numbers.
 pub(super) fn encode_chunk<'a>(
     records: impl Iterator<Item = (u64, &'a [u8], Kind)>,
     hint: usize,
 ) -> Vec<u8> {
-    let mut value = Vec::with_capacity(HEADER + hint);
-    value.extend_from_slice(&[0u8; HEADER]);
+    let mut entries = Vec::with_capacity(hint);
     let (mut kinds, mut last) = (0u8, 0u64);
     for (seq, payload, kind) in records {
-        frame::put_encoded(seq, payload, &mut value);
+        frame::put_encoded(seq, payload, &mut entries);
         kinds |= kind.bit();
         last = seq;
     }
-    value[0] = kinds;
-    value[1..HEADER].copy_from_slice(&last.to_be_bytes());
+    let mut value = Vec::with_capacity(HEADER + entries.len() / 2);
+    value.push(kinds | PACKED);
+    value.extend_from_slice(&last.to_be_bytes());
+    picket_segment::pack::pack_into(&entries, &mut value);
     value
 }
 

@@ -1,17 +1,21 @@
 //! The agent's on-disk buffer (sled): every record gets the next sequence
 //! number and stays here until the control plane acks it.
 //!
-//! One tree holds everything, so that one sled `Batch` (atomic within a
+//! One tree holds the index, so that one sled `Batch` (atomic within a
 //! tree) commits records together with the read position that produced
-//! them. Records are stored in chunks of about 64 KiB, not one per key: a
-//! batch of 2,000 lines and their events is a few dozen sled writes, where
-//! a key per record cost three sled operations each. A chunk
-//! holds its records already encoded for the wire ([`picket_proto::frame`]),
-//! so sending them copies bytes and decodes nothing. Keys:
-//! - `c` + first seq (u64 big-endian): a chunk, `[kinds][last seq]` then
-//!   the records as the bytes of a `v1::RecordBatch`;
+//! them. Records are stored in chunks of about 64 KiB (before packing),
+//! not one per key. A chunk holds its records already encoded for the wire
+//! ([`picket_proto::frame`]), LZ4-packed ([`picket_segment::pack`]), so
+//! sending them unpacks and copies bytes and decodes nothing. Chunk bytes
+//! are appended to segment files (`<state>/buffer.segments/`); sled keys:
+//! - `s` + first seq (u64 big-endian): a chunk's index entry,
+//!   `[kinds][last seq][Loc]`; the chunk itself is `[kinds | packed][last
+//!   seq]` then the records as the bytes of a `v1::RecordBatch`;
 //! - `m` + name: counters (`next_seq`, drops per kind);
 //! - `p` + source: a source's read position (opaque bytes).
+//!
+//! Older layouts (`r` + seq per record, `c` + first seq for chunks inline
+//! in sled, unpacked chunks) are moved or read as they are.
 //!
 //! Memory holds one small entry per chunk (first and last seq, kinds,
 //! size), so finding, acking and dropping chunks never scans sled.
@@ -33,8 +37,8 @@ use picket_proto::frame::{self, EncodedBatch, FrameError};
 mod chunk;
 pub use chunk::Encoded;
 use chunk::{
-    CHUNK_BYTES, DROPPED, HEADER, Meta, NEXT_SEQ, encode_chunk, encode_records, index_key, u64_at,
-    u64_of,
+    CHUNK_BYTES, DROPPED, HEADER, Meta, NEXT_SEQ, chunk_records, encode_chunk, encode_records,
+    index_key, u64_at, u64_of,
 };
 use picket_proto::v1::{self, record::Payload};
 use picket_segment::{self as segment, SegmentError};
@@ -406,7 +410,8 @@ impl Buffer {
                     continue;
                 };
                 let value = segment::read(&seg.file, meta.loc).map_err(|e| corrupt(first, e))?;
-                let recs = v1::RecordBatch::decode(value.get(HEADER..).unwrap_or_default())
+                let entries = chunk_records(&value).map_err(|e| corrupt(first, e))?;
+                let recs = v1::RecordBatch::decode(&entries[..])
                     .and_then(|b| frame::decode_records(&b))
                     .map_err(|e| corrupt(first, e))?;
                 let (gone, kept): (Vec<_>, Vec<_>) = recs
@@ -489,7 +494,8 @@ impl Buffer {
             // Read without the lock: a chunk acked meanwhile still reads
             // from the open file, and is skipped by the control plane.
             let value = segment::read(&file, meta.loc).map_err(|e| corrupt(first, e))?;
-            for entry in frame::records(value.get(HEADER..).unwrap_or_default()) {
+            let entries = chunk_records(&value).map_err(|e| corrupt(first, e))?;
+            for entry in frame::records(&entries) {
                 let (seq, bytes) = entry.map_err(|e: FrameError| corrupt(first, e))?;
                 if seq < from {
                     continue;

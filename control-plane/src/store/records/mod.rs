@@ -16,9 +16,10 @@
 //! queries without reading other hosts' blocks. Source, severity and
 //! `--grep` are filtered during the scan (few values each: an index would
 //! save little over the time range). A block's value in sled is its host, a
-//! 0 byte, then where its records are: [`WIRE_SEGMENT`] and the [`Loc`] of
-//! their bytes in a segment file ([`segments`]), or [`WIRE`] and the bytes
-//! inline (a store opened without segments). Blocks hold each record as
+//! 0 byte, then where its records are: [`PACKED_SEGMENT`] and the [`Loc`]
+//! of their bytes, LZ4-compressed ([`picket_segment::pack`]), in a segment
+//! file ([`segments`]), or [`WIRE`] and the bytes inline (a store opened
+//! without segments). Blocks hold each record as
 //! the agent encoded it ([`wire`]). Older stores' blocks still read:
 //! postcard in a segment ([`SEGMENT`]) or inline ([`POSTCARD`]), or a JSON
 //! array.
@@ -196,12 +197,13 @@ fn blocks(recs: &[Wire<'_>]) -> Vec<Block> {
 }
 
 /// A block's value: where its records are and in what format. Blocks are
-/// written as [`WIRE_SEGMENT`] (or [`WIRE`] without segments); the others
-/// are read only. Inline JSON arrays are marked by their `[`.
+/// written as [`PACKED_SEGMENT`] (or [`WIRE`] without segments); the
+/// others are read only. Inline JSON arrays are marked by their `[`.
 const POSTCARD: u8 = 1;
 const SEGMENT: u8 = 2;
 const WIRE_SEGMENT: u8 = 3;
 const WIRE: u8 = 4;
+const PACKED_SEGMENT: u8 = 5;
 
 /// A record in the merge heap, ordered by `(time, id)`.
 struct Entry<T>(T);
@@ -328,8 +330,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let locs = match &self.segments {
             Some(seg) => {
-                let bytes: Vec<(i64, &[u8])> =
-                    blocks.iter().map(|b| (b.time, &b.bytes[..])).collect();
+                let packed: Vec<(i64, Vec<u8>)> = blocks
+                    .iter()
+                    .map(|b| (b.time, picket_segment::pack::pack(&b.bytes)))
+                    .collect();
+                let bytes: Vec<(i64, &[u8])> = packed.iter().map(|(t, b)| (*t, &b[..])).collect();
                 seg.write(table, &bytes, ops)?
             }
             None => Vec::new(),
@@ -340,7 +345,7 @@ impl Store {
             value.push(0);
             match locs.get(i) {
                 Some(loc) => {
-                    value.push(WIRE_SEGMENT);
+                    value.push(PACKED_SEGMENT);
                     loc.put(&mut value);
                 }
                 None => {
@@ -398,6 +403,14 @@ impl Store {
             seg.read(table, loc)
         };
         match records.split_first() {
+            Some((&PACKED_SEGMENT, at)) => match in_segment(at)? {
+                Some(packed) => {
+                    let bytes = picket_segment::pack::unpack(&packed)
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    wire(&bytes)
+                }
+                None => Ok(Vec::new()),
+            },
             Some((&WIRE_SEGMENT, at)) => in_segment(at)?.map_or(Ok(Vec::new()), |b| wire(&b)),
             Some((&WIRE, bytes)) => wire(bytes),
             Some((&SEGMENT, at)) => in_segment(at)?.map_or(Ok(Vec::new()), |b| postcard(&b)),

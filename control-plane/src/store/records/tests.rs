@@ -211,8 +211,13 @@ fn segment_files(dir: &std::path::Path, table: &str) -> usize {
 
 #[test]
 fn block_bytes_live_in_segments_that_retention_deletes() {
+    use rand::{Rng, SeedableRng};
     let dir = tempfile::tempdir().unwrap();
-    let big = "x".repeat(9 << 20);
+    // Text LZ4 cannot shrink: blocks are packed.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let big: String = (0..9 << 20)
+        .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+        .collect();
     {
         let s = Store::open(dir.path()).unwrap();
         // Two 9 MiB events fill a 16 MiB segment; the third starts another.
@@ -252,4 +257,34 @@ fn block_bytes_live_in_segments_that_retention_deletes() {
         "the segment appends go to stays"
     );
     assert!(times(&s, None, 0).is_empty());
+}
+
+#[test]
+fn blocks_are_packed_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let line = r#"{"timestamp":"2026-11-23T09:14:02.118000+0000","event_type":"alert","src_ip":"203.0.113.77","alert":{"signature":"ET POLICY curl User-Agent Outbound"}}"#;
+    let evs: Vec<EventRecord> = (1..=2_000)
+        .map(|id| {
+            let mut e = ev("h", id, 1_000 + id as i64 / 4);
+            e.message = line.to_string();
+            e
+        })
+        .collect();
+    put(&s, "h", evs.clone());
+    let on_disk: u64 = std::fs::read_dir(dir.path().join("blocks/events"))
+        .unwrap()
+        .map(|f| f.unwrap().metadata().unwrap().len())
+        .sum();
+    let text = (line.len() * evs.len()) as u64;
+    assert!(
+        on_disk * 4 < text,
+        "{on_disk} bytes on disk for {text} of text"
+    );
+    let got: Vec<EventRecord> = s
+        .events_since(0, None)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, evs);
 }
