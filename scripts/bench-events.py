@@ -28,10 +28,18 @@ LINES = {
 }
 
 
+NOISE = int(os.environ.get("BENCH_NOISE", "0"))
+
+
 def vary(line, i):
     """Copy `i` of a line, with its address, port, flow id and page
     varied: blocks and buffer chunks are compressed, and copies of one
-    line would compress far better than a real log."""
+    line would compress far better than a real log. BENCH_NOISE=N also puts
+    N random hex digits in the Suricata signature and the OSSEC
+    description, for text that compresses about as well as the corpus."""
+    if NOISE:
+        tag = os.urandom(NOISE // 2 + 1).hex()[:NOISE]
+        line = line.replace("Outbound", f"Outbound {tag}").replace("brute force", f"brute force {tag}")
     return (line.replace("203.0.113.77", f"203.0.{i // 250 % 250}.{i % 250 + 1}")
             .replace("40522", str(1024 + i % 60000)).replace("40112", str(1024 + i % 60000))
             .replace("1042210044", str(1042210044 + i * 7919)).replace("page=2", f"page={i}"))
