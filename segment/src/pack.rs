@@ -1,6 +1,6 @@
 //! Compression of the bytes kept in segments: LZ4 blocks (lz4_flex, pure
 //! Rust) with the original length in front. Event and log text compresses
-//! four to eight times, so the agent's buffer holds that much more for a
+//! three to eight times, so the agent's buffer holds that much more for a
 //! control plane that is away, the control plane's retention that much
 //! more per disk, and both write that much less while busy (the event
 //! pipeline was bound by the disk). Owners mark which of their pieces are

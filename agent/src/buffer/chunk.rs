@@ -24,7 +24,7 @@ pub(super) const CHUNK_BYTES: usize = 64 * 1024;
 pub(super) const HEADER: usize = 9;
 
 /// Set in a chunk's kinds byte when its records are packed
-/// ([`picket_segment::pack`]): the buffer holds four to eight times more
+/// ([`picket_segment::pack`]): the buffer holds three to eight times more
 /// text on disk. Chunks written before packing are read as they are.
 const PACKED: u8 = 0x80;
 
