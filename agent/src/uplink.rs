@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use crate::buffer::Buffer;
+use crate::buffer::{Buffer, BufferError};
 use crate::config::AgentConfig;
 use crate::identity::Identity;
 
@@ -226,12 +226,35 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Reads of a damaged chunk, a second apart, before it is discarded.
+const DAMAGED_TRIES: u32 = 3;
+
 /// Sends buffered records above `cursor` in batches, in order, then waits
 /// for more. Sending is at-least-once; the control plane ignores repeats.
 async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<Outbound>) {
+    // A chunk that read as damaged, and how many times in a row.
+    let mut damaged = (0, 0);
     loop {
         let batch = match buffer.after(cursor, BATCH, BATCH_BYTES) {
             Ok(r) => r,
+            Err(BufferError::Corrupt { seq, detail }) => {
+                // Read it again a few times (a fault of the moment), then
+                // let it go, counted, rather than stall every record after it.
+                damaged = if damaged.0 == seq {
+                    (seq, damaged.1 + 1)
+                } else {
+                    (seq, 1)
+                };
+                if damaged.1 >= DAMAGED_TRIES {
+                    if let Err(error) = buffer.discard(seq, &detail) {
+                        tracing::error!(%error, "cannot discard a damaged chunk");
+                    }
+                    continue;
+                }
+                tracing::error!(seq, %detail, "a buffered chunk reads as damaged; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             Err(error) => {
                 tracing::error!(%error, "cannot read the buffer");
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -90,6 +90,9 @@ fn help(name: &str) -> &'static str {
             "Records the agent dropped because its buffer was full, by kind"
         }
         "agent_buffer_bytes" => "Bytes held in the agent's on-disk buffer",
+        "agent_buffer_damaged_records" => {
+            "Records lost with buffer chunks the agent found damaged on disk"
+        }
         _ => "Host metric reported by the agent",
     }
 }

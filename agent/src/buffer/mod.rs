@@ -35,14 +35,14 @@ use std::sync::{Arc, Mutex};
 use picket_proto::frame::{self, EncodedBatch, FrameError};
 
 mod chunk;
+mod room;
 pub use chunk::Encoded;
 use chunk::{
-    CHUNK_BYTES, DROPPED, HEADER, Meta, NEXT_SEQ, chunk_records, encode_chunk, encode_records,
-    index_key, u64_at, u64_of,
+    CHUNK_BYTES, DAMAGED, DROPPED, HEADER, Meta, NEXT_SEQ, chunk_records, encode_chunk, index_key,
+    u64_at, u64_of,
 };
-use picket_proto::v1::{self, record::Payload};
+use picket_proto::v1::record::Payload;
 use picket_segment::{self as segment, SegmentError};
-use prost::Message;
 use segment::{Appended, Writer};
 use tokio::sync::Notify;
 
@@ -108,6 +108,8 @@ struct State {
     /// Bytes of chunks held (chunks and their index entries).
     bytes: u64,
     dropped: [u64; 3],
+    /// Records lost with chunks found damaged on disk ([`Buffer::discard`]).
+    damaged: u64,
     /// The highest seq acked: chunks at or below it are being deleted.
     acked: u64,
     /// Segments that hold indexed chunks, or that appends go to.
@@ -238,6 +240,7 @@ impl Buffer {
             chunks: BTreeMap::new(),
             bytes: 0,
             dropped: [0; 3],
+            damaged: u64_of(tree.get(DAMAGED)?),
             acked: 0,
             segs: BTreeMap::new(),
             current: writer.current(),
@@ -385,81 +388,6 @@ impl Buffer {
             self.lock().appended(&at, &self.dir);
             batch.insert(&index_key(chunk_first)[..], meta.entry());
             chunks.push((chunk_first, meta));
-        }
-        Ok(())
-    }
-
-    /// Drops the oldest metrics, then the oldest log lines, until `need`
-    /// more bytes fit under 90 % of the cap. A chunk that holds other kinds
-    /// too is rewritten without the dropped ones.
-    fn make_room(&self, st: &mut State, w: &mut Writer, need: u64) -> Result<(), BufferError> {
-        let target = (self.cap_bytes / 10 * 9).saturating_sub(need);
-        for kind in [Kind::Metric, Kind::Log] {
-            let i = kind as usize;
-            let candidates: Vec<(u64, Meta)> = st
-                .chunks
-                .iter()
-                .filter(|(_, m)| m.kinds & kind.bit() != 0 && m.last_seq > st.acked)
-                .map(|(f, m)| (*f, *m))
-                .collect();
-            for (first, meta) in candidates {
-                if st.bytes <= target {
-                    break;
-                }
-                let Some(seg) = st.segs.get(&meta.loc.seg) else {
-                    continue;
-                };
-                let value = segment::read(&seg.file, meta.loc).map_err(|e| corrupt(first, e))?;
-                let entries = chunk_records(&value).map_err(|e| corrupt(first, e))?;
-                let recs = v1::RecordBatch::decode(&entries[..])
-                    .and_then(|b| frame::decode_records(&b))
-                    .map_err(|e| corrupt(first, e))?;
-                let (gone, kept): (Vec<_>, Vec<_>) = recs
-                    .into_iter()
-                    .partition(|r| r.payload.as_ref().map(Kind::of) == Some(kind));
-                let mut batch = sled::Batch::default();
-                let key = index_key(first);
-                let new = if kept.is_empty() {
-                    batch.remove(&key[..]);
-                    None
-                } else {
-                    let value = encode_records(&kept);
-                    let at = w.append(&value)?;
-                    let m =
-                        Meta::of_chunk(&value, at.loc).ok_or_else(|| corrupt(first, "empty"))?;
-                    st.appended(&at, &self.dir);
-                    batch.insert(&key[..], m.entry());
-                    Some(m)
-                };
-                let dropped = st.dropped[i] + gone.len() as u64;
-                batch.insert(DROPPED[i], &dropped.to_be_bytes()[..]);
-                let committed = (|| -> Result<(), BufferError> {
-                    if new.is_some() {
-                        w.sync()?;
-                    }
-                    self.tree.apply_batch(batch)?;
-                    Ok(())
-                })();
-                if let Err(e) = committed {
-                    if let Some(m) = new {
-                        st.unpin(m.loc.seg, &self.dir);
-                    }
-                    return Err(e);
-                }
-                st.dropped[i] = dropped;
-                st.release(first, &self.dir);
-                if let Some(m) = new {
-                    st.hold(first, m);
-                }
-                tracing::warn!(
-                    kind = kind.name(),
-                    dropped = gone.len(),
-                    "agent buffer full: dropped the oldest records"
-                );
-            }
-        }
-        if st.bytes + need > self.cap_bytes {
-            return Err(BufferError::Full(st.bytes));
         }
         Ok(())
     }

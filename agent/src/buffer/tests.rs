@@ -1,5 +1,7 @@
 use super::*;
-use picket_proto::v1::{LogLine, MetricSample};
+use chunk::encode_records;
+use picket_proto::v1::{self, LogLine, MetricSample};
+use prost::Message;
 
 /// `Buffer::after`, decoded.
 fn read(
@@ -319,6 +321,16 @@ fn segments_go_once_acked_and_orphans_at_open() {
     assert_eq!(b.held_bytes(), 0);
 }
 
+/// Flips the byte `at` picks in the first segment file; returns its path.
+fn damage(dir: &Path, at: impl FnOnce(&[u8]) -> usize) -> PathBuf {
+    let seg = dir.join("buffer.segments").join(&segment_files(dir)[0]);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let i = at(&bytes);
+    bytes[i] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    seg
+}
+
 #[test]
 fn damaged_segments_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
@@ -327,14 +339,7 @@ fn damaged_segments_are_errors_not_panics() {
         b.push(&[log("one"), log("two")], None).unwrap();
         b.flush().unwrap();
     }
-    let seg = dir
-        .path()
-        .join("buffer.segments")
-        .join(&segment_files(dir.path())[0]);
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&seg, &bytes).unwrap();
+    let seg = damage(dir.path(), |bytes| bytes.len() - 1);
     let b = Buffer::open(dir.path(), 1 << 20).unwrap();
     let e = b.after(0, 10, usize::MAX).unwrap_err().to_string();
     assert!(e.contains("checksum"), "{e}");
@@ -411,4 +416,54 @@ fn chunks_are_packed_and_unpacked_chunks_still_read() {
     assert_eq!(seq, 7);
     assert!(matches!(entries, std::borrow::Cow::Borrowed(_)));
     assert!(chunk::chunk_records(&[0x80, 0, 0, 0, 0, 0, 0, 0, 7, 1, 2]).is_err());
+}
+
+#[test]
+fn a_damaged_chunk_is_discarded_and_counted_and_the_rest_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+        b.push(&[log("one"), log("two")], None).unwrap();
+        b.push(&[log("three")], None).unwrap();
+        b.flush().unwrap();
+    }
+    // Damage the first chunk: LZ4 keeps text this short as it is.
+    damage(dir.path(), |bytes| {
+        bytes
+            .windows(3)
+            .position(|w| w == b"one")
+            .expect("the first chunk's text")
+    });
+    let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+    let Err(BufferError::Corrupt { seq, detail }) = b.after(0, 10, usize::MAX) else {
+        panic!("the damage should show");
+    };
+    assert_eq!(seq, 1);
+    assert_eq!(b.discard(seq, &detail).unwrap(), 2);
+    assert_eq!(b.discard(seq, &detail).unwrap(), 0, "once");
+    assert_eq!(seqs(&read(&b, 0, 10, usize::MAX).unwrap()), vec![3]);
+    assert_eq!(b.damaged(), 2);
+    drop(b);
+    let b = Buffer::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(b.damaged(), 2, "the count survives a restart");
+    assert_eq!(seqs(&read(&b, 0, 10, usize::MAX).unwrap()), vec![3]);
+}
+
+#[test]
+fn making_room_lets_a_damaged_chunk_go() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let b = Buffer::open(dir.path(), 6000).unwrap();
+        b.push(&[log(&noise(1000))], None).unwrap();
+        b.flush().unwrap();
+    }
+    damage(dir.path(), |bytes| bytes.len() / 2);
+    let b = Buffer::open(dir.path(), 6000).unwrap();
+    // Filling the buffer drops the oldest log lines: the damaged chunk goes
+    // as damaged, not as an error that stops every push.
+    for _ in 0..8 {
+        b.push(&[log(&noise(1000))], None).unwrap();
+    }
+    assert_eq!(b.damaged(), 1);
+    assert!(b.dropped()[Kind::Log as usize] > 0);
 }
