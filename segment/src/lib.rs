@@ -224,6 +224,27 @@ impl Writer {
     }
 }
 
+/// Opens the sled index beside the segments with `open`, waiting up to
+/// five seconds while another handle in this process still holds its file
+/// lock. sled 0.34 lets go of the lock a moment after a `Db` is dropped,
+/// once its I/O threads are done (spacejam/sled#1234), which on a loaded
+/// machine took over a second; so a restart in the same process (dev
+/// mode, tests) opens, while another live process on the same folder still
+/// gets the error. sled reports the lock as an `Other` I/O error whose text
+/// names it, so that text is what is matched.
+pub fn open_index<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let mut tries = 0;
+    loop {
+        match open() {
+            Err(e) if tries < 100 && e.to_string().contains("could not acquire lock") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +281,25 @@ mod tests {
         c.loc.put(&mut enc);
         assert_eq!(Loc::get(&enc), Some(c.loc));
         assert_eq!(Loc::get(&enc[1..]), None);
+    }
+
+    #[test]
+    fn an_index_lock_held_a_moment_longer_is_waited_for() {
+        let mut calls = 0;
+        let r: Result<u8, String> = open_index(|| {
+            calls += 1;
+            if calls < 3 {
+                Err("IO error: could not acquire lock on \"db\": WouldBlock".into())
+            } else {
+                Ok(7)
+            }
+        });
+        assert_eq!((r, calls), (Ok(7), 3));
+        let mut calls = 0;
+        let r: Result<u8, String> = open_index(|| {
+            calls += 1;
+            Err("permission denied".into())
+        });
+        assert_eq!((r, calls), (Err("permission denied".into()), 1));
     }
 }

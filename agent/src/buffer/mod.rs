@@ -213,23 +213,7 @@ impl Buffer {
             // wake sled up. Records and read positions share a batch, so an
             // unflushed tail lost in a crash is re-read, never skipped.
             .flush_every_ms(None);
-        // sled 0.34 lets go of its file lock a moment after a `Db` is
-        // dropped (spacejam/sled#1234), once its I/O threads are done,
-        // which on a loaded machine took over a second: wait up to five
-        // for it, so a restart in the same process opens; another live
-        // agent on the same state folder still gets the error.
-        let mut tries = 0;
-        let db = loop {
-            match config.open() {
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 =>
-                {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                r => break r.map_err(|e| open_err(&e))?,
-            }
-        };
+        let db = segment::open_index(|| config.open()).map_err(|e| open_err(&e))?;
         let tree = db.open_tree("buffer")?;
         let seg_dir = dir.join("buffer.segments");
         let found = segment::existing(&seg_dir)?;

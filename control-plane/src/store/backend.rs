@@ -82,12 +82,12 @@ impl Sled {
             path: path.to_path_buf(),
             detail,
         };
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(64 * 1024 * 1024)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| open_err(e.to_string()))?;
+            .flush_every_ms(Some(500));
+        let db =
+            picket_segment::open_index(|| config.open()).map_err(|e| open_err(e.to_string()))?;
         // Layout 1 (before the single tree) kept a sled tree per table.
         if db.tree_names().iter().any(|n| n.as_ref() == b"agents") {
             return Err(open_err(
