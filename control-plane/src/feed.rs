@@ -69,9 +69,7 @@ impl Feed {
         }
         Ok(())
     }
-}
 
-impl Feed {
     /// Subscribes to `live` (when following) and takes the snapshot id,
     /// under the lock that stores and publishes: every record is then
     /// either at or below the snapshot, or sent to the new receiver. (A

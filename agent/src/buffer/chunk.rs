@@ -16,9 +16,9 @@ pub(super) const NEXT_SEQ: &[u8] = b"mnext_seq";
 pub(super) const DROPPED: [&[u8]; 3] = [b"mdropped_metric", b"mdropped_log", b"mdropped_event"];
 /// Records lost with chunks found damaged on disk.
 pub(super) const DAMAGED: &[u8] = b"mdamaged";
-/// A push is split into chunks of about this many bytes: under sled's
-/// threshold for storing a value as a file of its own (about 128 KiB), and
-/// small enough that a send starting inside a chunk copies little.
+/// A push is split into chunks of about this many bytes of encoded records
+/// (before packing): enough for LZ4 to find repeats, and small enough that
+/// a send starting inside a chunk unpacks and copies little.
 pub(super) const CHUNK_BYTES: usize = 64 * 1024;
 
 /// Bytes before a chunk's records: the kinds byte and the last seq. An

@@ -136,14 +136,6 @@ impl<'a> Fields<'a> {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
         self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// `fields["name"]`, as with a map: panics when the field is missing.

@@ -201,9 +201,8 @@ fn blocks(recs: &[Wire<'_>]) -> Vec<Block> {
 /// others are read only. Inline JSON arrays are marked by their `[`.
 const POSTCARD: u8 = 1;
 const SEGMENT: u8 = 2;
-const WIRE_SEGMENT: u8 = 3;
+const PACKED_SEGMENT: u8 = 3;
 const WIRE: u8 = 4;
-const PACKED_SEGMENT: u8 = 5;
 
 /// A record in the merge heap, ordered by `(time, id)`.
 struct Entry<T>(T);
@@ -411,7 +410,6 @@ impl Store {
                 }
                 None => Ok(Vec::new()),
             },
-            Some((&WIRE_SEGMENT, at)) => in_segment(at)?.map_or(Ok(Vec::new()), |b| wire(&b)),
             Some((&WIRE, bytes)) => wire(bytes),
             Some((&SEGMENT, at)) => in_segment(at)?.map_or(Ok(Vec::new()), |b| postcard(&b)),
             Some((&POSTCARD, bytes)) => postcard(bytes),

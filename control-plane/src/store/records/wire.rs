@@ -45,7 +45,9 @@ impl Wire<'_> {
     }
 }
 
-/// The entries of a block, payloads borrowed from it.
+/// The entries of a block, payloads borrowed from it. An entry does not
+/// repeat the time its payload holds: `time_ms` is 0 here, and readers
+/// take the time from the decoded payload ([`FromWire`]).
 pub(super) fn entries(
     mut block: &[u8],
 ) -> impl Iterator<Item = Result<Wire<'_>, &'static str>> + '_ {
