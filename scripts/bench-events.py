@@ -15,7 +15,7 @@ import argparse, json, os, re, shutil, socket, subprocess, tempfile, threading, 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
-CORPUS = os.path.join(ROOT, "..", "shared", "corpus")
+CORPUS = os.path.join(ROOT, "tests", "corpus")
 
 # One representative line per parser; the benchmark appends copies of it,
 # each varied (`vary`): address, port, flow id.

@@ -1,5 +1,5 @@
 //! Security events and raw lines end to end: the agent tails real files
-//! (the shared corpus), the control plane stores them, and `picketctl
+//! (`tests/corpus`), the control plane stores them, and `picketctl
 //! events` / `logs` (with `-f`) read them back.
 
 use std::io::{BufRead, BufReader, Write};
@@ -11,9 +11,7 @@ use anyhow::{Context, Result};
 use picket_tests::*;
 
 fn corpus(rel: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpus")
-        .join(rel);
+    let p = tests_dir().join("corpus").join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 

@@ -32,6 +32,11 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The `tests/` folder of the repository (corpus, tools).
+pub fn tests_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// Polls `f` every 200 ms until it returns Some, or fails after `limit`.
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let start = Instant::now();

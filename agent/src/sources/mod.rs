@@ -282,10 +282,10 @@ mod never_panic {
 pub(crate) mod corpus {
     use std::path::PathBuf;
 
-    /// A sample log from `../shared/corpus/` (the product's shared test data).
+    /// A sample log from `tests/corpus/` (see its README for sources).
     pub fn read(rel: &str) -> String {
         let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/corpus")
+            .join("../tests/corpus")
             .join(rel);
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
