@@ -10,7 +10,11 @@
 //!   query starts at `T - SPAN_MS`;
 //! - reading merges overlapping blocks by `(time, id)` with a small heap
 //!   (memory: the blocks that overlap in time, never the whole range);
-//! - retention deletes whole blocks older than the cut-off plus the span.
+//! - retention goes by when a block was received, not by the records'
+//!   own times: an event stamped years ago (a replayed capture, a
+//!   backfill, a host with a wrong clock) is kept for the whole window
+//!   from its arrival. A per-table index keyed by receive time
+//!   (`received ms ‖ block key` → host) finds the blocks to delete.
 //!
 //! A per-host index (`host \0 block key`, empty values) serves `--host`
 //! queries without reading other hosts' blocks. Source, severity and
@@ -42,6 +46,12 @@ const EVENTS: &str = "events";
 const LOGS: &str = "logs";
 const EVENTS_BY_HOST: &str = "events_by_host";
 const LOGS_BY_HOST: &str = "logs_by_host";
+const EVENTS_RECEIVED: &str = "events_received";
+const LOGS_RECEIVED: &str = "logs_received";
+/// Set once every block has a receive-time index entry (stores written
+/// before retention went by receive time get theirs when first opened).
+const META: &str = "meta";
+const RECEIVED_INDEXED: &[u8] = b"records.received_index";
 
 mod segments;
 mod wire;
@@ -130,9 +140,19 @@ fn time_of(k: &[u8]) -> i64 {
         .unwrap_or(0)
 }
 
-fn host_key(host: &str, block_key: &[u8]) -> Vec<u8> {
+/// A receive-time index entry's key: when the block was received, then
+/// the block's key.
+fn received_key(received_ms: i64, block_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + block_key.len());
+    k.extend_from_slice(&(received_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(block_key);
+    k
+}
+
+fn host_key(host: impl AsRef<[u8]>, block_key: &[u8]) -> Vec<u8> {
+    let host = host.as_ref();
     let mut k = Vec::with_capacity(host.len() + 1 + block_key.len());
-    k.extend_from_slice(host.as_bytes());
+    k.extend_from_slice(host);
     k.push(0);
     k.extend_from_slice(block_key);
     k
@@ -161,8 +181,8 @@ impl Records<'static> {
 /// One block of records, encoded, before it is stored.
 struct Block {
     key: Vec<u8>,
-    /// The key's time: the block's oldest record.
-    time: i64,
+    /// When the block's records were received (the newest of them).
+    received: i64,
     /// The records' entries ([`wire`]).
     bytes: Vec<u8>,
 }
@@ -183,13 +203,14 @@ fn blocks(recs: &[Wire<'_>]) -> Vec<Block> {
         let (block, tail) = rest.split_at(n);
         rest = tail;
         let size: usize = block.iter().map(|r| r.size_hint()).sum();
+        let received = block.iter().map(|r| r.received_ms).max().unwrap_or(0);
         let mut bytes = Vec::with_capacity(size);
         for r in block {
             r.put(&mut bytes);
         }
         out.push(Block {
             key: key(min, first.id),
-            time: min,
+            received,
             bytes,
         });
     }
@@ -311,18 +332,18 @@ impl Store {
         let mut ops = Vec::with_capacity(r.samples.len() + 5);
         sample_ops(host, &r.samples, &mut ops);
         let events = blocks(&r.events);
-        self.block_ops(EVENTS, EVENTS_BY_HOST, host, events, &mut ops)?;
+        self.block_ops(EVENTS_TABLES, host, events, &mut ops)?;
         let logs = blocks(&r.logs);
-        self.block_ops(LOGS, LOGS_BY_HOST, host, logs, &mut ops)?;
+        self.block_ops(LOGS_TABLES, host, logs, &mut ops)?;
         self.kv.apply(&acked_op(host, acked, ops))
     }
 
     /// Adds the writes that store `blocks` of `host` to `ops`: the block
-    /// (its bytes in a segment, or inline) and its host index entry.
+    /// (its bytes in a segment, or inline), its host index entry and its
+    /// receive-time index entry.
     fn block_ops(
         &self,
-        table: &'static str,
-        index: &'static str,
+        t: Tables,
         host: &str,
         blocks: Vec<Block>,
         ops: &mut Vec<Op>,
@@ -331,10 +352,10 @@ impl Store {
             Some(seg) => {
                 let packed: Vec<(i64, Vec<u8>)> = blocks
                     .iter()
-                    .map(|b| (b.time, picket_segment::pack::pack(&b.bytes)))
+                    .map(|b| (b.received, picket_segment::pack::pack(&b.bytes)))
                     .collect();
                 let bytes: Vec<(i64, &[u8])> = packed.iter().map(|(t, b)| (*t, &b[..])).collect();
-                seg.write(table, &bytes, ops)?
+                seg.write(t.blocks, &bytes, ops)?
             }
             None => Vec::new(),
         };
@@ -353,12 +374,17 @@ impl Store {
                 }
             }
             ops.push(Op {
-                tree: index,
+                tree: t.by_host,
                 key: host_key(host, &b.key),
                 value: Some(Vec::new()),
             });
             ops.push(Op {
-                tree: table,
+                tree: t.received,
+                key: received_key(b.received, &b.key),
+                value: Some(host.as_bytes().to_vec()),
+            });
+            ops.push(Op {
+                tree: t.blocks,
                 key: b.key,
                 value: Some(value),
             });
@@ -425,7 +451,7 @@ impl Store {
         since: i64,
         host: Option<&str>,
     ) -> Result<Box<dyn Iterator<Item = Result<EventRecord, StoreError>> + 'a>, StoreError> {
-        self.records_since(EVENTS, EVENTS_BY_HOST, since, host)
+        self.records_since(EVENTS_TABLES, since, host)
     }
 
     /// Log lines with `time >= since` (of `host` only, if given), oldest
@@ -435,16 +461,16 @@ impl Store {
         since: i64,
         host: Option<&str>,
     ) -> Result<Box<dyn Iterator<Item = Result<LogRecord, StoreError>> + 'a>, StoreError> {
-        self.records_since(LOGS, LOGS_BY_HOST, since, host)
+        self.records_since(LOGS_TABLES, since, host)
     }
 
     fn records_since<'a, T: Timed + 'a>(
         &'a self,
-        table: &'static str,
-        index: &'static str,
+        t: Tables,
         since: i64,
         host: Option<&str>,
     ) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>, StoreError> {
+        let (table, index) = (t.blocks, t.by_host);
         let start = key(since.saturating_sub(SPAN_MS), 0);
         let blocks: BlockKeys<'a> = match host {
             None => Box::new(
@@ -476,45 +502,42 @@ impl Store {
     }
 
     /// Deletes blocks of events and log lines (and their index entries)
-    /// whose records are all older than the given times; returns the
-    /// blocks deleted.
+    /// received before the given times, whatever the records' own times;
+    /// returns the blocks deleted.
     pub fn expire_records(
         &self,
         events_before: i64,
         logs_before: i64,
     ) -> Result<usize, StoreError> {
         let mut n = 0;
-        for (table, index, before) in [
-            (EVENTS, EVENTS_BY_HOST, events_before),
-            (LOGS, LOGS_BY_HOST, logs_before),
-        ] {
-            // Every record of a block is within SPAN_MS of its key's time.
-            let cut = before.saturating_sub(SPAN_MS);
+        for (t, before) in [(EVENTS_TABLES, events_before), (LOGS_TABLES, logs_before)] {
             loop {
                 let old: Vec<(Vec<u8>, Vec<u8>)> = self
                     .kv
-                    .scan_from(table, &[])?
+                    .scan_from(t.received, &[])?
                     .take(256)
-                    .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| time_of(k) < cut))
+                    .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| time_of(k) < before))
                     .collect::<Result<_, _>>()?;
                 if old.is_empty() {
                     break;
                 }
                 n += old.len();
-                let mut ops = Vec::with_capacity(old.len() * 2);
-                for (k, v) in old {
-                    let host = v.split(|b| *b == 0).next().unwrap_or_default();
-                    let mut ik = host.to_vec();
-                    ik.push(0);
-                    ik.extend_from_slice(&k);
+                let mut ops = Vec::with_capacity(old.len() * 3);
+                for (rk, host) in old {
+                    let block = rk.get(8..).unwrap_or_default();
                     ops.push(Op {
-                        tree: index,
-                        key: ik,
+                        tree: t.by_host,
+                        key: host_key(&host, block),
                         value: None,
                     });
                     ops.push(Op {
-                        tree: table,
-                        key: k,
+                        tree: t.blocks,
+                        key: block.to_vec(),
+                        value: None,
+                    });
+                    ops.push(Op {
+                        tree: t.received,
+                        key: rk,
                         value: None,
                     });
                 }
@@ -522,12 +545,69 @@ impl Store {
             }
             // Segment files whose blocks are all gone now.
             if let Some(seg) = &self.segments {
-                seg.expire(table, cut, self.kv.as_ref())?;
+                seg.expire(t.blocks, before, self.kv.as_ref())?;
             }
         }
         Ok(n)
     }
+
+    /// Gives every block a receive-time index entry, once: blocks stored
+    /// before retention went by receive time have none, and count as
+    /// received at `now_ms` (kept one more full window, never less).
+    pub(crate) fn index_received(&self, now_ms: i64) -> Result<(), StoreError> {
+        if self.kv.get(META, RECEIVED_INDEXED)?.is_some() {
+            return Ok(());
+        }
+        for t in [EVENTS_TABLES, LOGS_TABLES] {
+            let mut start = Vec::new();
+            loop {
+                let page: Vec<(Vec<u8>, Vec<u8>)> = self
+                    .kv
+                    .scan_from(t.blocks, &start)?
+                    .take(1_024)
+                    .collect::<Result<_, _>>()?;
+                let Some((last, _)) = page.last() else {
+                    break;
+                };
+                start = last.clone();
+                start.push(0);
+                let ops: Vec<Op> = page
+                    .into_iter()
+                    .map(|(k, v)| Op {
+                        tree: t.received,
+                        key: received_key(now_ms, &k),
+                        value: Some(v.split(|b| *b == 0).next().unwrap_or_default().to_vec()),
+                    })
+                    .collect();
+                self.kv.apply(&ops)?;
+            }
+            if let Some(seg) = &self.segments {
+                seg.received_by(t.blocks, now_ms, self.kv.as_ref())?;
+            }
+        }
+        self.kv.put(META, RECEIVED_INDEXED, b"1")
+    }
 }
+
+/// The tables of one kind of record.
+#[derive(Clone, Copy)]
+struct Tables {
+    blocks: &'static str,
+    by_host: &'static str,
+    received: &'static str,
+}
+
+const EVENTS_TABLES: Tables = Tables {
+    blocks: EVENTS,
+    by_host: EVENTS_BY_HOST,
+    received: EVENTS_RECEIVED,
+};
+
+const LOGS_TABLES: Tables = Tables {
+    blocks: LOGS,
+    by_host: LOGS_BY_HOST,
+    received: LOGS_RECEIVED,
+};
 
 #[cfg(test)]
 mod tests;

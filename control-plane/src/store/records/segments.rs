@@ -1,9 +1,9 @@
 //! Where the bytes of event and log blocks live: segment files
 //! ([`picket_segment`]), one stream per table because each table expires on
 //! its own clock. Sled keeps the block index (a block's value there is its
-//! host and [`Loc`]) and, per segment, the time of the newest block key in
-//! it, so retention deletes a segment file once every block in it is past
-//! the cut-off. Keeping the bytes out of sled is what makes ingest cheap:
+//! host and [`Loc`]) and, per segment, when its newest block was
+//! received, so retention deletes a segment file once every block in it
+//! was received before the cut-off. Keeping the bytes out of sled is what makes ingest cheap:
 //! sled rewrote whole leaf nodes, large blocks and all, about three bytes
 //! written for every byte stored.
 //!
@@ -21,7 +21,8 @@ use picket_segment::{Loc, SegmentError, Writer};
 use super::super::StoreError;
 use super::super::backend::{Backend, Op};
 
-/// `table \0 segment id (u64 BE)` → newest block key time (i64 BE).
+/// `table \0 segment id (u64 BE)` → when its newest block was received
+/// (i64 BE ms).
 const SEGMENTS: &str = "block_segments";
 
 fn seg_err(tree: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -48,7 +49,7 @@ struct Stream {
     writer: Mutex<Writer>,
     /// Open segment files, for reading.
     files: RwLock<BTreeMap<u64, Arc<File>>>,
-    /// Newest block key time in each segment (as stored in sled).
+    /// When each segment's newest block was received (as stored in sled).
     newest: Mutex<BTreeMap<u64, i64>>,
 }
 
@@ -113,7 +114,7 @@ impl Segments {
             .ok_or_else(|| seg_err(table, "no segment stream for this table"))
     }
 
-    /// Appends blocks (`(key time, bytes)`) and makes them durable; returns
+    /// Appends blocks (`(received ms, bytes)`) and makes them durable; returns
     /// where each went, and the sled writes that record the segments'
     /// newest times (to go in the same batch as the index entries).
     pub(crate) fn write(
@@ -184,7 +185,32 @@ impl Segments {
             .map_err(|e| seg_err(table, e))
     }
 
-    /// Deletes `table`'s segments whose newest block key time is before
+    /// Counts every segment of `table` as received at `now_ms` (stores
+    /// that kept block key times here; see `Store::index_received`).
+    pub(crate) fn received_by(
+        &self,
+        table: &'static str,
+        now_ms: i64,
+        kv: &dyn Backend,
+    ) -> Result<(), StoreError> {
+        let s = self.stream(table)?;
+        let mut newest = lock(&s.newest);
+        let ops: Vec<Op> = newest
+            .keys()
+            .map(|id| Op {
+                tree: SEGMENTS,
+                key: seg_key(table, *id),
+                value: Some(now_ms.to_be_bytes().to_vec()),
+            })
+            .collect();
+        kv.apply(&ops)?;
+        for t in newest.values_mut() {
+            *t = now_ms;
+        }
+        Ok(())
+    }
+
+    /// Deletes `table`'s segments whose newest block was received before
     /// `cut` (their blocks' index entries are already gone); returns how
     /// many.
     pub(crate) fn expire(

@@ -288,3 +288,84 @@ fn blocks_are_packed_on_disk() {
         .collect();
     assert_eq!(got, evs);
 }
+
+/// Events stamped years before they arrived (a replayed capture, a
+/// backfill, a host with a wrong clock) stay for the whole window from
+/// their arrival; what arrived before the window goes, whatever its own
+/// time says.
+#[test]
+fn retention_counts_from_when_records_were_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let day = 86_400_000;
+    let now = 2_000 * day;
+    // Dated 400 days ago, received just now.
+    let mut old_dated = ev("h", 1, now - 400 * day);
+    old_dated.received_ms = now;
+    // Dated in the future (a clock ahead), received 10 days ago.
+    let mut early = ev("h", 2, now + 30 * day);
+    early.received_ms = now - 10 * day;
+    put(&s, "h", vec![old_dated]);
+    put(&s, "h", vec![early]);
+    let logs = [LogRecord {
+        id: 3,
+        host: "h".into(),
+        source: "raw".into(),
+        path: "/var/log/x".into(),
+        seq: 3,
+        time_ms: now - 900 * day,
+        line: "backfilled".into(),
+        truncated: false,
+        invalid_utf8: false,
+    }];
+    let mut batch = Records::of(vec![], &[], &logs);
+    batch.logs[0].received_ms = now;
+    s.put_records("h", &batch, 3).unwrap();
+
+    // A 7-day window: the event received 10 days ago goes; the ones
+    // dated long ago but received now stay.
+    let cut = now - 7 * day;
+    assert_eq!(s.expire_records(cut, cut).unwrap(), 1);
+    assert_eq!(times(&s, None, 0), vec![now - 400 * day]);
+    assert_eq!(times(&s, Some("h"), 0), vec![now - 400 * day]);
+    assert_eq!(s.logs_since(0, None).unwrap().count(), 1);
+    // Reopened, the same holds, and a window past their arrival takes all.
+    drop(s);
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.expire_records(cut, cut).unwrap(), 0);
+    assert_eq!(times(&s, None, 0), vec![now - 400 * day]);
+    assert_eq!(s.expire_records(now + 1, now + 1).unwrap(), 2);
+    assert!(times(&s, None, 0).is_empty());
+    assert_eq!(s.logs_since(0, None).unwrap().count(), 0);
+    for t in [EVENTS_RECEIVED, EVENTS_BY_HOST, LOGS_RECEIVED, LOGS_BY_HOST] {
+        assert_eq!(s.kv.scan(t, b"").unwrap().count(), 0, "{t} emptied");
+    }
+}
+
+/// A store written before retention went by receive time: its blocks get
+/// index entries when it is opened, counted as received then, so an
+/// upgrade deletes nothing early.
+#[test]
+fn blocks_of_older_stores_count_as_received_when_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = 86_400_000;
+    {
+        let s = Store::open(dir.path()).unwrap();
+        put(&s, "h", vec![ev("h", 1, 1_000)]);
+        put(&s, "g", vec![ev("g", 2, 2_000)]);
+        // As an older version left it: no receive-time index, the
+        // segment's time the block key's.
+        for kv in s.kv.scan(EVENTS_RECEIVED, b"").unwrap() {
+            s.kv.remove(EVENTS_RECEIVED, &kv.unwrap().0).unwrap();
+        }
+        s.kv.remove(META, RECEIVED_INDEXED).unwrap();
+        s.flush().unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    let opened = crate::clock::now_ms();
+    assert_eq!(s.kv.scan(EVENTS_RECEIVED, b"").unwrap().count(), 2);
+    assert_eq!(s.expire_records(opened - day, opened - day).unwrap(), 0);
+    assert_eq!(times(&s, None, 0), vec![1_000, 2_000]);
+    assert_eq!(s.expire_records(opened + day, opened + day).unwrap(), 2);
+    assert!(times(&s, None, 0).is_empty());
+}
