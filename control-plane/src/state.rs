@@ -23,6 +23,8 @@ pub struct State {
     /// Stored events and log lines, live, for followers.
     pub feed: crate::feed::Feed,
     pub counters: Counters,
+    /// Connections without a client certificate, and what was refused.
+    pub gate: Arc<crate::grpc::accept::Gate>,
     /// Cancelled on SIGTERM/SIGINT: streams end, servers stop accepting.
     pub shutdown: CancellationToken,
 }
@@ -36,4 +38,6 @@ pub struct Counters {
     pub duplicates: std::sync::atomic::AtomicU64,
     /// Records that were not well-formed protobuf, and skipped.
     pub rejected: std::sync::atomic::AtomicU64,
+    /// Enrollment attempts refused by the per-address rate limit.
+    pub enroll_rate_limited: std::sync::atomic::AtomicU64,
 }

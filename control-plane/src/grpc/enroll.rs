@@ -1,7 +1,21 @@
 //! The enrollment service: a bootstrap token and a CSR in, a short-lived
 //! agent certificate out. The one RPC that needs no client certificate.
+//!
+//! Order matters, since anyone who reaches the port may call it:
+//! 1. attempts are rate-limited per source address (token guessing);
+//! 2. the token is checked first, and every bad token gets the same
+//!    answer, so that without one nothing is learnt (not even which host
+//!    names exist);
+//! 3. then the request (name, labels, CSR), so that a malformed one
+//!    spends nothing;
+//! 4. then one use of the token is taken and the agent recorded, in one
+//!    atomic step.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use picket_proto::model::{Labels, validate_label, validate_name};
 use picket_proto::v1::{self, enrollment_server::Enrollment};
@@ -11,10 +25,24 @@ use super::status::{bad_input, internal};
 use crate::clock::{now_ms, to_ms};
 use crate::pki::{SubjectKind, token};
 use crate::state::State;
-use crate::store::{AgentRecord, TokenRefusal};
+use crate::store::{AgentRecord, EnrollRefusal};
+
+/// The one answer to a token that is unknown, expired or used up.
+const REFUSED: &str = "enrollment refused: the token is not valid (unknown, expired or used up)";
 
 pub struct EnrollService {
-    pub state: Arc<State>,
+    state: Arc<State>,
+    attempts: Attempts,
+}
+
+impl EnrollService {
+    pub fn new(state: Arc<State>) -> Self {
+        let per_minute = state.cfg.limits.enroll_per_minute;
+        EnrollService {
+            state,
+            attempts: Attempts::new(per_minute),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -23,8 +51,33 @@ impl Enrollment for EnrollService {
         &self,
         req: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
-        let r = req.into_inner();
         let s = &self.state;
+        let peer = req.remote_addr();
+        if let Some(addr) = peer
+            && !self.attempts.allow(addr.ip(), Instant::now())
+        {
+            let n = s
+                .counters
+                .enroll_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() {
+                tracing::warn!(peer = %addr, refused = n + 1, "enrollment attempts rate-limited");
+            }
+            return Err(Status::resource_exhausted(
+                "too many enrollment attempts from this address; try again in a minute",
+            ));
+        }
+        let r = req.into_inner();
+        let who = peer.map_or_else(|| "unknown address".to_string(), |a| a.ip().to_string());
+        let hash = token::hash(&r.token);
+        let now = now_ms();
+        let checked = match s.store.check_token(&hash, now).map_err(internal)? {
+            Ok(t) => t,
+            Err(refusal) => {
+                refused(s, &hash, &EnrollRefusal::Token(refusal), &r.name, &who);
+                return Err(Status::unauthenticated(REFUSED));
+            }
+        };
         validate_name(&r.name).map_err(bad_input)?;
         for (k, v) in &r.labels {
             validate_label(k, v).map_err(bad_input)?;
@@ -32,31 +85,8 @@ impl Enrollment for EnrollService {
         if r.csr_pem.is_empty() {
             return Err(Status::invalid_argument("csr_pem is empty"));
         }
-        if s.store.agent(&r.name).map_err(internal)?.is_some() {
-            return Err(Status::already_exists(format!(
-                "an agent named {} is already enrolled; choose another --name",
-                r.name
-            )));
-        }
-        let hash = token::hash(&r.token);
-        let tok = match s.store.consume_token(&hash, now_ms()).map_err(internal)? {
-            Ok(t) => t,
-            Err(refusal) => {
-                let id = match refusal {
-                    TokenRefusal::Unknown => "unknown".to_string(),
-                    _ => token::id_of_hash(&hash),
-                };
-                s.audit.record(
-                    &format!("token:{id}"),
-                    "agent.enroll",
-                    &r.name,
-                    &format!("refused: {refusal}"),
-                );
-                return Err(Status::unauthenticated(format!(
-                    "enrollment refused: {refusal}"
-                )));
-            }
-        };
+        // Issued before the token is spent; it leaves only if the
+        // enrollment is recorded.
         let issued =
             s.ca.issue(
                 &r.csr_pem,
@@ -65,26 +95,34 @@ impl Enrollment for EnrollService {
                 s.cfg.agent_cert_ttl,
             )
             .map_err(bad_input)?;
-        // The token's labels are the admin's word and win over requested ones.
+        // The token's labels are the admin's word and win over requested
+        // ones (a token's labels never change once it is made).
         let mut labels: Labels = r.labels.into_iter().collect();
-        labels.extend(tok.labels.clone());
+        labels.extend(checked.labels);
         let rec = AgentRecord {
             name: r.name.clone(),
             pinned_labels: labels.clone(),
             reported_labels: Labels::new(),
-            enrolled_ms: now_ms(),
+            enrolled_ms: now,
             cert_serial: issued.serial_hex,
             cert_not_after_ms: to_ms(issued.not_after),
             revoked_ms: None,
             inventory: None,
             last_seen_ms: 0,
         };
-        if !s.store.insert_agent(&rec).map_err(internal)? {
-            return Err(Status::already_exists(format!(
-                "an agent named {} is already enrolled",
-                r.name
-            )));
-        }
+        let tok = match s.store.enroll_agent(&hash, now, &rec).map_err(internal)? {
+            Ok(t) => t,
+            Err(refusal) => {
+                refused(s, &hash, &refusal, &r.name, &who);
+                return Err(match refusal {
+                    EnrollRefusal::NameTaken => Status::already_exists(format!(
+                        "an agent named {} is already enrolled; choose another --name",
+                        r.name
+                    )),
+                    EnrollRefusal::Token(_) => Status::unauthenticated(REFUSED),
+                });
+            }
+        };
         s.store.flush().map_err(internal)?;
         s.audit
             .record(&format!("token:{}", tok.id), "agent.enroll", &r.name, "ok");
@@ -95,5 +133,103 @@ impl Enrollment for EnrollService {
             ca_pem: s.ca.cert_pem().to_string(),
             not_after_unix_ms: rec.cert_not_after_ms,
         }))
+    }
+}
+
+/// Audits a refused enrollment with its real reason (the caller is told
+/// only [`REFUSED`]); the token itself is never written anywhere.
+fn refused(s: &State, hash: &str, why: &EnrollRefusal, name: &str, who: &str) {
+    let id = match why {
+        EnrollRefusal::Token(crate::store::TokenRefusal::Unknown) => "unknown".to_string(),
+        _ => token::id_of_hash(hash),
+    };
+    let why = match why {
+        EnrollRefusal::Token(t) => t.to_string(),
+        EnrollRefusal::NameTaken => "name already enrolled".to_string(),
+    };
+    s.audit.record(
+        &format!("token:{id}"),
+        "agent.enroll",
+        name,
+        &format!("refused: {why} (from {who})"),
+    );
+}
+
+/// Enrollment attempts per source address: a token bucket of
+/// `per_minute`, refilled continuously. Memory is bounded: full buckets
+/// are forgotten when the table grows large.
+struct Attempts {
+    per_minute: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+/// More addresses than this and full buckets are dropped.
+const MAX_TRACKED: usize = 4096;
+
+impl Attempts {
+    fn new(per_minute: u32) -> Self {
+        Attempts {
+            per_minute: f64::from(per_minute.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let cap = self.per_minute;
+        let refill = |(tokens, at): (f64, Instant)| -> f64 {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            (tokens + secs * cap / 60.0).min(cap)
+        };
+        if b.len() >= MAX_TRACKED {
+            b.retain(|_, v| refill(*v) < cap);
+            // Still full (a flood from thousands of addresses, each with
+            // a burst of its own anyway): start afresh rather than grow.
+            if b.len() >= MAX_TRACKED {
+                b.clear();
+            }
+        }
+        let tokens = b.get(&ip).copied().map_or(cap, refill);
+        if tokens >= 1.0 {
+            b.insert(ip, (tokens - 1.0, now));
+            true
+        } else {
+            b.insert(ip, (tokens, now));
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn attempts_are_limited_per_address_and_refill() {
+        let a = Attempts::new(3);
+        let t0 = Instant::now();
+        let x: IpAddr = "192.0.2.1".parse().unwrap();
+        let y: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!((0..3).all(|_| a.allow(x, t0)));
+        assert!(!a.allow(x, t0), "a fourth attempt in the same minute");
+        assert!(a.allow(y, t0), "another address has its own bucket");
+        assert!(!a.allow(x, t0 + Duration::from_secs(10)));
+        assert!(
+            a.allow(x, t0 + Duration::from_secs(21)),
+            "one refilled after 20 s"
+        );
+        assert!(!a.allow(x, t0 + Duration::from_secs(21)));
+    }
+
+    #[test]
+    fn tracked_addresses_stay_bounded() {
+        let a = Attempts::new(10);
+        let t0 = Instant::now();
+        for i in 0..(MAX_TRACKED as u32 * 2) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            a.allow(ip, t0);
+        }
+        assert!(a.buckets.lock().unwrap().len() <= MAX_TRACKED);
     }
 }

@@ -18,6 +18,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Atomically replaces the value under `key` with `f(old)` (`None`
     /// deletes). `f` may be called more than once under contention.
     fn update(&self, tree: &str, key: &[u8], f: &mut Updater<'_>) -> Result<(), StoreError>;
+    /// Reads `keys`, then applies the writes `f` makes of their values, as
+    /// one atomic step: no other write to those keys comes between the
+    /// read and the writes. `f` returns `None` to write nothing, and may be
+    /// called more than once under contention.
+    fn transact(&self, keys: &[(&str, &[u8])], f: &mut Transactor<'_>) -> Result<(), StoreError>;
     /// Key-value pairs whose key starts with `prefix`, in key order.
     fn scan<'a>(&'a self, tree: &str, prefix: &[u8]) -> Result<KvIter<'a>, StoreError>;
     /// Pairs with keys at or after `start`, in key order.
@@ -43,6 +48,8 @@ pub struct Op {
 /// A key and its value.
 pub type Kv = (Vec<u8>, Vec<u8>);
 pub type KvIter<'a> = Box<dyn Iterator<Item = Result<Kv, StoreError>> + 'a>;
+/// Maps the values read (in the order asked) to the writes to make.
+pub type Transactor<'a> = dyn FnMut(&[Option<Vec<u8>>]) -> Option<Vec<Op>> + 'a;
 /// Maps the old value (if any) to the new one (`None` deletes).
 pub type Updater<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
 
@@ -132,6 +139,34 @@ impl Backend for Sled {
     fn update(&self, tree: &str, key: &[u8], f: &mut Updater<'_>) -> Result<(), StoreError> {
         self.tree.fetch_and_update(table_key(tree, key), f)?;
         Ok(())
+    }
+
+    fn transact(&self, keys: &[(&str, &[u8])], f: &mut Transactor<'_>) -> Result<(), StoreError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        // sled wants a `Fn`; the closure is called again only on conflict.
+        let f = std::cell::RefCell::new(f);
+        let keys: Vec<Vec<u8>> = keys.iter().map(|(t, k)| table_key(t, k)).collect();
+        let r = self.tree.transaction(|tx| {
+            let mut vals = Vec::with_capacity(keys.len());
+            for k in &keys {
+                vals.push(tx.get(k)?.map(|v| v.to_vec()));
+            }
+            let ops = (f.borrow_mut())(&vals);
+            for op in ops.into_iter().flatten() {
+                let k = table_key(op.tree, &op.key);
+                match op.value {
+                    Some(v) => tx.insert(k, v)?,
+                    None => tx.remove(k)?,
+                };
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match r {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            // `f` never aborts: it returns no writes instead.
+            Err(TransactionError::Abort(())) => Ok(()),
+        }
     }
 
     fn scan<'a>(&'a self, tree: &str, prefix: &[u8]) -> Result<KvIter<'a>, StoreError> {

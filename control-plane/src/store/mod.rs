@@ -108,6 +108,56 @@ pub enum TokenRefusal {
     UsedUp,
 }
 
+/// Why a token cannot be used now, if it cannot.
+fn usable(t: TokenRecord, now_ms: i64) -> Result<TokenRecord, TokenRefusal> {
+    if t.expires_ms <= now_ms {
+        Err(TokenRefusal::Expired)
+    } else if t.uses_left == 0 {
+        Err(TokenRefusal::UsedUp)
+    } else {
+        Ok(t)
+    }
+}
+
+/// One use taken of a stored token: the outcome, and the write that takes
+/// it (none when it cannot be used).
+#[allow(clippy::type_complexity)]
+fn take_use(
+    hash: &str,
+    stored: Option<Vec<u8>>,
+    now_ms: i64,
+) -> (
+    Result<Result<TokenRecord, TokenRefusal>, StoreError>,
+    Option<Vec<backend::Op>>,
+) {
+    let Some(bytes) = stored else {
+        return (Ok(Err(TokenRefusal::Unknown)), None);
+    };
+    let t = match decode::<TokenRecord>(TOKENS, &bytes) {
+        Ok(t) => t,
+        Err(e) => return (Err(e), None),
+    };
+    match usable(t, now_ms) {
+        Err(r) => (Ok(Err(r)), None),
+        Ok(mut t) => {
+            t.uses_left -= 1;
+            let op = backend::Op {
+                tree: TOKENS,
+                key: hash.as_bytes().to_vec(),
+                value: Some(encode(&t)),
+            };
+            (Ok(Ok(t)), Some(vec![op]))
+        }
+    }
+}
+
+/// Why an enrollment was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollRefusal {
+    Token(TokenRefusal),
+    NameTaken,
+}
+
 #[derive(Clone)]
 pub struct Store {
     pub(crate) kv: Arc<dyn Backend>,
@@ -136,10 +186,12 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let kv: Arc<dyn Backend> = Arc::new(backend::Sled::open(&data_dir.join("store"))?);
         let segments = records::open_segments(&data_dir.join("blocks"), kv.as_ref())?;
-        Ok(Store {
+        let store = Store {
             kv,
             segments: Some(Arc::new(segments)),
-        })
+        };
+        store.index_received(crate::clock::now_ms())?;
+        Ok(store)
     }
 
     /// A store on `kv` alone, blocks inline.
@@ -226,40 +278,44 @@ impl Store {
         self.kv.put(TOKENS, hash.as_bytes(), &encode(t))
     }
 
-    /// Takes one use of the token with this hash, atomically: two agents
-    /// racing for a single-use token cannot both win.
-    pub fn consume_token(
+    /// Whether the token with this hash could be used now, without taking
+    /// a use of it.
+    pub fn check_token(
         &self,
         hash: &str,
         now_ms: i64,
     ) -> Result<Result<TokenRecord, TokenRefusal>, StoreError> {
-        let mut outcome: Result<Result<TokenRecord, TokenRefusal>, StoreError> =
-            Ok(Err(TokenRefusal::Unknown));
-        self.kv.update(TOKENS, hash.as_bytes(), &mut |old| {
-            let Some(old) = old else {
-                outcome = Ok(Err(TokenRefusal::Unknown));
+        match self.kv.get(TOKENS, hash.as_bytes())? {
+            None => Ok(Err(TokenRefusal::Unknown)),
+            Some(b) => Ok(usable(decode(TOKENS, &b)?, now_ms)),
+        }
+    }
+
+    /// Takes one use of the token and records the new agent, in one atomic
+    /// step: a token is never spent on an enrollment that is not recorded,
+    /// and two agents cannot both take one name or one single-use token.
+    pub fn enroll_agent(
+        &self,
+        hash: &str,
+        now_ms: i64,
+        agent: &AgentRecord,
+    ) -> Result<Result<TokenRecord, EnrollRefusal>, StoreError> {
+        let mut outcome = Ok(Err(EnrollRefusal::Token(TokenRefusal::Unknown)));
+        let keys: [(&str, &[u8]); 2] = [(TOKENS, hash.as_bytes()), (AGENTS, agent.name.as_bytes())];
+        self.kv.transact(&keys, &mut |vals| {
+            if vals.get(1).is_some_and(Option::is_some) {
+                outcome = Ok(Err(EnrollRefusal::NameTaken));
                 return None;
-            };
-            match decode::<TokenRecord>(TOKENS, old) {
-                Err(e) => {
-                    outcome = Err(e);
-                    Some(old.to_vec())
-                }
-                Ok(t) if t.expires_ms <= now_ms => {
-                    outcome = Ok(Err(TokenRefusal::Expired));
-                    Some(old.to_vec())
-                }
-                Ok(t) if t.uses_left == 0 => {
-                    outcome = Ok(Err(TokenRefusal::UsedUp));
-                    Some(old.to_vec())
-                }
-                Ok(mut t) => {
-                    t.uses_left -= 1;
-                    let bytes = encode(&t);
-                    outcome = Ok(Ok(t));
-                    Some(bytes)
-                }
             }
+            let (o, ops) = take_use(hash, vals.first().cloned().flatten(), now_ms);
+            outcome = o.map(|r| r.map_err(EnrollRefusal::Token));
+            let mut ops = ops?;
+            ops.push(backend::Op {
+                tree: AGENTS,
+                key: agent.name.as_bytes().to_vec(),
+                value: Some(encode(agent)),
+            });
+            Some(ops)
         })?;
         outcome
     }
@@ -336,7 +392,7 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_consumed_once_and_expire() {
+    fn tokens_are_used_once_each_with_the_agent_recorded_and_expire() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let t = TokenRecord {
@@ -347,18 +403,74 @@ mod tests {
             created_by: "user:admin".into(),
         };
         s.put_token("h", &t).unwrap();
-        assert_eq!(s.consume_token("h", 50).unwrap().unwrap().uses_left, 1);
-        assert_eq!(s.consume_token("h", 50).unwrap().unwrap().uses_left, 0);
-        assert_eq!(s.consume_token("h", 50).unwrap(), Err(TokenRefusal::UsedUp));
+        assert_eq!(s.check_token("h", 50).unwrap().unwrap().uses_left, 2);
+        let got = s.enroll_agent("h", 50, &agent("a")).unwrap().unwrap();
+        assert_eq!(got.uses_left, 1);
+        assert!(s.agent("a").unwrap().is_some(), "recorded with the use");
+        // A taken name spends nothing.
         assert_eq!(
-            s.consume_token("zz", 50).unwrap(),
-            Err(TokenRefusal::Unknown)
+            s.enroll_agent("h", 50, &agent("a")).unwrap(),
+            Err(EnrollRefusal::NameTaken)
+        );
+        assert_eq!(s.check_token("h", 50).unwrap().unwrap().uses_left, 1);
+        assert_eq!(
+            s.enroll_agent("h", 50, &agent("b"))
+                .unwrap()
+                .unwrap()
+                .uses_left,
+            0
+        );
+        assert_eq!(s.check_token("h", 50).unwrap(), Err(TokenRefusal::UsedUp));
+        // A refused token records nothing.
+        assert_eq!(
+            s.enroll_agent("h", 50, &agent("c")).unwrap(),
+            Err(EnrollRefusal::Token(TokenRefusal::UsedUp))
+        );
+        assert!(s.agent("c").unwrap().is_none());
+        assert_eq!(
+            s.enroll_agent("zz", 50, &agent("c")).unwrap(),
+            Err(EnrollRefusal::Token(TokenRefusal::Unknown))
         );
         s.put_token("h2", &t).unwrap();
         assert_eq!(
-            s.consume_token("h2", 100).unwrap(),
+            s.check_token("h2", 100).unwrap(),
             Err(TokenRefusal::Expired)
         );
+        assert_eq!(
+            s.enroll_agent("h2", 100, &agent("c")).unwrap(),
+            Err(EnrollRefusal::Token(TokenRefusal::Expired))
+        );
+        assert!(s.agent("c").unwrap().is_none());
+    }
+
+    /// Racing enrollments: a single-use token is won by exactly one.
+    #[test]
+    fn a_single_use_token_is_won_once_under_races() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let t = TokenRecord {
+            id: "i".into(),
+            expires_ms: i64::MAX,
+            uses_left: 1,
+            labels: Labels::new(),
+            created_by: "user:admin".into(),
+        };
+        s.put_token("h", &t).unwrap();
+        let wins: usize = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..8)
+                .map(|i| {
+                    let s = s.clone();
+                    sc.spawn(move || {
+                        s.enroll_agent("h", 1, &agent(&format!("n{i}")))
+                            .unwrap()
+                            .is_ok()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| usize::from(h.join().unwrap())).sum()
+        });
+        assert_eq!(wins, 1);
+        assert_eq!(s.agents().unwrap().len(), 1);
     }
 
     #[test]
