@@ -52,6 +52,60 @@ pub struct ControlConfig {
     /// How long raw log lines are kept.
     #[serde(default = "default_logs_retention", with = "humantime_serde")]
     pub logs_retention: Duration,
+    /// What one peer may hold of the gRPC port.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[limits]`: bounds on what a peer can hold of the gRPC port before and
+/// after it proves who it is.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// A connection that has not finished its TLS handshake by then is
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Connections that have not presented a client certificate (still in
+    /// the handshake, or enrolling): the most at once, in all and per
+    /// source address. Connections over either are closed at accept.
+    pub max_unauthenticated: usize,
+    pub max_unauthenticated_per_address: usize,
+    /// A connection without a client certificate (it can only enroll) is
+    /// closed this long after its handshake.
+    #[serde(with = "humantime_serde")]
+    pub unauthenticated_lifetime: Duration,
+    /// Enrollment attempts per source address per minute (a burst of as
+    /// many is allowed).
+    pub enroll_per_minute: u32,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// The server pings an idle connection this often, and closes it when
+    /// a ping is not answered within `keepalive_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// A call must have its answer (a unary reply, or the start of a
+    /// stream) within this.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            max_unauthenticated: 256,
+            max_unauthenticated_per_address: 16,
+            unauthenticated_lifetime: Duration::from_secs(30),
+            enroll_per_minute: 10,
+            max_concurrent_streams: 64,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 fn default_events_retention() -> Duration {
@@ -109,6 +163,31 @@ impl ControlConfig {
         if cfg.agent_cert_ttl < Duration::from_secs(10) {
             return Err(parse_err("agent_cert_ttl must be at least 10s".into()));
         }
+        let l = &cfg.limits;
+        if l.max_unauthenticated == 0 || l.max_unauthenticated_per_address == 0 {
+            return Err(parse_err(
+                "limits.max_unauthenticated and limits.max_unauthenticated_per_address must be \
+                 at least 1 (enrollment needs a connection without a certificate)"
+                    .into(),
+            ));
+        }
+        if l.enroll_per_minute == 0 || l.max_concurrent_streams == 0 {
+            return Err(parse_err(
+                "limits.enroll_per_minute and limits.max_concurrent_streams must be at least 1"
+                    .into(),
+            ));
+        }
+        for (name, d) in [
+            ("handshake_timeout", l.handshake_timeout),
+            ("unauthenticated_lifetime", l.unauthenticated_lifetime),
+            ("keepalive_interval", l.keepalive_interval),
+            ("keepalive_timeout", l.keepalive_timeout),
+            ("request_timeout", l.request_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                return Err(parse_err(format!("limits.{name} must be at least 100ms")));
+            }
+        }
         if cfg.heartbeat_interval < Duration::from_millis(100) {
             return Err(parse_err(
                 "heartbeat_interval must be at least 100ms".into(),
@@ -149,6 +228,29 @@ metrics_rollup_retention = "30d"
 # Events and raw log lines are kept this long.
 events_retention = "30d"
 logs_retention = "7d"
+
+# What one peer may hold of the gRPC port.
+[limits]
+# A connection that has not finished TLS by then is closed.
+handshake_timeout = "10s"
+# Connections without a client certificate (in the handshake, or
+# enrolling): at most this many at once, and this many per source address.
+# Connections over either are closed at accept and counted on /metrics.
+max_unauthenticated = 256
+max_unauthenticated_per_address = 16
+# A connection without a client certificate can only enroll; it is closed
+# this long after its handshake.
+unauthenticated_lifetime = "30s"
+# Enrollment attempts per source address per minute.
+enroll_per_minute = 10
+# HTTP/2 streams open at once on one connection.
+max_concurrent_streams = 64
+# Idle connections are pinged this often; one that does not answer within
+# keepalive_timeout is closed.
+keepalive_interval = "30s"
+keepalive_timeout = "10s"
+# A call must be answered (a reply, or the start of a stream) within this.
+request_timeout = "60s"
 "#,
             data_dir = data_dir.display()
         )
@@ -168,6 +270,28 @@ mod tests {
         assert_eq!(cfg.http_listen, default_http_listen());
         assert_eq!(cfg.agent_cert_ttl, Duration::from_secs(86400));
         assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/picket"));
+        assert_eq!(cfg.limits, Limits::default());
+        assert_eq!(cfg.events_retention, default_events_retention());
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let p = Path::new("/x/control.toml");
+        let e = ControlConfig::parse("data_dir = \"d\"\n[limits]\nmax_unauthenticated = 0\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_unauthenticated"), "{e}");
+        let e = ControlConfig::parse(
+            "data_dir = \"d\"\n[limits]\nhandshake_timeout = \"1ms\"\n",
+            p,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("limits.handshake_timeout"), "{e}");
+        let e = ControlConfig::parse("data_dir = \"d\"\n[limits]\nhandshake = \"1s\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("handshake"), "{e}");
     }
 
     #[test]

@@ -221,11 +221,49 @@ fn exposition(state: &State) -> Result<String, crate::store::StoreError> {
             "Records that could not be decoded, and skipped, since start",
             &state.counters.rejected,
         ),
+        (
+            "picket_control_connections_refused",
+            "gRPC connections closed at accept: too many without a client certificate, in all",
+            &state.gate.refused_total,
+        ),
+        (
+            "picket_control_connections_refused_address",
+            "gRPC connections closed at accept: too many without a client certificate from their address",
+            &state.gate.refused_address,
+        ),
+        (
+            "picket_control_tls_handshake_timeouts",
+            "gRPC connections closed because their TLS handshake did not finish in time",
+            &state.gate.handshake_timeouts,
+        ),
+        (
+            "picket_control_tls_handshake_failures",
+            "gRPC connections whose TLS handshake failed (bad certificate, not TLS)",
+            &state.gate.handshake_failures,
+        ),
+        (
+            "picket_control_connections_unauthenticated_expired",
+            "Connections without a client certificate closed at the end of their lifetime",
+            &state.gate.unauthenticated_expired,
+        ),
+        (
+            "picket_control_enroll_rate_limited",
+            "Enrollment attempts refused by the per-address rate limit",
+            &state.counters.enroll_rate_limited,
+        ),
     ] {
         let g = Gauge::<i64>::default();
         g.set(i64::try_from(v.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
         reg.register(name, help, g);
     }
+
+    let g = Gauge::<i64>::default();
+    g.set(i64::try_from(state.gate.unauthenticated()).unwrap_or(i64::MAX));
+    reg.register(
+        "picket_control_connections_unauthenticated",
+        "gRPC connections open without a client certificate (handshaking or enrolling)",
+        g,
+    );
 
     let mut body = String::new();
     // Writing into a String cannot fail.

@@ -149,6 +149,7 @@ mod tests {
             fleet: Default::default(),
             feed: Default::default(),
             counters: Default::default(),
+            gate: Default::default(),
             shutdown: Default::default(),
         }
     }

@@ -65,6 +65,7 @@ pub async fn run(
         fleet: Default::default(),
         feed: Default::default(),
         counters: Default::default(),
+        gate: Default::default(),
         shutdown: shutdown.clone(),
     });
     tracing::info!(

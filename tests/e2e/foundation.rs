@@ -1,9 +1,10 @@
 //! Foundation, end to end: init, run, tokens, enrollment, sessions,
 //! revocation, roles, renewal, dev mode, and every bad input of issue #2.
 
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 use picket_tests::*;
 
@@ -36,7 +37,7 @@ fn fleet_enrolls_goes_offline_and_is_revoked() -> Result<()> {
     let out = enroll(&w, &cp, &fp, &tok, "vm-extra", &[])?;
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("token already used"),
+        stderr(&out).contains("enrollment refused: the token is not valid"),
         "{}",
         stderr(&out)
     );
@@ -147,25 +148,37 @@ fn tokens_and_fingerprints_are_checked_before_anything_is_sent() -> Result<()> {
     let out = enroll(&w, &cp, &fp, &tok, "a1", &[])?;
     assert!(out.status.success(), "{}", stderr(&out));
 
-    // Reused single-use token.
-    let out = enroll(&w, &cp, &fp, &tok, "a2", &[])?;
+    // A used, an expired and an unknown token get one and the same
+    // answer, which says nothing of which it was, nor of the name asked
+    // for (a1 exists): without a token nothing is learnt. The audit log
+    // has the real reason.
+    let invalid = "the token is not valid";
+    // (The agent's own state folder would refuse before asking.)
+    std::fs::remove_dir_all(w.path("agents/a1"))?;
+    let out = enroll(&w, &cp, &fp, &tok, "a1", &[])?;
     assert_eq!(out.status.code(), Some(1));
+    let used = stderr(&out);
     assert!(
-        stderr(&out).contains("token already used"),
-        "{}",
-        stderr(&out)
+        used.contains(invalid) && !used.contains("already enrolled"),
+        "{used}"
     );
-
-    // Expired token.
     let short = token(&w, &cp, &["--ttl", "1s"])?;
     std::thread::sleep(Duration::from_millis(2100));
-    let out = enroll(&w, &cp, &fp, &short, "a3", &[])?;
+    let out = enroll(&w, &cp, &fp, &short, "a1", &[])?;
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("token expired"), "{}", stderr(&out));
+    assert_eq!(stderr(&out), used, "expired reads as used");
+    let out = enroll(&w, &cp, &fp, "pkt_nope", "a1", &[])?;
+    assert_eq!(stderr(&out), used, "unknown reads as used");
+    let audit = ctl_json(&w, &cp.admin_flags(), &["audit"])?;
+    for why in ["token already used", "token expired", "unknown token"] {
+        assert!(
+            audit.iter().any(|r| r["action"] == "agent.enroll"
+                && r["outcome"].as_str().is_some_and(|o| o.contains(why))),
+            "{why} not audited: {audit:?}"
+        );
+    }
 
-    // Unknown token, malformed fingerprint, taken name, bad name.
-    let out = enroll(&w, &cp, &fp, "pkt_nope", "a4", &[])?;
-    assert!(stderr(&out).contains("unknown token"), "{}", stderr(&out));
+    // Malformed fingerprint, taken name, bad name.
     let out = enroll(&w, &cp, "md5:00", &tok, "a5", &[])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -174,7 +187,6 @@ fn tokens_and_fingerprints_are_checked_before_anything_is_sent() -> Result<()> {
         stderr(&out)
     );
     let t2 = token(&w, &cp, &[])?;
-    std::fs::remove_dir_all(w.path("agents/a1"))?;
     let out = enroll(&w, &cp, &fp, &t2, "a1", &[])?;
     assert!(
         stderr(&out).contains("already enrolled"),
@@ -369,6 +381,41 @@ fn health_and_reflection_answer_any_grpc_client() -> Result<()> {
             "{s} missing from {services:?}"
         );
     }
+
+    // Many clients still speak reflection v1alpha: the standard Python
+    // tooling (grpcio-reflection), older grpcurl, Postman. Asked by the
+    // real grpcio-reflection client, over mTLS.
+    let py = tests_dir().join("tools/reflection_v1alpha.py");
+    let out = Command::new("python3")
+        .arg(&py)
+        .arg(&cp.grpc)
+        .arg(d("ca.crt"))
+        .arg(d("admin.crt"))
+        .arg(d("admin.key"))
+        .output()
+        .context("running python3 (scripts/test installs grpcio-reflection)")?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for s in [
+        "picket.v1.AdminService",
+        "picket.v1.AgentService",
+        "grpc.health.v1.Health",
+        "method ListAgents",
+        "method StreamEvents",
+    ] {
+        assert!(listed.lines().any(|l| l == s), "{s} missing from {listed}");
+    }
+    // And without a certificate, v1alpha is refused like every service.
+    let out = Command::new("python3")
+        .arg(&py)
+        .arg(&cp.grpc)
+        .arg(d("ca.crt"))
+        .output()?;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "error UNAUTHENTICATED"
+    );
     // HTTP side.
     let health = std::net::TcpStream::connect(&cp.http).is_ok();
     assert!(health);

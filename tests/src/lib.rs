@@ -183,24 +183,56 @@ impl World {
             .ok_or_else(|| anyhow!("no fingerprint in init output: {text}"))?;
         if !extra_config.is_empty() {
             let cfg = self.dir.path().join(data_dir).join("control.toml");
-            let mut text = std::fs::read_to_string(&cfg)?;
-            for line in extra_config.lines() {
-                if let Some((key, _)) = line.split_once('=') {
-                    let key = key.trim();
-                    text = text
-                        .lines()
-                        .filter(|l| !l.starts_with(&format!("{key} =")))
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    text.push('\n');
-                }
-                text.push_str(line);
-                text.push('\n');
-            }
-            std::fs::write(cfg, text)?;
+            let text = std::fs::read_to_string(&cfg)?;
+            std::fs::write(cfg, merge_config(&text, extra_config))?;
         }
         Ok(fp.to_string())
     }
+}
+
+/// `extra` merged into a config file's text, table by table: a key of
+/// `extra` replaces the same key of the same table (top level included),
+/// and a table the file does not have is appended.
+pub fn merge_config(text: &str, extra: &str) -> String {
+    /// A file as its top level (header `None`) and its `[table]`s.
+    fn sections(text: &str) -> Vec<(Option<String>, Vec<String>)> {
+        let mut out = vec![(None, Vec::new())];
+        for l in text.lines() {
+            let t = l.trim();
+            if t.starts_with('[') && !t.starts_with("[[") {
+                out.push((Some(t.to_string()), Vec::new()));
+            } else if let Some(last) = out.last_mut() {
+                last.1.push(l.to_string());
+            }
+        }
+        out
+    }
+    let key = |l: &str| l.split_once('=').map(|(k, _)| k.trim().to_string());
+    let mut file = sections(text);
+    for (header, lines) in sections(extra) {
+        let keys: Vec<String> = lines.iter().filter_map(|l| key(l)).collect();
+        match file.iter_mut().find(|(h, _)| *h == header) {
+            Some((_, have)) => {
+                have.retain(|l| {
+                    l.trim_start().starts_with('#') || key(l).is_none_or(|k| !keys.contains(&k))
+                });
+                have.extend(lines);
+            }
+            None => file.push((header, lines)),
+        }
+    }
+    let mut out = String::new();
+    for (header, lines) in file {
+        if let Some(h) = header {
+            out.push_str(&h);
+            out.push('\n');
+        }
+        for l in lines {
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// A running control plane on free loopback ports.

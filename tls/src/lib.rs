@@ -5,6 +5,8 @@
 //! - [`csr`] — a fresh ECDSA P-256 key and a CSR for it (keys never travel).
 //! - [`client`] — rustls client configs (mTLS, or a pinned CA for enrollment)
 //!   and a tonic `Channel` over them.
+//! - [`server`] — the control plane's rustls config (client certificates
+//!   verified against the CA, optional for enrollment).
 //!
 //! Everything here uses rustls with the ring provider; there is no OpenSSL.
 
@@ -12,6 +14,7 @@ pub mod client;
 pub mod csr;
 pub mod files;
 pub mod fingerprint;
+pub mod server;
 
 /// The rustls crypto provider every Picket binary uses.
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

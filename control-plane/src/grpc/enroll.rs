@@ -28,7 +28,7 @@ use crate::state::State;
 use crate::store::{AgentRecord, EnrollRefusal};
 
 /// The one answer to a token that is unknown, expired or used up.
-const REFUSED: &str = "enrollment refused: the token is not valid (unknown, expired or used up)";
+const REFUSED: &str = "the token is not valid (unknown, expired or used up)";
 
 pub struct EnrollService {
     state: Arc<State>,

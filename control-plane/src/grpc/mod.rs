@@ -2,6 +2,7 @@
 //! services, `grpc.health.v1` and server reflection. No business logic here
 //! beyond turning requests into store and PKI calls.
 
+pub mod accept;
 mod admin;
 mod agent;
 pub mod auth;
@@ -17,8 +18,7 @@ use picket_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::state::State;
 
@@ -26,6 +26,8 @@ use crate::state::State;
 pub enum ServeError {
     #[error("cannot read TLS material: {0}")]
     Files(#[from] picket_tls::files::FileError),
+    #[error("TLS: {0}")]
+    Tls(#[from] picket_tls::server::ServerError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
@@ -37,17 +39,20 @@ pub fn status_internal(e: impl std::fmt::Display) -> tonic::Status {
     status::internal(e)
 }
 
+/// The most a message may take once decoded, per service: an agent's
+/// record batch is at most about 2 MiB (`uplink`), a CSR a few hundred
+/// bytes.
+const MAX_AGENT_MESSAGE: usize = 16 * 1024 * 1024;
+const MAX_ADMIN_MESSAGE: usize = 4 * 1024 * 1024;
+const MAX_ENROLL_MESSAGE: usize = 64 * 1024;
+
 /// Serves the gRPC API on `listener` until `state.shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<State>) -> Result<(), ServeError> {
     let dir = &state.cfg.data_dir;
-    let chain = picket_tls::files::read(&dir.join("server.crt"))?;
-    let key = picket_tls::files::read(&dir.join("server.key"))?;
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(chain, key))
-        .client_ca_root(Certificate::from_pem(state.ca.cert_pem()))
-        // Enrollment comes without a certificate; every other service
-        // refuses such callers in the interceptor.
-        .client_auth_optional(true);
+    let chain = picket_tls::files::read_certs(&dir.join("server.crt"))?;
+    let key = picket_tls::files::read_key(&dir.join("server.key"))?;
+    let ca = picket_tls::files::parse_certs(state.ca.cert_pem(), &dir.join("ca.crt"))?;
+    let tls = Arc::new(picket_tls::server::config(&ca, chain, key)?);
 
     let auth = auth::Authenticator::new(state.store.clone());
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -57,38 +62,52 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) -> Result<(), Serve
     health
         .set_serving::<AgentServiceServer<agent::AgentSvc>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(picket_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection protocols: many clients (grpcurl before 1.9,
+    // grpcio-reflection, Postman) still speak v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(picket_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let limits = state.cfg.limits.clone();
     let shutdown = state.shutdown.clone();
+    let incoming = accept::incoming(
+        listener,
+        tls,
+        limits.clone(),
+        state.gate.clone(),
+        shutdown.clone(),
+    );
     Server::builder()
-        .tls_config(tls)?
-        .add_service(EnrollmentServer::new(enroll::EnrollService {
-            state: state.clone(),
-        }))
-        .add_service(AgentServiceServer::with_interceptor(
-            agent::AgentSvc {
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .timeout(limits.request_timeout)
+        .add_service(
+            EnrollmentServer::new(enroll::EnrollService::new(state.clone()))
+                .max_decoding_message_size(MAX_ENROLL_MESSAGE),
+        )
+        .add_service(InterceptedService::new(
+            AgentServiceServer::new(agent::AgentSvc {
                 state: state.clone(),
-            },
+            })
+            .max_decoding_message_size(MAX_AGENT_MESSAGE),
             auth.clone(),
         ))
-        .add_service(AdminServiceServer::with_interceptor(
-            admin::AdminSvc {
+        .add_service(InterceptedService::new(
+            AdminServiceServer::new(admin::AdminSvc {
                 state: state.clone(),
-            },
+            })
+            .max_decoding_message_size(MAX_ADMIN_MESSAGE),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(health_svc, auth.clone()))
-        .add_service(InterceptedService::new(reflection, auth))
-        .serve_with_incoming_shutdown(
-            // No Nagle: a small frame (an Ack, a flow-control window
-            // update) otherwise waits out the peer's delayed ACK, 40 ms,
-            // and the agent's stream stalls behind it.
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled(),
-        )
+        .add_service(InterceptedService::new(reflection_v1, auth.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, auth))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await?;
     Ok(())
 }
