@@ -7,38 +7,135 @@
 //! follower subscribes first, then notes `last_id` (the snapshot): the
 //! backlog is what the store holds with id ≤ snapshot, the live part what
 //! is published with id > snapshot.
+//!
+//! Memory is bounded against any viewer: a `--limit`/`--tail N` backlog is
+//! read twice (a count, then the records past the first `count - N`)
+//! instead of held, and each follower's live queue is bounded by bytes
+//! ([`FOLLOWER_BYTES`]); one that falls further behind is told so, with
+//! where to resume, after what it was sent.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use picket_proto::model::Severity;
 use regex::Regex;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::state::State;
 use crate::store::records::{EventRecord, FromWire, LogRecord, Records, Wire};
 use crate::store::{Store, StoreError};
 
-/// How many records a slow follower may fall behind before it is cut off.
-const LIVE_CAPACITY: usize = 65_536;
+/// How many bytes of records may wait for one follower before it is cut
+/// off (about 30,000 Suricata lines).
+pub const FOLLOWER_BYTES: usize = 16 * 1024 * 1024;
 
+#[derive(Default)]
 pub struct Feed {
-    events: broadcast::Sender<Arc<EventRecord>>,
-    logs: broadcast::Sender<Arc<LogRecord>>,
+    events: Live<EventRecord>,
+    logs: Live<LogRecord>,
     last_id: AtomicU64,
     /// Serialises id allocation, write and publish (see the module docs).
     order: Mutex<()>,
 }
 
-impl Default for Feed {
+/// The followers of one kind of record, each with its own queue.
+struct Live<T> {
+    followers: Mutex<Vec<Follower<T>>>,
+    budget: usize,
+}
+
+impl<T> Default for Live<T> {
     fn default() -> Self {
-        Feed {
-            events: broadcast::channel(LIVE_CAPACITY).0,
-            logs: broadcast::channel(LIVE_CAPACITY).0,
-            last_id: AtomicU64::new(0),
-            order: Mutex::new(()),
+        Live {
+            followers: Mutex::new(Vec::new()),
+            budget: FOLLOWER_BYTES,
+        }
+    }
+}
+
+struct Follower<T> {
+    tx: mpsc::UnboundedSender<Arc<T>>,
+    queue: Arc<Queue>,
+}
+
+/// What waits for one follower, in bytes; shared by both ends.
+#[derive(Default)]
+struct Queue {
+    bytes: AtomicUsize,
+    /// Set when the follower was cut off for falling behind.
+    lagged: AtomicBool,
+}
+
+/// A follower's end of its live queue.
+pub struct LiveRx<T> {
+    rx: mpsc::UnboundedReceiver<Arc<T>>,
+    queue: Arc<Queue>,
+}
+
+/// Why a follower's live queue ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// More than [`FOLLOWER_BYTES`] waited for it.
+    Lagged,
+    Closed,
+}
+
+impl<T: Stored> LiveRx<T> {
+    async fn recv(&mut self) -> Result<Arc<T>, Ended> {
+        match self.rx.recv().await {
+            Some(x) => {
+                self.queue.bytes.fetch_sub(x.size(), Ordering::Relaxed);
+                Ok(x)
+            }
+            None if self.queue.lagged.load(Ordering::Acquire) => Err(Ended::Lagged),
+            None => Err(Ended::Closed),
+        }
+    }
+}
+
+impl<T: Stored + FromWire> Live<T> {
+    fn subscribe(&self) -> LiveRx<T> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue::default());
+        self.lock().push(Follower {
+            tx,
+            queue: queue.clone(),
+        });
+        LiveRx { rx, queue }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Follower<T>>> {
+        self.followers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends stored records to the followers, if any (decoded only then).
+    /// A follower with more than its budget waiting is dropped: it reads
+    /// what it was sent, then learns that it fell behind.
+    fn publish(&self, host: &str, records: &[Wire<'_>]) {
+        let mut followers = self.lock();
+        followers.retain(|f| !f.tx.is_closed());
+        if followers.is_empty() {
+            return;
+        }
+        for w in records {
+            let r = match T::from_wire(host, w) {
+                Ok(r) => Arc::new(r),
+                // Ingest checked that it decodes.
+                Err(error) => {
+                    tracing::error!(%error, id = w.id, "cannot decode a stored record");
+                    continue;
+                }
+            };
+            let size = r.size();
+            followers.retain(|f| {
+                let queued = f.queue.bytes.fetch_add(size, Ordering::Relaxed) + size;
+                if queued > self.budget {
+                    f.queue.lagged.store(true, Ordering::Release);
+                    return false;
+                }
+                f.tx.send(r.clone()).is_ok()
+            });
         }
     }
 }
@@ -61,8 +158,8 @@ impl Feed {
             w.id = ids.next().unwrap_or_default();
         }
         store.put_records(host, &r, acked)?;
-        publish(&self.events, host, &r.events);
-        publish(&self.logs, host, &r.logs);
+        self.events.publish(host, &r.events);
+        self.logs.publish(host, &r.logs);
         let max = r.events.iter().chain(&r.logs).map(|w| w.id).max();
         if let Some(max) = max {
             self.last_id.fetch_max(max, Ordering::Release);
@@ -74,33 +171,10 @@ impl Feed {
     /// under the lock that stores and publishes: every record is then
     /// either at or below the snapshot, or sent to the new receiver. (A
     /// batch stored while no one followed is not published at all.)
-    fn snapshot<T>(
-        &self,
-        live: Option<&broadcast::Sender<Arc<T>>>,
-    ) -> (Option<broadcast::Receiver<Arc<T>>>, u64) {
+    fn snapshot<T: Stored + FromWire>(&self, live: Option<&Live<T>>) -> (Option<LiveRx<T>>, u64) {
         let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
-        let rx = live.map(broadcast::Sender::subscribe);
+        let rx = live.map(Live::subscribe);
         (rx, self.last_id.load(Ordering::Acquire))
-    }
-}
-
-/// Sends stored records to the followers, if any.
-fn publish<T: FromWire + Send + Sync + 'static>(
-    to: &broadcast::Sender<Arc<T>>,
-    host: &str,
-    records: &[Wire<'_>],
-) {
-    if to.receiver_count() == 0 {
-        return;
-    }
-    for w in records {
-        match T::from_wire(host, w) {
-            Ok(r) => {
-                let _ = to.send(Arc::new(r));
-            }
-            // Ingest checked that it decodes.
-            Err(error) => tracing::error!(%error, id = w.id, "cannot decode a stored record"),
-        }
     }
 }
 
@@ -142,17 +216,48 @@ impl LogFilter {
 /// A stored record the feed carries.
 pub trait Stored: Send + Sync + 'static {
     fn id(&self) -> u64;
+    /// About the bytes it holds in memory.
+    fn size(&self) -> usize;
+    /// Its time, for a follower told where to resume.
+    fn time_ms(&self) -> i64;
 }
 
 impl Stored for EventRecord {
     fn id(&self) -> u64 {
         self.id
     }
+    fn size(&self) -> usize {
+        let fields: usize = self
+            .fields
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum();
+        std::mem::size_of::<Self>()
+            + self.host.len()
+            + self.source.len()
+            + self.path.len()
+            + self.kind.len()
+            + self.message.len()
+            + fields
+    }
+    fn time_ms(&self) -> i64 {
+        self.time_ms
+    }
 }
 
 impl Stored for LogRecord {
     fn id(&self) -> u64 {
         self.id
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.host.len()
+            + self.source.len()
+            + self.path.len()
+            + self.line.len()
+    }
+    fn time_ms(&self) -> i64 {
+        self.time_ms
     }
 }
 
@@ -241,7 +346,7 @@ pub fn logs(
 fn serve<T: Stored, F: Filter<T>>(
     state: Arc<State>,
     f: F,
-    live: Option<broadcast::Receiver<Arc<T>>>,
+    live: Option<LiveRx<T>>,
     snapshot: u64,
     scan: Scan<T>,
     last_n: usize,
@@ -251,18 +356,15 @@ fn serve<T: Stored, F: Filter<T>>(
     tokio::spawn(async move {
         let (st, f2, tx2) = (state.clone(), f.clone(), tx.clone());
         let backlog_sent = tokio::task::spawn_blocking(move || {
-            let items = match scan(&st.store, f2.since(), f2.host()) {
-                Ok(it) => it,
-                Err(e) => {
-                    let _ = tx2.blocking_send(Err(crate::grpc::status_internal(e)));
-                    return false;
-                }
+            let read = || {
+                scan(&st.store, f2.since(), f2.host()).map(|items| {
+                    items.filter(|r| {
+                        r.as_ref()
+                            .map_or(true, |x| x.id() <= snapshot && f2.keep(x))
+                    })
+                })
             };
-            let kept = items.filter(|r| {
-                r.as_ref()
-                    .map_or(true, |x| x.id() <= snapshot && f2.keep(x))
-            });
-            send_backlog(kept.map(|r| r.map(Arc::new)), last_n, &tx2)
+            send_backlog(read, last_n, &tx2)
         })
         .await
         .unwrap_or(false);
@@ -273,42 +375,61 @@ fn serve<T: Stored, F: Filter<T>>(
 }
 
 /// Sends the backlog: everything as it is read, or, with `last_n`, only
-/// the last N (held in a ring of N). Returns false when the receiver left.
-fn send_backlog<T>(
-    items: impl Iterator<Item = Result<Arc<T>, StoreError>>,
+/// the last N. Those are found by reading twice (a count, then a skip of
+/// all but N), so that no N records are ever held. Returns false when the
+/// receiver left or the store failed.
+fn send_backlog<T, I>(
+    read: impl Fn() -> Result<I, StoreError>,
     last_n: usize,
     tx: &mpsc::Sender<Result<Arc<T>, Status>>,
-) -> bool {
-    let mut ring: VecDeque<Arc<T>> = VecDeque::new();
-    for item in items {
-        match item {
-            Err(e) => {
-                let _ = tx.blocking_send(Err(crate::grpc::status_internal(e)));
-                return false;
+) -> bool
+where
+    I: Iterator<Item = Result<T, StoreError>>,
+{
+    let fail = |e: StoreError| {
+        let _ = tx.blocking_send(Err(crate::grpc::status_internal(e)));
+        false
+    };
+    let mut skip = 0;
+    if last_n > 0 {
+        let items = match read() {
+            Ok(it) => it,
+            Err(e) => return fail(e),
+        };
+        let mut n = 0usize;
+        for item in items {
+            if let Err(e) = item {
+                return fail(e);
             }
-            Ok(x) if last_n == 0 => {
-                if tx.blocking_send(Ok(x)).is_err() {
+            n += 1;
+        }
+        skip = n.saturating_sub(last_n);
+    }
+    let items = match read() {
+        Ok(it) => it,
+        Err(e) => return fail(e),
+    };
+    for item in items.skip(skip) {
+        match item {
+            Err(e) => return fail(e),
+            Ok(x) => {
+                if tx.blocking_send(Ok(Arc::new(x))).is_err() {
                     return false;
                 }
             }
-            Ok(x) => {
-                if ring.len() == last_n {
-                    ring.pop_front();
-                }
-                ring.push_back(x);
-            }
         }
     }
-    ring.into_iter().all(|x| tx.blocking_send(Ok(x)).is_ok())
+    true
 }
 
 async fn follow_live<T: Stored>(
-    mut live: broadcast::Receiver<Arc<T>>,
+    mut live: LiveRx<T>,
     snapshot: u64,
     keep: impl Fn(&T) -> bool,
     tx: &mpsc::Sender<Result<Arc<T>, Status>>,
     state: &State,
 ) {
+    let mut last_time = None;
     loop {
         let next = tokio::select! {
             r = live.recv() => r,
@@ -320,19 +441,132 @@ async fn follow_live<T: Stored>(
         };
         match next {
             Ok(x) => {
-                if x.id() > snapshot && keep(&x) && tx.send(Ok(x)).await.is_err() {
-                    return;
+                if x.id() > snapshot && keep(&x) {
+                    last_time = Some(x.time_ms());
+                    if tx.send(Ok(x)).await.is_err() {
+                        return;
+                    }
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
+            Err(Ended::Lagged) => {
                 let _ = tx
-                    .send(Err(Status::resource_exhausted(format!(
-                        "this follower fell {n} records behind and was cut off; run again with --since"
+                    .send(Err(Status::resource_exhausted(lagged_message(
+                        last_time,
+                        crate::clock::now_ms(),
                     ))))
                     .await;
                 return;
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(Ended::Closed) => return,
         }
+    }
+}
+
+/// What a follower that fell behind is told: why, the last record it got,
+/// and the `--since` that resumes from there.
+fn lagged_message(last_time: Option<i64>, now_ms: i64) -> String {
+    let mib = FOLLOWER_BYTES / (1024 * 1024);
+    let head = format!(
+        "fell behind the live feed (more than {mib} MiB waiting to be sent) and was cut off"
+    );
+    match last_time {
+        Some(t) => {
+            let mins = (now_ms.saturating_sub(t) / 60_000 + 1).max(1);
+            let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t) * 1_000_000)
+                .ok()
+                .and_then(|d| {
+                    d.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_else(|| t.to_string());
+            format!(
+                "{head}; the last record sent was of {at}: run again with --since {mins}m to resume \
+                 (records from just before it may show again)"
+            )
+        }
+        None => format!("{head} before any live record was sent; run again to resume"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::records::FromWire;
+
+    fn line(id: u64, text: &str) -> LogRecord {
+        LogRecord {
+            id,
+            host: "h".into(),
+            source: "raw".into(),
+            path: "/p".into(),
+            seq: id,
+            time_ms: 60_000,
+            line: text.into(),
+            truncated: false,
+            invalid_utf8: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_past_its_byte_budget_gets_what_was_sent_then_lagged() {
+        let live = Live::<LogRecord> {
+            followers: Mutex::new(Vec::new()),
+            budget: 4_096,
+        };
+        let mut slow = live.subscribe();
+        let big = "x".repeat(1_000);
+        let wires: Vec<_> = (1..=10).map(|i| line(i, &big).to_wire()).collect();
+        live.publish("h", &wires);
+        assert!(live.lock().is_empty(), "cut off past its budget");
+        let mut got = 0;
+        let end = loop {
+            match slow.recv().await {
+                Ok(_) => got += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!((2..10).contains(&got), "{got} records before the cut");
+        assert_eq!(end, Ended::Lagged);
+        // A follower that keeps up is never cut.
+        let mut quick = live.subscribe();
+        for w in &wires {
+            live.publish("h", std::slice::from_ref(w));
+            assert_eq!(quick.recv().await.unwrap().line, big);
+        }
+        assert_eq!(live.lock().len(), 1);
+        assert_eq!(quick.queue.bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_lagged_message_says_where_to_resume() {
+        let m = lagged_message(Some(60_000), 60_000 + 150_000);
+        assert!(
+            m.contains("--since 3m") && m.contains("1970-01-01T00:01:00Z"),
+            "{m}"
+        );
+        assert!(lagged_message(None, 0).contains("before any live record"));
+    }
+
+    #[test]
+    fn the_last_n_are_sent_without_holding_them() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let all: Vec<LogRecord> = (1..=10).map(|i| line(i, "l")).collect();
+        let reads = std::cell::Cell::new(0);
+        let read = || {
+            reads.set(reads.get() + 1);
+            Ok::<_, StoreError>(all.clone().into_iter().map(Ok))
+        };
+        assert!(send_backlog(read, 3, &tx));
+        assert_eq!(reads.get(), 2);
+        let mut ids = Vec::new();
+        while let Ok(Ok(x)) = rx.try_recv() {
+            ids.push(x.id);
+        }
+        assert_eq!(ids, [8, 9, 10]);
+        assert!(send_backlog(read, 0, &tx));
+        assert_eq!(reads.get(), 3, "no count without a limit");
+        assert!(send_backlog(read, 50, &tx));
+        let n = std::iter::from_fn(|| rx.try_recv().ok()).count();
+        assert_eq!(n, 20);
     }
 }
