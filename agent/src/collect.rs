@@ -27,6 +27,10 @@ pub const BATCH_LINES: usize = 2000;
 /// Lines no parser recognised (kept as `other`), since start.
 pub static UNPARSED: AtomicU64 = AtomicU64::new(0);
 
+/// Saved read positions that could not be read back at start (the source
+/// then started afresh), since start.
+pub static BAD_POSITIONS: AtomicU64 = AtomicU64::new(0);
+
 struct Source {
     cfg: SourceConfig,
     key: String,
@@ -51,11 +55,7 @@ pub fn run(cfg: &AgentConfig, buffer: Arc<Buffer>, shutdown: CancellationToken) 
         .iter()
         .map(|s| {
             let key = s.path.display().to_string();
-            let saved = buffer
-                .position(&key)
-                .ok()
-                .flatten()
-                .and_then(|b| serde_json::from_slice::<Position>(&b).ok());
+            let saved = saved_position(&buffer, s);
             Source {
                 tailer: Tailer::new(&s.path, saved, cfg.max_line_bytes, s.from_start),
                 parser: Parser::for_kind(s.kind),
@@ -69,9 +69,11 @@ pub fn run(cfg: &AgentConfig, buffer: Arc<Buffer>, shutdown: CancellationToken) 
     }
 
     // Watch each source's folder: creation and renames show up there.
-    let (wake_tx, wake) = mpsc::channel::<()>();
+    // Wake-ups coalesce: one pending is enough to make the loop read
+    // again, so a busy file's events cannot pile up while it reads.
+    let (wake_tx, wake) = mpsc::sync_channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = wake_tx.send(());
+        let _ = wake_tx.try_send(());
     });
     let dirs: BTreeSet<PathBuf> = cfg
         .sources
@@ -129,6 +131,33 @@ pub fn run(cfg: &AgentConfig, buffer: Arc<Buffer>, shutdown: CancellationToken) 
     }
     drop(queue);
     let _ = writer.join();
+}
+
+/// The read position saved for `s`, if one is saved and readable. One that
+/// cannot be read (a damaged store) is logged and counted, and the source
+/// starts afresh: at the end of the file, or at its start with
+/// `from_start`. The log line says which, so an operator knows what was
+/// skipped or may show again.
+fn saved_position(buffer: &Buffer, s: &SourceConfig) -> Option<Position> {
+    let path = s.path.display();
+    let bad = |error: String| {
+        BAD_POSITIONS.fetch_add(1, Ordering::Relaxed);
+        let size = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
+        if s.from_start {
+            tracing::error!(%path, %error, "saved read position unreadable; reading the file from its start, so lines already sent may be sent again");
+        } else {
+            tracing::error!(%path, %error, skipped_bytes = size, "saved read position unreadable; reading from the end of the file, so lines written since the last position saved (up to skipped_bytes) are not read");
+        }
+        None
+    };
+    match buffer.position(&s.path.display().to_string()) {
+        Ok(None) => None,
+        Ok(Some(b)) => match serde_json::from_slice::<Position>(&b) {
+            Ok(p) => Some(p),
+            Err(e) => bad(format!("bad position record: {e}")),
+        },
+        Err(e) => bad(e.to_string()),
+    }
 }
 
 /// Buffers each batch in order. A batch the buffer cannot take yet (full of
@@ -304,6 +333,40 @@ mod tests {
             ("other", 99),
             "read time"
         );
+    }
+
+    #[test]
+    fn an_unreadable_saved_position_is_counted_and_the_source_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = Buffer::open(dir.path(), 1 << 20).unwrap();
+        let src = SourceConfig {
+            kind: SourceKind::Raw,
+            path: dir.path().join("app.log"),
+            from_start: false,
+        };
+        let key = src.path.display().to_string();
+        assert_eq!(saved_position(&buffer, &src), None, "nothing saved yet");
+        let before = BAD_POSITIONS.load(Ordering::Relaxed);
+        buffer
+            .push_encoded(&Encoded::default(), Some((&key, b"{not a position")))
+            .unwrap();
+        assert_eq!(saved_position(&buffer, &src), None);
+        assert_eq!(BAD_POSITIONS.load(Ordering::Relaxed), before + 1);
+        // A good one reads back.
+        let p = Position {
+            dev: 1,
+            ino: 2,
+            offset: 3,
+            head: "h".into(),
+            head_len: 1,
+        };
+        buffer
+            .push_encoded(
+                &Encoded::default(),
+                Some((&key, &serde_json::to_vec(&p).unwrap())),
+            )
+            .unwrap();
+        assert_eq!(saved_position(&buffer, &src), Some(p));
     }
 
     #[test]

@@ -117,6 +117,11 @@ async fn sample_metrics(
             value: collect::UNPARSED.load(std::sync::atomic::Ordering::Relaxed) as f64,
         });
         sample.gauges.push(picket_proto::v1::Gauge {
+            name: "agent_read_positions_unreadable".into(),
+            labels: Default::default(),
+            value: collect::BAD_POSITIONS.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        });
+        sample.gauges.push(picket_proto::v1::Gauge {
             name: "agent_buffer_damaged_records".into(),
             labels: Default::default(),
             value: buffer.damaged() as f64,

@@ -310,19 +310,27 @@ impl Tailer {
         Ok(true)
     }
 
+    /// Reads a batch of the file being drained before `cur`; done with it
+    /// once a read ends short of `max`.
+    fn read_drain(&mut self, max: usize, out: &mut Vec<Line>) -> std::io::Result<()> {
+        if let Some(d) = &mut self.drain {
+            d.read_lines(self.cap, max, out)?;
+            if out.len() < max {
+                d.finish(out);
+                self.drain = None;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads what is new, at most about `max` lines.
     pub fn poll(&mut self, max: usize) -> std::io::Result<Vec<Line>> {
         let mut out = Vec::new();
         if self.cur.is_none() && !self.open()? {
             return Ok(out);
         }
-        if let Some(d) = &mut self.drain {
-            d.read_lines(self.cap, max, &mut out)?;
-            if out.len() >= max {
-                return Ok(out);
-            }
-            d.finish(&mut out);
-            self.drain = None;
+        if self.drain.is_some() {
+            self.read_drain(max, &mut out)?;
             return Ok(out);
         }
         let Some(cur) = &mut self.cur else {
@@ -345,9 +353,11 @@ impl Tailer {
             }
             Ok(md) if md.len() < cur.read_at => {
                 // Truncated in place (copytruncate). Bytes past our offset
-                // that reached only the copy are read from it first.
+                // that reached only the copy are drained from it first, a
+                // batch a poll like any other read (the copy may be large).
                 let old = cur.position();
                 let read_at = cur.read_at;
+                let mut copy = None;
                 for p in siblings(&self.path) {
                     let Ok(mut o) = Open::new(&p, 0) else {
                         continue;
@@ -356,15 +366,18 @@ impl Tailer {
                     if len > read_at && old.head_len > 0 && o.head_now(old.head_len)? == old.head {
                         o.file.seek(SeekFrom::Start(read_at))?;
                         o.read_at = read_at;
+                        o.line_end = cur.line_end;
                         o.partial = std::mem::take(&mut cur.partial);
-                        o.read_lines(self.cap, usize::MAX, &mut out)?;
-                        o.finish(&mut out);
+                        o.skipping = cur.skipping;
+                        copy = Some(o);
                         break;
                     }
                 }
                 cur.finish(&mut out);
                 let path = self.path.clone();
                 *cur = Open::new(&path, 0)?;
+                self.drain = copy;
+                self.read_drain(max, &mut out)?;
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -482,6 +495,42 @@ mod tests {
         let mut got = texts(t.poll(100).unwrap());
         got.extend(texts(t.poll(100).unwrap()));
         assert_eq!(got, ["unread 1", "unread 2", "after"]);
+    }
+
+    /// A copy with much left unread is drained a batch a poll, not in one
+    /// read that holds all of it.
+    #[test]
+    fn copytruncate_drains_a_large_copy_in_batches() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.log");
+        let mut t = Tailer::new(&p, None, 1024, true);
+        append(&p, b"first line of the file\n");
+        assert_eq!(texts(t.poll(100).unwrap()), ["first line of the file"]);
+        let unread: Vec<String> = (0..50_000).map(|i| format!("unread {i}")).collect();
+        append(&p, (unread.join("\n") + "\npart").as_bytes());
+        std::fs::copy(&p, d.path().join("a.log.1")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        append(&p, b"after\n");
+        let mut got: Vec<String> = Vec::new();
+        let mut biggest = 0;
+        for _ in 0..1_000 {
+            let batch = texts(t.poll(100).unwrap());
+            biggest = biggest.max(batch.len());
+            got.extend(batch);
+            if got.last().map(String::as_str) == Some("after") {
+                break;
+            }
+        }
+        let mut want = unread.clone();
+        want.push("part".into());
+        want.push("after".into());
+        assert_eq!(got, want);
+        // One 64 KiB read is about 5,000 of these lines.
+        assert!(biggest < 10_000, "a poll handed out {biggest} lines");
     }
 
     #[test]
