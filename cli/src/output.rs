@@ -20,6 +20,28 @@ pub fn time(ms: i64) -> Option<String> {
     t.format(&fmt).ok()
 }
 
+/// Text from the fleet made safe for a terminal, as journalctl does: C0
+/// controls (ESC, CR, BS, …, but not TAB), DEL and C1 controls become
+/// `\xNN`. A remote log line can then neither move the cursor, retitle
+/// the window nor hide what came before it. JSON output is exact and does
+/// not use this.
+pub fn escape_terminal(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\t';
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            // Controls are U+0000-U+001F and U+007F-U+009F: two digits.
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// "3s ago", "5m ago": for tables.
 pub fn ago(ms: i64, now_ms: i64) -> String {
     if ms == 0 {
@@ -99,6 +121,23 @@ pub fn labels_str(labels: &std::collections::BTreeMap<String, String>) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_escapes_neutralise_control_sequences() {
+        assert!(matches!(
+            escape_terminal("plain\tline é"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_terminal("a\x1b]0;pwned\x07b\rc\x7f\u{9b}2J"),
+            "a\\x1b]0;pwned\\x07b\\x0dc\\x7f\\x9b2J"
+        );
+        assert_eq!(
+            escape_terminal("\u{2028}"),
+            "\u{2028}",
+            "not a control character"
+        );
+    }
 
     #[test]
     fn times() {

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{print_stream, rpc};
 use crate::args::Format;
 use crate::client::Admin;
-use crate::output::{json_line, time};
+use crate::output::{escape_terminal as esc, json_line, time};
 
 pub async fn run(admin: &mut Admin, q: v1::EventsQuery, fmt: Format) -> anyhow::Result<()> {
     let stream = admin.stream_events(q).await.map_err(rpc)?.into_inner();
@@ -26,17 +26,20 @@ pub async fn run(admin: &mut Admin, q: v1::EventsQuery, fmt: Format) -> anyhow::
                 )
             }
             Format::Table => {
-                let mut fields: Vec<String> =
-                    e.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let mut fields: Vec<String> = e
+                    .fields
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", esc(k), esc(v)))
+                    .collect();
                 fields.sort();
                 writeln!(
                     out,
                     "{}  {:<12} {:<8} {:<8} {:<12} {}",
                     time(e.time_unix_ms).unwrap_or_default(),
-                    e.host,
-                    e.source,
+                    esc(&e.host),
+                    esc(&e.source),
                     sev,
-                    e.kind,
+                    esc(&e.kind),
                     fields.join(" ")
                 )
             }

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::{print_stream, rpc};
 use crate::args::Format;
 use crate::client::Admin;
-use crate::output::{json_line, time};
+use crate::output::{escape_terminal as esc, json_line, time};
 
 pub async fn run(admin: &mut Admin, q: v1::LogsQuery, fmt: Format) -> anyhow::Result<()> {
     let stream = admin.stream_logs(q).await.map_err(rpc)?.into_inner();
@@ -18,7 +18,7 @@ pub async fn run(admin: &mut Admin, q: v1::LogsQuery, fmt: Format) -> anyhow::Re
                     "time": time(l.time_unix_ms), "seq": l.seq, "line": l.line,
                     "truncated": l.truncated, "invalid_utf8": l.invalid_utf8}),
         ),
-        Format::Table => writeln!(out, "{} {}| {}", l.host, l.source, l.line),
+        Format::Table => writeln!(out, "{} {}| {}", esc(&l.host), esc(&l.source), esc(&l.line)),
     })
     .await
 }
