@@ -25,11 +25,55 @@ pub enum FrameError {
 
 use crate::v1::{self, record::Payload};
 
+/// Field numbers of the `picket.v1` messages written and read here as
+/// bytes (by this module and by [`crate::scan`]). They are an on-disk
+/// format as much as a wire one: the agent's buffer and the control
+/// plane's blocks hold records encoded with them. `tests` checks each
+/// against the descriptor set compiled from the `.proto` files.
+pub(crate) mod field {
+    pub mod batch {
+        pub const RECORDS: u32 = 1;
+    }
+    pub mod agent_message {
+        pub const RECORDS: u32 = 3;
+    }
+    pub mod record {
+        pub const SEQ: u32 = 1;
+        pub const METRICS: u32 = 10;
+        pub const EVENT: u32 = 11;
+        pub const LOG: u32 = 12;
+    }
+    pub mod event {
+        pub const SOURCE: u32 = 1;
+        pub const PATH: u32 = 2;
+        pub const KIND: u32 = 3;
+        pub const SEVERITY: u32 = 4;
+        pub const MESSAGE: u32 = 5;
+        pub const FIELDS: u32 = 6;
+        pub const TIME: u32 = 7;
+    }
+    pub mod log {
+        pub const SOURCE: u32 = 1;
+        pub const PATH: u32 = 2;
+        pub const LINE: u32 = 3;
+        pub const READ: u32 = 4;
+        pub const TRUNCATED: u32 = 5;
+        pub const INVALID_UTF8: u32 = 6;
+    }
+    /// A map entry (`Event.fields`).
+    pub mod entry {
+        pub const KEY: u32 = 1;
+        pub const VALUE: u32 = 2;
+    }
+}
+
+use field::{event, log};
+
 /// `RecordBatch.records` and `Record.seq`.
-const RECORDS_FIELD: u32 = 1;
-const SEQ_FIELD: u32 = 1;
+const RECORDS_FIELD: u32 = field::batch::RECORDS;
+const SEQ_FIELD: u32 = field::record::SEQ;
 /// `AgentMessage.body.records`.
-const AGENT_MESSAGE_RECORDS_FIELD: u32 = 3;
+const AGENT_MESSAGE_RECORDS_FIELD: u32 = field::agent_message::RECORDS;
 
 /// Appends `Record { seq, payload }` as one `RecordBatch.records` entry,
 /// written from a borrowed payload.
@@ -52,8 +96,8 @@ pub fn put_encoded(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
 }
 
 /// `Record.payload`'s `event` and `log` fields.
-const PAYLOAD_EVENT_FIELD: u32 = 11;
-const PAYLOAD_LOG_FIELD: u32 = 12;
+const PAYLOAD_EVENT_FIELD: u32 = field::record::EVENT;
+const PAYLOAD_LOG_FIELD: u32 = field::record::LOG;
 
 /// A `v1::Event` from borrowed parts: what a parser made of a line,
 /// encoded without building the owned message. `fields` is walked twice
@@ -114,28 +158,7 @@ fn put_varint(tag: u32, v: u64, out: &mut Vec<u8>) {
 
 /// A map entry's body: key 1, value 2, each left out when empty.
 fn entry_len(k: &str, v: &str) -> usize {
-    str_len(1, k) + str_len(2, v)
-}
-
-/// `v1::Event` field numbers.
-mod event {
-    pub const SOURCE: u32 = 1;
-    pub const PATH: u32 = 2;
-    pub const KIND: u32 = 3;
-    pub const SEVERITY: u32 = 4;
-    pub const MESSAGE: u32 = 5;
-    pub const FIELDS: u32 = 6;
-    pub const TIME: u32 = 7;
-}
-
-/// `v1::LogLine` field numbers.
-mod log {
-    pub const SOURCE: u32 = 1;
-    pub const PATH: u32 = 2;
-    pub const LINE: u32 = 3;
-    pub const READ: u32 = 4;
-    pub const TRUNCATED: u32 = 5;
-    pub const INVALID_UTF8: u32 = 6;
+    str_len(field::entry::KEY, k) + str_len(field::entry::VALUE, v)
 }
 
 /// Appends `Payload::Event(e)`'s bytes (its field key included), the
@@ -171,8 +194,8 @@ where
     for (k, v) in e.fields.clone() {
         encode_key(event::FIELDS, WireType::LengthDelimited, out);
         encode_varint(entry_len(k, v) as u64, out);
-        put_str(1, k, out);
-        put_str(2, v, out);
+        put_str(field::entry::KEY, k, out);
+        put_str(field::entry::VALUE, v, out);
     }
     put_varint(event::TIME, e.time_unix_ms as u64, out);
 }

@@ -11,6 +11,7 @@
 use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
 
 use crate::frame::FrameError;
+use crate::frame::field::{entry, event, log, record};
 
 /// One encoded `Record`, split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +92,8 @@ pub fn record(bytes: &[u8]) -> Result<RecordView<'_>, FrameError> {
     };
     fields(bytes, |tag, v| {
         match tag {
-            1 => view.seq = varint(&v)?,
-            10..=12 => {
+            record::SEQ => view.seq = varint(&v)?,
+            record::METRICS | record::EVENT | record::LOG => {
                 let Value::Bytes(b) = v else {
                     return Err(WRONG_TYPE);
                 };
@@ -101,8 +102,8 @@ pub fn record(bytes: &[u8]) -> Result<RecordView<'_>, FrameError> {
                     return Err(FrameError::Malformed("a record with two payloads"));
                 }
                 view.payload = match tag {
-                    10 => PayloadView::Metrics(b),
-                    11 => PayloadView::Event(b),
+                    record::METRICS => PayloadView::Metrics(b),
+                    record::EVENT => PayloadView::Event(b),
                     _ => PayloadView::Log(b),
                 };
             }
@@ -118,18 +119,18 @@ pub fn event_time(bytes: &[u8]) -> Result<i64, FrameError> {
     let mut time = 0;
     fields(bytes, |tag, v| {
         match tag {
-            1 | 2 | 3 | 5 => string(&v)?,
-            4 => drop(varint(&v)?),
-            6 => {
-                let Value::Bytes(entry) = v else {
+            event::SOURCE | event::PATH | event::KIND | event::MESSAGE => string(&v)?,
+            event::SEVERITY => drop(varint(&v)?),
+            event::FIELDS => {
+                let Value::Bytes(e) = v else {
                     return Err(WRONG_TYPE);
                 };
-                fields(entry, |tag, v| match tag {
-                    1 | 2 => string(&v),
+                fields(e, |tag, v| match tag {
+                    entry::KEY | entry::VALUE => string(&v),
                     _ => Ok(()),
                 })?;
             }
-            7 => time = varint(&v)? as i64,
+            event::TIME => time = varint(&v)? as i64,
             _ => {}
         }
         Ok(())
@@ -142,9 +143,9 @@ pub fn log_time(bytes: &[u8]) -> Result<i64, FrameError> {
     let mut time = 0;
     fields(bytes, |tag, v| {
         match tag {
-            1..=3 => string(&v)?,
-            4 => time = varint(&v)? as i64,
-            5 | 6 => drop(varint(&v)?),
+            log::SOURCE | log::PATH | log::LINE => string(&v)?,
+            log::READ => time = varint(&v)? as i64,
+            log::TRUNCATED | log::INVALID_UTF8 => drop(varint(&v)?),
             _ => {}
         }
         Ok(())
