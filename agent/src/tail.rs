@@ -407,6 +407,16 @@ mod tests {
         f.write_all(s).unwrap();
     }
 
+    /// What logrotate's `copytruncate` does: copy, then truncate in place.
+    fn copytruncate(p: &Path, copy: &Path) {
+        std::fs::copy(p, copy).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(p)
+            .unwrap();
+    }
+
     fn texts(lines: Vec<Line>) -> Vec<String> {
         lines.into_iter().map(|l| l.text).collect()
     }
@@ -485,12 +495,7 @@ mod tests {
         append(&p, b"first line of the file\n");
         assert_eq!(texts(t.poll(100).unwrap()), ["first line of the file"]);
         append(&p, b"unread 1\nunread 2\n");
-        std::fs::copy(&p, d.path().join("a.log.1")).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
+        copytruncate(&p, &d.path().join("a.log.1"));
         append(&p, b"after\n");
         let mut got = texts(t.poll(100).unwrap());
         got.extend(texts(t.poll(100).unwrap()));
@@ -508,12 +513,7 @@ mod tests {
         assert_eq!(texts(t.poll(100).unwrap()), ["first line of the file"]);
         let unread: Vec<String> = (0..50_000).map(|i| format!("unread {i}")).collect();
         append(&p, (unread.join("\n") + "\npart").as_bytes());
-        std::fs::copy(&p, d.path().join("a.log.1")).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
+        copytruncate(&p, &d.path().join("a.log.1"));
         append(&p, b"after\n");
         let mut got: Vec<String> = Vec::new();
         let mut biggest = 0;
@@ -576,12 +576,7 @@ mod tests {
 
         // Copytruncate while down.
         append(&p, b"5 padding to be longer than before\n");
-        std::fs::copy(&p, d.path().join("a.log.1")).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
+        copytruncate(&p, &d.path().join("a.log.1"));
         append(&p, b"6\n");
         let mut t = Tailer::new(&p, Some(saved), 1024, false);
         let mut got = texts(t.poll(100).unwrap());

@@ -24,29 +24,6 @@ fn append(p: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Enrolls `name` with the given `[[source]]` tables and starts it.
-fn agent_with_sources(
-    w: &World,
-    cp: &Control,
-    fp: &str,
-    name: &str,
-    sources: &[(&str, &Path)],
-) -> Result<Proc> {
-    let tok = token(w, cp, &[])?;
-    let out = enroll(w, cp, fp, &tok, name, &[])?;
-    anyhow::ensure!(out.status.success(), "enroll: {}", stderr(&out));
-    let cfg = w.path(&format!("agents/{name}/agent.toml"));
-    let mut text = std::fs::read_to_string(&cfg)?;
-    for (kind, path) in sources {
-        text.push_str(&format!(
-            "\n[[source]]\nkind = \"{kind}\"\npath = \"{}\"\nfrom_start = true\n",
-            path.display()
-        ));
-    }
-    std::fs::write(&cfg, text)?;
-    run_agent(w, name)
-}
-
 #[test]
 fn events_from_every_parser_and_raw_lines() -> Result<()> {
     let w = World::new()?;
@@ -73,11 +50,12 @@ fn events_from_every_parser_and_raw_lines() -> Result<()> {
     )?;
     // A raw file with a bad byte and a partial last line.
     std::fs::write(logs.join("app.log"), b"hello\nbad \xff byte\npartial")?;
-    let _agent = agent_with_sources(
+    let _agent = enroll_with_sources(
         &w,
         &cp,
         &fp,
         "sec-1",
+        &[],
         &[
             ("fail2ban", &logs.join("fail2ban.log")),
             ("sshd", &logs.join("auth.log")),
@@ -211,7 +189,7 @@ fn logs_follow_prints_backlog_then_live_with_no_gap_or_repeat() -> Result<()> {
     let app = w.path("app.log");
     let backlog: String = (0..50).map(|i| format!("line {i}\n")).collect();
     std::fs::write(&app, &backlog)?;
-    let _agent = agent_with_sources(&w, &cp, &fp, "app-1", &[("raw", &app)])?;
+    let _agent = enroll_with_sources(&w, &cp, &fp, "app-1", &[], &[("raw", &app)])?;
     wait_for("the backlog stored", Duration::from_secs(30), || {
         (ctl_json(&w, &admin, &["logs"]).ok()?.len() == 50).then_some(())
     })?;

@@ -67,17 +67,14 @@ fn every_ban_fail2ban_logs_is_an_event_with_jail_and_ip() -> Result<()> {
     std::fs::write(&log, "")?;
 
     // The agent tails fail2ban's own log.
-    let tok = token(&w, &cp, &[])?;
-    let out = enroll(&w, &cp, &fp, &tok, "vm-security", &["role=security"])?;
-    anyhow::ensure!(out.status.success(), "{}", stderr(&out));
-    let cfg = w.path("agents/vm-security/agent.toml");
-    let mut text = std::fs::read_to_string(&cfg)?;
-    text.push_str(&format!(
-        "\n[[source]]\nkind = \"fail2ban\"\npath = \"{}\"\nfrom_start = true\n",
-        log.display()
-    ));
-    std::fs::write(&cfg, text)?;
-    let _agent = run_agent(&w, "vm-security")?;
+    let _agent = enroll_with_sources(
+        &w,
+        &cp,
+        &fp,
+        "vm-security",
+        &["role=security"],
+        &[("fail2ban", &log)],
+    )?;
 
     let mut cmd = Command::new(&server);
     cmd.arg("-f").arg("-x").arg("-c").arg(&etc);

@@ -69,17 +69,7 @@ fn floods_without_a_certificate_neither_lock_agents_out_nor_keep_descriptors() -
     // One agent streaming a log file.
     let log = w.path("app.log");
     std::fs::File::create(&log)?;
-    let tok = token(&w, &cp, &[])?;
-    let out = enroll(&w, &cp, &fp, &tok, "steady", &[])?;
-    anyhow::ensure!(out.status.success(), "{}", stderr(&out));
-    let cfg = w.path("agents/steady/agent.toml");
-    let mut text = std::fs::read_to_string(&cfg)?;
-    text.push_str(&format!(
-        "\n[[source]]\nkind = \"raw\"\npath = \"{}\"\nfrom_start = true\n",
-        log.display()
-    ));
-    std::fs::write(&cfg, text)?;
-    let mut agent = run_agent(&w, "steady")?;
+    let mut agent = enroll_with_sources(&w, &cp, &fp, "steady", &[], &[("raw", &log)])?;
     wait_for("steady online", Duration::from_secs(30), || {
         (status_of(&w, &admin, "steady")? == "online").then_some(())
     })?;

@@ -372,6 +372,31 @@ pub fn enroll(
     c.output().context("running picket-agent enroll")
 }
 
+/// Enrolls `name` (with `labels`), adds the given `[[source]]` tables
+/// (kind, path; read from the start) to its `agent.toml`, and starts it.
+pub fn enroll_with_sources(
+    w: &World,
+    cp: &Control,
+    fp: &str,
+    name: &str,
+    labels: &[&str],
+    sources: &[(&str, &Path)],
+) -> Result<Proc> {
+    let tok = token(w, cp, &[])?;
+    let out = enroll(w, cp, fp, &tok, name, labels)?;
+    anyhow::ensure!(out.status.success(), "enroll: {}", stderr(&out));
+    let cfg = w.path(&format!("agents/{name}/agent.toml"));
+    let mut text = std::fs::read_to_string(&cfg)?;
+    for (kind, path) in sources {
+        text.push_str(&format!(
+            "\n[[source]]\nkind = \"{kind}\"\npath = \"{}\"\nfrom_start = true\n",
+            path.display()
+        ));
+    }
+    std::fs::write(&cfg, text)?;
+    run_agent(w, name)
+}
+
 /// Starts `picket-agent run` for an enrolled agent.
 pub fn run_agent(world: &World, name: &str) -> Result<Proc> {
     let cfg = world.path(&format!("agents/{name}/agent.toml"));
