@@ -353,7 +353,8 @@ fn serve<T: Stored, F: Filter<T>>(
     tx: mpsc::Sender<Result<Arc<T>, Status>>,
 ) {
     let f = Arc::new(f);
-    tokio::spawn(async move {
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
         let (st, f2, tx2) = (state.clone(), f.clone(), tx.clone());
         let backlog_sent = tokio::task::spawn_blocking(move || {
             let read = || {

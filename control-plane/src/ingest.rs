@@ -151,6 +151,7 @@ mod tests {
             counters: Default::default(),
             gate: Default::default(),
             shutdown: Default::default(),
+            tasks: Default::default(),
         }
     }
 

@@ -42,8 +42,11 @@ impl Listeners {
     }
 }
 
-/// Opens the store and the CA, then serves until `shutdown`; flushes the
-/// store before returning.
+/// How long shutdown waits for sessions to store and ack what they hold.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the store and the CA, then serves until `shutdown`; waits for
+/// the tasks that write, then flushes the store before returning.
 pub async fn run(
     cfg: ControlConfig,
     listeners: Listeners,
@@ -67,6 +70,7 @@ pub async fn run(
         counters: Default::default(),
         gate: Default::default(),
         shutdown: shutdown.clone(),
+        tasks: Default::default(),
     });
     tracing::info!(
         grpc = %listeners.grpc_addr()?,
@@ -76,7 +80,7 @@ pub async fn run(
     );
     let grpc = tokio::spawn(crate::grpc::serve(listeners.grpc, state.clone()));
     let http = tokio::spawn(crate::http::serve(listeners.http, state.clone()));
-    tokio::spawn(crate::fleet::maintain(state.clone()));
+    state.tasks.spawn(crate::fleet::maintain(state.clone()));
     crate::lifecycle::notify_ready(shutdown.clone());
 
     let result = tokio::select! {
@@ -86,6 +90,18 @@ pub async fn run(
     };
     shutdown.cancel();
     crate::lifecycle::notify_stopping();
+    // Sessions end their streams, store what they had queued and ack it;
+    // feeds and maintenance stop. Then the last flush.
+    state.tasks.close();
+    if tokio::time::timeout(DRAIN, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = state.tasks.len(),
+            "tasks still running after {DRAIN:?}; flushing anyway (agents replay what was not acked)"
+        );
+    }
     store.flush().context("flushing the store")?;
     tracing::info!("control plane stopped");
     result

@@ -27,6 +27,10 @@ pub struct State {
     pub gate: Arc<crate::grpc::accept::Gate>,
     /// Cancelled on SIGTERM/SIGINT: streams end, servers stop accepting.
     pub shutdown: CancellationToken,
+    /// Every task that may write to the store (sessions, their storers and
+    /// flushers, feeds, maintenance): awaited after `shutdown` and before
+    /// the final flush, so nothing is mid-write when the process exits.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// The control plane's own counters, exported on `/metrics`.

@@ -173,3 +173,69 @@ fn every_line_exactly_once_through_rotation_and_kill_9() -> Result<()> {
     assert_eq!(counts.len(), TOTAL);
     Ok(())
 }
+
+/// SIGTERM while an agent streams: the control plane ends its sessions,
+/// stores and acks what they had queued, flushes and exits 0 without
+/// waiting out its drain limit; after a restart every line is there once.
+#[test]
+fn sigterm_drains_sessions_then_exits_and_loses_nothing() -> Result<()> {
+    let w = World::new()?;
+    let fp = w.init("cp", "heartbeat_interval = \"1s\"")?;
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let mut cp = Control::start_on(&w, "cp", &listen)?;
+    let admin = cp.admin_flags();
+    let log = w.path("app.log");
+    std::fs::File::create(&log)?;
+    let _agent = enroll_with_sources(&w, &cp, &fp, "term", &[], &[("raw", &log)])?;
+    const LINES: usize = 20_000;
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || -> Result<()> {
+            for chunk in 0..40 {
+                let text: String = (chunk * 500..(chunk + 1) * 500)
+                    .map(|n| format!("term line {n}\n"))
+                    .collect();
+                append_lines(&log, &text)?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let started = std::time::Instant::now();
+    cp.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = cp.proc.wait_exit(Duration::from_secs(20))?;
+    let took = started.elapsed();
+    let err = cp.proc.stderr();
+    assert!(status.success(), "exit {status:?}: {err}");
+    assert!(err.contains("control plane stopped"), "{err}");
+    assert!(
+        !err.contains("tasks still running"),
+        "sessions did not drain: {err}"
+    );
+    // The session ended (its queue stored and acked) before the last flush.
+    let ended = err.find("agent disconnected");
+    let stopped = err.find("control plane stopped");
+    assert!(
+        ended.is_some() && ended < stopped,
+        "the session must end before the store is closed: {err}"
+    );
+    assert!(took < Duration::from_secs(9), "shutdown took {took:?}");
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+
+    cp = Control::start_on(&w, "cp", &listen)?;
+    let lines = wait_for("every line stored", Duration::from_secs(60), || {
+        let got = ctl_json(&w, &admin, &["logs"]).ok()?;
+        (got.len() >= LINES).then_some(got)
+    })?;
+    let mut seen = std::collections::HashSet::new();
+    for l in &lines {
+        let text = l["line"].as_str().unwrap_or_default().to_string();
+        assert!(seen.insert(text.clone()), "{text} stored twice");
+    }
+    assert_eq!(seen.len(), LINES);
+    drop(cp);
+    Ok(())
+}

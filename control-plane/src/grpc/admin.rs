@@ -132,18 +132,23 @@ impl AdminService for AdminSvc {
         let name = req.get_ref().name.clone();
         let st = &self.state;
         let caller = require(&req, &st.audit, Role::Admin, "agents.revoke", &name)?;
+        let n = name.clone();
         let updated = st
             .store
-            .update_agent(&name, |r| {
-                r.revoked_ms.get_or_insert_with(now_ms);
+            .blocking(move |s| {
+                let updated = s.update_agent(&n, |r| {
+                    r.revoked_ms.get_or_insert_with(now_ms);
+                })?;
+                s.flush()?;
+                Ok(updated)
             })
+            .await
             .map_err(internal)?;
         if updated.is_none() {
             st.audit
                 .record(&caller.actor(), "agents.revoke", &name, "error: not found");
             return Err(Status::not_found(format!("no agent named {name}")));
         }
-        st.store.flush().map_err(internal)?;
         st.sessions.close(&name);
         st.audit
             .record(&caller.actor(), "agents.revoke", &name, "ok");
@@ -183,8 +188,14 @@ impl AdminService for AdminSvc {
             labels: r.labels.into_iter().collect::<Labels>(),
             created_by: caller.actor(),
         };
-        st.store.put_token(&hash, &rec).map_err(internal)?;
-        st.store.flush().map_err(internal)?;
+        let h = hash.clone();
+        st.store
+            .blocking(move |s| {
+                s.put_token(&h, &rec)?;
+                s.flush()
+            })
+            .await
+            .map_err(internal)?;
         st.audit.record(
             &caller.actor(),
             "token.create",
@@ -213,14 +224,18 @@ impl AdminService for AdminSvc {
             .ca
             .issue(&r.csr_pem, &r.name, SubjectKind::User, st.cfg.user_cert_ttl)
             .map_err(bad_input)?;
+        let user = UserRecord {
+            name: r.name.clone(),
+            role,
+            created_ms: now_ms(),
+        };
         st.store
-            .put_user(&UserRecord {
-                name: r.name.clone(),
-                role,
-                created_ms: now_ms(),
+            .blocking(move |s| {
+                s.put_user(&user)?;
+                s.flush()
             })
+            .await
             .map_err(internal)?;
-        st.store.flush().map_err(internal)?;
         st.audit.record(
             &caller.actor(),
             "user.add",

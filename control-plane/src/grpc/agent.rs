@@ -55,12 +55,18 @@ impl AgentService for AgentSvc {
             picket_proto::model::validate_label(k, v).map_err(bad_input)?;
         }
         let st = &self.state;
-        st.store
-            .update_agent(&name, |r| {
-                r.inventory = Some(convert::inventory(&inv));
-                r.reported_labels = reported.clone();
-                r.last_seen_ms = now_ms();
+        let (n, inventory) = (name.clone(), convert::inventory(&inv));
+        let acked = st
+            .store
+            .blocking(move |s| {
+                let known = s.update_agent(&n, |r| {
+                    r.inventory = Some(inventory.clone());
+                    r.reported_labels = reported.clone();
+                    r.last_seen_ms = now_ms();
+                })?;
+                known.map(|_| s.acked_seq(&n)).transpose()
             })
+            .await
             .map_err(internal)?
             .ok_or_else(|| Status::unauthenticated(format!("agent {name} is not enrolled here")))?;
         let (guard, cancel) = st.sessions.open(&name);
@@ -68,7 +74,6 @@ impl AgentService for AgentSvc {
 
         let heartbeat = st.cfg.heartbeat_interval;
         let (tx, rx) = mpsc::channel(16);
-        let acked = st.store.acked_seq(&name).map_err(internal)?;
         let welcome = control(control_message::Body::Welcome(v1::Welcome {
             acked_seq: acked,
             heartbeat_interval_ms: u32::try_from(heartbeat.as_millis()).unwrap_or(u32::MAX),
@@ -78,7 +83,7 @@ impl AgentService for AgentSvc {
             .map_err(|_| Status::cancelled("agent went away"))?;
 
         let state = self.state.clone();
-        tokio::spawn(async move {
+        self.state.tasks.spawn(async move {
             let _guard = guard;
             let silence = heartbeat * 3;
             // Batches are stored (and acked) by a task of their own, so the
@@ -86,7 +91,7 @@ impl AgentService for AgentSvc {
             // small queue keeps the agent's stream under backpressure.
             // (A few 2 MiB batches: what queues up is stored in one go.)
             let (to_store, queue) = mpsc::channel::<v1::RecordBatch>(4);
-            let mut storer = tokio::spawn(store_batches(
+            let mut storer = state.tasks.spawn(store_batches(
                 state.clone(),
                 name.clone(),
                 acked,
@@ -121,7 +126,9 @@ impl AgentService for AgentSvc {
                         }
                         Ok(Ok(Some(m))) => match m.body {
                             Some(Body::Heartbeat(_)) => {
-                                if let Err(error) = state.store.update_agent(&name, |r| r.last_seen_ms = now_ms()) {
+                                let n = name.clone();
+                                let seen = state.store.blocking(move |s| s.update_agent(&n, |r| r.last_seen_ms = now_ms())).await;
+                                if let Err(error) = seen {
                                     tracing::error!(%error, agent = %name, "cannot record heartbeat");
                                 }
                             }
@@ -150,9 +157,11 @@ impl AgentService for AgentSvc {
                 None => storer.await.unwrap_or_else(|e| Some(internal(e))),
             };
             let end = end.or(stored);
+            let n = name.clone();
             let _ = state
                 .store
-                .update_agent(&name, |r| r.last_seen_ms = now_ms());
+                .blocking(move |s| s.update_agent(&n, |r| r.last_seen_ms = now_ms()))
+                .await;
             tracing::info!(agent = %name, "agent disconnected");
             if let Some(status) = end {
                 let _ = tx.send(Err(status)).await;
@@ -177,13 +186,17 @@ impl AgentService for AgentSvc {
             )
             .map_err(bad_input)?;
         let not_after = to_ms(issued.not_after);
+        let (n, serial) = (name.clone(), issued.serial_hex.clone());
         st.store
-            .update_agent(&name, |r| {
-                r.cert_serial = issued.serial_hex.clone();
-                r.cert_not_after_ms = not_after;
+            .blocking(move |s| {
+                s.update_agent(&n, |r| {
+                    r.cert_serial = serial.clone();
+                    r.cert_not_after_ms = not_after;
+                })?;
+                s.flush()
             })
+            .await
             .map_err(internal)?;
-        st.store.flush().map_err(internal)?;
         tracing::info!(agent = %name, "certificate renewed");
         Ok(Response::new(v1::RenewResponse {
             cert_pem: issued.cert_pem,
@@ -207,7 +220,9 @@ async fn store_batches(
     tx: mpsc::Sender<Result<v1::ControlMessage, Status>>,
 ) -> Option<Status> {
     let (stored, to_flush) = watch::channel(acked);
-    let mut flusher = tokio::spawn(flush_and_ack(state.clone(), to_flush, tx));
+    let mut flusher = state
+        .tasks
+        .spawn(flush_and_ack(state.clone(), to_flush, tx));
     while let Some(mut batch) = queue.recv().await {
         // Batches that queued up while the last one was written are
         // stored with this one.
@@ -253,10 +268,8 @@ async fn flush_and_ack(
         let upto = *stored.borrow_and_update();
         if upto > acked {
             let st = state.clone();
-            match tokio::task::spawn_blocking(move || st.store.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Some(internal(e)),
-                Err(e) => return Some(internal(e)),
+            if let Err(e) = st.store.blocking(|s| s.flush()).await {
+                return Some(internal(e));
             }
             state
                 .counters

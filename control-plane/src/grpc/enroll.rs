@@ -110,7 +110,19 @@ impl Enrollment for EnrollService {
             inventory: None,
             last_seen_ms: 0,
         };
-        let tok = match s.store.enroll_agent(&hash, now, &rec).map_err(internal)? {
+        let (h, r2) = (hash.clone(), rec.clone());
+        let enrolled = s
+            .store
+            .blocking(move |st| {
+                let e = st.enroll_agent(&h, now, &r2)?;
+                if e.is_ok() {
+                    st.flush()?;
+                }
+                Ok(e)
+            })
+            .await
+            .map_err(internal)?;
+        let tok = match enrolled {
             Ok(t) => t,
             Err(refusal) => {
                 refused(s, &hash, &refusal, &r.name, &who);
@@ -123,7 +135,6 @@ impl Enrollment for EnrollService {
                 });
             }
         };
-        s.store.flush().map_err(internal)?;
         s.audit
             .record(&format!("token:{}", tok.id), "agent.enroll", &r.name, "ok");
         Ok(Response::new(v1::EnrollResponse {

@@ -24,6 +24,8 @@ pub enum StoreError {
     Engine(#[from] sled::Error),
     #[error("store: corrupt record in {tree}: {detail}")]
     Corrupt { tree: &'static str, detail: String },
+    #[error("store: the blocking task failed: {0}")]
+    Task(String),
 }
 
 const AGENTS: &str = "agents";
@@ -201,6 +203,25 @@ impl Store {
 
     pub fn flush(&self) -> Result<(), StoreError> {
         self.kv.flush()
+    }
+
+    /// Runs `f` on tokio's blocking pool and waits for it.
+    ///
+    /// The rule for async code: a store call that writes or flushes goes
+    /// through here (or runs inside a task that is already on the blocking
+    /// pool, as ingest and queries do), so that an fsync never stalls a
+    /// runtime worker and every task queued behind it. The audit log's
+    /// single inserts are the one exception (sled buffers them; nothing
+    /// waits for the disk).
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     fn get<T: DeserializeOwned>(
