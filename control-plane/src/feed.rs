@@ -20,9 +20,10 @@ use std::sync::{Arc, Mutex};
 use picket_proto::model::Severity;
 use regex::Regex;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::Status;
 
-use crate::state::State;
 use crate::store::records::{EventRecord, FromWire, LogRecord, Records, Wire};
 use crate::store::{Store, StoreError};
 
@@ -30,13 +31,19 @@ use crate::store::{Store, StoreError};
 /// off (about 30,000 Suricata lines).
 pub const FOLLOWER_BYTES: usize = 16 * 1024 * 1024;
 
-#[derive(Default)]
+/// A handle over the store's events and log lines that publishes what it
+/// stores: ingest stores through it, queries read through it.
 pub struct Feed {
+    store: Store,
     events: Live<EventRecord>,
     logs: Live<LogRecord>,
     last_id: AtomicU64,
     /// Serialises id allocation, write and publish (see the module docs).
     order: Mutex<()>,
+    /// Followers stop on it.
+    shutdown: CancellationToken,
+    /// Query tasks are awaited at shutdown.
+    tasks: TaskTracker,
 }
 
 /// The followers of one kind of record, each with its own queue.
@@ -141,16 +148,23 @@ impl<T: Stored + FromWire> Live<T> {
 }
 
 impl Feed {
+    pub fn new(store: Store, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
+        Feed {
+            store,
+            events: Live::default(),
+            logs: Live::default(),
+            last_id: AtomicU64::new(0),
+            order: Mutex::new(()),
+            shutdown,
+            tasks,
+        }
+    }
+
     /// Gives `r`'s events and lines their ids, stores the batch with the
     /// agent's new acked number, and publishes it (decoded only when
     /// someone follows).
-    pub fn store(
-        &self,
-        store: &Store,
-        host: &str,
-        mut r: Records<'_>,
-        acked: u64,
-    ) -> Result<(), StoreError> {
+    pub fn store(&self, host: &str, mut r: Records<'_>, acked: u64) -> Result<(), StoreError> {
+        let store = &self.store;
         let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let ids = store.ingest_ids(r.events.len() + r.logs.len())?;
         let mut ids = ids.into_iter();
@@ -299,80 +313,80 @@ type Scan<T> =
         Option<&'a str>,
     ) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>, StoreError>;
 
-/// Streams events into `tx`: the backlog (the newest `limit` if non-zero),
-/// then, with `follow`, live ones. Ends when the receiver goes away or the
-/// control plane shuts down.
-pub fn events(
-    state: Arc<State>,
-    f: EventFilter,
-    limit: usize,
-    follow: bool,
-    tx: mpsc::Sender<Result<Arc<EventRecord>, Status>>,
-) {
-    let (live, snapshot) = state.feed.snapshot(follow.then_some(&state.feed.events));
-    serve(
-        state,
-        f,
-        live,
-        snapshot,
-        |s, since, host| s.events_since(since, host),
-        limit,
-        tx,
-    );
-}
+impl Feed {
+    /// Streams events into `tx`: the backlog (the newest `limit` if
+    /// non-zero), then, with `follow`, live ones. Ends when the receiver
+    /// goes away or the control plane shuts down.
+    pub fn events(
+        self: &Arc<Self>,
+        f: EventFilter,
+        limit: usize,
+        follow: bool,
+        tx: mpsc::Sender<Result<Arc<EventRecord>, Status>>,
+    ) {
+        let (live, snapshot) = self.snapshot(follow.then_some(&self.events));
+        self.serve(
+            f,
+            live,
+            snapshot,
+            |s, since, host| s.events_since(since, host),
+            limit,
+            tx,
+        );
+    }
 
-/// Streams log lines, as [`events`] does (`tail` keeps the last N).
-pub fn logs(
-    state: Arc<State>,
-    f: LogFilter,
-    tail: usize,
-    follow: bool,
-    tx: mpsc::Sender<Result<Arc<LogRecord>, Status>>,
-) {
-    let (live, snapshot) = state.feed.snapshot(follow.then_some(&state.feed.logs));
-    serve(
-        state,
-        f,
-        live,
-        snapshot,
-        |s, since, host| s.logs_since(since, host),
-        tail,
-        tx,
-    );
-}
+    /// Streams log lines, as [`Feed::events`] does (`tail` keeps the last N).
+    pub fn logs(
+        self: &Arc<Self>,
+        f: LogFilter,
+        tail: usize,
+        follow: bool,
+        tx: mpsc::Sender<Result<Arc<LogRecord>, Status>>,
+    ) {
+        let (live, snapshot) = self.snapshot(follow.then_some(&self.logs));
+        self.serve(
+            f,
+            live,
+            snapshot,
+            |s, since, host| s.logs_since(since, host),
+            tail,
+            tx,
+        );
+    }
 
-/// The backlog up to the snapshot id (read on a blocking thread), then the
-/// live records above it ([`Feed::snapshot`]).
-fn serve<T: Stored, F: Filter<T>>(
-    state: Arc<State>,
-    f: F,
-    live: Option<LiveRx<T>>,
-    snapshot: u64,
-    scan: Scan<T>,
-    last_n: usize,
-    tx: mpsc::Sender<Result<Arc<T>, Status>>,
-) {
-    let f = Arc::new(f);
-    let tasks = state.tasks.clone();
-    tasks.spawn(async move {
-        let (st, f2, tx2) = (state.clone(), f.clone(), tx.clone());
-        let backlog_sent = tokio::task::spawn_blocking(move || {
-            let read = || {
-                scan(&st.store, f2.since(), f2.host()).map(|items| {
-                    items.filter(|r| {
-                        r.as_ref()
-                            .map_or(true, |x| x.id() <= snapshot && f2.keep(x))
+    /// The backlog up to the snapshot id (read on a blocking thread), then
+    /// the live records above it ([`Feed::snapshot`]).
+    fn serve<T: Stored, F: Filter<T>>(
+        self: &Arc<Self>,
+        f: F,
+        live: Option<LiveRx<T>>,
+        snapshot: u64,
+        scan: Scan<T>,
+        last_n: usize,
+        tx: mpsc::Sender<Result<Arc<T>, Status>>,
+    ) {
+        let f = Arc::new(f);
+        let feed = self.clone();
+        self.tasks.spawn(async move {
+            let (store, f2, tx2) = (feed.store.clone(), f.clone(), tx.clone());
+            let backlog_sent = tokio::task::spawn_blocking(move || {
+                let read = || {
+                    scan(&store, f2.since(), f2.host()).map(|items| {
+                        items.filter(|r| {
+                            r.as_ref()
+                                .map_or(true, |x| x.id() <= snapshot && f2.keep(x))
+                        })
                     })
-                })
-            };
-            send_backlog(read, last_n, &tx2)
-        })
-        .await
-        .unwrap_or(false);
-        if let (true, Some(live)) = (backlog_sent, live) {
-            follow_live(live, snapshot, |x: &T| f.keep(x), &tx, &state).await;
-        }
-    });
+                };
+                send_backlog(read, last_n, &tx2)
+            })
+            .await
+            .unwrap_or(false);
+            if let (true, Some(live)) = (backlog_sent, live) {
+                follow_live(live, snapshot, |x: &T| f.keep(x), &tx, &feed.shutdown).await;
+            }
+        });
+    }
 }
 
 /// Sends the backlog: everything as it is read, or, with `last_n`, only
@@ -428,14 +442,14 @@ async fn follow_live<T: Stored>(
     snapshot: u64,
     keep: impl Fn(&T) -> bool,
     tx: &mpsc::Sender<Result<Arc<T>, Status>>,
-    state: &State,
+    shutdown: &CancellationToken,
 ) {
     let mut last_time = None;
     loop {
         let next = tokio::select! {
             r = live.recv() => r,
             _ = tx.closed() => return,
-            _ = state.shutdown.cancelled() => {
+            _ = shutdown.cancelled() => {
                 let _ = tx.send(Err(Status::unavailable("control plane shutting down"))).await;
                 return;
             }

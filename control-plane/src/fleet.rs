@@ -7,9 +7,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::clock::now_ms;
-use crate::state::State;
+use crate::config::ControlConfig;
 use crate::store::metrics::Sample;
+use crate::store::{Store, StoreError};
 
 #[derive(Default)]
 pub struct Fleet {
@@ -31,54 +34,80 @@ impl Fleet {
     }
 }
 
+/// How long each kind of record is kept (from `control.toml`).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub metrics_raw: Duration,
+    pub metrics_rollup: Duration,
+    pub events: Duration,
+    pub logs: Duration,
+}
+
+impl Retention {
+    pub fn of(cfg: &ControlConfig) -> Self {
+        Retention {
+            metrics_raw: cfg.metrics_raw_retention,
+            metrics_rollup: cfg.metrics_rollup_retention,
+            events: cfg.events_retention,
+            logs: cfg.logs_retention,
+        }
+    }
+}
+
 /// Loads each host's newest sample from the store (after a restart), then
 /// every minute rolls up finished minutes and deletes what is past
 /// retention, until shutdown.
-pub async fn maintain(state: Arc<State>) {
-    if let Ok(agents) = state.store.agents() {
+pub async fn maintain(
+    store: Store,
+    fleet: Arc<Fleet>,
+    retention: Retention,
+    shutdown: CancellationToken,
+) {
+    if let Ok(agents) = store.agents() {
         for a in agents {
-            if let Ok(Some(s)) = state.store.latest_sample(&a.name) {
-                state.fleet.set_latest(&a.name, s);
+            if let Ok(Some(s)) = store.latest_sample(&a.name) {
+                fleet.set_latest(&a.name, s);
             }
         }
     }
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let st = state.clone();
-        let r = tokio::task::spawn_blocking(move || maintain_once(&st, now_ms())).await;
-        match r {
-            Ok(Ok((rolled, expired))) if rolled + expired > 0 => {
+        let now = now_ms();
+        match store
+            .blocking(move |s| maintain_once(s, &retention, now))
+            .await
+        {
+            Ok((rolled, expired)) if rolled + expired > 0 => {
                 tracing::debug!(rolled, expired, "metrics maintenance");
             }
-            Ok(Err(error)) => tracing::error!(%error, "metrics maintenance failed"),
+            Err(error) => tracing::error!(%error, "metrics maintenance failed"),
             _ => {}
         }
     }
 }
 
 /// One pass of rollup and retention (metrics, events, log lines) at `now`.
-pub fn maintain_once(state: &State, now: i64) -> Result<(usize, usize), crate::store::StoreError> {
-    let raw_before =
-        now - i64::try_from(state.cfg.metrics_raw_retention.as_millis()).unwrap_or(i64::MAX);
-    let rollup_before =
-        now - i64::try_from(state.cfg.metrics_rollup_retention.as_millis()).unwrap_or(i64::MAX);
-    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+pub fn maintain_once(
+    store: &Store,
+    retention: &Retention,
+    now: i64,
+) -> Result<(usize, usize), StoreError> {
+    let before = |d: Duration| now - i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let (raw_before, rollup_before) = (
+        before(retention.metrics_raw),
+        before(retention.metrics_rollup),
+    );
     let (mut rolled, mut expired) = (
         0,
-        state.store.expire_records(
-            now - ms(state.cfg.events_retention),
-            now - ms(state.cfg.logs_retention),
-        )?,
+        store.expire_records(before(retention.events), before(retention.logs))?,
     );
-    for a in state.store.agents()? {
-        rolled += state.store.roll_up(&a.name, now)?;
-        expired += state
-            .store
-            .expire_metrics(&a.name, raw_before, rollup_before)?;
+    for a in store.agents()? {
+        rolled += store.roll_up(&a.name, now)?;
+        expired += store.expire_metrics(&a.name, raw_before, rollup_before)?;
     }
     Ok((rolled, expired))
 }

@@ -13,8 +13,12 @@ use picket_proto::scan::{self, PayloadView};
 use picket_proto::v1;
 use prost::Message;
 
+use std::sync::Arc;
+
 use crate::clock::now_ms;
-use crate::state::State;
+use crate::feed::Feed;
+use crate::fleet::Fleet;
+use crate::state::Counters;
 use crate::store::StoreError;
 use crate::store::metrics::{Point, Sample};
 use crate::store::records::{Records, Wire};
@@ -27,6 +31,15 @@ pub enum IngestError {
     OutOfOrder { seq: u64, after: u64 },
 }
 
+/// What ingest writes to: the feed (the store, and live followers), each
+/// host's newest sample, and the counters.
+#[derive(Clone)]
+pub struct Sinks {
+    pub feed: Arc<Feed>,
+    pub fleet: Arc<Fleet>,
+    pub counters: Arc<Counters>,
+}
+
 /// Stores a batch for `agent` whose acked number is `acked`; returns the
 /// new acked number. Not yet durable: the caller flushes before it acks.
 ///
@@ -35,7 +48,7 @@ pub enum IngestError {
 /// (`rejected`), and its sequence number still acked, so that one bad
 /// record cannot stall the agent's stream.
 pub fn apply(
-    state: &State,
+    to: &Sinks,
     agent: &str,
     acked: u64,
     batch: v1::RecordBatch,
@@ -88,7 +101,7 @@ pub fn apply(
             first_error.get_or_insert((r.seq, e));
         }
     }
-    let counters = &state.counters;
+    let counters = &to.counters;
     counters.duplicates.fetch_add(repeats, Ordering::Relaxed);
     if let Some((seq, error)) = first_error {
         counters.rejected.fetch_add(rejected, Ordering::Relaxed);
@@ -98,9 +111,9 @@ pub fn apply(
         return Ok(acked);
     }
     let newest = out.samples.iter().max_by_key(|s| s.time_ms).cloned();
-    state.feed.store(&state.store, agent, out, last)?;
+    to.feed.store(agent, out, last)?;
     if let Some(newest) = newest {
-        state.fleet.set_latest(agent, newest);
+        to.fleet.set_latest(agent, newest);
     }
     Ok(last)
 }
@@ -123,35 +136,22 @@ fn sample(m: v1::MetricSample) -> Sample {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use picket_proto::frame;
     use picket_proto::model::Severity;
     use picket_proto::v1::record::Payload;
 
     use super::*;
-    use crate::config::ControlConfig;
-    use crate::pki::{Ca, init};
-    use crate::sessions::Sessions;
     use crate::store::Store;
 
-    fn state(dir: &std::path::Path) -> State {
-        init(dir, &[]).unwrap();
-        let cfg_path = dir.join("control.toml");
-        let cfg = ControlConfig::parse(&ControlConfig::template(dir), &cfg_path).unwrap();
-        let store = Store::open(dir).unwrap();
-        State {
-            audit: crate::audit::Audit::new(store.clone()),
-            store,
-            ca: Ca::load(dir).unwrap(),
-            sessions: Arc::new(Sessions::default()),
-            cfg,
+    fn sinks(store: &Store) -> Sinks {
+        Sinks {
+            feed: Arc::new(Feed::new(
+                store.clone(),
+                Default::default(),
+                Default::default(),
+            )),
             fleet: Default::default(),
-            feed: Default::default(),
             counters: Default::default(),
-            gate: Default::default(),
-            shutdown: Default::default(),
-            tasks: Default::default(),
         }
     }
 
@@ -165,7 +165,8 @@ mod tests {
     #[test]
     fn records_are_stored_as_sent_and_bad_ones_skipped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let st = state(dir.path());
+        let store = Store::open(dir.path()).unwrap();
+        let st = sinks(&store);
         let event = v1::Event {
             source: "suricata".into(),
             path: "/eve".into(),
@@ -195,8 +196,7 @@ mod tests {
 
         assert_eq!(apply(&st, "h", 0, batch.clone()).unwrap(), 4);
         assert_eq!(st.counters.rejected.load(Ordering::Relaxed), 1);
-        let events: Vec<_> = st
-            .store
+        let events: Vec<_> = store
             .events_since(0, None)
             .unwrap()
             .map(Result::unwrap)
@@ -206,8 +206,7 @@ mod tests {
         assert_eq!((e.host.as_str(), e.seq, e.time_ms), ("h", 1, 5_000));
         assert_eq!((e.kind.as_str(), e.severity), ("alert", Severity::High));
         assert_eq!(e.fields["signature"], "ET x");
-        let logs: Vec<_> = st
-            .store
+        let logs: Vec<_> = store
             .logs_since(0, None)
             .unwrap()
             .map(Result::unwrap)
@@ -216,7 +215,7 @@ mod tests {
             (logs[0].line.as_str(), logs[0].time_ms, logs[0].seq),
             ("l", 6_000, 2)
         );
-        assert_eq!(st.store.acked_seq("h").unwrap(), 4);
+        assert_eq!(store.acked_seq("h").unwrap(), 4);
 
         // A replay is skipped; a record too broken to show its sequence
         // number is skipped too, and the next one still stored.
@@ -226,6 +225,6 @@ mod tests {
         broken.records.insert(0, vec![0x0a, 0x7f].into());
         assert_eq!(apply(&st, "h", 4, broken).unwrap(), 6);
         assert_eq!(st.counters.rejected.load(Ordering::Relaxed), 2);
-        assert_eq!(st.store.events_since(0, None).unwrap().count(), 2);
+        assert_eq!(store.events_since(0, None).unwrap().count(), 2);
     }
 }

@@ -59,6 +59,7 @@ pub async fn run(
             cfg.data_dir.display()
         )
     })?;
+    let tasks = tokio_util::task::TaskTracker::new();
     let state = Arc::new(State {
         audit: Audit::new(store.clone()),
         store: store.clone(),
@@ -66,11 +67,15 @@ pub async fn run(
         sessions: Arc::new(Sessions::default()),
         cfg,
         fleet: Default::default(),
-        feed: Default::default(),
+        feed: Arc::new(crate::feed::Feed::new(
+            store.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        )),
         counters: Default::default(),
         gate: Default::default(),
         shutdown: shutdown.clone(),
-        tasks: Default::default(),
+        tasks,
     });
     tracing::info!(
         grpc = %listeners.grpc_addr()?,
@@ -80,7 +85,12 @@ pub async fn run(
     );
     let grpc = tokio::spawn(crate::grpc::serve(listeners.grpc, state.clone()));
     let http = tokio::spawn(crate::http::serve(listeners.http, state.clone()));
-    state.tasks.spawn(crate::fleet::maintain(state.clone()));
+    state.tasks.spawn(crate::fleet::maintain(
+        state.store.clone(),
+        state.fleet.clone(),
+        crate::fleet::Retention::of(&state.cfg),
+        shutdown.clone(),
+    ));
     crate::lifecycle::notify_ready(shutdown.clone());
 
     let result = tokio::select! {

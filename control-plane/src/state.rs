@@ -19,10 +19,10 @@ pub struct State {
     pub audit: Audit,
     pub cfg: ControlConfig,
     /// Each host's newest metrics sample.
-    pub fleet: Fleet,
+    pub fleet: Arc<Fleet>,
     /// Stored events and log lines, live, for followers.
-    pub feed: crate::feed::Feed,
-    pub counters: Counters,
+    pub feed: Arc<crate::feed::Feed>,
+    pub counters: Arc<Counters>,
     /// Connections without a client certificate, and what was refused.
     pub gate: Arc<crate::grpc::accept::Gate>,
     /// Cancelled on SIGTERM/SIGINT: streams end, servers stop accepting.

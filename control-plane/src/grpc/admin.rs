@@ -71,7 +71,7 @@ impl AdminService for AdminSvc {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
-        crate::feed::events(self.state.clone(), filter, limit, q.follow, tx);
+        self.state.feed.events(filter, limit, q.follow, tx);
         let out =
             tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
                 r.map(|e| convert::event(&e))
@@ -93,7 +93,7 @@ impl AdminService for AdminSvc {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let tail = usize::try_from(q.tail).unwrap_or(usize::MAX);
-        crate::feed::logs(self.state.clone(), filter, tail, q.follow, tx);
+        self.state.feed.logs(filter, tail, q.follow, tx);
         let out =
             tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
                 r.map(|l| convert::log_line(&l))

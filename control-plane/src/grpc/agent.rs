@@ -219,6 +219,11 @@ async fn store_batches(
     mut queue: mpsc::Receiver<v1::RecordBatch>,
     tx: mpsc::Sender<Result<v1::ControlMessage, Status>>,
 ) -> Option<Status> {
+    let sinks = crate::ingest::Sinks {
+        feed: state.feed.clone(),
+        fleet: state.fleet.clone(),
+        counters: state.counters.clone(),
+    };
     let (stored, to_flush) = watch::channel(acked);
     let mut flusher = state
         .tasks
@@ -232,8 +237,8 @@ async fn store_batches(
                 Err(_) => break,
             }
         }
-        let (st, name) = (state.clone(), agent.clone());
-        let r = tokio::task::spawn_blocking(move || crate::ingest::apply(&st, &name, acked, batch))
+        let (to, name) = (sinks.clone(), agent.clone());
+        let r = tokio::task::spawn_blocking(move || crate::ingest::apply(&to, &name, acked, batch))
             .await;
         match r {
             Ok(Ok(new_acked)) => {
