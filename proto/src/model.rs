@@ -9,6 +9,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod selector;
+pub use selector::{Requirement, Selector, SelectorError};
+
 /// Labels on a host, a token or an alert: ordered, so output is stable.
 pub type Labels = BTreeMap<String, String>;
 
