@@ -2,14 +2,17 @@
 //! profile, and the `picketctl` lines to try. Everything goes through the
 //! real paths: the CA from `init`, a token from the admin API, enrollment
 //! over TLS with the fingerprint pinned, the agent's mTLS stream.
+//!
+//! The agent is the real `picket-agent` binary, run as a child process:
+//! the control plane carries no agent code (once agents run deploy steps,
+//! that would link an executor into the control plane). It is found next
+//! to this binary; under `cargo run` it is built first if it is not there.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
 use anyhow::Context;
-use picket_agent::config::AgentConfig;
-use picket_agent::enroll::{EnrollOptions, enroll};
-use picket_proto::model::Labels;
 use picket_proto::v1;
 use picketctl::profile::{self, Profile};
 use tokio::net::TcpListener;
@@ -51,6 +54,7 @@ async fn bind_or_any(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let agent_bin = agent_binary().await?;
     let data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("bad --data-dir {}", args.data_dir.display()))?;
     if !data_dir.join("ca.crt").exists() {
@@ -66,9 +70,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         &ControlConfig::template(&data_dir),
         &data_dir.join("control.toml"),
     )?;
+    // Ctrl-C stops the agent first, then the control plane, so the agent
+    // does not spend its last moment reconnecting to a closed port.
+    let stop_all = CancellationToken::new();
+    crate::lifecycle::spawn_signal_handler(stop_all.clone())?;
     let shutdown = CancellationToken::new();
-    crate::lifecycle::spawn_signal_handler(shutdown.clone())?;
-    let control = tokio::spawn(server::run(cfg, listeners, shutdown.clone()));
+    let mut control = tokio::spawn(server::run(cfg, listeners, shutdown.clone()));
 
     let server = grpc_addr.to_string();
     let admin = Profile {
@@ -80,30 +87,44 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let profile_flag = write_profile(&admin)?;
 
     let agent_dir = data_dir.join("agent");
+    let agent_toml = agent_dir.join("agent.toml");
     if !agent_dir.join("agent.crt").exists() {
         let token = create_token(&admin).await?;
         let fingerprint = crate::pki::Ca::load(&data_dir)?.fingerprint();
-        enroll(EnrollOptions {
-            server: server.clone(),
-            token,
-            ca_fingerprint: fingerprint,
-            name: Some(picket_agent::inventory::hostname())
-                .filter(|n| picket_proto::model::validate_name(n).is_ok()),
-            labels: Labels::from([("role".to_string(), "dev".to_string())]),
-            state_dir: agent_dir.clone(),
-        })
-        .await
-        .context("enrolling the local agent")?;
+        let name = local_name();
+        let out = tokio::process::Command::new(&agent_bin)
+            .args([
+                "enroll",
+                "--server",
+                &server,
+                "--ca-fingerprint",
+                &fingerprint,
+            ])
+            .args(["--name", &name, "--label", "role=dev", "--state-dir"])
+            .arg(&agent_dir)
+            .env("PICKET_TOKEN", &token)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("running {}", agent_bin.display()))?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "enrolling the local agent: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
     }
-    let mut agent_cfg = AgentConfig::load(&agent_dir.join("agent.toml"))?;
-    agent_cfg.server = server.clone(); // the port may differ from last time
     let samples = write_samples(&data_dir)?;
-    if agent_cfg.sources.is_empty() {
-        agent_cfg.sources = samples.clone();
-    }
+    let agent_name = point_agent_at(&agent_toml, &server, &samples)?;
     tokio::spawn(trickle(data_dir.join("samples/auth.log"), shutdown.clone()));
-    let agent_name = agent_cfg.name.clone();
-    let agent = tokio::spawn(picket_agent::run(agent_cfg, shutdown.clone()));
+    let mut agent = tokio::process::Command::new(&agent_bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&agent_toml)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", agent_bin.display()))?;
 
     println!();
     println!("Picket dev control plane on {server} (gRPC, mTLS) and http://{http_addr} (metrics)");
@@ -130,12 +151,117 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("Ctrl-C stops everything.");
 
-    let result = control.await.context("control plane task")?;
+    let ended = tokio::select! {
+        r = &mut control => Some(r),
+        _ = stop_all.cancelled() => None,
+    };
+    stop(&mut agent).await;
     shutdown.cancel();
-    if let Ok(Err(e)) = agent.await {
-        tracing::warn!(error = %e, "local agent stopped with an error");
+    let result = match ended {
+        Some(r) => r,
+        None => control.await,
+    };
+    result.context("control plane task")?
+}
+
+/// Asks the agent to stop (SIGTERM; Ctrl-C in a terminal has sent it
+/// SIGINT already), then kills it if it has not within five seconds.
+async fn stop(agent: &mut tokio::process::Child) {
+    if let Some(pid) = agent.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
-    result
+    match tokio::time::timeout(std::time::Duration::from_secs(5), agent.wait()).await {
+        Ok(Ok(status)) if !status.success() => {
+            tracing::warn!(%status, "local agent stopped with an error");
+        }
+        Ok(_) => {}
+        Err(_) => {
+            let _ = agent.kill().await;
+        }
+    }
+}
+
+/// `picket-agent`, next to this binary. Under `cargo run` (which sets
+/// `CARGO` and `CARGO_MANIFEST_DIR`) it is built first when missing, in
+/// the same profile.
+async fn agent_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this binary's path")?;
+    let dir = exe.parent().context("this binary has no folder")?;
+    let bin = dir.join("picket-agent");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let (Ok(cargo), Ok(manifest)) = (std::env::var("CARGO"), std::env::var("CARGO_MANIFEST_DIR"))
+    else {
+        anyhow::bail!(
+            "dev mode runs the agent as its own process and found no {}; install picket-agent \
+             beside picket-control, or build it (cargo build -p picket-agent)",
+            bin.display()
+        );
+    };
+    eprintln!("dev: building picket-agent (dev mode runs the real agent as a child process)");
+    let mut build = tokio::process::Command::new(cargo);
+    build.args(["build", "-q", "-p", "picket-agent", "--bin", "picket-agent"]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build
+        .current_dir(&manifest)
+        .status()
+        .await
+        .context("running cargo build -p picket-agent")?;
+    if !status.success() || !bin.exists() {
+        anyhow::bail!("cargo build -p picket-agent failed ({status}); build it by hand and retry");
+    }
+    Ok(bin)
+}
+
+/// This host's name if it is a valid agent name, else `dev`.
+fn local_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|n| picket_proto::model::validate_name(n).is_ok())
+        .unwrap_or_else(|| "dev".to_string())
+}
+
+/// Points the agent's `agent.toml` at `server` (the port may differ from
+/// last time) and, if it has no sources, at the sample logs; returns the
+/// agent's name.
+fn point_agent_at(
+    path: &Path,
+    server: &str,
+    samples: &[(&str, PathBuf)],
+) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut cfg: toml::Table =
+        toml::from_str(&text).with_context(|| format!("bad {}", path.display()))?;
+    cfg.insert("server".into(), server.into());
+    if !cfg.contains_key("source") {
+        let sources = samples
+            .iter()
+            .map(|(kind, p)| {
+                let mut t = toml::Table::new();
+                t.insert("kind".into(), (*kind).into());
+                t.insert("path".into(), p.display().to_string().into());
+                t.insert("from_start".into(), true.into());
+                toml::Value::Table(t)
+            })
+            .collect();
+        cfg.insert("source".into(), toml::Value::Array(sources));
+    }
+    let name = cfg
+        .get("name")
+        .and_then(toml::Value::as_str)
+        .unwrap_or("dev")
+        .to_string();
+    std::fs::write(path, toml::to_string(&cfg)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(name)
 }
 
 /// Writes the admin profile as the default one, unless a person's own
@@ -184,35 +310,21 @@ async fn create_token(p: &Profile) -> anyhow::Result<String> {
     Err(anyhow::anyhow!("control plane did not come up: {last:?}"))
 }
 
-const SAMPLES: [(&str, agent_kind::Kind, &str); 4] = [
-    (
-        "auth.log",
-        agent_kind::Kind::Sshd,
-        include_str!("../samples/auth.log"),
-    ),
+/// The sample logs: file, source kind, text.
+const SAMPLES: [(&str, &str, &str); 4] = [
+    ("auth.log", "sshd", include_str!("../samples/auth.log")),
     (
         "fail2ban.log",
-        agent_kind::Kind::Fail2ban,
+        "fail2ban",
         include_str!("../samples/fail2ban.log"),
     ),
-    (
-        "eve.json",
-        agent_kind::Kind::Suricata,
-        include_str!("../samples/eve.json"),
-    ),
-    (
-        "alerts.log",
-        agent_kind::Kind::Ossec,
-        include_str!("../samples/alerts.log"),
-    ),
+    ("eve.json", "suricata", include_str!("../samples/eve.json")),
+    ("alerts.log", "ossec", include_str!("../samples/alerts.log")),
 ];
 
-mod agent_kind {
-    pub use picket_agent::config::SourceKind as Kind;
-}
-
-/// Writes the sample logs (once) and returns the sources that tail them.
-fn write_samples(data_dir: &Path) -> anyhow::Result<Vec<picket_agent::config::SourceConfig>> {
+/// Writes the sample logs (once) and returns the sources (kind, path)
+/// that tail them.
+fn write_samples(data_dir: &Path) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
     let dir = data_dir.join("samples");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut out = Vec::new();
@@ -222,11 +334,7 @@ fn write_samples(data_dir: &Path) -> anyhow::Result<Vec<picket_agent::config::So
             std::fs::write(&path, text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        out.push(picket_agent::config::SourceConfig {
-            kind,
-            path,
-            from_start: true,
-        });
+        out.push((kind, path));
     }
     Ok(out)
 }

@@ -597,8 +597,28 @@ fn dev_mode_then_picketctl_with_no_flags() -> Result<()> {
         table.starts_with("NAME") && table.contains("online"),
         "{table}"
     );
+    // The agent is a real process of its own (the control plane carries
+    // no agent code), and it stops with dev mode.
+    let agent_cmd = |pid: &str| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default()
+    };
+    let agents_running = || {
+        std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| agent_cmd(&e.file_name().to_string_lossy()))
+                    .filter(|c| c.contains("picket-agent run") && c.contains(".picket-dev"))
+                    .filter(|c| c.contains(&w.path("").display().to_string()))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(agents_running(), 1, "one picket-agent child");
     dev.signal(Signal::SIGINT);
     let st = dev.wait_exit(Duration::from_secs(15))?;
     assert!(st.success(), "dev mode exits 0 on Ctrl-C: {}", dev.stderr());
+    assert_eq!(agents_running(), 0, "the agent stopped with dev mode");
     Ok(())
 }
