@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod rollout;
 mod selector;
 pub use selector::{Requirement, Selector, SelectorError};
 
