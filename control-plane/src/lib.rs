@@ -13,6 +13,7 @@
 //! - [`grpc`] — the tonic edge (auth interceptor, services).
 //! - [`http`] — `/metrics`, `/healthz`, `/readyz`.
 //! - [`lifecycle`] — signals and systemd notification.
+//! - [`rollout`] — the rollout engine (pure) and, next, its driver.
 //! - [`server`] — wiring; [`dev`]: `picket-control dev`.
 
 pub mod audit;
@@ -26,6 +27,7 @@ pub mod http;
 pub mod ingest;
 pub mod lifecycle;
 pub mod pki;
+pub mod rollout;
 pub mod server;
 pub mod sessions;
 pub mod state;
