@@ -114,22 +114,19 @@ impl Check {
                 );
             }
         };
+        only(
+            self,
+            "expect_status",
+            raw.expect_status.is_some() && kind != "http",
+            "http",
+        );
         if process {
-            only(self, "expect_status", raw.expect_status.is_some(), "http");
             only(self, "retries", raw.retries.is_some(), "http and tcp");
             only(self, "interval", raw.interval.is_some(), "http and tcp");
         } else {
             only(self, "env", raw.env.is_some(), "exec and shell");
             only(self, "cwd", raw.cwd.is_some(), "exec and shell");
             only(self, "user", raw.user.is_some(), "exec and shell");
-        }
-        if kind != "http" {
-            only(
-                self,
-                "expect_status",
-                raw.expect_status.is_some() && !process,
-                "http",
-            );
         }
         let default = if process { EXEC_TIMEOUT } else { CHECK_TIMEOUT };
         let timeout = self.duration(&format!("{field}.timeout"), raw.timeout.as_deref(), default);
