@@ -155,23 +155,28 @@ impl Engine {
 
     /// The earliest time at which `Input::Tick` has something to do.
     pub fn next_deadline(&self) -> Option<i64> {
-        let timeout = i64::try_from(self.spec.host_timeout.as_millis()).unwrap_or(i64::MAX);
-        let busy = self
-            .p
-            .hosts
-            .iter()
-            .filter(|h| h.state == HostState::Running || h.current.is_some());
-        let away = busy.clone().filter_map(|h| {
-            let rollback = h.current.is_some_and(|c| c.phase == Phase::Rollback);
-            let turn = if rollback {
-                i64::MIN
-            } else {
-                h.started_ms.unwrap_or(i64::MIN)
-            };
-            Some(h.away_since?.max(turn).saturating_add(timeout))
-        });
-        let recheck = busy.filter_map(|h| h.recheck_at);
+        let hosts = self.p.hosts.iter();
+        let away = hosts.clone().filter_map(|h| self.away_deadline(h));
+        let recheck = hosts.filter_map(|h| h.recheck_at);
         away.chain(recheck).chain(self.p.pause_until).min()
+    }
+
+    /// When a host that is away is given up on: `host_timeout` after it
+    /// left, or after its turn began if it was away already; a rollback
+    /// step counts from when it left. `None` while it is present or has
+    /// nothing to do.
+    fn away_deadline(&self, h: &HostRun) -> Option<i64> {
+        let since = h.away_since?;
+        let timeout = i64::try_from(self.spec.host_timeout.as_millis()).unwrap_or(i64::MAX);
+        let rollback = h.current.is_some_and(|c| c.phase == Phase::Rollback);
+        let from = if rollback {
+            since
+        } else if h.state == HostState::Running {
+            since.max(h.started_ms.unwrap_or(i64::MIN))
+        } else {
+            return None;
+        };
+        Some(from.saturating_add(timeout))
     }
 
     /// Applies one input at `now`; a refused command changes nothing.
@@ -393,62 +398,49 @@ impl Engine {
     }
 
     fn tick(&mut self, now: i64, out: &mut Vec<Output>) -> bool {
-        let timeout = i64::try_from(self.spec.host_timeout.as_millis()).unwrap_or(i64::MAX);
-        let health = !self.spec.health.is_empty();
         let mut changed = false;
-        for h in &mut self.p.hosts {
-            // A rollback step on a host away too long: given up on.
-            if let (Some(at), Some(since)) = (h.current, h.away_since)
-                && at.phase == Phase::Rollback
-                && now >= since.saturating_add(timeout)
-            {
-                h.current = None;
-                h.rollback_failed = true;
-                out.push(Output::Cancel {
-                    host: h.name.clone(),
-                    at,
-                });
-                changed = true;
-                continue;
-            }
-            if h.state != HostState::Running {
-                continue;
-            }
-            if let Some(since) = h.away_since {
-                let since = since.max(h.started_ms.unwrap_or(i64::MIN));
-                if now >= since.saturating_add(timeout) {
+        for i in 0..self.p.hosts.len() {
+            let given_up = self
+                .away_deadline(&self.p.hosts[i])
+                .is_some_and(|d| now >= d);
+            let h = &mut self.p.hosts[i];
+            if given_up {
+                let at = h.current.take();
+                if at.is_some_and(|c| c.phase == Phase::Rollback) {
+                    h.rollback_failed = true;
+                } else {
                     h.state = HostState::Unreachable;
                     h.recheck_at = None;
-                    if let Some(at) = h.current.take() {
-                        out.push(Output::Cancel {
-                            host: h.name.clone(),
-                            at,
-                        });
-                    }
-                    changed = true;
-                    continue;
                 }
+                if let Some(at) = at {
+                    out.push(Output::Cancel {
+                        host: h.name.clone(),
+                        at,
+                    });
+                }
+                changed = true;
+                continue;
             }
             if let Some(at) = h.recheck_at
                 && now >= at
             {
                 h.recheck_at = None;
-                if health {
-                    let first = StepRef {
-                        phase: Phase::Recheck,
-                        index: 0,
-                        attempt: 1,
-                    };
-                    h.current = Some(first);
-                    if let Some(step) = self.spec.health.first() {
+                // Set only after health steps passed, so there is a first.
+                match self.spec.health.first().cloned() {
+                    Some(step) => {
+                        let first = StepRef {
+                            phase: Phase::Recheck,
+                            index: 0,
+                            attempt: 1,
+                        };
+                        h.current = Some(first);
                         out.push(Output::Dispatch {
                             host: h.name.clone(),
                             at: first,
-                            step: step.clone(),
+                            step,
                         });
                     }
-                } else {
-                    h.state = HostState::Succeeded;
+                    None => h.state = HostState::Succeeded,
                 }
                 changed = true;
             }
