@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
-use crate::store::records::{EventRecord, FromWire, LogRecord, Records, Wire};
+use crate::store::records::{EventRecord, LogRecord, Records, Timed, Wire};
 use crate::store::{Store, StoreError};
 
 /// How many bytes of records may wait for one follower before it is cut
@@ -101,7 +101,7 @@ impl<T: Stored> LiveRx<T> {
     }
 }
 
-impl<T: Stored + FromWire> Live<T> {
+impl<T: Stored> Live<T> {
     fn subscribe(&self) -> LiveRx<T> {
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Arc::new(Queue::default());
@@ -185,7 +185,7 @@ impl Feed {
     /// under the lock that stores and publishes: every record is then
     /// either at or below the snapshot, or sent to the new receiver. (A
     /// batch stored while no one followed is not published at all.)
-    fn snapshot<T: Stored + FromWire>(&self, live: Option<&Live<T>>) -> (Option<LiveRx<T>>, u64) {
+    fn snapshot<T: Stored>(&self, live: Option<&Live<T>>) -> (Option<LiveRx<T>>, u64) {
         let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let rx = live.map(Live::subscribe);
         (rx, self.last_id.load(Ordering::Acquire))
@@ -227,19 +227,14 @@ impl LogFilter {
     }
 }
 
-/// A stored record the feed carries.
-pub trait Stored: Send + Sync + 'static {
-    fn id(&self) -> u64;
+/// A stored record the feed carries (its id and time come from
+/// [`Timed`]).
+pub trait Stored: Timed + Send + Sync + 'static {
     /// About the bytes it holds in memory.
     fn size(&self) -> usize;
-    /// Its time, for a follower told where to resume.
-    fn time_ms(&self) -> i64;
 }
 
 impl Stored for EventRecord {
-    fn id(&self) -> u64 {
-        self.id
-    }
     fn size(&self) -> usize {
         let fields: usize = self
             .fields
@@ -254,24 +249,15 @@ impl Stored for EventRecord {
             + self.message.len()
             + fields
     }
-    fn time_ms(&self) -> i64 {
-        self.time_ms
-    }
 }
 
 impl Stored for LogRecord {
-    fn id(&self) -> u64 {
-        self.id
-    }
     fn size(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.host.len()
             + self.source.len()
             + self.path.len()
             + self.line.len()
-    }
-    fn time_ms(&self) -> i64 {
-        self.time_ms
     }
 }
 
