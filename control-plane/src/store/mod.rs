@@ -121,38 +121,6 @@ fn usable(t: TokenRecord, now_ms: i64) -> Result<TokenRecord, TokenRefusal> {
     }
 }
 
-/// One use taken of a stored token: the outcome, and the write that takes
-/// it (none when it cannot be used).
-#[allow(clippy::type_complexity)]
-fn take_use(
-    hash: &str,
-    stored: Option<Vec<u8>>,
-    now_ms: i64,
-) -> (
-    Result<Result<TokenRecord, TokenRefusal>, StoreError>,
-    Option<Vec<backend::Op>>,
-) {
-    let Some(bytes) = stored else {
-        return (Ok(Err(TokenRefusal::Unknown)), None);
-    };
-    let t = match decode::<TokenRecord>(TOKENS, &bytes) {
-        Ok(t) => t,
-        Err(e) => return (Err(e), None),
-    };
-    match usable(t, now_ms) {
-        Err(r) => (Ok(Err(r)), None),
-        Ok(mut t) => {
-            t.uses_left -= 1;
-            let op = backend::Op {
-                tree: TOKENS,
-                key: hash.as_bytes().to_vec(),
-                value: Some(encode(&t)),
-            };
-            (Ok(Ok(t)), Some(vec![op]))
-        }
-    }
-}
-
 /// Why an enrollment was not recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnrollRefusal {
@@ -324,18 +292,40 @@ impl Store {
         let mut outcome = Ok(Err(EnrollRefusal::Token(TokenRefusal::Unknown)));
         let keys: [(&str, &[u8]); 2] = [(TOKENS, hash.as_bytes()), (AGENTS, agent.name.as_bytes())];
         self.kv.transact(&keys, &mut |vals| {
+            let refused = |why| Ok(Err(EnrollRefusal::Token(why)));
             if vals.get(1).is_some_and(Option::is_some) {
                 outcome = Ok(Err(EnrollRefusal::NameTaken));
                 return None;
             }
-            let (o, ops) = take_use(hash, vals.first().cloned().flatten(), now_ms);
-            outcome = o.map(|r| r.map_err(EnrollRefusal::Token));
-            let mut ops = ops?;
-            ops.push(backend::Op {
-                tree: AGENTS,
-                key: agent.name.as_bytes().to_vec(),
-                value: Some(encode(agent)),
-            });
+            let Some(bytes) = vals.first().cloned().flatten() else {
+                outcome = refused(TokenRefusal::Unknown);
+                return None;
+            };
+            let mut token = match decode::<TokenRecord>(TOKENS, &bytes).map(|t| usable(t, now_ms)) {
+                Ok(Ok(t)) => t,
+                Ok(Err(why)) => {
+                    outcome = refused(why);
+                    return None;
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    return None;
+                }
+            };
+            token.uses_left -= 1;
+            let ops = vec![
+                backend::Op {
+                    tree: TOKENS,
+                    key: hash.as_bytes().to_vec(),
+                    value: Some(encode(&token)),
+                },
+                backend::Op {
+                    tree: AGENTS,
+                    key: agent.name.as_bytes().to_vec(),
+                    value: Some(encode(agent)),
+                },
+            ];
+            outcome = Ok(Ok(token));
             Some(ops)
         })?;
         outcome
