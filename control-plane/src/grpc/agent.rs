@@ -126,9 +126,7 @@ impl AgentService for AgentSvc {
                         }
                         Ok(Ok(Some(m))) => match m.body {
                             Some(Body::Heartbeat(_)) => {
-                                let n = name.clone();
-                                let seen = state.store.blocking(move |s| s.update_agent(&n, |r| r.last_seen_ms = now_ms())).await;
-                                if let Err(error) = seen {
+                                if let Err(error) = seen(&state.store, &name).await {
                                     tracing::error!(%error, agent = %name, "cannot record heartbeat");
                                 }
                             }
@@ -157,11 +155,7 @@ impl AgentService for AgentSvc {
                 None => storer.await.unwrap_or_else(|e| Some(internal(e))),
             };
             let end = end.or(stored);
-            let n = name.clone();
-            let _ = state
-                .store
-                .blocking(move |s| s.update_agent(&n, |r| r.last_seen_ms = now_ms()))
-                .await;
+            let _ = seen(&state.store, &name).await;
             tracing::info!(agent = %name, "agent disconnected");
             if let Some(status) = end {
                 let _ = tx.send(Err(status)).await;
@@ -203,6 +197,15 @@ impl AgentService for AgentSvc {
             not_after_unix_ms: not_after,
         }))
     }
+}
+
+/// Records that `agent` was heard from just now (off the runtime
+/// workers, as every store write).
+async fn seen(store: &crate::store::Store, agent: &str) -> Result<(), crate::store::StoreError> {
+    let n = agent.to_string();
+    store
+        .blocking(move |s| s.update_agent(&n, |r| r.last_seen_ms = now_ms()).map(drop))
+        .await
 }
 
 /// At most about this many records are stored in one go.
