@@ -73,6 +73,41 @@ pub struct AgentConfig {
     pub buffer_max_bytes: u64,
     #[serde(default, rename = "source", skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceConfig>,
+    /// Deploy steps (SPEC §9).
+    #[serde(default, skip_serializing_if = "ExecConfig::is_default")]
+    pub exec: ExecConfig,
+}
+
+/// `[exec]`: whether this host runs steps, and as which users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConfig {
+    /// `false`: every step is refused with a clear error.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The users a step's `user` may name; a step without `user` runs as
+    /// the agent's own user.
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig {
+            enabled: true,
+            users: Vec::new(),
+        }
+    }
+}
+
+impl ExecConfig {
+    fn is_default(&self) -> bool {
+        *self == ExecConfig::default()
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 pub fn default_state_dir() -> PathBuf {
@@ -144,7 +179,14 @@ impl AgentConfig {
              #\n\
              # [[source]]\n\
              # kind = \"sshd\"\n\
-             # path = \"/var/log/auth.log\"\n\n{body}"
+             # path = \"/var/log/auth.log\"\n\
+             #\n\
+             # Deploy steps run as this agent's user; a step's `user` must be\n\
+             # listed here, and `enabled = false` refuses every step:\n\
+             #\n\
+             # [exec]\n\
+             # enabled = true\n\
+             # users = [\"deploy\"]\n\n{body}"
         )
     }
 }

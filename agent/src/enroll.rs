@@ -124,6 +124,7 @@ pub async fn enroll(o: EnrollOptions) -> Result<Enrolled, EnrollError> {
             buffer_max_bytes: 256 * 1024 * 1024,
             max_line_bytes: 64 * 1024,
             sources: Vec::new(),
+            exec: Default::default(),
         };
         files::write_public(&config_path, cfg.render().as_bytes())?;
     }

@@ -11,12 +11,14 @@
 //! - [`sources`] — pure parsers for fail2ban, Suricata, OSSEC/Wazuh, sshd.
 //! - [`tail`] — following a file through rotation; no parsing.
 //! - [`collect`] — sources run: inotify → tail → parse → buffer.
+//! - [`exec`] — deploy steps: the ledger, processes, probes.
 //! - [`uplink`] — the session stream, heartbeats, reconnect with backoff.
 
 pub mod buffer;
 pub mod collect;
 pub mod config;
 pub mod enroll;
+pub mod exec;
 pub mod identity;
 pub mod inventory;
 pub mod metrics;
@@ -36,6 +38,8 @@ pub enum AgentError {
     Uplink(#[from] uplink::UplinkError),
     #[error(transparent)]
     Buffer(#[from] buffer::BufferError),
+    #[error(transparent)]
+    Ledger(#[from] exec::ledger::LedgerError),
 }
 
 /// Runs the agent until `shutdown` is cancelled or the control plane
@@ -43,6 +47,13 @@ pub enum AgentError {
 pub async fn run(cfg: config::AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let identity = Arc::new(identity::Identity::load(&cfg.state_dir)?);
     let buffer = Arc::new(buffer::Buffer::open(&cfg.state_dir, cfg.buffer_max_bytes)?);
+    let ledger = exec::ledger::Ledger::open(buffer.db(), now_ms())?;
+    let executor = Arc::new(exec::Executor::new(
+        cfg.exec.clone(),
+        cfg.name.clone(),
+        ledger,
+        shutdown.clone(),
+    ));
     let sampler = tokio::spawn(sample_metrics(
         cfg.metrics_interval,
         buffer.clone(),
@@ -53,8 +64,18 @@ pub async fn run(cfg: config::AgentConfig, shutdown: CancellationToken) -> Resul
         let (cfg, buffer, shutdown) = (cfg.clone(), buffer.clone(), shutdown.clone());
         tokio::task::spawn_blocking(move || collect::run(&cfg, buffer, shutdown))
     };
-    let result = uplink::run(cfg, identity, buffer.clone(), shutdown.clone()).await;
+    let result = uplink::run(
+        cfg,
+        identity,
+        buffer.clone(),
+        executor.clone(),
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
+    // Running steps are stopped (shutdown cancels them) and their results
+    // recorded before the agent exits.
+    executor.drain().await;
     let _ = sampler.await;
     let _ = flusher.await;
     let _ = collector.await;

@@ -15,6 +15,7 @@ use tonic::Code;
 
 use crate::buffer::{Buffer, BufferError};
 use crate::config::AgentConfig;
+use crate::exec::Executor;
 use crate::identity::Identity;
 
 /// Records per batch on the wire, and the bytes that end a batch early:
@@ -81,11 +82,12 @@ pub async fn run(
     cfg: AgentConfig,
     identity: Arc<Identity>,
     buffer: Arc<Buffer>,
+    executor: Arc<Executor>,
     shutdown: CancellationToken,
 ) -> Result<(), UplinkError> {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        match session(&cfg, &identity, &buffer, &shutdown, &mut backoff).await? {
+        match session(&cfg, &identity, &buffer, &executor, &shutdown, &mut backoff).await? {
             End::Shutdown => return Ok(()),
             End::Reconnect => continue,
             End::Failed(why) => {
@@ -135,6 +137,7 @@ async fn session(
     cfg: &AgentConfig,
     identity: &Identity,
     buffer: &Arc<Buffer>,
+    executor: &Arc<Executor>,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<End, UplinkError> {
@@ -176,6 +179,7 @@ async fn session(
     // Replays what the control plane has not stored, then follows new
     // records. Ends when the stream does (the session's `tx` drops).
     let sender = tokio::spawn(send_records(buffer.clone(), acked, tx.clone()));
+    executor.attach(tx.clone());
     let _stop_sender = AbortOnDrop(sender);
 
     let mut tick = tokio::time::interval(heartbeat);
@@ -208,6 +212,14 @@ async fn session(
                 Ok(Some(v1::ControlMessage { body: Some(control_message::Body::Ack(a)) })) => {
                     if let Err(e) = buffer.ack(a.acked_seq) {
                         return Ok(End::Failed(e.to_string()));
+                    }
+                }
+                Ok(Some(v1::ControlMessage { body: Some(control_message::Body::Dispatch(d)) })) => {
+                    executor.dispatch(d);
+                }
+                Ok(Some(v1::ControlMessage { body: Some(control_message::Body::Cancel(c)) })) => {
+                    if let Some(key) = &c.key {
+                        executor.cancel(key);
                     }
                 }
                 Ok(Some(_)) => {}

@@ -127,3 +127,5 @@ mod tests {
         }
     }
 }
+
+mod rollout;

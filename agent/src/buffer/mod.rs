@@ -478,6 +478,12 @@ impl Buffer {
         self.added.notified().await;
     }
 
+    /// The sled database, for other trees of the agent's state (the step
+    /// ledger); `flush` makes them durable too.
+    pub fn db(&self) -> sled::Db {
+        self.db.clone()
+    }
+
     /// Makes every record pushed so far durable.
     pub fn flush(&self) -> Result<(), BufferError> {
         let upto = self.next_seq().saturating_sub(1);

@@ -349,7 +349,7 @@ impl Engine {
         }
         let name = self.step_at(at).map_or_else(
             || format!("{:?} {}", at.phase, at.index),
-            |s| s.name.clone().unwrap_or_else(|| at.index.to_string()),
+            |s| s.label(at.index),
         );
         let ok = result.state == StepState::Succeeded;
         let next = if ok { self.next_step(at) } else { None };

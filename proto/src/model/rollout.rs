@@ -310,6 +310,24 @@ impl RawSpec {
     }
 }
 
+impl RawStep {
+    /// Checks one step on its own, as an agent does with what it is sent.
+    pub fn check_one(&self) -> Result<Step, SpecError> {
+        let mut c = Check(Vec::new());
+        match c.step("step", self) {
+            Some(step) if c.0.is_empty() => Ok(step),
+            _ => Err(SpecError(c.0)),
+        }
+    }
+}
+
+impl Step {
+    /// What `PICKET_STEP` holds: the step's name, or its index.
+    pub fn label(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| index.to_string())
+    }
+}
+
 impl Spec {
     /// The hosts of each wave, in order, out of the fleet's `(name,
     /// labels)`: selected by the rollout, in the first wave that matches.
