@@ -99,6 +99,25 @@ pub enum Cmd {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// Run one command on every host matching a selector; each host's
+    /// result as it finishes. Exits 1 if any host did not succeed.
+    Run {
+        /// Label selector: role=prod, role!=prod, role in (a,b), role notin (a), role; commas AND.
+        #[arg(short = 'l', long)]
+        selector: String,
+        /// Hosts at a time (default: all at once).
+        #[arg(long, default_value_t = 0)]
+        max_parallel: u32,
+        /// Per host; the whole process group is killed after it.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// The program and its arguments (after --).
+        #[arg(last = true, required = true, value_name = "CMD")]
+        argv: Vec<String>,
+    },
+    /// Rolling deploys: waves, health gates, approval, rollback.
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
     /// A host's metrics: one row per series with a sparkline, or JSON lines.
     Metrics {
         /// The host (agent name).
@@ -120,6 +139,44 @@ pub enum AgentsCmd {
     Show { name: String },
     /// Revoke an agent: its streams are cut and it is refused from then on.
     Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum RolloutCmd {
+    /// Validate a rollout file whole and start it; prints its id alone.
+    Create {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Every rollout, newest first.
+    List,
+    /// One rollout: waves, hosts, steps and their output.
+    Status {
+        id: String,
+    },
+    /// Follow a rollout until it ends; exits 0 only if it succeeded.
+    Watch {
+        id: String,
+    },
+    /// Let running hosts finish; start no new one.
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    /// Start the next wave of a rollout awaiting approval.
+    Approve {
+        id: String,
+    },
+    /// Let running hosts finish, then end `aborted` without rolling back.
+    Abort {
+        id: String,
+    },
+    /// Run [[rollback]] on every host touched, newest first.
+    Rollback {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -17,3 +17,10 @@ pub mod settings;
 #[derive(Debug, thiserror::Error)]
 #[error("{0:#}")]
 pub struct BadConfig(pub anyhow::Error);
+
+/// The command failed and has said why on stdout/stderr already: exit 1
+/// with nothing more printed (`run` with a failed host, `watch` of a
+/// rollout that did not succeed).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Failed(pub String);

@@ -29,6 +29,12 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
+            if let Some(f) = e.downcast_ref::<picketctl::Failed>() {
+                if !f.0.is_empty() {
+                    eprintln!("picketctl: {}", f.0);
+                }
+                return ExitCode::FAILURE;
+            }
             eprintln!("picketctl: {e:#}");
             if e.downcast_ref::<BadConfig>().is_some() {
                 ExitCode::from(2)

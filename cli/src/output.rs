@@ -76,6 +76,9 @@ pub fn agent_json(a: &v1::Agent) -> Value {
         "memory_bytes": inv.memory_bytes,
         "enrolled": time(a.enrolled_unix_ms),
         "cert_expires": time(a.cert_not_after_unix_ms),
+        "last_rollout": a.last_rollout.as_ref().map(|r| json!({
+            "id": r.id, "name": r.name, "state": r.state, "host_state": r.host_state,
+        })),
     })
 }
 

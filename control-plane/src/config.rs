@@ -24,6 +24,10 @@ pub enum ConfigError {
 pub struct ControlConfig {
     /// Holds the PKI files and the store.
     pub data_dir: PathBuf,
+    /// The control plane's own host name on the events it raises (a
+    /// finished rollout); the machine's host name by default.
+    #[serde(default = "default_name")]
+    pub name: String,
     /// gRPC over TLS: agents, admin API, health, reflection.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -122,6 +126,14 @@ fn default_rollup_retention() -> Duration {
     Duration::from_secs(30 * 86400)
 }
 
+fn default_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "picket-control".to_string())
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7443))
 }
@@ -204,6 +216,10 @@ impl ControlConfig {
 
 # Holds ca.crt/ca.key, server.crt/server.key and the store (sled).
 data_dir = "{data_dir}"
+
+# The host name on events the control plane raises itself (a finished
+# rollout, source "picket"). Default: this machine's host name.
+# name = "picket-control"
 
 # gRPC over TLS (agents, admin API, grpc.health.v1, reflection).
 listen = "127.0.0.1:7443"

@@ -118,6 +118,24 @@ pub fn apply(
     Ok(last)
 }
 
+/// Stores an event the control plane raises itself (a finished rollout)
+/// as the next record of host `host`, durably.
+pub fn own_event(
+    to: &Sinks,
+    store: &crate::store::Store,
+    host: &str,
+    event: v1::Event,
+) -> Result<(), IngestError> {
+    let acked = store.acked_seq(host)?;
+    let record = v1::Record {
+        seq: acked + 1,
+        payload: Some(v1::record::Payload::Event(event)),
+    };
+    apply(to, host, acked, picket_proto::frame::batch_of(&[record]))?;
+    store.flush()?;
+    Ok(())
+}
+
 fn sample(m: v1::MetricSample) -> Sample {
     Sample {
         time_ms: m.time_unix_ms,

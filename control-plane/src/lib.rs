@@ -13,7 +13,9 @@
 //! - [`grpc`] — the tonic edge (auth interceptor, services).
 //! - [`http`] — `/metrics`, `/healthz`, `/readyz`.
 //! - [`lifecycle`] — signals and systemd notification.
-//! - [`rollout`] — the rollout engine (pure) and, next, its driver.
+//! - [`rollout`] — the rollout engine (pure), its view and its driver.
+//! - [`run`] — `picketctl run`: one command on many hosts.
+//! - [`steps`] — steps in flight to agents, and their updates back.
 //! - [`server`] — wiring; [`dev`]: `picket-control dev`.
 
 pub mod audit;
@@ -28,9 +30,11 @@ pub mod ingest;
 pub mod lifecycle;
 pub mod pki;
 pub mod rollout;
+pub mod run;
 pub mod server;
 pub mod sessions;
 pub mod state;
+pub mod steps;
 pub mod store;
 
 use std::path::Path;

@@ -42,6 +42,43 @@ impl Listeners {
     }
 }
 
+/// What a finished rollout becomes: an event of the control plane's own
+/// host (SPEC §9), stored off the driver's task.
+fn finished_events(
+    sinks: crate::ingest::Sinks,
+    store: Store,
+    host: String,
+    tasks: tokio_util::task::TaskTracker,
+) -> Box<dyn Fn(&str, &crate::rollout::state::Persisted, &'static str) + Send + Sync> {
+    Box::new(move |id, p, kind| {
+        let name = p.spec.name.clone().unwrap_or_default();
+        let severity = match kind {
+            "rollout_succeeded" => picket_proto::v1::Severity::Info,
+            "rollout_aborted" => picket_proto::v1::Severity::Low,
+            _ => picket_proto::v1::Severity::High,
+        };
+        let event = picket_proto::v1::Event {
+            source: "picket".into(),
+            path: String::new(),
+            kind: kind.to_string(),
+            severity: severity as i32,
+            message: format!("rollout {id} ({name}): {}", p.state.as_str()),
+            fields: [
+                ("rollout".to_string(), id.to_string()),
+                ("name".to_string(), name),
+            ]
+            .into(),
+            time_unix_ms: p.finished_ms.unwrap_or_else(crate::clock::now_ms),
+        };
+        let (sinks, store, host) = (sinks.clone(), store.clone(), host.clone());
+        tasks.spawn_blocking(move || {
+            if let Err(error) = crate::ingest::own_event(&sinks, &store, &host, event) {
+                tracing::error!(%error, "cannot store a finished rollout's event");
+            }
+        });
+    })
+}
+
 /// How long shutdown waits for sessions to store and ack what they hold.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -60,19 +97,45 @@ pub async fn run(
         )
     })?;
     let tasks = tokio_util::task::TaskTracker::new();
-    let state = Arc::new(State {
-        audit: Audit::new(store.clone()),
-        store: store.clone(),
-        ca,
-        sessions: Arc::new(Sessions::default()),
-        cfg,
-        fleet: Default::default(),
+    let sessions = Arc::new(Sessions::default());
+    let steps = Arc::new(crate::steps::Steps::new(sessions.clone()));
+    let sinks = crate::ingest::Sinks {
         feed: Arc::new(crate::feed::Feed::new(
             store.clone(),
             shutdown.clone(),
             tasks.clone(),
         )),
+        fleet: Default::default(),
         counters: Default::default(),
+    };
+    let rollouts = crate::rollout::driver::start(
+        crate::rollout::driver::Parts {
+            store: store.clone(),
+            steps: steps.clone(),
+            events: finished_events(
+                sinks.clone(),
+                store.clone(),
+                cfg.name.clone(),
+                tasks.clone(),
+            ),
+            now: crate::clock::now_ms,
+        },
+        shutdown.clone(),
+        &tasks,
+    )
+    .await
+    .context("starting the rollout driver")?;
+    let state = Arc::new(State {
+        audit: Audit::new(store.clone()),
+        store: store.clone(),
+        ca,
+        sessions,
+        steps,
+        rollouts,
+        cfg,
+        fleet: sinks.fleet,
+        feed: sinks.feed,
+        counters: sinks.counters,
         gate: Default::default(),
         shutdown: shutdown.clone(),
         tasks,

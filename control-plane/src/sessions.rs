@@ -1,24 +1,53 @@
-//! Live agent sessions: which agents have a stream open right now, and the
-//! handle to cut each one (revocation, replacement by a newer stream).
+//! Live agent sessions: which agents have a stream open right now, the
+//! handle to cut each one (revocation, replacement by a newer stream), the
+//! way to send one a message (a step), and news of agents coming and going
+//! (for the engines that wait on them).
 //!
 //! A std `Mutex`: it is never held across an `.await`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use picket_proto::v1;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Default)]
+/// A session's outbound queue (what the agent's stream carries).
+pub type Outbound = mpsc::Sender<Result<v1::ControlMessage, tonic::Status>>;
+
+/// An agent's stream opened or closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    Connected(String),
+    Disconnected(String),
+}
+
 pub struct Sessions {
     live: Mutex<HashMap<String, Entry>>,
     next_id: AtomicU64,
+    presence: broadcast::Sender<Presence>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            live: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            presence: broadcast::channel(1024).0,
+        }
+    }
 }
 
 struct Entry {
     id: u64,
     cancel: CancellationToken,
+    tx: Outbound,
 }
+
+/// How long a message waits for room in a session's queue.
+const SEND_WAIT: Duration = Duration::from_secs(5);
 
 /// Held by a session's task; dropping it marks the agent offline, unless a
 /// newer session for the same agent has taken its place.
@@ -34,6 +63,10 @@ impl Drop for SessionGuard {
             && live.get(&self.name).is_some_and(|e| e.id == self.id)
         {
             live.remove(&self.name);
+            let _ = self
+                .sessions
+                .presence
+                .send(Presence::Disconnected(self.name.clone()));
         }
     }
 }
@@ -41,19 +74,20 @@ impl Drop for SessionGuard {
 impl Sessions {
     /// Registers a new stream for `name`, cancelling any older one: after a
     /// network blip the newest connection is the real one.
-    pub fn open(self: &Arc<Self>, name: &str) -> (SessionGuard, CancellationToken) {
+    /// `tx` is the stream's outbound queue: what [`Sessions::send`] uses.
+    pub fn open(self: &Arc<Self>, name: &str, tx: Outbound) -> (SessionGuard, CancellationToken) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
-        if let Ok(mut live) = self.live.lock()
-            && let Some(old) = live.insert(
-                name.to_string(),
-                Entry {
-                    id,
-                    cancel: cancel.clone(),
-                },
-            )
-        {
-            old.cancel.cancel();
+        if let Ok(mut live) = self.live.lock() {
+            let entry = Entry {
+                id,
+                cancel: cancel.clone(),
+                tx,
+            };
+            if let Some(old) = live.insert(name.to_string(), entry) {
+                old.cancel.cancel();
+            }
+            let _ = self.presence.send(Presence::Connected(name.to_string()));
         }
         (
             SessionGuard {
@@ -63,6 +97,28 @@ impl Sessions {
             },
             cancel,
         )
+    }
+
+    /// News of agents connecting and disconnecting from now on.
+    pub fn presence(&self) -> broadcast::Receiver<Presence> {
+        self.presence.subscribe()
+    }
+
+    /// Queues `msg` on the agent's stream; `false` when it has none (or its
+    /// queue stayed full for [`SEND_WAIT`]).
+    pub async fn send(&self, name: &str, msg: v1::ControlMessage) -> bool {
+        let tx = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(name).map(|e| e.tx.clone()));
+        match tx {
+            Some(tx) => matches!(
+                tokio::time::timeout(SEND_WAIT, tx.send(Ok(msg))).await,
+                Ok(Ok(()))
+            ),
+            None => false,
+        }
     }
 
     pub fn is_online(&self, name: &str) -> bool {
@@ -79,6 +135,7 @@ impl Sessions {
             && let Some(e) = live.remove(name)
         {
             e.cancel.cancel();
+            let _ = self.presence.send(Presence::Disconnected(name.to_string()));
         }
     }
 }
@@ -87,22 +144,37 @@ impl Sessions {
 mod tests {
     use super::*;
 
+    fn tx() -> Outbound {
+        mpsc::channel(1).0
+    }
+
     #[test]
     fn newer_session_replaces_older_and_old_guard_does_not_evict_it() {
         let s = Arc::new(Sessions::default());
-        let (g1, c1) = s.open("a");
-        let (g2, c2) = s.open("a");
+        let mut news = s.presence();
+        let (g1, c1) = s.open("a", tx());
+        let (g2, c2) = s.open("a", tx());
         assert!(c1.is_cancelled() && !c2.is_cancelled());
         drop(g1);
         assert!(s.is_online("a"));
         drop(g2);
         assert!(!s.is_online("a"));
+        let a = || "a".to_string();
+        let seen: Vec<_> = std::iter::from_fn(|| news.try_recv().ok()).collect();
+        assert_eq!(
+            seen,
+            [
+                Presence::Connected(a()),
+                Presence::Connected(a()),
+                Presence::Disconnected(a())
+            ]
+        );
     }
 
     #[test]
     fn close_cancels() {
         let s = Arc::new(Sessions::default());
-        let (_g, c) = s.open("a");
+        let (_g, c) = s.open("a", tx());
         s.close("a");
         assert!(c.is_cancelled());
         assert_eq!(s.online_count(), 0);

@@ -16,6 +16,10 @@ pub struct State {
     pub store: Store,
     pub ca: Ca,
     pub sessions: Arc<Sessions>,
+    /// Steps in flight to agents, and their updates back.
+    pub steps: Arc<crate::steps::Steps>,
+    /// The rollout driver.
+    pub rollouts: crate::rollout::driver::Handle,
     pub audit: Audit,
     pub cfg: ControlConfig,
     /// Each host's newest metrics sample.

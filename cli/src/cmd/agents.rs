@@ -75,6 +75,15 @@ pub async fn run(
                 ])?;
             }
             t.finish()?;
+            if let [a] = &agents[..]
+                && let Some(r) = &a.last_rollout
+            {
+                writeln!(
+                    out,
+                    "\nLast rollout: {} {:?}: {} (this host: {})",
+                    r.id, r.name, r.state, r.host_state
+                )?;
+            }
         }
     }
     Ok(())

@@ -6,6 +6,8 @@ mod audit;
 mod events;
 mod logs;
 mod metrics;
+mod rollout;
+mod run;
 mod status;
 mod token;
 mod user;
@@ -71,6 +73,21 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             logs::run(&mut admin, q, fmt).await
         }
+        Cmd::Run {
+            selector,
+            max_parallel,
+            timeout,
+            argv,
+        } => {
+            let r = picket_proto::v1::RunRequest {
+                selector,
+                max_parallel,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                argv,
+            };
+            run::run(&mut admin, r, fmt).await
+        }
+        Cmd::Rollout(c) => rollout::run(&mut admin, c, fmt, out).await,
         Cmd::Metrics { name, since, field } => {
             metrics::run(&mut admin, name, since, field, fmt, out).await
         }

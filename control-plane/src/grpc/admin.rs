@@ -36,7 +36,8 @@ impl AdminSvc {
     }
 }
 
-type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+pub(super) type Stream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
 fn grep(pattern: &str) -> Result<Option<regex::Regex>, Status> {
     if pattern.is_empty() {
@@ -51,6 +52,47 @@ fn grep(pattern: &str) -> Result<Option<regex::Regex>, Status> {
 impl AdminService for AdminSvc {
     type StreamEventsStream = Stream<v1::StoredEvent>;
     type StreamLogsStream = Stream<v1::StoredLogLine>;
+    type RunStream = Stream<v1::RunResult>;
+    type WatchRolloutStream = Stream<v1::Rollout>;
+
+    async fn run(&self, req: Request<v1::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
+        self.do_run(req).await
+    }
+
+    async fn create_rollout(
+        &self,
+        req: Request<v1::CreateRolloutRequest>,
+    ) -> Result<Response<v1::CreateRolloutResponse>, Status> {
+        self.do_create_rollout(req).await
+    }
+
+    async fn list_rollouts(
+        &self,
+        req: Request<v1::ListRolloutsRequest>,
+    ) -> Result<Response<v1::ListRolloutsResponse>, Status> {
+        self.do_list_rollouts(req).await
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<v1::GetRolloutRequest>,
+    ) -> Result<Response<v1::Rollout>, Status> {
+        self.do_get_rollout(req).await
+    }
+
+    async fn watch_rollout(
+        &self,
+        req: Request<v1::GetRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        self.do_watch_rollout(req).await
+    }
+
+    async fn act_on_rollout(
+        &self,
+        req: Request<v1::RolloutActionRequest>,
+    ) -> Result<Response<v1::Rollout>, Status> {
+        self.do_act_on_rollout(req).await
+    }
 
     async fn stream_events(
         &self,
@@ -122,7 +164,10 @@ impl AdminService for AdminSvc {
         req: Request<v1::GetAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
         require(&req, &self.state.audit, Role::Viewer, "agents.show", "")?;
-        Ok(Response::new(self.agent_view(&req.get_ref().name)?))
+        let name = &req.get_ref().name;
+        let mut agent = self.agent_view(name)?;
+        agent.last_rollout = self.last_rollout(name).await;
+        Ok(Response::new(agent))
     }
 
     async fn revoke_agent(

@@ -69,11 +69,8 @@ impl AgentService for AgentSvc {
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::unauthenticated(format!("agent {name} is not enrolled here")))?;
-        let (guard, cancel) = st.sessions.open(&name);
-        tracing::info!(agent = %name, version = %inv.agent_version, "agent connected");
-
         let heartbeat = st.cfg.heartbeat_interval;
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(64);
         let welcome = control(control_message::Body::Welcome(v1::Welcome {
             acked_seq: acked,
             heartbeat_interval_ms: u32::try_from(heartbeat.as_millis()).unwrap_or(u32::MAX),
@@ -81,6 +78,10 @@ impl AgentService for AgentSvc {
         tx.send(Ok(welcome))
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
+        // Registered after Welcome: whatever is sent to the agent (steps)
+        // comes after it on the stream.
+        let (guard, cancel) = st.sessions.open(&name, tx.clone());
+        tracing::info!(agent = %name, version = %inv.agent_version, "agent connected");
 
         let state = self.state.clone();
         self.state.tasks.spawn(async move {
@@ -129,6 +130,9 @@ impl AgentService for AgentSvc {
                                 if let Err(error) = seen(&state.store, &name).await {
                                     tracing::error!(%error, agent = %name, "cannot record heartbeat");
                                 }
+                            }
+                            Some(Body::Step(update)) => {
+                                state.steps.deliver(&name, update).await;
                             }
                             Some(Body::Records(batch)) => {
                                 if to_store.send(batch).await.is_err() {

@@ -8,6 +8,7 @@ mod agent;
 pub mod auth;
 mod convert;
 mod enroll;
+mod rollouts;
 mod status;
 
 use std::sync::Arc;

@@ -90,6 +90,29 @@ pub enum Phase {
     Rollback,
 }
 
+impl Phase {
+    /// As a step key on the wire spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Deploy => "deploy",
+            Phase::Health => "health",
+            Phase::Recheck => "recheck",
+            Phase::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Phase> {
+        [
+            Phase::Deploy,
+            Phase::Health,
+            Phase::Recheck,
+            Phase::Rollback,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
 /// One step of one host: with the rollout's id and the host's name, what
 /// the agent's ledger knows a step by, so that a repeated dispatch never
 /// runs it twice.
@@ -110,6 +133,17 @@ pub enum StepState {
     Succeeded,
     Failed,
     TimedOut,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Running => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::TimedOut => "timed_out",
+        }
+    }
 }
 
 /// A step's result (the output is the agent's newest 64 KiB at most).

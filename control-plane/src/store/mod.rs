@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod metrics;
 pub mod records;
+mod rollouts;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,100 @@
+//! Steps in flight between the engines (rollouts, `picketctl run`) and the
+//! agents: dispatches and cancels go out on the agents' session streams
+//! ([`Sessions::send`]); each update that comes back is routed to whoever
+//! owns its run id. It keeps no state of its own beyond the routes.
+//!
+//! A result is handed on with backpressure (the agent's stream waits);
+//! live output is dropped when its owner is slow (results carry the tail).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use picket_proto::v1::{self, control_message, step_update};
+use tokio::sync::mpsc;
+
+use crate::sessions::Sessions;
+
+/// An update from `host` about one of its steps.
+#[derive(Debug)]
+pub struct StepNews {
+    pub host: String,
+    pub key: v1::StepKey,
+    pub body: step_update::Body,
+}
+
+pub struct Steps {
+    sessions: Arc<Sessions>,
+    routes: Mutex<HashMap<String, mpsc::Sender<StepNews>>>,
+}
+
+impl Steps {
+    pub fn new(sessions: Arc<Sessions>) -> Self {
+        Steps {
+            sessions,
+            routes: Mutex::default(),
+        }
+    }
+
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// Updates for steps of run `run` go to `tx` from now on.
+    pub fn route(&self, run: &str, tx: mpsc::Sender<StepNews>) {
+        if let Ok(mut r) = self.routes.lock() {
+            r.insert(run.to_string(), tx);
+        }
+    }
+
+    pub fn unroute(&self, run: &str) {
+        if let Ok(mut r) = self.routes.lock() {
+            r.remove(run);
+        }
+    }
+
+    /// Sends the step to `host`; `false` when it has no session now.
+    pub async fn dispatch(&self, host: &str, key: v1::StepKey, step: v1::Step) -> bool {
+        let body = control_message::Body::Dispatch(v1::StepDispatch {
+            key: Some(key),
+            step: Some(step),
+        });
+        let msg = v1::ControlMessage { body: Some(body) };
+        self.sessions.send(host, msg).await
+    }
+
+    pub async fn cancel(&self, host: &str, key: v1::StepKey) -> bool {
+        let body = control_message::Body::Cancel(v1::StepCancel { key: Some(key) });
+        let msg = v1::ControlMessage { body: Some(body) };
+        self.sessions.send(host, msg).await
+    }
+
+    /// An update from `host`'s stream, to its run's owner.
+    pub async fn deliver(&self, host: &str, update: v1::StepUpdate) {
+        let (Some(key), Some(body)) = (update.key, update.body) else {
+            tracing::debug!(agent = %host, "a step update without key or body; ignored");
+            return;
+        };
+        let Some(tx) = self
+            .routes
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&key.run).cloned())
+        else {
+            tracing::debug!(agent = %host, run = %key.run, "a step update for no live run; ignored");
+            return;
+        };
+        let news = StepNews {
+            host: host.to_string(),
+            key,
+            body,
+        };
+        match news.body {
+            step_update::Body::Output(_) => {
+                let _ = tx.try_send(news);
+            }
+            _ => {
+                let _ = tx.send(news).await;
+            }
+        }
+    }
+}

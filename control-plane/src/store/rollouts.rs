@@ -1,0 +1,29 @@
+//! Rollouts as their driver persists them: one value per rollout id, the
+//! engine's whole state (`rollout::state::Persisted`, as JSON). The store
+//! does not look inside; the driver writes it before it acts on it.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Store, StoreError, decode, encode};
+
+const ROLLOUTS: &str = "rollouts";
+
+impl Store {
+    /// A new id for a rollout or run: `prefix-N`, never reused.
+    pub fn new_run_id(&self, prefix: &str) -> Result<String, StoreError> {
+        Ok(format!("{prefix}-{}", self.kv.next_id()?))
+    }
+
+    /// Not durable until [`Store::flush`].
+    pub fn put_rollout<T: Serialize>(&self, id: &str, value: &T) -> Result<(), StoreError> {
+        self.kv.put(ROLLOUTS, id.as_bytes(), &encode(value))
+    }
+
+    pub fn rollouts<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        self.kv
+            .scan(ROLLOUTS, b"")?
+            .map(|r| r.and_then(|(_, v)| decode(ROLLOUTS, &v)))
+            .collect()
+    }
+}
