@@ -153,8 +153,12 @@ async fn sample_metrics(
             value: buffer.held_bytes() as f64,
         });
         let payload = picket_proto::v1::record::Payload::Metrics(sample);
-        if let Err(error) = buffer.push(&[payload], None) {
-            tracing::warn!(%error, "metrics sample not buffered");
+        // Off the runtime: a push may sync a segment file.
+        let b = buffer.clone();
+        match tokio::task::spawn_blocking(move || b.push(&[payload], None)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "metrics sample not buffered"),
+            Err(_) => return,
         }
     }
 }

@@ -173,8 +173,8 @@ async fn session(
     };
     backoff.reset();
     tracing::info!(server = %cfg.server, name = %cfg.name, acked, "connected");
-    if let Err(e) = buffer.ack(acked) {
-        return Ok(End::Failed(e.to_string()));
+    if let Err(e) = ack(buffer, acked).await {
+        return Ok(End::Failed(e));
     }
     // Replays what the control plane has not stored, then follows new
     // records. Ends when the stream does (the session's `tx` drops).
@@ -210,8 +210,8 @@ async fn session(
             }
             m = inbound.message() => match m {
                 Ok(Some(v1::ControlMessage { body: Some(control_message::Body::Ack(a)) })) => {
-                    if let Err(e) = buffer.ack(a.acked_seq) {
-                        return Ok(End::Failed(e.to_string()));
+                    if let Err(e) = ack(buffer, a.acked_seq).await {
+                        return Ok(End::Failed(e));
                     }
                 }
                 Ok(Some(v1::ControlMessage { body: Some(control_message::Body::Dispatch(d)) })) => {
@@ -227,6 +227,16 @@ async fn session(
                 Err(s) => return refused_or_failed(s),
             }
         }
+    }
+}
+
+/// Trims the buffer up to `seq`, off the runtime (it may delete segment
+/// files and write sled).
+async fn ack(buffer: &Arc<Buffer>, seq: u64) -> Result<(), String> {
+    let b = buffer.clone();
+    match tokio::task::spawn_blocking(move || b.ack(seq)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -49,7 +49,7 @@ fn finished_events(
     store: Store,
     host: String,
     tasks: tokio_util::task::TaskTracker,
-) -> Box<dyn Fn(&str, &crate::rollout::state::Persisted, &'static str) + Send + Sync> {
+) -> crate::rollout::driver::FinishedSink {
     Box::new(move |id, p, kind| {
         let name = p.spec.name.clone().unwrap_or_default();
         let severity = match kind {

@@ -232,6 +232,24 @@ fn approval_between_waves_and_commands_in_the_wrong_state() -> Result<()> {
     let out = f.ctl(&["rollout", "approve", &id])?;
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is succeeded"), "{}", stderr(&out));
+    // A bad file: every problem at once, each naming its field, exit 2.
+    let bad = f.w.path("bad-keys.toml");
+    std::fs::write(
+        &bad,
+        spec(&f, "", "", "0")
+            .replace("max_parallel = 1", "max_parallel = \"150%\"")
+            .replace(
+                "name = \"deploy\"",
+                "name = \"deploy\"\nexec = [\"/bin/true\"]",
+            ),
+    )?;
+    let out = f.ctl(&["rollout", "create", "-f", &bad.display().to_string()])?;
+    assert_eq!(out.status.code(), Some(2));
+    let e = stderr(&out);
+    assert!(
+        e.contains("max_parallel") && e.contains("step[0]: exactly one of"),
+        "{e}"
+    );
     // Unknown id.
     let out = f.ctl(&["rollout", "status", "rollout-999999"])?;
     assert!(
@@ -423,6 +441,36 @@ fn run_on_a_selector_with_results_exit_codes_and_a_timeout() -> Result<()> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         (stat.is_empty() || stat.contains(") Z ")).then_some(())
     })?;
+    // A step that prints 1 GiB: the tail comes back, the agent stays small.
+    let out = f.ctl(&[
+        "run",
+        "-l",
+        "name=vm-prod",
+        "-o",
+        "json",
+        "--",
+        "sh",
+        "-c",
+        "head -c 1073741824 /dev/zero | tr '\\0' x; echo; echo end",
+    ])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let row: Value = serde_json::from_slice(&out.stdout)?;
+    let tail = row["output"].as_str().unwrap_or_default();
+    assert!(
+        tail.ends_with("xxx\nend\n") && tail.len() <= 64 * 1024,
+        "{} bytes",
+        tail.len()
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", f.agents[2].pid()))?;
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM")?;
+    assert!(
+        peak_kib < 64 * 1024,
+        "agent peak RSS {peak_kib} KiB after a 1 GiB step"
+    );
     // A viewer may not run commands (and it is audited).
     let out = f.ctl(&[
         "user",

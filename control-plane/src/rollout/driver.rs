@@ -72,7 +72,7 @@ pub struct LastRollout {
 }
 
 enum Command {
-    Create(RawSpec, oneshot::Sender<Result<String, DriverError>>),
+    Create(Box<RawSpec>, oneshot::Sender<Result<String, DriverError>>),
     Act(String, Action, oneshot::Sender<Result<View, DriverError>>),
     Get(String, oneshot::Sender<Result<View, DriverError>>),
     List(oneshot::Sender<Vec<View>>),
@@ -105,7 +105,7 @@ impl Handle {
     /// Validates, plans over the fleet, persists and starts a rollout;
     /// returns its id.
     pub async fn create(&self, spec: RawSpec) -> Result<String, DriverError> {
-        self.ask(|r| Command::Create(spec, r)).await?
+        self.ask(|r| Command::Create(Box::new(spec), r)).await?
     }
 
     pub async fn act(&self, id: String, action: Action) -> Result<View, DriverError> {
@@ -131,12 +131,15 @@ impl Handle {
     }
 }
 
+/// Stores the event a finished rollout becomes: (id, rollout, kind).
+pub type FinishedSink = Box<dyn Fn(&str, &Persisted, &'static str) + Send + Sync>;
+
 /// What the driver needs from the rest of the control plane.
 pub struct Parts {
     pub store: Store,
     pub steps: Arc<Steps>,
     /// Stores the event a finished rollout becomes.
-    pub events: Box<dyn Fn(&str, &Persisted, &'static str) + Send + Sync>,
+    pub events: FinishedSink,
     pub now: fn() -> i64,
 }
 
@@ -280,8 +283,8 @@ impl Driver {
                 }
                 p = presence.recv() => {
                     let pending = match p {
-                        Ok(Presence::Connected(h)) => self.to_all(&h, Input::HostConnected),
-                        Ok(Presence::Disconnected(h)) => self.to_all(&h, Input::HostDisconnected),
+                        Ok(Presence::Connected(h)) => self.tell_all(&h, Input::HostConnected),
+                        Ok(Presence::Disconnected(h)) => self.tell_all(&h, Input::HostDisconnected),
                         Err(broadcast::error::RecvError::Lagged(_)) => self.resync(),
                         Err(broadcast::error::RecvError::Closed) => return,
                     };
@@ -305,7 +308,7 @@ impl Driver {
     }
 
     /// An agent came or went: every rollout with that host hears of it.
-    fn to_all(&mut self, host: &str, input: fn(String) -> Input) -> Vec<(String, Vec<Output>)> {
+    fn tell_all(&mut self, host: &str, input: fn(String) -> Input) -> Vec<(String, Vec<Output>)> {
         let ids: Vec<String> = self
             .rollouts
             .iter()
@@ -339,7 +342,7 @@ impl Driver {
             } else {
                 Input::HostDisconnected
             };
-            pending.extend(self.to_all(&h, input));
+            pending.extend(self.tell_all(&h, input));
         }
         pending
     }
@@ -388,7 +391,7 @@ impl Driver {
     async fn command(&mut self, c: Command) {
         match c {
             Command::Create(spec, reply) => {
-                let r = self.create(spec).await;
+                let r = self.create(*spec).await;
                 let _ = reply.send(r);
             }
             Command::Act(id, action, reply) => {
