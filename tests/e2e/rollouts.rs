@@ -54,6 +54,19 @@ impl Fleet {
         Ok(f)
     }
 
+    /// Appends `toml` to agent `i`'s agent.toml and restarts it.
+    fn reconfigure(&mut self, i: usize, toml: &str) -> Result<()> {
+        let name = FLEET[i].0;
+        let cfg = self.w.path(&format!("agents/{name}/agent.toml"));
+        let text = std::fs::read_to_string(&cfg)?;
+        std::fs::write(&cfg, format!("{text}\n{toml}\n"))?;
+        self.agents[i].kill9();
+        self.agents[i] = run_agent(&self.w, name)?;
+        wait_for(&format!("{name} online"), Duration::from_secs(30), || {
+            (status_of(&self.w, &self.admin, name)? == "online").then_some(())
+        })
+    }
+
     fn marks(&self) -> String {
         self.w.path("marks").display().to_string()
     }
@@ -206,6 +219,8 @@ fn approval_between_waves_and_commands_in_the_wrong_state() -> Result<()> {
     let f = Fleet::start()?;
     let id = f.create(&spec(&f, "pause_between_waves = \"approval\"", "", "0"))?;
     f.wait_state(&id, "awaiting_approval", Duration::from_secs(60))?;
+    let st = ctl_json(&f.w, &f.admin, &["status"])?;
+    assert_eq!(st[0]["rollouts_running"], 1, "{st:?}");
     let staging_only: Vec<String> = f.marked();
     assert_eq!(staging_only.len(), 2, "{staging_only:?}");
     assert!(
@@ -511,17 +526,7 @@ fn run_on_a_selector_with_results_exit_codes_and_a_timeout() -> Result<()> {
 fn hosts_refuse_steps_they_may_not_run() -> Result<()> {
     let mut f = Fleet::start()?;
     // vm-security: [exec] enabled = false. Restart it with that.
-    let cfg = f.w.path("agents/vm-security/agent.toml");
-    let text = std::fs::read_to_string(&cfg)?;
-    std::fs::write(
-        &cfg,
-        format!("{text}\n[exec]\nenabled = false\nusers = [\"nobody\"]\n"),
-    )?;
-    f.agents[3].kill9();
-    f.agents[3] = run_agent(&f.w, "vm-security")?;
-    wait_for("vm-security online", Duration::from_secs(30), || {
-        (status_of(&f.w, &f.admin, "vm-security")? == "online").then_some(())
-    })?;
+    f.reconfigure(3, "[exec]\nenabled = false\nusers = [\"nobody\"]")?;
     let out = f.ctl(&["run", "-l", "name=vm-security", "-o", "json", "--", "true"])?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("[exec] enabled = false"), "{text}");
@@ -542,14 +547,7 @@ fn hosts_refuse_steps_they_may_not_run() -> Result<()> {
         "{out}"
     );
     // vm-prod with nobody allowed: runs as nobody.
-    let cfg = f.w.path("agents/vm-prod/agent.toml");
-    let text = std::fs::read_to_string(&cfg)?;
-    std::fs::write(&cfg, format!("{text}\n[exec]\nusers = [\"nobody\"]\n"))?;
-    f.agents[2].kill9();
-    f.agents[2] = run_agent(&f.w, "vm-prod")?;
-    wait_for("vm-prod online", Duration::from_secs(30), || {
-        (status_of(&f.w, &f.admin, "vm-prod")? == "online").then_some(())
-    })?;
+    f.reconfigure(2, "[exec]\nusers = [\"nobody\"]")?;
     let id = f.create(&rollout("nobody"))?;
     let s = f.wait_state(&id, "succeeded", Duration::from_secs(30))?;
     assert_eq!(s["waves"][0]["hosts"][0]["steps"][0]["output"], "nobody\n");

@@ -312,6 +312,14 @@ impl AdminService for AdminSvc {
                 out.agents_offline += 1;
             }
         }
+        let rollouts = self
+            .state
+            .rollouts
+            .list()
+            .await
+            .map_err(super::rollouts::status)?;
+        let running = rollouts.iter().filter(|v| !v.p.state.is_finished()).count();
+        out.rollouts_running = u32::try_from(running).unwrap_or(u32::MAX);
         Ok(Response::new(out))
     }
 
