@@ -174,5 +174,13 @@ mod tests {
         // Rates appear from the second sample on.
         let s2 = c.sample(2);
         assert!(s2.gauges.iter().all(|g| g.value.is_finite()));
+        // Alert rules are checked against this list.
+        for g in s.gauges.iter().chain(&s2.gauges) {
+            assert!(
+                picket_proto::model::HOST_SERIES.contains(&g.name.as_str()),
+                "{} is missing from HOST_SERIES",
+                g.name
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`config`] — `control.toml`.
+//! - [`alert`] — the alert file (rules, inhibition, notifiers, routes).
 //! - [`pki`] — the CA, certificate issuing, bootstrap tokens. No gRPC.
 //! - [`store`] — the only module that touches sled (behind [`store::Backend`]).
 //! - [`sessions`] — which agents are connected, and how to cut them off.
@@ -18,6 +19,7 @@
 //! - [`steps`] — steps in flight to agents, and their updates back.
 //! - [`server`] — wiring; [`dev`]: `picket-control dev`.
 
+pub mod alert;
 pub mod audit;
 pub mod clock;
 pub mod config;

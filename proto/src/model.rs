@@ -10,8 +10,34 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub mod rollout;
+pub use rollout::parse_duration;
 mod selector;
 pub use selector::{Requirement, Selector, SelectorError};
+
+/// Every host series an agent reports (names without `picket_host_`): what
+/// a `threshold` alert rule may name without a warning. The agent's tests
+/// check that it reports no other.
+pub const HOST_SERIES: &[&str] = &[
+    "cpu_usage_percent",
+    "load1",
+    "load5",
+    "load15",
+    "memory_used_bytes",
+    "memory_total_bytes",
+    "swap_used_bytes",
+    "swap_total_bytes",
+    "uptime_seconds",
+    "processes",
+    "disk_used_bytes",
+    "disk_total_bytes",
+    "network_receive_bytes",
+    "network_transmit_bytes",
+    "agent_buffer_dropped_records",
+    "agent_lines_unparsed",
+    "agent_read_positions_unreadable",
+    "agent_buffer_damaged_records",
+    "agent_buffer_bytes",
+];
 
 /// Labels on a host, a token or an alert: ordered, so output is stable.
 pub type Labels = BTreeMap<String, String>;

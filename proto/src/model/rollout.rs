@@ -190,8 +190,7 @@ impl fmt::Display for Problem {
 pub struct SpecError(pub Vec<Problem>);
 
 mod check;
-#[cfg(test)]
-use check::parse_duration;
+pub use check::parse_duration;
 use check::{Check, HOST_TIMEOUT};
 
 impl RawSpec {

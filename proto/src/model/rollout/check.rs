@@ -223,7 +223,7 @@ impl Check {
 
 /// `"30s"`, `"5m"`, `"1h30m"`: humantime's grammar, written here so the
 /// proto crate takes no dependency for it. Units: ms, s, m, h, d.
-pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration such as \"30s\", \"5m\" or \"1h30m\"");
     let t = text.trim();
     if t.is_empty() {
