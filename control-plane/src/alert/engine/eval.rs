@@ -7,6 +7,26 @@ use super::{AlertState, Engine, Output, Point, fingerprint, label, ms};
 use crate::alert::rules::{Kind, Rule};
 
 impl Engine {
+    /// Fingerprints of alerts in `state` for which `pred(rule, alert)`.
+    fn alerts_where(
+        &self,
+        state: AlertState,
+        pred: impl Fn(&Rule, &super::Alert) -> bool,
+    ) -> Vec<String> {
+        self.p
+            .alerts
+            .values()
+            .filter(|a| a.state == state)
+            .filter(|a| {
+                self.rules
+                    .rules
+                    .iter()
+                    .any(|r| r.name == a.rule && pred(r, a))
+            })
+            .map(|a| a.fingerprint.clone())
+            .collect()
+    }
+
     pub(super) fn sample(
         &mut self,
         host: &str,
@@ -128,38 +148,18 @@ impl Engine {
         let mut changed = false;
         let rules: Vec<Rule> = self.rules.rules.clone();
         // Pending thresholds whose `for` has passed.
-        let due: Vec<String> = self
-            .p
-            .alerts
-            .values()
-            .filter(|a| a.state == AlertState::Pending)
-            .filter(|a| {
-                rules.iter().any(|r| {
-                    r.name == a.rule
-                        && matches!(r.kind, Kind::Threshold { hold, .. } if now >= a.active_ms.saturating_add(ms(hold)))
-                })
-            })
-            .map(|a| a.fingerprint.clone())
-            .collect();
+        let due = self.alerts_where(AlertState::Pending, |r, a| {
+            matches!(r.kind, Kind::Threshold { hold, .. } if now >= a.active_ms.saturating_add(ms(hold)))
+        });
         for fp in due {
             self.fire(&fp, now, out);
             changed = true;
         }
         // Events that stopped coming.
-        let quiet: Vec<String> = self
-            .p
-            .alerts
-            .values()
-            .filter(|a| a.state == AlertState::Firing)
-            .filter(|a| {
-                rules.iter().any(|r| {
-                    r.name == a.rule
-                        && matches!(r.kind, Kind::Event { resolve_after, .. } | Kind::RolloutFailed { resolve_after }
-                            if now >= a.last_ms.saturating_add(ms(resolve_after)))
-                })
-            })
-            .map(|a| a.fingerprint.clone())
-            .collect();
+        let quiet = self.alerts_where(AlertState::Firing, |r, a| {
+            matches!(r.kind, Kind::Event { resolve_after, .. } | Kind::RolloutFailed { resolve_after }
+                if now >= a.last_ms.saturating_add(ms(resolve_after)))
+        });
         for fp in quiet {
             self.resolve(&fp, now, out);
             changed = true;
