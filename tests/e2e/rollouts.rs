@@ -553,3 +553,63 @@ fn hosts_refuse_steps_they_may_not_run() -> Result<()> {
     assert_eq!(s["waves"][0]["hosts"][0]["steps"][0]["output"], "nobody\n");
     Ok(())
 }
+
+#[test]
+fn pause_resume_abort_and_a_rollback_by_hand() -> Result<()> {
+    let f = Fleet::start()?;
+    let text = spec(&f, "", "", "1").replace("auto_rollback = true\n", "");
+    let id = f.create(&text)?;
+    wait_for("the first deploy", Duration::from_secs(30), || {
+        (!f.marked().is_empty()).then_some(())
+    })?;
+    let out = f.ctl(&["rollout", "pause", &id])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{id}: paused")
+    );
+    // The running host finishes; no new one starts.
+    wait_for(
+        "the running host to finish",
+        Duration::from_secs(30),
+        || {
+            let s = f.status(&id).ok()?;
+            host_states(&s)
+                .iter()
+                .all(|(_, st)| st != "running")
+                .then_some(())
+        },
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(f.marked().len(), 1, "{:?}", f.marked());
+    assert_eq!(f.status(&id)?["state"], "paused");
+    assert!(f.ctl(&["rollout", "resume", &id])?.status.success());
+    wait_for("a second deploy", Duration::from_secs(30), || {
+        (f.marked().len() >= 2).then_some(())
+    })?;
+    assert!(f.ctl(&["rollout", "abort", &id])?.status.success());
+    let s = f.wait_state(&id, "aborted", Duration::from_secs(30))?;
+    let started = host_states(&s)
+        .iter()
+        .filter(|(_, st)| st == "succeeded")
+        .count();
+    assert_eq!(started, f.marked().len(), "{s}");
+    // By hand: every host that ran, newest first.
+    assert!(f.ctl(&["rollout", "rollback", &id])?.status.success());
+    f.wait_state(&id, "rolled_back", Duration::from_secs(30))?;
+    let marks = f.marked();
+    let deployed: Vec<&str> = marks
+        .iter()
+        .filter(|l| l.contains(" deploy "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let rolled: Vec<&str> = marks
+        .iter()
+        .filter(|l| l.ends_with(" rollback"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut newest_first = deployed.clone();
+    newest_first.reverse();
+    assert_eq!(rolled, newest_first, "{marks:?}");
+    Ok(())
+}
