@@ -32,6 +32,8 @@ pub const HOST_SERIES: &[&str] = &[
     "disk_total_bytes",
     "network_receive_bytes",
     "network_transmit_bytes",
+    "network_receive_bytes_per_second",
+    "network_transmit_bytes_per_second",
     "agent_buffer_dropped_records",
     "agent_lines_unparsed",
     "agent_read_positions_unreadable",

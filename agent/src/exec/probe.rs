@@ -25,21 +25,10 @@ pub async fn run(
 ) -> Outcome {
     let started = Instant::now();
     let mut tail = Tail::default();
-    let client = match &target {
-        Target::Http { .. } => match reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()
-        {
-            Ok(c) => Some(c),
-            Err(e) => {
-                return Outcome {
-                    duration_ms: ms(started.elapsed()),
-                    ..Outcome::failed(format!("cannot make an HTTP client: {e}"))
-                };
-            }
-        },
-        Target::Tcp { .. } => None,
+    // Built once per step: the system's roots, for https URLs.
+    let tls = match &target {
+        Target::Http { url, .. } if url.starts_with("https://") => Some(http::tls_config()),
+        _ => None,
     };
     let attempts = probe.retries.saturating_add(1);
     let mut ok = false;
@@ -49,7 +38,7 @@ pub async fn run(
                 tail.push(b"[picket] cancelled\n");
                 break;
             }
-            line = once(&target, client.as_ref(), timeout) => line,
+            line = once(&target, tls.clone(), timeout) => line,
         };
         let (passed, text) = line;
         let text = format!("attempt {attempt}/{attempts}: {text}\n");
@@ -80,23 +69,21 @@ pub async fn run(
 
 async fn once(
     target: &Target<'_>,
-    client: Option<&reqwest::Client>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     timeout: Duration,
 ) -> (bool, String) {
-    match (target, client) {
-        (Target::Http { url, expect_status }, Some(client)) => {
-            match client.get(*url).send().await {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    (
-                        status == *expect_status,
-                        format!("GET {url}: {status} (expected {expect_status})"),
-                    )
-                }
-                Err(e) => (false, format!("GET {url}: {}", error_chain(&e))),
+    match target {
+        Target::Http { url, expect_status } => {
+            match tokio::time::timeout(timeout, http::get(url, tls)).await {
+                Ok(Ok(status)) => (
+                    status == *expect_status,
+                    format!("GET {url}: {status} (expected {expect_status})"),
+                ),
+                Ok(Err(e)) => (false, format!("GET {url}: {e}")),
+                Err(_) => (false, format!("GET {url}: no answer within {timeout:?}")),
             }
         }
-        (Target::Tcp { addr }, _) => {
+        Target::Tcp { addr } => {
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(*addr)).await {
                 Ok(Ok(_)) => (true, format!("connected to {addr}")),
                 Ok(Err(e)) => (false, format!("connect {addr}: {e}")),
@@ -106,21 +93,87 @@ async fn once(
                 ),
             }
         }
-        (Target::Http { url, .. }, None) => (false, format!("GET {url}: no client")),
     }
 }
 
-/// reqwest's error with its causes ("error sending request: connection
-/// refused"), so that the output says what went wrong.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
+/// An HTTP/1.1 GET with hyper over TCP, or rustls for https: the status.
+mod http {
+    use std::sync::Arc;
+
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    use hyper_util::rt::TokioIo;
+
+    /// The system's root certificates (those that load), with ring.
+    pub fn tls_config() -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        let found = rustls_native_certs::load_native_certs();
+        for c in found.certs {
+            let _ = roots.add(c);
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(picket_tls::provider())
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+        match cfg {
+            Ok(c) => Arc::new(c),
+            // The provider always supports the default versions.
+            Err(_) => Arc::new(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            ),
+        }
     }
-    s
+
+    pub async fn get(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<u16, String> {
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+        let https = uri.scheme_str() == Some("https");
+        let host = uri.host().ok_or("the URL has no host")?.to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
+            .await
+            .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, authority)
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("picket-agent/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        match (https, tls) {
+            (true, Some(cfg)) => {
+                let name = rustls::pki_types::ServerName::try_from(bare)
+                    .map_err(|e| format!("bad host name: {e}"))?;
+                let stream = tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                send(TokioIo::new(stream), req).await
+            }
+            (true, None) => Err("no TLS configuration".into()),
+            (false, _) => send(TokioIo::new(tcp), req).await,
+        }
+    }
+
+    async fn send<I>(io: I, req: hyper::Request<Empty<Bytes>>) -> Result<u16, String>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::spawn(conn);
+        let r = sender.send_request(req).await.map_err(|e| e.to_string());
+        conn.abort();
+        Ok(r?.status().as_u16())
+    }
 }
 
 #[cfg(test)]
@@ -159,5 +212,61 @@ mod tests {
         )
         .await;
         assert_eq!(o.state, StepState::Succeeded as i32, "{}", o.output);
+    }
+
+    #[tokio::test]
+    async fn an_http_check_wants_its_status() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/health?x=1", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            for status in ["503 Service Unavailable", "200 OK"] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                assert!(head.starts_with("GET /health?x=1 HTTP/1.1"), "{head}");
+                let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                s.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        let probe = Probe {
+            retries: 1,
+            interval: Duration::from_millis(10),
+        };
+        let target = Target::Http {
+            url: &url,
+            expect_status: 200,
+        };
+        let o = run(
+            target,
+            probe,
+            Duration::from_secs(5),
+            CancellationToken::new(),
+            |_| {},
+        )
+        .await;
+        assert_eq!(o.state, StepState::Succeeded as i32, "{}", o.output);
+        assert!(o.output.contains(": 503 (expected 200)"), "{}", o.output);
+        assert!(o.output.contains(": 200 (expected 200)"), "{}", o.output);
+        // Nobody listening: a clear failure.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}/", l.local_addr().unwrap())
+        };
+        let target = Target::Http {
+            url: &closed,
+            expect_status: 200,
+        };
+        let o = run(
+            target,
+            probe,
+            Duration::from_secs(5),
+            CancellationToken::new(),
+            |_| {},
+        )
+        .await;
+        assert_eq!(o.state, StepState::Failed as i32);
+        assert!(o.output.contains("Connection refused"), "{}", o.output);
     }
 }
