@@ -12,6 +12,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod fleet;
+
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
