@@ -152,7 +152,12 @@ struct Live {
 
 impl Live {
     fn view(&self, with_output: bool) -> View {
-        View::of(self.engine.persisted(), &self.lines, with_output)
+        View::of(
+            self.engine.persisted(),
+            self.engine.spec(),
+            &self.lines,
+            with_output,
+        )
     }
 }
 
@@ -237,7 +242,12 @@ impl Driver {
     fn insert(&mut self, engine: Engine) {
         let id = engine.id().to_string();
         self.parts.steps.route(&id, self.news.clone());
-        let view = Arc::new(View::of(engine.persisted(), &BTreeMap::new(), false));
+        let view = Arc::new(View::of(
+            engine.persisted(),
+            engine.spec(),
+            &BTreeMap::new(),
+            false,
+        ));
         let live = Live {
             engine,
             lines: BTreeMap::new(),

@@ -294,12 +294,7 @@ impl Engine {
 
     /// The step at `at` in the spec.
     fn step_at(&self, at: StepRef) -> Option<&Step> {
-        let list = match at.phase {
-            Phase::Deploy => &self.spec.steps,
-            Phase::Health | Phase::Recheck => &self.spec.health,
-            Phase::Rollback => &self.spec.rollback,
-        };
-        list.get(at.index)
+        at.phase.steps(&self.spec).get(at.index)
     }
 
     fn dispatch(&self, h: &HostRun, at: StepRef) -> Option<Output> {

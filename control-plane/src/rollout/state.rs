@@ -2,7 +2,7 @@
 //! names, each host's progress and each step's result. Plain data with
 //! serde; the engine ([`super::engine`]) is what changes it.
 
-use picket_proto::model::rollout::RawSpec;
+use picket_proto::model::rollout::{RawSpec, Spec, Step};
 use serde::{Deserialize, Serialize};
 
 /// A rollout's state (SPEC §9).
@@ -98,6 +98,15 @@ impl Phase {
             Phase::Health => "health",
             Phase::Recheck => "recheck",
             Phase::Rollback => "rollback",
+        }
+    }
+
+    /// The spec's steps this phase runs.
+    pub fn steps(self, spec: &Spec) -> &[Step] {
+        match self {
+            Phase::Deploy => &spec.steps,
+            Phase::Health | Phase::Recheck => &spec.health,
+            Phase::Rollback => &spec.rollback,
         }
     }
 

@@ -5,18 +5,27 @@
 
 use std::collections::BTreeMap;
 
-use super::state::{HostRun, HostState, Persisted};
+use picket_proto::model::rollout::Spec;
+
+use super::state::{HostRun, HostState, Persisted, StepRef};
 
 #[derive(Debug, Clone)]
 pub struct View {
     pub p: Persisted,
+    /// The checked spec: wave names and step names as the engine has them.
+    pub spec: Spec,
     /// The last line each running host wrote.
     pub lines: BTreeMap<String, String>,
 }
 
 impl View {
     /// `with_output: false` leaves step output out (lists, watches).
-    pub fn of(p: &Persisted, lines: &BTreeMap<String, String>, with_output: bool) -> View {
+    pub fn of(
+        p: &Persisted,
+        spec: &Spec,
+        lines: &BTreeMap<String, String>,
+        with_output: bool,
+    ) -> View {
         let mut p = p.clone();
         if !with_output {
             for h in &mut p.hosts {
@@ -27,6 +36,7 @@ impl View {
         }
         View {
             p,
+            spec: spec.clone(),
             lines: lines.clone(),
         }
     }
@@ -36,35 +46,23 @@ impl View {
     }
 
     /// A step's name as `status` shows it: its own, or its index.
-    pub fn step_label(&self, at: super::state::StepRef) -> String {
-        use super::state::Phase;
-        let list = match at.phase {
-            Phase::Deploy => &self.p.spec.step,
-            Phase::Health | Phase::Recheck => &self.p.spec.health,
-            Phase::Rollback => &self.p.spec.rollback,
-        };
-        list.get(at.index)
-            .and_then(|s| s.name.clone())
-            .unwrap_or_else(|| at.index.to_string())
+    pub fn step_label(&self, at: StepRef) -> String {
+        at.phase
+            .steps(&self.spec)
+            .get(at.index)
+            .map_or_else(|| at.index.to_string(), |s| s.label(at.index))
     }
 
     /// Wave names in order, with their hosts.
     pub fn waves(&self) -> Vec<(String, Vec<&HostRun>)> {
-        let names: Vec<String> = if self.p.spec.wave.is_empty() {
-            vec!["all".to_string()]
-        } else {
-            self.p
-                .spec
-                .wave
-                .iter()
-                .enumerate()
-                .map(|(i, w)| w.name.clone().unwrap_or_else(|| format!("wave {}", i + 1)))
-                .collect()
-        };
-        names
-            .into_iter()
+        self.spec
+            .waves
+            .iter()
             .enumerate()
-            .map(|(i, n)| (n, self.p.hosts.iter().filter(|h| h.wave == i).collect()))
+            .map(|(i, w)| {
+                let hosts = self.p.hosts.iter().filter(|h| h.wave == i).collect();
+                (w.name.clone(), hosts)
+            })
             .collect()
     }
 }
