@@ -157,7 +157,9 @@ pub struct Persisted {
 
 pub struct Engine {
     p: Persisted,
-    rules: Rules,
+    /// Shared, so that evaluating an event borrows the rules cheaply
+    /// while it changes the alerts.
+    rules: std::sync::Arc<Rules>,
 }
 
 const VERSION: u32 = 1;
@@ -173,12 +175,15 @@ impl Engine {
                 version: VERSION,
                 ..Default::default()
             },
-            rules,
+            rules: std::sync::Arc::new(rules),
         }
     }
 
     pub fn restore(p: Persisted, rules: Rules) -> Self {
-        Engine { p, rules }
+        Engine {
+            p,
+            rules: std::sync::Arc::new(rules),
+        }
     }
 
     pub fn persisted(&self) -> &Persisted {
@@ -416,7 +421,7 @@ impl Engine {
     /// A reload: alerts of rules that are gone, or whose kind changed,
     /// resolve (notified once); the rest carry on.
     fn reload(&mut self, rules: Rules, now: i64, out: &mut Vec<Output>) -> bool {
-        let old = std::mem::replace(&mut self.rules, rules);
+        let old = std::mem::replace(&mut self.rules, std::sync::Arc::new(rules));
         let gone: Vec<String> = self
             .p
             .alerts

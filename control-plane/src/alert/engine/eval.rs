@@ -36,8 +36,9 @@ impl Engine {
         out: &mut Vec<Output>,
     ) -> bool {
         let mut changed = false;
-        let rules: Vec<Rule> = self.rules.rules.clone();
-        for rule in &rules {
+        let all = self.rules.clone();
+        let rules = &all.rules;
+        for rule in rules {
             let Kind::Threshold {
                 metric, op, value, ..
             } = &rule.kind
@@ -50,7 +51,7 @@ impl Engine {
             for p in points.iter().filter(|p| &p.name == metric) {
                 let mut labels = label::of(rule, Some(host), host_labels);
                 labels.extend(p.labels.clone());
-                let ctx = label::Context::host(host, host_labels);
+                let ctx = label::Context::host(host);
                 let v = format!("{}", p.value);
                 changed |= self.set(rule, labels, op.holds(p.value, *value), v, &ctx, now, out);
             }
@@ -65,8 +66,9 @@ impl Engine {
         out: &mut Vec<Output>,
     ) -> bool {
         let mut changed = false;
-        let rules: Vec<Rule> = self.rules.rules.clone();
-        for rule in &rules {
+        let all = self.rules.clone();
+        let rules = &all.rules;
+        for rule in rules {
             if !label::applies(rule, e.host, e.host_labels) {
                 continue;
             }
@@ -122,7 +124,8 @@ impl Engine {
         let was = self.p.seen.insert(host.to_string(), (now, labels.clone()));
         let mut changed = was.as_ref().is_none_or(|(_, l)| l != labels);
         // Back: its host_silent alerts resolve.
-        let rules: Vec<Rule> = self.rules.rules.clone();
+        let all = self.rules.clone();
+        let rules = &all.rules;
         for rule in rules
             .iter()
             .filter(|r| matches!(r.kind, Kind::HostSilent { .. }))
@@ -146,7 +149,8 @@ impl Engine {
 
     pub(super) fn tick(&mut self, now: i64, out: &mut Vec<Output>) -> bool {
         let mut changed = false;
-        let rules: Vec<Rule> = self.rules.rules.clone();
+        let all = self.rules.clone();
+        let rules = &all.rules;
         // Pending thresholds whose `for` has passed.
         let due = self.alerts_where(AlertState::Pending, |r, a| {
             matches!(r.kind, Kind::Threshold { hold, .. } if now >= a.active_ms.saturating_add(ms(hold)))
@@ -234,7 +238,7 @@ impl Engine {
                     u64::try_from((now - last) / 1000 * 1000).unwrap_or(0),
                 ))
                 .to_string();
-                let ctx = label::Context::host(host, labels);
+                let ctx = label::Context::host(host);
                 changed |= self.set(
                     rule,
                     label::of(rule, Some(host), labels),

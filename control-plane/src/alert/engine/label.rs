@@ -24,7 +24,7 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    pub fn host(host: &'a str, _labels: &'a Labels) -> Self {
+    pub fn host(host: &'a str) -> Self {
         Context { host, fields: None }
     }
 
