@@ -118,6 +118,12 @@ pub enum Cmd {
     /// Rolling deploys: waves, health gates, approval, rollback.
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// Alerts raised by the rules of the control plane's alert file.
+    #[command(subcommand)]
+    Alerts(AlertsCmd),
+    /// Silences: alerts matching them notify nobody until they end.
+    #[command(subcommand)]
+    Silence(SilenceCmd),
     /// A host's metrics: one row per series with a sparkline, or JSON lines.
     Metrics {
         /// The host (agent name).
@@ -177,6 +183,46 @@ pub enum RolloutCmd {
     Rollback {
         id: String,
     },
+}
+
+#[derive(Subcommand)]
+pub enum AlertsCmd {
+    /// Pending, firing and just-resolved alerts, newest first.
+    List {
+        /// Only alerts in this state: pending, firing or resolved.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// One alert, by fingerprint.
+    Show { fingerprint: String },
+    /// The rules, notifiers and routes in force, with each notifier's
+    /// queue and failures.
+    Rules,
+    /// Read the alert file again (as SIGHUP does); a file that does not
+    /// check is refused, with every problem, and the rules in force stay.
+    Reload,
+    /// Send a test notification to one notifier, now.
+    Test { notifier: String },
+}
+
+#[derive(Subcommand)]
+pub enum SilenceCmd {
+    /// Silence alerts whose labels match every --match; prints the id alone.
+    Create {
+        /// A label that must equal a value, KEY=VALUE (repeatable; at least one).
+        #[arg(long = "match", value_name = "KEY=VALUE", value_parser = parse_label, required = true)]
+        matchers: Vec<(String, String)>,
+        /// How long it lasts.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Why (shown in `silence list` and the audit log).
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Silences in force.
+    List,
+    /// End a silence now.
+    Expire { id: String },
 }
 
 #[derive(Subcommand)]

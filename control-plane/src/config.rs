@@ -56,6 +56,10 @@ pub struct ControlConfig {
     /// How long raw log lines are kept.
     #[serde(default = "default_logs_retention", with = "humantime_serde")]
     pub logs_retention: Duration,
+    /// The alert file (SPEC §10), relative to control.toml; none: no
+    /// alert rules.
+    #[serde(default)]
+    pub alerts: Option<PathBuf>,
     /// What one peer may hold of the gRPC port.
     #[serde(default)]
     pub limits: Limits,
@@ -172,6 +176,11 @@ impl ControlConfig {
                 cfg.data_dir = parent.join(&cfg.data_dir);
             }
         }
+        if let (Some(a), Some(parent)) = (&cfg.alerts, path.parent())
+            && a.is_relative()
+        {
+            cfg.alerts = Some(parent.join(a));
+        }
         if cfg.agent_cert_ttl < Duration::from_secs(10) {
             return Err(parse_err("agent_cert_ttl must be at least 10s".into()));
         }
@@ -216,6 +225,10 @@ impl ControlConfig {
 
 # Holds ca.crt/ca.key, server.crt/server.key and the store (sled).
 data_dir = "{data_dir}"
+
+# The alert file: rules, notifiers and routes (docs/alerting.md), relative
+# to this file. Read at start, on SIGHUP and on `picketctl alerts reload`.
+# alerts = "alerts.toml"
 
 # The host name on events the control plane raises itself (a finished
 # rollout, source "picket"). Default: this machine's host name.

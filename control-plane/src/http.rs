@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -265,10 +266,57 @@ fn exposition(state: &State) -> Result<String, crate::store::StoreError> {
         g,
     );
 
+    notifications(&mut reg, state);
+
     let mut body = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut body, &reg);
     Ok(body)
+}
+
+/// The notifiers' figures (SPEC §10), when the alert file has any.
+/// `picket_control_notifications_failed_total` is a true counter (the
+/// name SPEC gives): OpenMetrics writes its family without `_total` and
+/// its samples with it.
+fn notifications(reg: &mut Registry, state: &State) {
+    let mut names = state.alerts.outbox.notifiers();
+    let stats = state.alerts.outbox.stats_blocking();
+    names.extend(stats.0.keys().cloned());
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return;
+    }
+    let alerts = Gauge::<i64>::default();
+    alerts.set(i64::from(state.alerts.firing()));
+    reg.register("picket_control_alerts_firing", "Alerts firing now", alerts);
+    let failed = Family::<Labels, Counter>::default();
+    let sent = Family::<Labels, Counter>::default();
+    let queued = Family::<Labels, Gauge>::default();
+    for name in names {
+        let l = vec![("notifier".to_string(), name.clone())];
+        let s = stats.of(&name);
+        failed.get_or_create(&l).inc_by(s.failed);
+        sent.get_or_create(&l).inc_by(s.sent);
+        queued
+            .get_or_create(&l)
+            .set(i64::try_from(s.queued).unwrap_or(i64::MAX));
+    }
+    reg.register(
+        "picket_control_notifications_failed",
+        "Notification attempts that failed or were refused, per notifier, since start",
+        failed,
+    );
+    reg.register(
+        "picket_control_notifications_sent",
+        "Notifications the receiver accepted, per notifier, since start",
+        sent,
+    );
+    reg.register(
+        "picket_control_notifications_queued",
+        "Notifications waiting in the outbox, per notifier",
+        queued,
+    );
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub struct Sinks {
     pub feed: Arc<Feed>,
     pub fleet: Arc<Fleet>,
     pub counters: Arc<Counters>,
+    /// What the alert rules can use of each batch.
+    pub alerts: Arc<crate::alert::tap::Tap>,
 }
 
 /// Stores a batch for `agent` whose acked number is `acked`; returns the
@@ -58,6 +60,7 @@ pub fn apply(
     let mut last = acked;
     let (mut repeats, mut rejected) = (0u64, 0u64);
     let mut first_error = None;
+    let mut tap = to.alerts.collector(agent, received);
     for bytes in &batch.records {
         let r = match scan::record(bytes) {
             Ok(r) => r,
@@ -88,10 +91,21 @@ pub fn apply(
             payload: Cow::Borrowed(payload),
         };
         let stored = match r.payload {
-            PayloadView::Event(p) => scan::event_time(p).map(|t| out.events.push(wire(p, t))),
+            PayloadView::Event(p) => scan::event_time(p).map(|t| {
+                if let Some(c) = &mut tap {
+                    c.event(p);
+                }
+                out.events.push(wire(p, t))
+            }),
             PayloadView::Log(p) => scan::log_time(p).map(|t| out.logs.push(wire(p, t))),
             PayloadView::Metrics(p) => v1::MetricSample::decode(p)
-                .map(|m| out.samples.push(sample(m)))
+                .map(|m| {
+                    let s = sample(m);
+                    if let Some(c) = &mut tap {
+                        c.sample(&s.points);
+                    }
+                    out.samples.push(s)
+                })
                 .map_err(FrameError::from),
             // An empty record still takes its sequence number.
             PayloadView::None => Ok(()),
@@ -114,6 +128,9 @@ pub fn apply(
     to.feed.store(agent, out, last)?;
     if let Some(newest) = newest {
         to.fleet.set_latest(agent, newest);
+    }
+    if let Some(c) = tap {
+        to.alerts.send_blocking(c);
     }
     Ok(last)
 }
@@ -170,6 +187,7 @@ mod tests {
             )),
             fleet: Default::default(),
             counters: Default::default(),
+            alerts: crate::alert::tap::Tap::detached(),
         }
     }
 

@@ -30,6 +30,7 @@ pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod lifecycle;
+pub mod notify;
 pub mod pki;
 pub mod rollout;
 pub mod run;

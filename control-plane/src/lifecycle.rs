@@ -16,9 +16,9 @@ pub fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> 
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: nothing to reload yet (alert rules and notifiers come later)");
-                }
+                // The alert driver reloads the alert file on SIGHUP; this
+                // only keeps the signal from ending the process.
+                _ = hup.recv() => {}
             }
         }
         shutdown.cancel();

@@ -107,6 +107,22 @@ pub async fn run(
         )),
         fleet: Default::default(),
         counters: Default::default(),
+        alerts: crate::alert::tap::Tap::detached(),
+    };
+    let alerts = crate::alert::driver::start(
+        crate::alert::driver::Parts {
+            store: store.clone(),
+            file: cfg.alerts.clone(),
+            now: crate::clock::now_ms,
+        },
+        shutdown.clone(),
+        &tasks,
+    )
+    .await
+    .context("starting the alert driver")?;
+    let sinks = crate::ingest::Sinks {
+        alerts: alerts.tap.clone(),
+        ..sinks
     };
     let rollouts = crate::rollout::driver::start(
         crate::rollout::driver::Parts {
@@ -132,6 +148,7 @@ pub async fn run(
         sessions,
         steps,
         rollouts,
+        alerts,
         cfg,
         fleet: sinks.fleet,
         feed: sinks.feed,

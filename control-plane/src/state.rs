@@ -20,6 +20,8 @@ pub struct State {
     pub steps: Arc<crate::steps::Steps>,
     /// The rollout driver.
     pub rollouts: crate::rollout::driver::Handle,
+    /// The alert driver (and its tap and outbox).
+    pub alerts: crate::alert::driver::Handle,
     pub audit: Audit,
     pub cfg: ControlConfig,
     /// Each host's newest metrics sample.

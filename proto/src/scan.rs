@@ -114,6 +114,39 @@ pub fn record(bytes: &[u8]) -> Result<RecordView<'_>, FrameError> {
     Ok(view)
 }
 
+/// What an alert rule looks at first: an event's source, kind and
+/// severity (the wire's number), borrowed from its encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventHead<'a> {
+    pub source: &'a str,
+    pub kind: &'a str,
+    pub severity: i32,
+}
+
+/// Reads an encoded `Event`'s source, kind and severity, allocating
+/// nothing; the rest of it is skipped unchecked.
+pub fn event_head(bytes: &[u8]) -> Result<EventHead<'_>, FrameError> {
+    fn text<'a>(v: &Value<'a>) -> Result<&'a str, FrameError> {
+        match v {
+            Value::Bytes(b) => {
+                std::str::from_utf8(b).map_err(|_| FrameError::Malformed("a string is not UTF-8"))
+            }
+            Value::Varint(_) | Value::Other => Err(WRONG_TYPE),
+        }
+    }
+    let mut head = EventHead::default();
+    fields(bytes, |tag, v| {
+        match tag {
+            event::SOURCE => head.source = text(&v)?,
+            event::KIND => head.kind = text(&v)?,
+            event::SEVERITY => head.severity = i32::try_from(varint(&v)?).unwrap_or(0),
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(head)
+}
+
 /// Checks an encoded `Event`; returns its `time_unix_ms`.
 pub fn event_time(bytes: &[u8]) -> Result<i64, FrameError> {
     let mut time = 0;
@@ -187,6 +220,11 @@ mod tests {
             panic!("{view:?}")
         };
         assert_eq!(event_time(e).unwrap(), -7);
+        let head = event_head(e).unwrap();
+        assert_eq!(
+            (head.source, head.kind, head.severity),
+            ("suricata", "alert", v1::Severity::High as i32)
+        );
         assert_eq!(v1::Event::decode(e).map(|e| e.time_unix_ms).unwrap(), -7);
 
         let log = Payload::Log(v1::LogLine {

@@ -2,6 +2,7 @@
 //! format and writes to stdout.
 
 mod agents;
+mod alerts;
 mod audit;
 mod events;
 mod logs;
@@ -88,6 +89,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             run::run(&mut admin, r, fmt).await
         }
         Cmd::Rollout(c) => rollout::run(&mut admin, c, fmt, out).await,
+        Cmd::Alerts(c) => alerts::run(&mut admin, c, fmt, out).await,
+        Cmd::Silence(c) => alerts::silence(&mut admin, c, fmt, out).await,
         Cmd::Metrics { name, since, field } => {
             metrics::run(&mut admin, name, since, field, fmt, out).await
         }

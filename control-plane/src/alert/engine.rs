@@ -33,7 +33,7 @@ mod eval;
 mod group;
 mod label;
 
-pub use group::{Group, Notification};
+pub use group::{Group, Notification, route};
 pub use label::fingerprint;
 
 /// A host series point, as ingest decoded it.
@@ -67,6 +67,8 @@ pub enum Input {
         host: String,
         host_labels: Labels,
     },
+    /// `host` is no longer part of the fleet (revoked).
+    Forget(String),
     /// New rules (a reload): alerts of rules that are gone resolve.
     Reload(Rules),
     Silence(Silence),
@@ -137,6 +139,8 @@ pub struct Silence {
     pub ends_ms: i64,
     pub comment: String,
     pub created_by: String,
+    #[serde(default)]
+    pub created_ms: i64,
 }
 
 /// Everything the engine is, as persisted (rules are not: they are the
@@ -235,6 +239,7 @@ impl Engine {
                 self.event(&e, now, &mut out) || seen
             }
             Input::Seen { host, host_labels } => self.seen(&host, &host_labels, now, &mut out),
+            Input::Forget(host) => self.forget(&host, now, &mut out),
             Input::Reload(rules) => self.reload(rules, now, &mut out),
             Input::Silence(s) => {
                 self.p.silences.retain(|x| x.id != s.id);

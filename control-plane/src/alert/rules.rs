@@ -219,6 +219,29 @@ impl EventMatch {
     }
 }
 
+impl std::fmt::Display for EventMatch {
+    /// `source=fail2ban kind=ban severity>=high fields.jail=sshd`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(s) = &self.source {
+            parts.push(format!("source={s}"));
+        }
+        if let Some(k) = &self.kind {
+            parts.push(format!("kind={k}"));
+        }
+        if let Some(s) = self.severity {
+            parts.push(format!("severity>={}", s.as_str()));
+        }
+        for (k, v) in &self.fields {
+            parts.push(format!("fields.{k}={v}"));
+        }
+        if parts.is_empty() {
+            return f.write_str("any event");
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
 /// Label matchers: each key's value must be one of the `|`-separated
 /// alternatives (SPEC §10's `target = { severity = "info|low" }`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

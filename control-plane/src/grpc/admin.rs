@@ -94,6 +94,62 @@ impl AdminService for AdminSvc {
         self.do_act_on_rollout(req).await
     }
 
+    async fn list_alerts(
+        &self,
+        req: Request<v1::ListAlertsRequest>,
+    ) -> Result<Response<v1::ListAlertsResponse>, Status> {
+        self.do_list_alerts(req).await
+    }
+
+    async fn get_alert(
+        &self,
+        req: Request<v1::GetAlertRequest>,
+    ) -> Result<Response<v1::Alert>, Status> {
+        self.do_get_alert(req).await
+    }
+
+    async fn list_alert_rules(
+        &self,
+        req: Request<v1::ListAlertRulesRequest>,
+    ) -> Result<Response<v1::ListAlertRulesResponse>, Status> {
+        self.do_list_alert_rules(req).await
+    }
+
+    async fn reload_alerts(
+        &self,
+        req: Request<v1::ReloadAlertsRequest>,
+    ) -> Result<Response<v1::ReloadAlertsResponse>, Status> {
+        self.do_reload_alerts(req).await
+    }
+
+    async fn test_notifier(
+        &self,
+        req: Request<v1::TestNotifierRequest>,
+    ) -> Result<Response<v1::TestNotifierResponse>, Status> {
+        self.do_test_notifier(req).await
+    }
+
+    async fn create_silence(
+        &self,
+        req: Request<v1::CreateSilenceRequest>,
+    ) -> Result<Response<v1::Silence>, Status> {
+        self.do_create_silence(req).await
+    }
+
+    async fn list_silences(
+        &self,
+        req: Request<v1::ListSilencesRequest>,
+    ) -> Result<Response<v1::ListSilencesResponse>, Status> {
+        self.do_list_silences(req).await
+    }
+
+    async fn expire_silence(
+        &self,
+        req: Request<v1::ExpireSilenceRequest>,
+    ) -> Result<Response<v1::Silence>, Status> {
+        self.do_expire_silence(req).await
+    }
+
     async fn stream_events(
         &self,
         req: Request<v1::EventsQuery>,
@@ -320,6 +376,7 @@ impl AdminService for AdminSvc {
             .map_err(super::rollouts::status)?;
         let running = rollouts.iter().filter(|v| !v.p.state.is_finished()).count();
         out.rollouts_running = u32::try_from(running).unwrap_or(u32::MAX);
+        out.alerts_firing = self.state.alerts.firing();
         Ok(Response::new(out))
     }
 

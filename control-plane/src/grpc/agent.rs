@@ -127,6 +127,7 @@ impl AgentService for AgentSvc {
                         }
                         Ok(Ok(Some(m))) => match m.body {
                             Some(Body::Heartbeat(_)) => {
+                                state.alerts.tap.seen(&name, now_ms());
                                 if let Err(error) = seen(&state.store, &name).await {
                                     tracing::error!(%error, agent = %name, "cannot record heartbeat");
                                 }
@@ -230,6 +231,7 @@ async fn store_batches(
         feed: state.feed.clone(),
         fleet: state.fleet.clone(),
         counters: state.counters.clone(),
+        alerts: state.alerts.tap.clone(),
     };
     let (stored, to_flush) = watch::channel(acked);
     let mut flusher = state

@@ -5,6 +5,7 @@
 pub mod accept;
 mod admin;
 mod agent;
+mod alerts;
 pub mod auth;
 mod convert;
 mod enroll;

@@ -4,10 +4,12 @@
 //! JSON with serde defaults for added fields; a change that old records
 //! cannot be read as bumps the tree name (`agents` → `agents.v2`).
 
+mod alerts;
 pub mod backend;
 pub mod metrics;
 pub mod records;
 mod rollouts;
+pub use alerts::Queued;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -147,6 +147,28 @@ impl Engine {
         changed
     }
 
+    /// `host` is gone (revoked): no longer watched, and its `host_silent`
+    /// alerts resolve.
+    pub(super) fn forget(&mut self, host: &str, now: i64, out: &mut Vec<Output>) -> bool {
+        let Some((_, labels)) = self.p.seen.remove(host) else {
+            return false;
+        };
+        let all = self.rules.clone();
+        for rule in all
+            .rules
+            .iter()
+            .filter(|r| matches!(r.kind, Kind::HostSilent { .. }))
+        {
+            let fp = fingerprint(&label::of(rule, Some(host), &labels));
+            match self.p.alerts.get(&fp).map(|a| a.state) {
+                Some(AlertState::Firing) => self.resolve(&fp, now, out),
+                Some(AlertState::Pending) => drop(self.p.alerts.remove(&fp)),
+                _ => {}
+            }
+        }
+        true
+    }
+
     pub(super) fn tick(&mut self, now: i64, out: &mut Vec<Output>) -> bool {
         let mut changed = false;
         let all = self.rules.clone();

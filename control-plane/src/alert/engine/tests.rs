@@ -347,6 +347,7 @@ fn a_silence_mutes_but_lists_and_its_expiry_lets_the_alert_speak() {
         ends_ms: s.now + 120_000,
         comment: "maintenance".into(),
         created_by: "user:alice".into(),
+        created_ms: s.now,
     }));
     s.cpu("vm-prod", 99.0);
     s.advance(60);
@@ -420,6 +421,7 @@ fn a_restart_after_every_input_changes_nothing() {
             ends_ms: s.now + 600_000,
             comment: String::new(),
             created_by: String::new(),
+            created_ms: 0,
         }));
         s.advance(300);
         s.cpu("a", 10.0);

@@ -1,0 +1,516 @@
+//! The alert driver: the async shell around the pure [`Engine`]. One task
+//! owns the engine; ingest reaches it through the [`Tap`], everyone else
+//! through a [`Handle`] (a closed command enum over a channel).
+//!
+//! It feeds the engine what ingest heard, heartbeats, commands and time,
+//! and carries out what it decides with one rule: **persist before
+//! notifying**. The engine's state and the notifications it decided are
+//! written together, atomically, and flushed before the outbox's workers
+//! are woken; a restart restores both. State changes that decide nothing
+//! (an `event_count` window moving) are written at most once a second.
+//!
+//! The alert file is read at start (a bad file stops the start), on
+//! SIGHUP and on `alerts reload` (a bad file is refused and the rules in
+//! force stay).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use picket_proto::model::Labels;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{Alert, AlertState, Engine, Input, Output, Persisted, Silence, route};
+use super::rules::{self, NotifierKind, Rules, RulesError};
+use super::tap::{Heard, Tap};
+use crate::notify::outbox::Outbox;
+use crate::notify::{Message, alertmanager, http};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("control.toml names no alert file (`alerts = \"alerts.toml\"`)")]
+    NoFile,
+    #[error("cannot read the alert file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("alert file {path}: {source}")]
+    Rules { path: PathBuf, source: RulesError },
+    #[error("no silence with id {0}")]
+    NoSilence(String),
+    #[error("the alert store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Client(#[from] http::ClientError),
+    #[error("the alert driver has stopped")]
+    Gone,
+}
+
+/// The rules in force, and where from.
+#[derive(Clone)]
+pub struct Loaded {
+    pub file: Option<PathBuf>,
+    pub rules: Arc<Rules>,
+    pub loaded_ms: i64,
+}
+
+enum Command {
+    List(oneshot::Sender<Vec<Alert>>),
+    Loaded(oneshot::Sender<Loaded>),
+    Reload(oneshot::Sender<Result<Loaded, AlertError>>),
+    Silence(Silence, oneshot::Sender<Silence>),
+    Silences(oneshot::Sender<Vec<Silence>>),
+    Expire(String, oneshot::Sender<Result<Silence, AlertError>>),
+}
+
+/// How the rest of the control plane reaches the driver.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    pub tap: Arc<Tap>,
+    pub outbox: Outbox,
+    firing: Arc<AtomicU32>,
+}
+
+impl Handle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, AlertError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| AlertError::Gone)?;
+        rx.await.map_err(|_| AlertError::Gone)
+    }
+
+    /// Every alert: pending, firing, and resolved ones not yet notified.
+    pub async fn list(&self) -> Result<Vec<Alert>, AlertError> {
+        self.ask(Command::List).await
+    }
+
+    pub async fn loaded(&self) -> Result<Loaded, AlertError> {
+        self.ask(Command::Loaded).await
+    }
+
+    pub async fn reload(&self) -> Result<Loaded, AlertError> {
+        self.ask(Command::Reload).await?
+    }
+
+    /// Adds a silence (durably, before it answers).
+    pub async fn silence(&self, s: Silence) -> Result<Silence, AlertError> {
+        self.ask(|r| Command::Silence(s, r)).await
+    }
+
+    pub async fn silences(&self) -> Result<Vec<Silence>, AlertError> {
+        self.ask(Command::Silences).await
+    }
+
+    pub async fn expire(&self, id: String) -> Result<Silence, AlertError> {
+        self.ask(|r| Command::Expire(id, r)).await?
+    }
+
+    /// Alerts firing now (as of the last change).
+    pub fn firing(&self) -> u32 {
+        self.firing.load(Ordering::Relaxed)
+    }
+}
+
+/// What the driver needs from the rest of the control plane.
+pub struct Parts {
+    pub store: Store,
+    /// `alerts` of control.toml, resolved; `None`: no rules.
+    pub file: Option<PathBuf>,
+    pub now: fn() -> i64,
+}
+
+/// Reads and checks the alert file (no file: no rules).
+pub fn load(file: Option<&PathBuf>) -> Result<Rules, AlertError> {
+    let Some(path) = file else {
+        return rules::parse("").map_err(|source| AlertError::Rules {
+            path: PathBuf::new(),
+            source,
+        });
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| AlertError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    rules::parse(&text).map_err(|source| AlertError::Rules {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Restores the engine and starts the driver and the outbox's workers.
+pub async fn start(
+    parts: Parts,
+    shutdown: CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) -> Result<Handle, AlertError> {
+    let rules = load(parts.file.as_ref())?;
+    for w in &rules.warnings {
+        tracing::warn!(warning = %w, "alert file");
+    }
+    let store = parts.store.clone();
+    let saved: Option<Persisted> = store.blocking(|s| s.alert_state()).await?;
+    let (tap, heard) = Tap::new();
+    tap.set_rules(&rules);
+    let shared = Arc::new(rules.clone());
+    let (rules_tx, rules_rx) = watch::channel(shared.clone());
+    let outbox = Outbox::new(store.clone(), http::Client::new()?, rules_rx, parts.now);
+    let now = (parts.now)();
+    let mut engine = match saved {
+        Some(p) => Engine::restore(p, rules),
+        None => Engine::new(rules),
+    };
+    // A restart is not silence: every host gets its full `after` again,
+    // counted from now.
+    let agents = store.blocking(|s| s.agents()).await?;
+    let mut labels = HashMap::new();
+    for a in agents.iter().filter(|a| a.revoked_ms.is_none()) {
+        labels.insert(a.name.clone(), a.labels());
+        engine.handle(
+            Input::Seen {
+                host: a.name.clone(),
+                host_labels: a.labels(),
+            },
+            now,
+        );
+    }
+    let (tx, cmds) = mpsc::channel(64);
+    let firing = Arc::new(AtomicU32::new(0));
+    let driver = Driver {
+        store,
+        engine,
+        loaded: Loaded {
+            file: parts.file,
+            rules: shared,
+            loaded_ms: now,
+        },
+        rules_tx,
+        tap: tap.clone(),
+        outbox: outbox.clone(),
+        labels,
+        firing: firing.clone(),
+        dirty: false,
+        now: parts.now,
+    };
+    tasks.spawn(outbox.clone().run(shutdown.clone()));
+    tasks.spawn(driver.run(heard, cmds, shutdown));
+    Ok(Handle {
+        tx,
+        tap,
+        outbox,
+        firing,
+    })
+}
+
+struct Driver {
+    store: Store,
+    engine: Engine,
+    loaded: Loaded,
+    rules_tx: watch::Sender<Arc<Rules>>,
+    tap: Arc<Tap>,
+    outbox: Outbox,
+    /// Each host's labels, read from the store (refreshed each minute).
+    labels: HashMap<String, Labels>,
+    firing: Arc<AtomicU32>,
+    /// State changed but nothing was decided: written within a second.
+    dirty: bool,
+    now: fn() -> i64,
+}
+
+/// Messages from ingest handled before one write.
+const BATCH: usize = 256;
+const LAZY_WRITE: Duration = Duration::from_secs(1);
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut heard: mpsc::Receiver<Heard>,
+        mut cmds: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut minute = tokio::time::interval(Duration::from_millis(
+            u64::try_from(alertmanager::RESEND_MS).unwrap_or(60_000),
+        ));
+        minute.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lazy = tokio::time::interval(LAZY_WRITE);
+        // Outputs of the start (hosts seen again, due ticks).
+        let start = self.engine.handle(Input::Tick, (self.now)());
+        self.commit(start).await;
+        loop {
+            let wait = self
+                .engine
+                .next_deadline()
+                .map(|d| Duration::from_millis(u64::try_from(d - (self.now)()).unwrap_or(0)))
+                .unwrap_or(Duration::from_secs(3600));
+            let mut outs = Vec::new();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(h) = heard.recv() => {
+                    self.heard(h, &mut outs);
+                    for _ in 1..BATCH {
+                        match heard.try_recv() {
+                            Ok(h) => self.heard(h, &mut outs),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(c) = cmds.recv() => {
+                    self.command(c).await;
+                    continue;
+                }
+                _ = tokio::time::sleep(wait) => {
+                    outs = self.engine.handle(Input::Tick, (self.now)());
+                }
+                Some(()) = hangup(&mut hup) => {
+                    match self.reload().await {
+                        Ok(l) => tracing::info!(rules = l.rules.rules.len(), "SIGHUP: alert file reloaded"),
+                        Err(error) => tracing::error!(%error, "SIGHUP: alert file refused; the rules in force stay"),
+                    }
+                    continue;
+                }
+                _ = minute.tick() => {
+                    self.every_minute().await;
+                    continue;
+                }
+                _ = lazy.tick() => {
+                    if self.dirty {
+                        self.write(Vec::new()).await;
+                    }
+                    continue;
+                }
+            }
+            self.commit(outs).await;
+        }
+        if self.dirty {
+            self.write(Vec::new()).await;
+        }
+    }
+
+    fn host_labels(&mut self, host: &str) -> Labels {
+        if let Some(l) = self.labels.get(host) {
+            return l.clone();
+        }
+        // A host not yet known (just enrolled), or the control plane's own.
+        let l = match self.store.agent(host) {
+            Ok(Some(a)) => a.labels(),
+            _ => Labels::new(),
+        };
+        self.labels.insert(host.to_string(), l.clone());
+        l
+    }
+
+    fn heard(&mut self, h: Heard, outs: &mut Vec<Output>) {
+        let now = (self.now)();
+        let host_labels = self.host_labels(&h.host);
+        if h.samples.is_empty() && h.events.is_empty() {
+            outs.extend(self.engine.handle(
+                Input::Seen {
+                    host: h.host,
+                    host_labels,
+                },
+                now,
+            ));
+            return;
+        }
+        for points in h.samples {
+            outs.extend(self.engine.handle(
+                Input::Sample {
+                    host: h.host.clone(),
+                    host_labels: host_labels.clone(),
+                    points,
+                },
+                now,
+            ));
+        }
+        for e in h.events {
+            outs.extend(self.engine.handle(
+                Input::Event {
+                    host: h.host.clone(),
+                    host_labels: host_labels.clone(),
+                    source: e.source,
+                    kind: e.kind,
+                    severity: e.severity,
+                    fields: e.fields,
+                },
+                now,
+            ));
+        }
+    }
+
+    async fn command(&mut self, c: Command) {
+        let now = (self.now)();
+        match c {
+            Command::List(r) => {
+                let _ = r.send(self.engine.alerts().cloned().collect());
+            }
+            Command::Loaded(r) => {
+                let _ = r.send(self.loaded.clone());
+            }
+            Command::Reload(r) => {
+                let result = self.reload().await;
+                let _ = r.send(result);
+            }
+            Command::Silence(s, r) => {
+                let outs = self.engine.handle(Input::Silence(s.clone()), now);
+                self.commit(outs).await;
+                let _ = r.send(s);
+            }
+            Command::Silences(r) => {
+                let _ = r.send(self.engine.silences().to_vec());
+            }
+            Command::Expire(id, r) => {
+                let Some(s) = self.engine.silences().iter().find(|s| s.id == id).cloned() else {
+                    let _ = r.send(Err(AlertError::NoSilence(id)));
+                    return;
+                };
+                let outs = self.engine.handle(Input::Expire(id), now);
+                self.commit(outs).await;
+                let _ = r.send(Ok(Silence { ends_ms: now, ..s }));
+            }
+        }
+    }
+
+    async fn reload(&mut self) -> Result<Loaded, AlertError> {
+        let file = self.loaded.file.clone().ok_or(AlertError::NoFile)?;
+        let f = file.clone();
+        let rules = tokio::task::spawn_blocking(move || load(Some(&f)))
+            .await
+            .map_err(|_| AlertError::Gone)??;
+        for w in &rules.warnings {
+            tracing::warn!(warning = %w, "alert file");
+        }
+        self.tap.set_rules(&rules);
+        let shared = Arc::new(rules.clone());
+        let outs = self.engine.handle(Input::Reload(rules), (self.now)());
+        self.rules_tx.send_replace(shared.clone());
+        self.loaded = Loaded {
+            file: Some(file),
+            rules: shared,
+            loaded_ms: (self.now)(),
+        };
+        self.commit(outs).await;
+        Ok(self.loaded.clone())
+    }
+
+    /// Alertmanager's re-posts of what fires; revoked hosts forgotten;
+    /// host labels read again.
+    async fn every_minute(&mut self) {
+        let now = (self.now)();
+        let rules = self.loaded.rules.clone();
+        for n in &rules.notifiers {
+            if !matches!(n.kind, NotifierKind::Alertmanager { .. }) {
+                continue;
+            }
+            let alerts: Vec<Alert> = self
+                .engine
+                .alerts()
+                .filter(|a| a.state == AlertState::Firing && !a.silenced && !a.inhibited)
+                .filter(|a| route(&rules, &a.labels).contains(&n.name))
+                .cloned()
+                .collect();
+            if alerts.is_empty() {
+                continue;
+            }
+            let mut msg = Message::test(&n.name, now);
+            msg.test = false;
+            msg.alerts = alerts;
+            let (outbox, name) = (self.outbox.clone(), n.name.clone());
+            tokio::spawn(async move {
+                let o = outbox.send_now(&name, &msg).await;
+                if let crate::notify::Outcome::Failed(e) | crate::notify::Outcome::Refused(e) = o {
+                    tracing::warn!(notifier = %name, error = %e, "re-posting firing alerts failed");
+                }
+            });
+        }
+        let store = self.store.clone();
+        let Ok(agents) = store.blocking(|s| s.agents()).await else {
+            return;
+        };
+        let mut outs = Vec::new();
+        for a in &agents {
+            if a.revoked_ms.is_some() {
+                outs.extend(self.engine.handle(Input::Forget(a.name.clone()), now));
+            }
+        }
+        self.labels = agents
+            .iter()
+            .filter(|a| a.revoked_ms.is_none())
+            .map(|a| (a.name.clone(), a.labels()))
+            .collect();
+        self.commit(outs).await;
+    }
+
+    /// Carries out what the engine decided: writes at once when it
+    /// decided something (a transition, a notification), else within a
+    /// second.
+    async fn commit(&mut self, outs: Vec<Output>) {
+        let mut decided = false;
+        let mut jobs = Vec::new();
+        let now = (self.now)();
+        for o in outs {
+            match o {
+                Output::Persist => self.dirty = true,
+                Output::Transition {
+                    fingerprint,
+                    rule,
+                    state,
+                } => {
+                    decided = true;
+                    tracing::info!(%fingerprint, %rule, state = state.as_str(), "alert");
+                }
+                Output::Notify(n) => {
+                    decided = true;
+                    jobs.push((n.notifier.clone(), Message::of(&n, now)));
+                }
+            }
+        }
+        if decided {
+            self.write(jobs).await;
+        }
+        let firing = self
+            .engine
+            .alerts()
+            .filter(|a| a.state == AlertState::Firing)
+            .count();
+        self.firing
+            .store(u32::try_from(firing).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    async fn write(&mut self, jobs: Vec<(String, Message)>) {
+        let state = self.engine.persisted().clone();
+        let n = jobs.len();
+        let r = self
+            .store
+            .blocking(move |s| {
+                s.put_alert_state(&state, &jobs)?;
+                s.flush()
+            })
+            .await;
+        match r {
+            Ok(()) => {
+                self.dirty = false;
+                if n > 0 {
+                    self.outbox.wake();
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, notifications = n, "cannot write the alert state; its notifications are not sent");
+            }
+        }
+    }
+}
+
+async fn hangup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hup {
+        Some(h) => h.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,211 @@
+//! The tap: what ingest hands the alert driver, chosen cheaply so that
+//! ingest does not slow down.
+//!
+//! Ingest stores events as the agent encoded them and never decodes them
+//! whole. The tap reads only an event's source, kind and severity
+//! ([`scan::event_head`], no allocation) and decodes it whole only when a
+//! rule's `match` could take it; metric samples (which ingest decodes
+//! anyway) pass only the series some `threshold` rule names. Each batch
+//! of an agent becomes at most one message to the driver, sent after the
+//! batch is stored; when the driver falls behind, ingest waits for it
+//! (a bounded queue) rather than drop what an alert needs.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use picket_proto::model::{Labels, Severity};
+use picket_proto::scan::{self, EventHead};
+use picket_proto::v1;
+use prost::Message;
+use tokio::sync::mpsc;
+
+use super::engine::Point;
+use super::rules::{EventMatch, Kind, Rules};
+
+/// An agent's batch, as far as the alert rules care.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heard {
+    pub host: String,
+    pub time_ms: i64,
+    pub samples: Vec<Vec<Point>>,
+    pub events: Vec<EventIn>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventIn {
+    pub source: String,
+    pub kind: String,
+    pub severity: Severity,
+    pub fields: Labels,
+}
+
+/// What the rules in force can use.
+#[derive(Debug, Default)]
+struct Interest {
+    events: Vec<EventMatch>,
+    rollouts: bool,
+    metrics: HashSet<String>,
+    /// A `host_silent` rule: every batch is a sign of life.
+    seen: bool,
+}
+
+impl Interest {
+    fn of(rules: &Rules) -> Self {
+        let mut i = Interest::default();
+        for r in &rules.rules {
+            match &r.kind {
+                Kind::Threshold { metric, .. } => {
+                    i.metrics.insert(metric.clone());
+                }
+                Kind::EventCount { matcher, .. } | Kind::Event { matcher, .. } => {
+                    i.events.push(matcher.clone());
+                }
+                Kind::HostSilent { .. } => i.seen = true,
+                Kind::RolloutFailed { .. } => i.rollouts = true,
+            }
+        }
+        i
+    }
+
+    fn wants(&self, h: &EventHead<'_>) -> bool {
+        let severity = Severity::try_from(h.severity).unwrap_or(Severity::Info);
+        (self.rollouts
+            && h.source == "picket"
+            && matches!(h.kind, "rollout_failed" | "rollout_rolled_back"))
+            || self.events.iter().any(|m| {
+                m.source.as_deref().is_none_or(|s| s == h.source)
+                    && m.kind.as_deref().is_none_or(|k| k == h.kind)
+                    && m.severity.is_none_or(|s| severity >= s)
+            })
+    }
+}
+
+/// Shared by ingest (which calls it) and the alert driver (which owns the
+/// receiving end and sets the rules).
+pub struct Tap {
+    interest: RwLock<Arc<Interest>>,
+    tx: Option<mpsc::Sender<Heard>>,
+}
+
+/// Batches that may wait for the driver before ingest waits.
+pub const QUEUE: usize = 1024;
+
+impl Tap {
+    /// A tap and the driver's end of it.
+    pub fn new() -> (Arc<Tap>, mpsc::Receiver<Heard>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let tap = Tap {
+            interest: Default::default(),
+            tx: Some(tx),
+        };
+        (Arc::new(tap), rx)
+    }
+
+    /// A tap that passes nothing on (tools and tests without alerts).
+    pub fn detached() -> Arc<Tap> {
+        Arc::new(Tap {
+            interest: Default::default(),
+            tx: None,
+        })
+    }
+
+    pub fn set_rules(&self, rules: &Rules) {
+        if let Ok(mut i) = self.interest.write() {
+            *i = Arc::new(Interest::of(rules));
+        }
+    }
+
+    /// What one batch of `host` collects; `None` when no rule can use
+    /// anything in it.
+    pub fn collector(&self, host: &str, time_ms: i64) -> Option<Collector> {
+        self.tx.as_ref()?;
+        let interest = self.interest.read().ok()?.clone();
+        let any = interest.seen
+            || interest.rollouts
+            || !interest.events.is_empty()
+            || !interest.metrics.is_empty();
+        any.then(|| Collector {
+            interest,
+            heard: Heard {
+                host: host.to_string(),
+                time_ms,
+                samples: Vec::new(),
+                events: Vec::new(),
+            },
+        })
+    }
+
+    /// Hands a stored batch to the driver; blocks while its queue is full
+    /// (call it off the runtime's workers, as ingest runs).
+    pub fn send_blocking(&self, c: Collector) {
+        let Some(tx) = &self.tx else { return };
+        if c.worth_sending() {
+            // The driver has stopped only at shutdown.
+            let _ = tx.blocking_send(c.heard);
+        }
+    }
+
+    /// `host` was heard from (a heartbeat); dropped when the queue is
+    /// full, as the next batch or heartbeat says the same.
+    pub fn seen(&self, host: &str, time_ms: i64) {
+        let Some(tx) = &self.tx else { return };
+        let wanted = self.interest.read().is_ok_and(|i| i.seen);
+        if wanted {
+            let _ = tx.try_send(Heard {
+                host: host.to_string(),
+                time_ms,
+                samples: Vec::new(),
+                events: Vec::new(),
+            });
+        }
+    }
+}
+
+/// Gathers what the rules want from one batch while ingest reads it.
+pub struct Collector {
+    interest: Arc<Interest>,
+    heard: Heard,
+}
+
+impl Collector {
+    /// An encoded event (already checked by ingest).
+    pub fn event(&mut self, bytes: &[u8]) {
+        let Ok(head) = scan::event_head(bytes) else {
+            return;
+        };
+        if !self.interest.wants(&head) {
+            return;
+        }
+        if let Ok(e) = v1::Event::decode(bytes) {
+            self.heard.events.push(EventIn {
+                severity: Severity::try_from(e.severity).unwrap_or(Severity::Info),
+                source: e.source,
+                kind: e.kind,
+                fields: e.fields.into_iter().collect(),
+            });
+        }
+    }
+
+    /// A decoded sample's points.
+    pub fn sample(&mut self, points: &[crate::store::metrics::Point]) {
+        if self.interest.metrics.is_empty() {
+            return;
+        }
+        let kept: Vec<Point> = points
+            .iter()
+            .filter(|p| self.interest.metrics.contains(&p.name))
+            .map(|p| Point {
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                value: p.value,
+            })
+            .collect();
+        if !kept.is_empty() {
+            self.heard.samples.push(kept);
+        }
+    }
+
+    fn worth_sending(&self) -> bool {
+        self.interest.seen || !self.heard.samples.is_empty() || !self.heard.events.is_empty()
+    }
+}
