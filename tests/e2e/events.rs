@@ -2,8 +2,7 @@
 //! (`tests/corpus`), the control plane stores them, and `picketctl
 //! events` / `logs` (with `-f`) read them back.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,14 +14,6 @@ fn corpus(rel: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-fn append(p: &Path, text: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(p)?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
 
 #[test]
 fn events_from_every_parser_and_raw_lines() -> Result<()> {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod fleet;
+pub mod receiver;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -428,6 +429,18 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow!("bad HTTP answer from {addr}: {head}"))?;
     Ok((code, body.to_string()))
+}
+
+/// Appends `text` to the file at `p` (created if missing), as a logger
+/// writes.
+pub fn append(p: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// A free loopback port (bound, then released).
