@@ -81,12 +81,18 @@ def ingested(http):
 
 
 class Fleet:
-    def __init__(self, kind):
+    def __init__(self, kind, alerts=None):
+        """A control plane and one agent tailing a `kind` source; `alerts`
+        is the text of an alert file for the control plane, if any."""
         self.tmp = tempfile.mkdtemp(prefix="picket-bench-ev-")
         t = self.tmp
         self.env = dict(os.environ, HOME=t, PICKET_CONFIG_DIR=f"{t}/cfg", RUST_LOG="warn,picket_control::server=info")
         out = run([f"{REL}/picket-control", "init", "--data-dir", f"{t}/cp"], self.env).stdout
         fp = re.search(r"sha256:[0-9a-f]{64}", out).group(0)
+        if alerts is not None:
+            open(f"{t}/cp/alerts.toml", "w").write(alerts)
+            cfg = open(f"{t}/cp/control.toml").read()
+            open(f"{t}/cp/control.toml", "w").write('alerts = "alerts.toml"\n' + cfg)
         self.cp = subprocess.Popen([f"{REL}/picket-control", "run", "--config", f"{t}/cp/control.toml",
                                     "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
                                    env=self.env, stderr=open(f"{t}/cp.err", "w"))
@@ -113,8 +119,8 @@ class Fleet:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def throughput(kind, n):
-    f = Fleet(kind)
+def throughput(kind, n, alerts=None):
+    f = Fleet(kind, alerts)
     try:
         base = ingested(f.http)
         per_line = 1 if kind == "raw" else 2  # the line, and its event

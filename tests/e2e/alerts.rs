@@ -22,7 +22,6 @@ fn ids_alert() -> String {
     format!("{}\n", line.replace("\"severity\":2", "\"severity\":1"))
 }
 
-
 const FAST: &str =
     "[defaults]\ngroup_wait = \"1s\"\ngroup_interval = \"2s\"\nrepeat_interval = \"1h\"\n\n";
 
@@ -342,5 +341,152 @@ fn reload_refuses_a_bad_file_and_keeps_the_rules_and_sighup_reads_a_good_one() -
         r[0]["warnings"].to_string().contains("no_such_series"),
         "an unknown series is a warning: {r:?}"
     );
+    Ok(())
+}
+
+/// A real Alertmanager, started here, listening on a free port.
+fn alertmanager(w: &World) -> Result<(Proc, String)> {
+    let bin = tool("prometheus-alertmanager", "prometheus-alertmanager")?;
+    let port = free_port()?;
+    let cfg = w.path("am.yml");
+    std::fs::write(
+        &cfg,
+        "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n",
+    )?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.path={}", w.path("am-data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=");
+    let am = Proc::spawn(cmd)?;
+    let addr = format!("127.0.0.1:{port}");
+    wait_for("Alertmanager to be ready", Duration::from_secs(30), || {
+        http_get(&addr, "/-/ready").ok().filter(|(c, _)| *c == 200)
+    })
+    .with_context(|| am.stderr())?;
+    Ok((am, addr))
+}
+
+/// A real SMTP server (aiosmtpd) printing each mail as a JSON line.
+fn smtp_server() -> Result<(Proc, String)> {
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.env("PYTHONPATH", tests_dir().join("tools")).args([
+        "-u",
+        "-m",
+        "aiosmtpd",
+        "-n",
+        "-l",
+        &addr,
+        "-c",
+        "smtp_sink.Sink",
+    ]);
+    let p = Proc::spawn(cmd)?;
+    wait_for("aiosmtpd to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(&addr).ok()
+    })
+    .with_context(|| p.stderr())?;
+    Ok((p, addr))
+}
+
+fn mails(p: &Proc) -> Vec<Value> {
+    p.stdout()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn a_real_alertmanager_shows_the_alert_and_its_resolve_and_a_real_smtp_server_gets_the_mail()
+-> Result<()> {
+    let w = World::new()?;
+    let (_am, am_addr) = alertmanager(&w)?;
+    let (smtp, smtp_addr) = smtp_server()?;
+    let rules = format!(
+        "{FAST}[[rule]]\nname = \"IdsAlert\"\nkind = \"event\"\nmatch = {{ source = \"suricata\", kind = \"alert\", severity = \"high\" }}\nseverity = \"critical\"\nresolve_after = \"4s\"\nsummary = \"{{{{ fields.signature }}}} on {{{{ host }}}}\"\n\n\
+         [[notifier]]\nname = \"am\"\nkind = \"alertmanager\"\nurl = \"http://{am_addr}\"\n\n\
+         [[notifier]]\nname = \"mail\"\nkind = \"email\"\nsmtp = \"{smtp_addr}\"\nstarttls = false\nfrom = \"picket@example.com\"\nto = [\"ops@example.com\", \"sec@example.com\"]\n\n\
+         [[route]]\nnotifiers = [\"am\", \"mail\"]\n"
+    );
+    let (fp, cp, _) = control(&w, &rules)?;
+    let admin = cp.admin_flags();
+    let eve = w.path("eve.json");
+    std::fs::write(&eve, "")?;
+    let _agent = enroll_with_sources(&w, &cp, &fp, "vm-security", &[], &[("suricata", &eve)])?;
+
+    // `alerts test` reaches the mail server at once.
+    let out = ctl(&w, &admin, &["alerts", "test", "mail"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("the test mail", Duration::from_secs(20), || {
+        mails(&smtp).into_iter().find(|m| {
+            m["subject"]
+                .as_str()
+                .is_some_and(|s| s.contains("Test notification"))
+        })
+    })?;
+    let out = ctl(&w, &admin, &["alerts", "test", "nobody"])?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no notifier named"),
+        "{}",
+        stderr(&out)
+    );
+
+    append(&eve, &ids_alert())?;
+    let in_am = |want: bool| {
+        let am_addr = am_addr.clone();
+        move || {
+            let (code, body) = http_get(&am_addr, "/api/v2/alerts").ok()?;
+            let list: Vec<Value> = serde_json::from_str(&body).ok()?;
+            let found = list.iter().find(|a| {
+                a["labels"]["alertname"] == "IdsAlert" && a["labels"]["host"] == "vm-security"
+            });
+            (code == 200 && found.is_some() == want).then(|| found.cloned())
+        }
+    };
+    let shown = wait_for(
+        "the alert in Alertmanager",
+        Duration::from_secs(30),
+        in_am(true),
+    )?
+    .context("alert")?;
+    assert_eq!(shown["labels"]["severity"], "critical");
+    assert_eq!(
+        shown["annotations"]["summary"],
+        "GPL ATTACK_RESPONSE id check returned root on vm-security"
+    );
+    let mail = wait_for("the firing mail", Duration::from_secs(20), || {
+        mails(&smtp).into_iter().find(|m| {
+            m["subject"]
+                .as_str()
+                .is_some_and(|s| s.contains("GPL ATTACK"))
+        })
+    })?;
+    assert_eq!(
+        mail["subject"],
+        "[FIRING:1] GPL ATTACK_RESPONSE id check returned root on vm-security"
+    );
+    assert_eq!(mail["mail_from"], "picket@example.com");
+    assert_eq!(mail["rcpt_tos"].as_array().map(Vec::len), Some(2));
+    assert!(
+        mail["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("host = vm-security"))
+    );
+
+    // Resolved: gone from Alertmanager's active alerts, and mailed.
+    wait_for(
+        "the resolve in Alertmanager",
+        Duration::from_secs(40),
+        in_am(false),
+    )?;
+    wait_for("the resolved mail", Duration::from_secs(20), || {
+        mails(&smtp).into_iter().find(|m| {
+            m["subject"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("[RESOLVED]"))
+        })
+    })?;
     Ok(())
 }

@@ -14,7 +14,6 @@ fn corpus(rel: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-
 #[test]
 fn events_from_every_parser_and_raw_lines() -> Result<()> {
     let w = World::new()?;

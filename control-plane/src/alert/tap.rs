@@ -209,3 +209,62 @@ impl Collector {
         self.interest.seen || !self.heard.samples.is_empty() || !self.heard.events.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::rules::parse;
+
+    fn event(source: &str, kind: &str, severity: v1::Severity) -> Vec<u8> {
+        v1::Event {
+            source: source.into(),
+            kind: kind.into(),
+            severity: severity as i32,
+            fields: [("ip".to_string(), "192.0.2.7".to_string())].into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn only_what_a_rule_can_use_is_decoded_and_sent() {
+        let (tap, mut rx) = Tap::new();
+        // No rules: nothing is collected at all.
+        assert!(tap.collector("h", 1).is_none());
+        tap.set_rules(
+            &parse(
+                "[[rule]]\nname = \"Bans\"\nkind = \"event_count\"\nmatch = { source = \"fail2ban\", kind = \"ban\", severity = \"medium\" }\ncount = 5\nwindow = \"1m\"\n\
+                 [[rule]]\nname = \"Cpu\"\nkind = \"threshold\"\nmetric = \"cpu_usage_percent\"\nop = \">\"\nvalue = 90\n",
+            )
+            .unwrap(),
+        );
+        let mut c = tap.collector("h", 1).unwrap();
+        c.event(&event("fail2ban", "ban", v1::Severity::Medium));
+        c.event(&event("fail2ban", "unban", v1::Severity::Medium));
+        c.event(&event("fail2ban", "ban", v1::Severity::Low));
+        c.event(&event("suricata", "alert", v1::Severity::Critical));
+        c.event(b"\xff\xff not an event");
+        let point = |name: &str| crate::store::metrics::Point {
+            name: name.into(),
+            labels: Default::default(),
+            value: 1.0,
+        };
+        c.sample(&[point("cpu_usage_percent"), point("load1")]);
+        tap.send_blocking(c);
+        let heard = rx.try_recv().unwrap();
+        assert_eq!(heard.events.len(), 1);
+        assert_eq!(heard.events[0].fields["ip"], "192.0.2.7");
+        assert_eq!(
+            heard.samples,
+            vec![vec![Point {
+                name: "cpu_usage_percent".into(),
+                labels: Default::default(),
+                value: 1.0,
+            }]]
+        );
+        // A batch with nothing of use is not sent.
+        let c = tap.collector("h", 2).unwrap();
+        tap.send_blocking(c);
+        assert!(rx.try_recv().is_err());
+    }
+}

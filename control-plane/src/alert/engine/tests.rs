@@ -315,6 +315,25 @@ fn a_silent_host_fires_and_resolves_when_heard_from() {
 }
 
 #[test]
+fn a_forgotten_host_is_no_longer_watched_and_its_silent_alert_resolves() {
+    let rule = "[[rule]]\nname = \"HostDown\"\nkind = \"host_silent\"\nafter = \"30s\"\n";
+    let mut s = Sim::new(rule);
+    s.seen("vm-old");
+    s.advance(40);
+    assert_eq!(s.state()[0].1, AlertState::Firing);
+    s.input(Input::Forget("vm-old".into()));
+    s.advance(120);
+    assert_eq!(
+        s.said().iter().map(|x| x.1).collect::<Vec<_>>(),
+        ["firing", "resolved"]
+    );
+    assert!(s.state().is_empty());
+    assert_eq!(s.e.next_deadline(), None, "nothing left to watch");
+    // Forgetting a host never seen changes nothing.
+    assert!(s.e.handle(Input::Forget("nobody".into()), s.now).is_empty());
+}
+
+#[test]
 fn a_critical_alert_inhibits_lesser_ones_on_the_same_host() {
     let rules = format!(
         "{}\n[[rule]]\nname = \"HostDown\"\nkind = \"host_silent\"\nafter = \"30s\"\nseverity = \"critical\"\n\n[[inhibit]]\nsource = {{ severity = \"critical\" }}\ntarget = {{ severity = \"info|low|medium|high\" }}\nequal = [\"host\"]\n",
