@@ -147,6 +147,38 @@ pub fn event_head(bytes: &[u8]) -> Result<EventHead<'_>, FrameError> {
     Ok(head)
 }
 
+/// Calls `f` with each of an encoded `Event`'s `fields` entries (key,
+/// value), borrowed from the encoding: the rest (the message above all)
+/// is neither decoded nor copied.
+pub fn event_fields<'a>(
+    bytes: &'a [u8],
+    mut f: impl FnMut(&'a str, &'a str),
+) -> Result<(), FrameError> {
+    fn text<'a>(b: &'a [u8]) -> Result<&'a str, FrameError> {
+        std::str::from_utf8(b).map_err(|_| FrameError::Malformed("a string is not UTF-8"))
+    }
+    fields(bytes, |tag, v| {
+        if tag != event::FIELDS {
+            return Ok(());
+        }
+        let Value::Bytes(e) = v else {
+            return Err(WRONG_TYPE);
+        };
+        let (mut key, mut value) = ("", "");
+        fields(e, |tag, v| {
+            match (tag, v) {
+                (entry::KEY, Value::Bytes(b)) => key = text(b)?,
+                (entry::VALUE, Value::Bytes(b)) => value = text(b)?,
+                (entry::KEY | entry::VALUE, _) => return Err(WRONG_TYPE),
+                _ => {}
+            }
+            Ok(())
+        })?;
+        f(key, value);
+        Ok(())
+    })
+}
+
 /// Checks an encoded `Event`; returns its `time_unix_ms`.
 pub fn event_time(bytes: &[u8]) -> Result<i64, FrameError> {
     let mut time = 0;
@@ -220,6 +252,10 @@ mod tests {
             panic!("{view:?}")
         };
         assert_eq!(event_time(e).unwrap(), -7);
+        let mut fs = Vec::new();
+        event_fields(e, |k, v| fs.push((k, v))).unwrap();
+        fs.sort();
+        assert_eq!(fs, [("", ""), ("a", "é")]);
         let head = event_head(e).unwrap();
         assert_eq!(
             (head.source, head.kind, head.severity),

@@ -30,7 +30,31 @@ pub async fn run(
                 .map_err(rpc)?
                 .into_inner()
                 .alerts;
-            list(&all, fmt, out)
+            list(&all, fmt, out)?;
+            if fmt == Format::Table {
+                // Notifiers that are failing, under the alerts they would
+                // have told someone about.
+                let r = admin
+                    .list_alert_rules(v1::ListAlertRulesRequest {})
+                    .await
+                    .map_err(rpc)?
+                    .into_inner();
+                for n in r.notifiers.iter().filter(|n| n.queued > 0 || n.failed > 0) {
+                    writeln!(
+                        out,
+                        "notifier {}: {} waiting, {} failed since start; last error: {}",
+                        esc(&n.name),
+                        n.queued,
+                        n.failed,
+                        esc(if n.last_error.is_empty() {
+                            "-"
+                        } else {
+                            &n.last_error
+                        })
+                    )?;
+                }
+            }
+            Ok(())
         }
         AlertsCmd::Show { fingerprint } => {
             let a = admin

@@ -330,15 +330,12 @@ impl Driver {
                 now,
             ));
         }
-        for e in h.events {
+        if !h.events.is_empty() {
             outs.extend(self.engine.handle(
-                Input::Event {
-                    host: h.host.clone(),
-                    host_labels: host_labels.clone(),
-                    source: e.source,
-                    kind: e.kind,
-                    severity: e.severity,
-                    fields: e.fields,
+                Input::Events {
+                    host: h.host,
+                    host_labels,
+                    events: h.events,
                 },
                 now,
             ));

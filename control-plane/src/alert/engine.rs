@@ -62,6 +62,13 @@ pub enum Input {
         severity: Severity,
         fields: Labels,
     },
+    /// Several stored events of one host, in order (one batch of ingest):
+    /// as many `Event`s, with one evaluation of silences and groups.
+    Events {
+        host: String,
+        host_labels: Labels,
+        events: Vec<EventData>,
+    },
     /// `host` was heard from (a heartbeat, a record) at `now`.
     Seen {
         host: String,
@@ -76,6 +83,15 @@ pub enum Input {
     Expire(String),
     /// Time has reached [`Engine::next_deadline`].
     Tick,
+}
+
+/// One event of [`Input::Events`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventData {
+    pub source: String,
+    pub kind: String,
+    pub severity: Severity,
+    pub fields: Labels,
 }
 
 /// What the engine decides.
@@ -237,6 +253,25 @@ impl Engine {
                 };
                 let seen = self.seen(&host, &host_labels, now, &mut out);
                 self.event(&e, now, &mut out) || seen
+            }
+            Input::Events {
+                host,
+                host_labels,
+                events,
+            } => {
+                let mut changed = self.seen(&host, &host_labels, now, &mut out);
+                for d in &events {
+                    let e = label::EventIn {
+                        host: &host,
+                        host_labels: &host_labels,
+                        source: &d.source,
+                        kind: &d.kind,
+                        severity: d.severity,
+                        fields: &d.fields,
+                    };
+                    changed |= self.event(&e, now, &mut out);
+                }
+                changed
             }
             Input::Seen { host, host_labels } => self.seen(&host, &host_labels, now, &mut out),
             Input::Forget(host) => self.forget(&host, now, &mut out),
@@ -458,12 +493,16 @@ impl Engine {
 
     /// Marks alerts silenced or inhibited as they stand now.
     fn mute(&mut self, now: i64) {
-        let firing: Vec<Alert> = self
+        // The firing alerts that may inhibit others (none without an
+        // `[[inhibit]]`: the common case costs nothing).
+        let inhibits = &self.rules.inhibits;
+        let firing: Vec<(String, Labels)> = self
             .p
             .alerts
             .values()
             .filter(|a| a.state == AlertState::Firing)
-            .cloned()
+            .filter(|a| inhibits.iter().any(|i| i.source.matches(&a.labels)))
+            .map(|a| (a.fingerprint.clone(), a.labels.clone()))
             .collect();
         for a in self.p.alerts.values_mut() {
             let silenced = self.p.silences.iter().any(|s| {
@@ -471,10 +510,10 @@ impl Engine {
             });
             let inhibited = self.rules.inhibits.iter().any(|i| {
                 i.target.matches(&a.labels)
-                    && firing.iter().any(|s| {
-                        s.fingerprint != a.fingerprint
-                            && i.source.matches(&s.labels)
-                            && i.equal.iter().all(|k| s.labels.get(k) == a.labels.get(k))
+                    && firing.iter().any(|(fp, labels)| {
+                        *fp != a.fingerprint
+                            && i.source.matches(labels)
+                            && i.equal.iter().all(|k| labels.get(k) == a.labels.get(k))
                     })
             });
             if (a.silenced || a.inhibited) && !(silenced || inhibited) {
@@ -490,6 +529,14 @@ impl Engine {
         let notes = group::flush(&mut self.p.groups, &self.rules, &self.p.alerts, now);
         out.extend(notes.into_iter().map(Output::Notify));
         // Resolved alerts that no group holds any more are done.
+        if !self
+            .p
+            .alerts
+            .values()
+            .any(|a| a.state == AlertState::Resolved)
+        {
+            return;
+        }
         let held: std::collections::BTreeSet<&String> = self
             .p
             .groups

@@ -15,11 +15,9 @@ use std::sync::{Arc, RwLock};
 
 use picket_proto::model::{Labels, Severity};
 use picket_proto::scan::{self, EventHead};
-use picket_proto::v1;
-use prost::Message;
 use tokio::sync::mpsc;
 
-use super::engine::Point;
+use super::engine::{EventData, Point};
 use super::rules::{EventMatch, Kind, Rules};
 
 /// An agent's batch, as far as the alert rules care.
@@ -28,15 +26,7 @@ pub struct Heard {
     pub host: String,
     pub time_ms: i64,
     pub samples: Vec<Vec<Point>>,
-    pub events: Vec<EventIn>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventIn {
-    pub source: String,
-    pub kind: String,
-    pub severity: Severity,
-    pub fields: Labels,
+    pub events: Vec<EventData>,
 }
 
 /// What the rules in force can use.
@@ -47,12 +37,54 @@ struct Interest {
     metrics: HashSet<String>,
     /// A `host_silent` rule: every batch is a sign of life.
     seen: bool,
+    /// The event fields a rule's `match` or template reads (`None`: a
+    /// template uses `fields` whole, so all of them). Only these are
+    /// copied out of an event.
+    fields: Option<HashSet<String>>,
+}
+
+/// The `fields.NAME` a template reads; `None` if it uses `fields` in a
+/// way a static look cannot follow (`fields["x"]`, a loop, `fields`).
+fn template_fields(src: &str) -> Option<HashSet<String>> {
+    let env = minijinja::Environment::new();
+    let t = env.template_from_str(src).ok()?;
+    let mut out = HashSet::new();
+    for v in t.undeclared_variables(true) {
+        if let Some(name) = v.strip_prefix("fields.") {
+            out.insert(name.split('.').next().unwrap_or(name).to_string());
+        } else if v == "fields" {
+            return None;
+        }
+    }
+    Some(out)
 }
 
 impl Interest {
     fn of(rules: &Rules) -> Self {
-        let mut i = Interest::default();
+        let mut i = Interest {
+            fields: Some(HashSet::new()),
+            ..Default::default()
+        };
         for r in &rules.rules {
+            if matches!(
+                r.kind,
+                Kind::Event { .. } | Kind::EventCount { .. } | Kind::RolloutFailed { .. }
+            ) {
+                for src in std::iter::once(&r.summary).chain(r.annotations.values()) {
+                    match (template_fields(src), &mut i.fields) {
+                        (Some(names), Some(all)) => all.extend(names),
+                        _ => i.fields = None,
+                    }
+                }
+            }
+            if let (Kind::Event { matcher, .. } | Kind::EventCount { matcher, .. }, Some(all)) =
+                (&r.kind, &mut i.fields)
+            {
+                all.extend(matcher.fields.keys().cloned());
+            }
+            if let (Kind::RolloutFailed { .. }, Some(all)) = (&r.kind, &mut i.fields) {
+                all.insert("rollout".into());
+            }
             match &r.kind {
                 Kind::Threshold { metric, .. } => {
                     i.metrics.insert(metric.clone());
@@ -176,12 +208,21 @@ impl Collector {
         if !self.interest.wants(&head) {
             return;
         }
-        if let Ok(e) = v1::Event::decode(bytes) {
-            self.heard.events.push(EventIn {
-                severity: Severity::try_from(e.severity).unwrap_or(Severity::Info),
-                source: e.source,
-                kind: e.kind,
-                fields: e.fields.into_iter().collect(),
+        // Only the fields: the message (the whole line, often) is not
+        // copied.
+        let mut fields = Labels::new();
+        let wanted = self.interest.fields.as_ref();
+        let read = scan::event_fields(bytes, |k, v| {
+            if wanted.is_none_or(|w| w.contains(k)) {
+                fields.insert(k.to_string(), v.to_string());
+            }
+        });
+        if read.is_ok() {
+            self.heard.events.push(EventData {
+                severity: Severity::try_from(head.severity).unwrap_or(Severity::Info),
+                source: head.source.to_string(),
+                kind: head.kind.to_string(),
+                fields,
             });
         }
     }
@@ -212,6 +253,9 @@ impl Collector {
 
 #[cfg(test)]
 mod tests {
+    use picket_proto::v1;
+    use prost::Message;
+
     use super::*;
     use crate::alert::rules::parse;
 
@@ -253,7 +297,8 @@ mod tests {
         tap.send_blocking(c);
         let heard = rx.try_recv().unwrap();
         assert_eq!(heard.events.len(), 1);
-        assert_eq!(heard.events[0].fields["ip"], "192.0.2.7");
+        // No rule reads a field: none is copied.
+        assert!(heard.events[0].fields.is_empty());
         assert_eq!(
             heard.samples,
             vec![vec![Point {
@@ -261,6 +306,29 @@ mod tests {
                 labels: Default::default(),
                 value: 1.0,
             }]]
+        );
+        // A template reading `fields.ip` keeps that field alone.
+        tap.set_rules(
+            &parse("[[rule]]\nname = \"Ban\"\nkind = \"event\"\nmatch = { source = \"fail2ban\" }\nsummary = \"{{ fields.ip }} on {{ host }}\"\n").unwrap(),
+        );
+        let mut c = tap.collector("h", 1).unwrap();
+        let mut e =
+            v1::Event::decode(event("fail2ban", "ban", v1::Severity::Medium).as_slice()).unwrap();
+        e.fields.insert("jail".into(), "sshd".into());
+        c.event(&e.encode_to_vec());
+        tap.send_blocking(c);
+        let heard = rx.try_recv().unwrap();
+        assert_eq!(
+            heard.events[0].fields,
+            [("ip".to_string(), "192.0.2.7".to_string())].into()
+        );
+        assert_eq!(
+            template_fields("{{ fields.ip }} {{ fields.user }}"),
+            Some(["ip".to_string(), "user".to_string()].into())
+        );
+        assert_eq!(
+            template_fields("{% for k in fields %}{{ k }}{% endfor %}"),
+            None
         );
         // A batch with nothing of use is not sent.
         let c = tap.collector("h", 2).unwrap();

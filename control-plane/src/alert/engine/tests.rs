@@ -315,6 +315,48 @@ fn a_silent_host_fires_and_resolves_when_heard_from() {
 }
 
 #[test]
+fn a_batch_of_events_decides_as_the_same_events_one_by_one() {
+    let rules = "[[rule]]\nname = \"Bans\"\nkind = \"event_count\"\nmatch = { source = \"fail2ban\", kind = \"ban\" }\ncount = 3\nwindow = \"1m\"\n\
+                 [[rule]]\nname = \"Ids\"\nkind = \"event\"\nmatch = { source = \"suricata\" }\nresolve_after = \"30s\"\n";
+    let ban = |ip: &str| EventData {
+        source: "fail2ban".into(),
+        kind: "ban".into(),
+        severity: Severity::Medium,
+        fields: labels(&[("ip", ip)]),
+    };
+    let ids = EventData {
+        source: "suricata".into(),
+        kind: "alert".into(),
+        severity: Severity::High,
+        fields: Labels::new(),
+    };
+    let all = vec![ban("a"), ids.clone(), ban("b"), ban("c"), ban("d")];
+    let mut one = Sim::new(rules);
+    for e in &all {
+        one.event("vm-prod", &e.source, &e.kind, e.severity, &[]);
+    }
+    let mut batch = Sim::new(rules);
+    batch.input(Input::Events {
+        host: "vm-prod".into(),
+        host_labels: labels(&[("role", "prod")]),
+        events: all,
+    });
+    one.advance(120);
+    batch.advance(120);
+    assert_eq!(one.said(), batch.said());
+    assert_eq!(one.transitions, batch.transitions);
+    assert_eq!(
+        one.transitions.iter().map(|t| t.2).collect::<Vec<_>>(),
+        [
+            AlertState::Firing,
+            AlertState::Firing,
+            AlertState::Resolved,
+            AlertState::Resolved
+        ]
+    );
+}
+
+#[test]
 fn a_forgotten_host_is_no_longer_watched_and_its_silent_alert_resolves() {
     let rule = "[[rule]]\nname = \"HostDown\"\nkind = \"host_silent\"\nafter = \"30s\"\n";
     let mut s = Sim::new(rule);
