@@ -91,9 +91,9 @@ pub fn apply(
             payload: Cow::Borrowed(payload),
         };
         let stored = match r.payload {
-            PayloadView::Event(p) => scan::event_time(p).map(|t| {
+            PayloadView::Event(p) => scan::event_check(p).map(|(t, head)| {
                 if let Some(c) = &mut tap {
-                    c.event(p);
+                    c.event(p, &head);
                 }
                 out.events.push(wire(p, t))
             }),

@@ -139,6 +139,16 @@ fn events_notify_every_http_receiver_then_resolve_and_wait_out_a_down_receiver_a
     rx.wait("/pd", Duration::from_secs(10), |v| {
         v["event_action"] == "resolve" && v["dedup_key"] == fingerprint.as_str()
     })?;
+    rx.wait("/slack", Duration::from_secs(10), |v| {
+        v["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("[RESOLVED]"))
+    })?;
+    rx.wait("/discord", Duration::from_secs(10), |v| {
+        v["content"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("[RESOLVED]"))
+    })?;
     std::thread::sleep(Duration::from_secs(3));
     let hooks = rx.got("/webhook");
     assert_eq!(hooks.len(), 2, "one firing, one resolved: {hooks:?}");
@@ -216,7 +226,7 @@ fn a_killed_host_raises_host_silent_and_a_silence_keeps_it_from_notifying() -> R
          [[notifier]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n\n[[route]]\nnotifiers = [\"hook\"]\n",
         rx.url("/webhook")
     );
-    let (fp, cp, _) = control(&w, &rules)?;
+    let (fp, mut cp, listen) = control(&w, &rules)?;
     let admin = cp.admin_flags();
     let mut a = enroll_with_sources(&w, &cp, &fp, "vm-prod", &["role=prod"], &[])?;
     let mut b = enroll_with_sources(&w, &cp, &fp, "vm-staging", &["role=staging"], &[])?;
@@ -292,6 +302,24 @@ fn a_killed_host_raises_host_silent_and_a_silence_keeps_it_from_notifying() -> R
     assert!(
         text.contains("silence.create") && text.contains("silence.expire"),
         "{text}"
+    );
+
+    // A control-plane restart does not bring a dead host back: its alert
+    // stays firing, and nothing is resolved.
+    cp.proc.kill9();
+    let cp = Control::start_on(&w, "cp", &listen)?;
+    let admin = cp.admin_flags();
+    std::thread::sleep(Duration::from_secs(5));
+    let after = alerts(&w, &admin);
+    assert_eq!(
+        after.iter().filter(|a| a["state"] == "firing").count(),
+        2,
+        "{after:?}"
+    );
+    assert!(
+        rx.got("/webhook").iter().all(|v| v["status"] == "firing"),
+        "{:?}",
+        rx.got("/webhook")
     );
     Ok(())
 }

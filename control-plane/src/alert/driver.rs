@@ -168,11 +168,27 @@ pub async fn start(
         None => Engine::new(rules),
     };
     // A restart is not silence: every host gets its full `after` again,
-    // counted from now.
+    // counted from now; but a host already down stays down until it is
+    // heard from.
     let agents = store.blocking(|s| s.agents()).await?;
     let mut labels = HashMap::new();
+    let down: std::collections::HashSet<String> = engine
+        .alerts()
+        .filter(|a| a.state == AlertState::Firing)
+        .filter(|a| {
+            engine
+                .rules()
+                .rules
+                .iter()
+                .any(|r| r.name == a.rule && matches!(r.kind, rules::Kind::HostSilent { .. }))
+        })
+        .filter_map(|a| a.labels.get("host").cloned())
+        .collect();
     for a in agents.iter().filter(|a| a.revoked_ms.is_none()) {
         labels.insert(a.name.clone(), a.labels());
+        if down.contains(&a.name) {
+            continue;
+        }
         engine.handle(
             Input::Seen {
                 host: a.name.clone(),
@@ -416,9 +432,7 @@ impl Driver {
             if alerts.is_empty() {
                 continue;
             }
-            let mut msg = Message::test(&n.name, now);
-            msg.test = false;
-            msg.alerts = alerts;
+            let msg = Message::refresh(&n.name, alerts, now);
             let (outbox, name) = (self.outbox.clone(), n.name.clone());
             tokio::spawn(async move {
                 let o = outbox.send_now(&name, &msg).await;

@@ -1,10 +1,12 @@
 //! The tap: what ingest hands the alert driver, chosen cheaply so that
 //! ingest does not slow down.
 //!
-//! Ingest stores events as the agent encoded them and never decodes them
-//! whole. The tap reads only an event's source, kind and severity
-//! ([`scan::event_head`], no allocation) and decodes it whole only when a
-//! rule's `match` could take it; metric samples (which ingest decodes
+//! Ingest stores events as the agent encoded them and never decodes them.
+//! It hands the tap each event's head (source, kind, severity), read in
+//! the same pass that checks the event ([`scan::event_check`], no
+//! allocation). Only an event a rule's `match` could take is read
+//! further, and of it only the fields a `match` or a template names are
+//! copied (never the message). Metric samples (which ingest decodes
 //! anyway) pass only the series some `threshold` rule names. Each batch
 //! of an agent becomes at most one message to the driver, sent after the
 //! batch is stored; when the driver falls behind, ingest waits for it
@@ -200,12 +202,9 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// An encoded event (already checked by ingest).
-    pub fn event(&mut self, bytes: &[u8]) {
-        let Ok(head) = scan::event_head(bytes) else {
-            return;
-        };
-        if !self.interest.wants(&head) {
+    /// An encoded event, checked by ingest, and its head.
+    pub fn event(&mut self, bytes: &[u8], head: &EventHead<'_>) {
+        if !self.interest.wants(head) {
             return;
         }
         // Only the fields: the message (the whole line, often) is not
@@ -270,6 +269,11 @@ mod tests {
         .encode_to_vec()
     }
 
+    fn ev(c: &mut Collector, bytes: &[u8]) {
+        let (_, head) = scan::event_check(bytes).unwrap();
+        c.event(bytes, &head);
+    }
+
     #[test]
     fn only_what_a_rule_can_use_is_decoded_and_sent() {
         let (tap, mut rx) = Tap::new();
@@ -283,11 +287,10 @@ mod tests {
             .unwrap(),
         );
         let mut c = tap.collector("h", 1).unwrap();
-        c.event(&event("fail2ban", "ban", v1::Severity::Medium));
-        c.event(&event("fail2ban", "unban", v1::Severity::Medium));
-        c.event(&event("fail2ban", "ban", v1::Severity::Low));
-        c.event(&event("suricata", "alert", v1::Severity::Critical));
-        c.event(b"\xff\xff not an event");
+        ev(&mut c, &event("fail2ban", "ban", v1::Severity::Medium));
+        ev(&mut c, &event("fail2ban", "unban", v1::Severity::Medium));
+        ev(&mut c, &event("fail2ban", "ban", v1::Severity::Low));
+        ev(&mut c, &event("suricata", "alert", v1::Severity::Critical));
         let point = |name: &str| crate::store::metrics::Point {
             name: name.into(),
             labels: Default::default(),
@@ -315,7 +318,7 @@ mod tests {
         let mut e =
             v1::Event::decode(event("fail2ban", "ban", v1::Severity::Medium).as_slice()).unwrap();
         e.fields.insert("jail".into(), "sshd".into());
-        c.event(&e.encode_to_vec());
+        ev(&mut c, &e.encode_to_vec());
         tap.send_blocking(c);
         let heard = rx.try_recv().unwrap();
         assert_eq!(

@@ -94,6 +94,20 @@ impl Message {
         }
     }
 
+    /// What Alertmanager is posted every minute: the firing alerts routed
+    /// to it, outside any group.
+    pub fn refresh(notifier: &str, alerts: Vec<Alert>, now: i64) -> Self {
+        Message {
+            status: "firing".into(),
+            group_key: format!("{notifier}\0refresh"),
+            group_labels: Labels::new(),
+            alerts,
+            created_ms: now,
+            attempts: 0,
+            test: false,
+        }
+    }
+
     pub fn firing(&self) -> usize {
         self.alerts
             .iter()
