@@ -12,6 +12,7 @@
 //! - [`tail`] — following a file through rotation; no parsing.
 //! - [`collect`] — sources run: inotify → tail → parse → buffer.
 //! - [`exec`] — deploy steps: the ledger, processes, probes.
+//! - [`service`] — systemd notify: READY, WATCHDOG, STOPPING.
 //! - [`uplink`] — the session stream, heartbeats, reconnect with backoff.
 
 pub mod buffer;
@@ -22,6 +23,7 @@ pub mod exec;
 pub mod identity;
 pub mod inventory;
 pub mod metrics;
+pub mod service;
 pub mod sources;
 pub mod tail;
 pub mod uplink;
@@ -64,6 +66,7 @@ pub async fn run(cfg: config::AgentConfig, shutdown: CancellationToken) -> Resul
         let (cfg, buffer, shutdown) = (cfg.clone(), buffer.clone(), shutdown.clone());
         tokio::task::spawn_blocking(move || collect::run(&cfg, buffer, shutdown))
     };
+    service::ready(shutdown.clone());
     let result = uplink::run(
         cfg,
         identity,
@@ -72,6 +75,7 @@ pub async fn run(cfg: config::AgentConfig, shutdown: CancellationToken) -> Resul
         shutdown.clone(),
     )
     .await;
+    service::stopping();
     shutdown.cancel();
     // Running steps are stopped (shutdown cancels them) and their results
     // recorded before the agent exits.
