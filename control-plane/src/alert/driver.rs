@@ -373,7 +373,7 @@ impl Driver {
             }
             Command::Silence(s, r) => {
                 let outs = self.engine.handle(Input::Silence(s.clone()), now);
-                self.commit(outs).await;
+                self.commit_now(outs).await;
                 let _ = r.send(s);
             }
             Command::Silences(r) => {
@@ -385,7 +385,7 @@ impl Driver {
                     return;
                 };
                 let outs = self.engine.handle(Input::Expire(id), now);
-                self.commit(outs).await;
+                self.commit_now(outs).await;
                 let _ = r.send(Ok(Silence { ends_ms: now, ..s }));
             }
         }
@@ -409,7 +409,7 @@ impl Driver {
             rules: shared,
             loaded_ms: (self.now)(),
         };
-        self.commit(outs).await;
+        self.commit_now(outs).await;
         Ok(self.loaded.clone())
     }
 
@@ -493,6 +493,15 @@ impl Driver {
             .count();
         self.firing
             .store(u32::try_from(firing).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// As `commit`, and durable before it returns (an operator's change
+    /// is answered only once it is stored).
+    async fn commit_now(&mut self, outs: Vec<Output>) {
+        self.commit(outs).await;
+        if self.dirty {
+            self.write(Vec::new()).await;
+        }
     }
 
     async fn write(&mut self, jobs: Vec<(String, Message)>) {

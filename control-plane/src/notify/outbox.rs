@@ -205,7 +205,7 @@ impl Outbox {
                 .blocking(move |s| s.outbox_head::<Message>(&name))
                 .await;
             let head = match head {
-                Ok((head, _)) => head,
+                Ok(head) => head,
                 Err(error) => {
                     tracing::error!(%error, %notifier, "cannot read the notification outbox");
                     None

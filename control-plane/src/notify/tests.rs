@@ -241,25 +241,23 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-fn outbox_with(store: &Store, url: &str, timeout: Duration) -> outbox::Outbox {
-    let (_tx, rx) = watch::channel(Arc::new(rules_for(url)));
-    // Keep the sender alive for the test's length.
-    std::mem::forget(_tx);
-    outbox::Outbox::new(
+/// An outbox sending to `url`, started with one firing notification
+/// queued for its notifier `hook`.
+struct Running {
+    ob: outbox::Outbox,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _rules: watch::Sender<Arc<Rules>>,
+}
+
+fn start(store: &Store, url: &str, timeout: Duration) -> Running {
+    let (rules, rx) = watch::channel(Arc::new(rules_for(url)));
+    let ob = outbox::Outbox::new(
         store.clone(),
         http::Client::with_timeout(timeout).unwrap(),
         rx,
         crate::clock::now_ms,
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_receiver_gets_it_once_when_it_recovers_and_a_4xx_is_dropped_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    // 500, then a timeout, then 200: delivered once, after two failures.
-    let r = receiver(vec![500], false).await;
-    let ob = outbox_with(&store, &r.url, Duration::from_secs(10));
+    );
     let m = message(vec![alert(
         "HighCpu",
         "vm-prod",
@@ -267,14 +265,36 @@ async fn a_failing_receiver_gets_it_once_when_it_recovers_and_a_4xx_is_dropped_c
         AlertState::Firing,
     )]);
     store
-        .put_alert_state(&"state", &[("hook".to_string(), m.clone())])
+        .put_alert_state(&"state", &[("hook".to_string(), m)])
         .unwrap();
     store.flush().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(ob.clone().run(shutdown.clone()));
+    Running {
+        ob,
+        shutdown,
+        task,
+        _rules: rules,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_gets_it_once_when_it_recovers_and_a_4xx_is_dropped_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // 500, then 200: delivered once, after one failure.
+    let r = receiver(vec![500], false).await;
+    let run = start(&store, &r.url, Duration::from_secs(10));
     until("the retry to land", || r.bodies.lock().unwrap().len() == 1).await;
     assert_eq!(r.hits.load(Ordering::SeqCst), 2);
-    let stats = ob.stats_now().await.of("hook");
+    let stats = run.ob.stats_now().await.of("hook");
     assert_eq!(
         (stats.sent, stats.failed, stats.queued),
         (1, 1, 0),
@@ -285,23 +305,16 @@ async fn a_failing_receiver_gets_it_once_when_it_recovers_and_a_4xx_is_dropped_c
         r.bodies.lock().unwrap()[0]["alerts"][0]["labels"]["host"],
         "vm-prod"
     );
-    shutdown.cancel();
-    task.await.unwrap();
+    run.stop().await;
 
     // A 400 is the receiver's last word: dropped, counted, not retried.
     let r = receiver(vec![400, 400, 400], false).await;
-    let ob = outbox_with(&store, &r.url, Duration::from_secs(10));
-    store
-        .put_alert_state(&"state", &[("hook".to_string(), m.clone())])
-        .unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(ob.clone().run(shutdown.clone()));
-    until("the refusal", || ob.stats().of("hook").failed == 1).await;
+    let run = start(&store, &r.url, Duration::from_secs(10));
+    until("the refusal", || run.ob.stats().of("hook").failed == 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(r.hits.load(Ordering::SeqCst), 1);
     assert!(store.outbox::<Message>().unwrap().is_empty());
-    shutdown.cancel();
-    task.await.unwrap();
+    run.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,25 +322,13 @@ async fn a_receiver_that_hangs_times_out_and_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let r = receiver(vec![], true).await;
-    let ob = outbox_with(&store, &r.url, Duration::from_millis(300));
-    let m = message(vec![alert(
-        "HighCpu",
-        "vm-prod",
-        "high",
-        AlertState::Firing,
-    )]);
-    store
-        .put_alert_state(&"s", &[("hook".to_string(), m)])
-        .unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(ob.clone().run(shutdown.clone()));
+    let run = start(&store, &r.url, Duration::from_millis(300));
     until("the retry after the timeout", || {
         r.bodies.lock().unwrap().len() == 1
     })
     .await;
-    let s = ob.stats().of("hook");
+    let s = run.ob.stats().of("hook");
     assert_eq!((s.sent, s.failed), (1, 1));
     assert!(s.last_error.contains("no answer within"), "{s:?}");
-    shutdown.cancel();
-    task.await.unwrap();
+    run.stop().await;
 }

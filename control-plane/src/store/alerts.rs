@@ -41,6 +41,19 @@ fn split_key(k: &[u8]) -> Option<(String, u64)> {
     Some((name.to_string(), u64::from_be_bytes(id)))
 }
 
+/// One outbox entry, from its key and value.
+fn queued<T: DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<Queued<T>, StoreError> {
+    let (notifier, id) = split_key(k).ok_or_else(|| StoreError::Corrupt {
+        tree: OUTBOX,
+        detail: format!("bad key {}", hex::encode(k)),
+    })?;
+    Ok(Queued {
+        notifier,
+        id,
+        job: decode(OUTBOX, v)?,
+    })
+}
+
 impl Store {
     pub fn alert_state<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
         self.kv
@@ -82,47 +95,24 @@ impl Store {
 
     /// Every waiting notification, by notifier then age.
     pub fn outbox<T: DeserializeOwned>(&self) -> Result<Vec<Queued<T>>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.kv.scan(OUTBOX, b"")? {
-            let (k, v) = kv?;
-            let Some((notifier, id)) = split_key(&k) else {
-                return Err(StoreError::Corrupt {
-                    tree: OUTBOX,
-                    detail: format!("bad key {}", hex::encode(&k)),
-                });
-            };
-            out.push(Queued {
-                notifier,
-                id,
-                job: decode(OUTBOX, &v)?,
-            });
-        }
-        Ok(out)
+        self.kv
+            .scan(OUTBOX, b"")?
+            .map(|kv| kv.and_then(|(k, v)| queued(&k, &v)))
+            .collect()
     }
 
-    /// The oldest waiting notification of `notifier`, and how many wait.
+    /// The oldest waiting notification of `notifier`.
     pub fn outbox_head<T: DeserializeOwned>(
         &self,
         notifier: &str,
-    ) -> Result<(Option<Queued<T>>, u64), StoreError> {
+    ) -> Result<Option<Queued<T>>, StoreError> {
         let mut prefix = notifier.as_bytes().to_vec();
         prefix.push(0);
-        let mut head = None;
-        let mut n = 0;
-        for kv in self.kv.scan(OUTBOX, &prefix)? {
-            let (k, v) = kv?;
-            n += 1;
-            if head.is_none()
-                && let Some((notifier, id)) = split_key(&k)
-            {
-                head = Some(Queued {
-                    notifier,
-                    id,
-                    job: decode(OUTBOX, &v)?,
-                });
-            }
-        }
-        Ok((head, n))
+        self.kv
+            .scan(OUTBOX, &prefix)?
+            .next()
+            .map(|kv| kv.and_then(|(k, v)| queued(&k, &v)))
+            .transpose()
     }
 
     /// Notifiers with notifications waiting, and how many.
