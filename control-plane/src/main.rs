@@ -98,6 +98,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             http_listen,
         } => {
             let mut cfg = ControlConfig::load(&config).map_err(|e| BadConfig(e.into()))?;
+            // A bad alert file is a configuration error too (exit 2); the
+            // driver reads it again when it starts.
+            picket_control::alert::driver::load(cfg.alerts.as_ref())
+                .map_err(|e| BadConfig(e.into()))?;
             if let Some(l) = listen {
                 cfg.listen = l;
             }

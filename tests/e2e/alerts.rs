@@ -329,6 +329,33 @@ fn reload_refuses_a_bad_file_and_keeps_the_rules_and_sighup_reads_a_good_one() -
     let w = World::new()?;
     let good =
         format!("{FAST}[[rule]]\nname = \"HostDown\"\nkind = \"host_silent\"\nafter = \"30s\"\n");
+    // At start, a bad file is a configuration error: exit 2, naming it.
+    let bad = World::new()?;
+    bad.init("cp", "alerts = \"alerts.toml\"")?;
+    std::fs::write(
+        bad.path("cp/alerts.toml"),
+        "[[rule]]\nname = \"X\"\nkind = \"nope\"\n",
+    )?;
+    let cfg = bad.path("cp/control.toml").display().to_string();
+    let out = bad.run(
+        "picket-control",
+        &[
+            "run",
+            "--config",
+            &cfg,
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+    )?;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("rule \"X\".kind: unknown kind \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+
     let (_fp, cp, _) = control(&w, &good)?;
     let admin = cp.admin_flags();
     let names = |w: &World| -> Vec<String> {

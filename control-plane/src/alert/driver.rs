@@ -34,13 +34,15 @@ use crate::store::{Store, StoreError};
 pub enum AlertError {
     #[error("control.toml names no alert file (`alerts = \"alerts.toml\"`)")]
     NoFile,
-    #[error("cannot read the alert file {path}: {source}")]
+    // `error`, not `source`: the text says it already, and a source would
+    // print it twice in an error chain.
+    #[error("cannot read the alert file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("alert file {path}: {source}")]
-    Rules { path: PathBuf, source: RulesError },
+    #[error("alert file {path}: {error}")]
+    Rules { path: PathBuf, error: RulesError },
     #[error("no silence with id {0}")]
     NoSilence(String),
     #[error("the alert store: {0}")]
@@ -130,18 +132,18 @@ pub struct Parts {
 /// Reads and checks the alert file (no file: no rules).
 pub fn load(file: Option<&PathBuf>) -> Result<Rules, AlertError> {
     let Some(path) = file else {
-        return rules::parse("").map_err(|source| AlertError::Rules {
+        return rules::parse("").map_err(|error| AlertError::Rules {
             path: PathBuf::new(),
-            source,
+            error,
         });
     };
-    let text = std::fs::read_to_string(path).map_err(|source| AlertError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| AlertError::Read {
         path: path.clone(),
-        source,
+        error,
     })?;
-    rules::parse(&text).map_err(|source| AlertError::Rules {
+    rules::parse(&text).map_err(|error| AlertError::Rules {
         path: path.clone(),
-        source,
+        error,
     })
 }
 
