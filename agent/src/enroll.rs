@@ -38,10 +38,10 @@ pub enum EnrollError {
     Rpc(String),
     #[error(transparent)]
     Files(#[from] files::FileError),
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}: {error}")]
     StateDir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Key(#[from] csr::CsrError),
@@ -142,8 +142,8 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), EnrollError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| EnrollError::StateDir {
+        .map_err(|error| EnrollError::StateDir {
             path: dir.to_path_buf(),
-            source,
+            error,
         })
 }

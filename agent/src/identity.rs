@@ -24,10 +24,10 @@ pub enum IdentityError {
     Tls(#[from] client::ClientError),
     #[error("{path}: not a readable X.509 certificate")]
     BadCert { path: PathBuf },
-    #[error("cannot finish an interrupted renewal in {path}: {source}")]
+    #[error("cannot finish an interrupted renewal in {path}: {error}")]
     Recover {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Csr(#[from] csr::CsrError),
@@ -132,9 +132,9 @@ impl Identity {
 /// that was cut short before its certificate arrived.
 fn recover(p: &Paths) -> Result<(), IdentityError> {
     let mv = |from: &Path, to: &Path| {
-        std::fs::rename(from, to).map_err(|source| IdentityError::Recover {
+        std::fs::rename(from, to).map_err(|error| IdentityError::Recover {
             path: from.to_path_buf(),
-            source,
+            error,
         })
     };
     if p.cert_next.exists() {

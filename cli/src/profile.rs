@@ -21,17 +21,17 @@ pub enum ProfileError {
     NoHome,
     #[error("profile {path} does not exist")]
     Missing { path: PathBuf },
-    #[error("cannot read profile {path}: {source}")]
+    #[error("cannot read profile {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("bad profile {path}: {detail}")]
     Parse { path: PathBuf, detail: String },
-    #[error("cannot write profile {path}: {source}")]
+    #[error("cannot write profile {path}: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -62,10 +62,10 @@ impl Profile {
                     path: path.to_path_buf(),
                 });
             }
-            Err(source) => {
+            Err(error) => {
                 return Err(ProfileError::Read {
                     path: path.to_path_buf(),
-                    source,
+                    error,
                 });
             }
         };
@@ -84,9 +84,9 @@ impl Profile {
 
     /// Writes the profile with a header comment; `header` says who wrote it.
     pub fn write(&self, path: &Path, header: &str) -> Result<(), ProfileError> {
-        let err = |source| ProfileError::Write {
+        let err = |error| ProfileError::Write {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;

@@ -19,10 +19,10 @@ use time::OffsetDateTime;
 pub enum PkiError {
     #[error("a CA already exists at {0}; refusing to overwrite it")]
     Exists(PathBuf),
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}: {error}")]
     CreateDir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     File(#[from] files::FileError),
@@ -121,9 +121,9 @@ fn validity(params: &mut CertificateParams, lifetime: Duration) -> SystemTime {
 /// Creates the CA, the server certificate and the first admin bundle in
 /// `dir`. Refuses if a CA is already there.
 pub fn init(dir: &Path, sans: &[String]) -> Result<InitReport, PkiError> {
-    std::fs::create_dir_all(dir).map_err(|source| PkiError::CreateDir {
+    std::fs::create_dir_all(dir).map_err(|error| PkiError::CreateDir {
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     for existing in ["ca.crt", "ca.key"] {
         let p = dir.join(existing);
