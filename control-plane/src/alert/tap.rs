@@ -68,34 +68,34 @@ impl Interest {
             ..Default::default()
         };
         for r in &rules.rules {
-            if matches!(
-                r.kind,
-                Kind::Event { .. } | Kind::EventCount { .. } | Kind::RolloutFailed { .. }
-            ) {
-                for src in std::iter::once(&r.summary).chain(r.annotations.values()) {
-                    match (template_fields(src), &mut i.fields) {
-                        (Some(names), Some(all)) => all.extend(names),
-                        _ => i.fields = None,
-                    }
-                }
-            }
-            if let (Kind::Event { matcher, .. } | Kind::EventCount { matcher, .. }, Some(all)) =
-                (&r.kind, &mut i.fields)
-            {
-                all.extend(matcher.fields.keys().cloned());
-            }
-            if let (Kind::RolloutFailed { .. }, Some(all)) = (&r.kind, &mut i.fields) {
-                all.insert("rollout".into());
-            }
+            // The fields this rule reads: its `match`'s and its templates'.
+            let mut names: Vec<String> = Vec::new();
             match &r.kind {
                 Kind::Threshold { metric, .. } => {
                     i.metrics.insert(metric.clone());
+                    continue;
+                }
+                Kind::HostSilent { .. } => {
+                    i.seen = true;
+                    continue;
                 }
                 Kind::EventCount { matcher, .. } | Kind::Event { matcher, .. } => {
                     i.events.push(matcher.clone());
+                    names.extend(matcher.fields.keys().cloned());
                 }
-                Kind::HostSilent { .. } => i.seen = true,
-                Kind::RolloutFailed { .. } => i.rollouts = true,
+                Kind::RolloutFailed { .. } => {
+                    i.rollouts = true;
+                    names.push("rollout".into());
+                }
+            }
+            for src in std::iter::once(&r.summary).chain(r.annotations.values()) {
+                match template_fields(src) {
+                    Some(used) => names.extend(used),
+                    None => i.fields = None,
+                }
+            }
+            if let Some(all) = &mut i.fields {
+                all.extend(names);
             }
         }
         i
