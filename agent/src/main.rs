@@ -14,6 +14,16 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "picket-agent", version, about = "Picket host agent")]
 struct Cli {
+    /// How to log to stderr: `text` (coloured only on a terminal) or
+    /// `json` (one object a line, for log shippers). `RUST_LOG` filters.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "PICKET_LOG_FORMAT"
+    )]
+    log_format: picket_log::LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -54,13 +64,7 @@ struct BadConfig(anyhow::Error);
 fn main() -> ExitCode {
     picket_tls::install_provider();
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    picket_log::init(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -145,6 +145,9 @@ pub enum AgentsCmd {
     Show { name: String },
     /// Revoke an agent: its streams are cut and it is refused from then on.
     Revoke { name: String },
+    /// Forget a revoked agent, so that the name can enroll again with a
+    /// new token (a rebuilt host). Its stored records stay.
+    Forget { name: String },
 }
 
 #[derive(Subcommand)]
@@ -253,6 +256,9 @@ pub enum UserCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Revoke a user: their next call is refused and their open streams
+    /// (follows, watches, runs) end. The name cannot be added again.
+    Revoke { name: String },
 }
 
 fn parse_severity(s: &str) -> Result<picket_proto::model::Severity, String> {

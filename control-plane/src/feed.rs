@@ -148,16 +148,25 @@ impl<T: Stored> Live<T> {
 }
 
 impl Feed {
-    pub fn new(store: Store, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
-        Feed {
+    /// A feed over `store`. Every record stored before now is in the
+    /// backlog of the first query: the snapshot id starts above every id
+    /// the store has handed out (not at 0, which would hide a restarted
+    /// control plane's records until an agent sent a new one).
+    pub fn new(
+        store: Store,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Result<Self, StoreError> {
+        let above_all = store.kv.next_id()?;
+        Ok(Feed {
             store,
             events: Live::default(),
             logs: Live::default(),
-            last_id: AtomicU64::new(0),
+            last_id: AtomicU64::new(above_all),
             order: Mutex::new(()),
             shutdown,
             tasks,
-        }
+        })
     }
 
     /// Gives `r`'s events and lines their ids, stores the batch with the

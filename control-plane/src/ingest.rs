@@ -180,11 +180,9 @@ mod tests {
 
     fn sinks(store: &Store) -> Sinks {
         Sinks {
-            feed: Arc::new(Feed::new(
-                store.clone(),
-                Default::default(),
-                Default::default(),
-            )),
+            feed: Arc::new(
+                Feed::new(store.clone(), Default::default(), Default::default()).unwrap(),
+            ),
             fleet: Default::default(),
             counters: Default::default(),
             alerts: crate::alert::tap::Tap::detached(),

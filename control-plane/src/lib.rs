@@ -5,6 +5,7 @@
 //! - [`config`] — `control.toml`.
 //! - [`alert`] — the alert file (rules, inhibition, notifiers, routes).
 //! - [`pki`] — the CA, certificate issuing, bootstrap tokens. No gRPC.
+//! - [`identity`] — the server certificate served: reloads and renewal.
 //! - [`store`] — the only module that touches sled (behind [`store::Backend`]).
 //! - [`sessions`] — which agents are connected, and how to cut them off.
 //! - [`ingest`] — records from agents into the store, exactly once.
@@ -14,6 +15,8 @@
 //! - [`grpc`] — the tonic edge (auth interceptor, services).
 //! - [`http`] — `/metrics`, `/healthz`, `/readyz`.
 //! - [`lifecycle`] — signals and systemd notification.
+//! - [`local`] — the local admin socket (snapshots for backups).
+//! - [`backup`] — `backup` and `restore` archives.
 //! - [`rollout`] — the rollout engine (pure), its view and its driver.
 //! - [`run`] — `picketctl run`: one command on many hosts.
 //! - [`steps`] — steps in flight to agents, and their updates back.
@@ -21,6 +24,7 @@
 
 pub mod alert;
 pub mod audit;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod dev;
@@ -28,8 +32,10 @@ pub mod feed;
 pub mod fleet;
 pub mod grpc;
 pub mod http;
+pub mod identity;
 pub mod ingest;
 pub mod lifecycle;
+pub mod local;
 pub mod notify;
 pub mod pki;
 pub mod rollout;
@@ -55,6 +61,7 @@ pub fn init(data_dir: &Path, sans: &[String]) -> anyhow::Result<pki::InitReport>
         name: "admin".into(),
         role: picket_proto::model::Role::Admin,
         created_ms: clock::now_ms(),
+        revoked_ms: None,
     })?;
     store.flush()?;
     let cfg_path = data_dir.join("control.toml");

@@ -16,14 +16,28 @@ pub fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> 
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-                // The alert driver reloads the alert file on SIGHUP; this
-                // only keeps the signal from ending the process.
+                // The alert driver and `identity` reload on SIGHUP
+                // (`hangups`); this only keeps it from ending the process.
                 _ = hup.recv() => {}
             }
         }
         shutdown.cancel();
     });
     Ok(())
+}
+
+/// SIGHUPs, for a task that reloads something on them; `None` when the
+/// handler cannot be installed (the task then never reloads on a signal).
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
+    signal(SignalKind::hangup()).ok()
+}
+
+/// The next SIGHUP of `hangups`; never, without a handler.
+pub async fn hangup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hup {
+        Some(h) => h.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Tells systemd the service is ready and, if a watchdog is set, pings it

@@ -15,6 +15,16 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "picket-control", version, about = "Picket control plane")]
 struct Cli {
+    /// How to log to stderr: `text` (coloured only on a terminal) or
+    /// `json` (one object a line, for log shippers). `RUST_LOG` filters.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "PICKET_LOG_FORMAT"
+    )]
+    log_format: picket_log::LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -43,6 +53,36 @@ enum Cmd {
     },
     /// Start a loopback control plane with a local agent, for a first look.
     Dev(picket_control::dev::DevArgs),
+    /// Issue a new server certificate (same names, plus any --san) from the
+    /// CA in the data folder; `systemctl reload picket-control` (SIGHUP)
+    /// serves it without dropping anyone.
+    RotateServerCert {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// An extra name or IP address for the new certificate (repeatable).
+        #[arg(long = "san", value_name = "NAME_OR_IP")]
+        sans: Vec<String>,
+    },
+    /// Write a consistent archive of the control plane (store, blocks, CA
+    /// and server keys, control.toml) while it runs. It holds the CA key:
+    /// it is written 0600; keep it as you keep that key.
+    Backup {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a new data folder (with a control.toml pointing at it) from a
+    /// backup archive; `run --config DIR/control.toml` serves it.
+    Restore {
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 /// An error that is the user's input or configuration: exit code 2.
@@ -53,13 +93,7 @@ struct BadConfig(anyhow::Error);
 fn main() -> ExitCode {
     picket_tls::install_provider();
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    picket_log::init(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -115,6 +149,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 picket_control::lifecycle::spawn_signal_handler(shutdown.clone())?;
                 server::run(cfg, listeners, shutdown).await
             })
+        }
+        Cmd::RotateServerCert { config, sans } => {
+            let cfg = ControlConfig::load(&config).map_err(|e| BadConfig(e.into()))?;
+            let ca = picket_control::pki::Ca::load(&cfg.data_dir)
+                .with_context(|| format!("no usable CA in {}", cfg.data_dir.display()))?;
+            let c = picket_control::pki::server::rotate(&cfg.data_dir, &ca, &sans).map_err(
+                |e| match e {
+                    picket_control::pki::PkiError::BadSan(..) => BadConfig(e.into()).into(),
+                    e => anyhow::Error::from(e),
+                },
+            )?;
+            println!(
+                "New server certificate {} for {}",
+                c.serial_hex,
+                c.names.join(", ")
+            );
+            println!(
+                "Valid until {}",
+                humantime::format_rfc3339_seconds(c.not_after)
+            );
+            println!("Next: systemctl reload picket-control (or kill -HUP its pid) to serve it");
+            Ok(())
+        }
+        Cmd::Backup { config, out, force } => {
+            let r = picket_control::backup::backup(&config, &out, force)?;
+            let frozen = r
+                .frozen_ms
+                .map_or("taken from the stopped store".to_string(), |ms| {
+                    format!("writes held for {ms} ms")
+                });
+            println!(
+                "Backup written to {} ({} files, {} bytes; {frozen}). It holds the CA key.",
+                out.display(),
+                r.files,
+                r.bytes
+            );
+            Ok(())
+        }
+        Cmd::Restore { from, data_dir } => {
+            let r = picket_control::backup::restore(&from, &data_dir)?;
+            println!(
+                "Restored {} files ({} index entries) into {}",
+                r.files,
+                r.pairs,
+                data_dir.display()
+            );
+            println!("Next: picket-control run --config {}", r.config.display());
+            Ok(())
         }
         Cmd::Dev(args) => {
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;

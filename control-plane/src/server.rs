@@ -96,6 +96,15 @@ pub async fn run(
             cfg.data_dir.display()
         )
     })?;
+    let ca = Arc::new(ca);
+    let identity =
+        crate::identity::load(&cfg.data_dir).context("loading the server certificate")?;
+    crate::identity::spawn(
+        cfg.data_dir.clone(),
+        ca.clone(),
+        identity.clone(),
+        shutdown.clone(),
+    );
     let tasks = tokio_util::task::TaskTracker::new();
     let sessions = Arc::new(Sessions::default());
     let steps = Arc::new(crate::steps::Steps::new(sessions.clone()));
@@ -104,7 +113,7 @@ pub async fn run(
             store.clone(),
             shutdown.clone(),
             tasks.clone(),
-        )),
+        )?),
         fleet: Default::default(),
         counters: Default::default(),
         alerts: crate::alert::tap::Tap::detached(),
@@ -145,7 +154,9 @@ pub async fn run(
         audit: Audit::new(store.clone()),
         store: store.clone(),
         ca,
+        identity,
         sessions,
+        user_streams: Default::default(),
         steps,
         rollouts,
         alerts,
@@ -163,6 +174,18 @@ pub async fn run(
         fingerprint = %state.ca.fingerprint(),
         "control plane listening"
     );
+    let local = crate::local::bind(&state.cfg.data_dir).with_context(|| {
+        format!(
+            "cannot create the local socket {}",
+            state.cfg.data_dir.join(crate::local::SOCKET).display()
+        )
+    })?;
+    tokio::spawn(crate::local::serve(
+        local,
+        state.store.clone(),
+        state.cfg.data_dir.clone(),
+        shutdown.clone(),
+    ));
     let grpc = tokio::spawn(crate::grpc::serve(listeners.grpc, state.clone()));
     let http = tokio::spawn(crate::http::serve(listeners.http, state.clone()));
     state.tasks.spawn(crate::fleet::maintain(

@@ -14,8 +14,12 @@ use crate::store::Store;
 
 pub struct State {
     pub store: Store,
-    pub ca: Ca,
+    pub ca: Arc<Ca>,
+    /// The certificate the gRPC port presents (`identity` keeps it current).
+    pub identity: Arc<picket_tls::server::Identity>,
     pub sessions: Arc<Sessions>,
+    /// Users' open admin streams, cut when a user is revoked.
+    pub user_streams: crate::grpc::cut::UserStreams,
     /// Steps in flight to agents, and their updates back.
     pub steps: Arc<crate::steps::Steps>,
     /// The rollout driver.

@@ -104,6 +104,11 @@ impl Proc {
         nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0))
     }
 
+    /// Whether the process is still running.
+    pub fn child_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL: no chance to clean up, as a crash or `kill -9`.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -1,4 +1,4 @@
-//! `picketctl agents list|show|revoke`.
+//! `picketctl agents list|show|revoke|forget`.
 
 use std::io::Write;
 
@@ -16,6 +16,24 @@ pub async fn run(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let agents = match cmd {
+        AgentsCmd::Forget { name } => {
+            let r = admin
+                .forget_agent(v1::ForgetAgentRequest { name })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            return match fmt {
+                Format::Json => Ok(json_line(
+                    out,
+                    &serde_json::json!({"name": r.name, "forgotten": true}),
+                )?),
+                Format::Table => Ok(writeln!(
+                    out,
+                    "Agent {} forgotten: it may enroll again with a new token",
+                    r.name
+                )?),
+            };
+        }
         AgentsCmd::List => {
             admin
                 .list_agents(v1::ListAgentsRequest {})

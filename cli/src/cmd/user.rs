@@ -1,4 +1,5 @@
-//! `picketctl user add NAME --role R`: the key is made here and never sent.
+//! `picketctl user add NAME --role R` (the key is made here and never
+//! sent) and `picketctl user revoke NAME`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,11 +20,10 @@ pub async fn run(
     fmt: Format,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let UserCmd::Add {
-        name,
-        role,
-        out: dir,
-    } = cmd;
+    let (name, role, dir) = match cmd {
+        UserCmd::Add { name, role, out } => (name, role, out),
+        UserCmd::Revoke { name } => return revoke(admin, name, fmt, out).await,
+    };
     let dir = dir.unwrap_or_else(|| PathBuf::from(format!("picket-{name}")));
     let key_path = dir.join(format!("{name}.key"));
     if key_path.exists() {
@@ -65,6 +65,31 @@ pub async fn run(
                 key_path.display()
             )?;
         }
+    }
+    Ok(())
+}
+
+async fn revoke(
+    admin: &mut Admin,
+    name: String,
+    fmt: Format,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let r = admin
+        .revoke_user(v1::RevokeUserRequest { name })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    match fmt {
+        Format::Json => json_line(
+            out,
+            &json!({"name": r.name, "revoked": crate::output::time(r.revoked_unix_ms), "streams_cut": r.streams_cut}),
+        )?,
+        Format::Table => writeln!(
+            out,
+            "User {} revoked; {} open streams cut",
+            r.name, r.streams_cut
+        )?,
     }
     Ok(())
 }

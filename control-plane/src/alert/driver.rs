@@ -68,6 +68,7 @@ enum Command {
     Silence(Silence, oneshot::Sender<Silence>),
     Silences(oneshot::Sender<Vec<Silence>>),
     Expire(String, oneshot::Sender<Result<Silence, AlertError>>),
+    Forget(String, oneshot::Sender<()>),
 }
 
 /// How the rest of the control plane reaches the driver.
@@ -113,6 +114,13 @@ impl Handle {
 
     pub async fn expire(&self, id: String) -> Result<Silence, AlertError> {
         self.ask(|r| Command::Expire(id, r)).await?
+    }
+
+    /// Forgets a host that is revoked or forgotten: its alerts resolve
+    /// (durably, before it answers). A driver that is gone is not an
+    /// error here: the next start forgets revoked hosts anyway.
+    pub async fn forget(&self, host: String) {
+        let _ = self.ask(|r| Command::Forget(host, r)).await;
     }
 
     /// Alerts firing now (as of the last change).
@@ -253,7 +261,7 @@ impl Driver {
         mut cmds: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut hup = crate::lifecycle::hangups();
         let mut minute = tokio::time::interval(Duration::from_millis(
             u64::try_from(alertmanager::RESEND_MS).unwrap_or(60_000),
         ));
@@ -287,7 +295,7 @@ impl Driver {
                 _ = tokio::time::sleep(wait) => {
                     outs = self.engine.handle(Input::Tick, (self.now)());
                 }
-                Some(()) = hangup(&mut hup) => {
+                Some(()) = crate::lifecycle::hangup(&mut hup) => {
                     match self.reload().await {
                         Ok(l) => tracing::info!(rules = l.rules.rules.len(), "SIGHUP: alert file reloaded"),
                         Err(error) => tracing::error!(%error, "SIGHUP: alert file refused; the rules in force stay"),
@@ -389,6 +397,12 @@ impl Driver {
                 let outs = self.engine.handle(Input::Expire(id), now);
                 self.commit_now(outs).await;
                 let _ = r.send(Ok(Silence { ends_ms: now, ..s }));
+            }
+            Command::Forget(host, r) => {
+                self.labels.remove(&host);
+                let outs = self.engine.handle(Input::Forget(host), now);
+                self.commit_now(outs).await;
+                let _ = r.send(());
             }
         }
     }
@@ -527,12 +541,5 @@ impl Driver {
                 tracing::error!(%error, notifications = n, "cannot write the alert state; its notifications are not sent");
             }
         }
-    }
-}
-
-async fn hangup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match hup {
-        Some(h) => h.recv().await,
-        None => std::future::pending().await,
     }
 }

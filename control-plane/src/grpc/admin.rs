@@ -8,13 +8,13 @@ use picket_proto::model::{Labels, Role, validate_label, validate_name};
 use picket_proto::v1::{self, admin_service_server::AdminService};
 use tonic::{Request, Response, Status};
 
-use super::auth::{Caller, require};
+use super::auth::{self, Caller, require};
 use super::convert;
 use super::status::{bad_input, internal};
 use crate::clock::{now_ms, to_ms};
 use crate::pki::{SubjectKind, token};
 use crate::state::State;
-use crate::store::{TokenRecord, UserRecord};
+use crate::store::{Forget, TokenRecord, UserRecord};
 
 pub struct AdminSvc {
     pub state: Arc<State>,
@@ -25,6 +25,15 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86400);
 const MAX_TOKEN_USES: u32 = 10_000;
 
 impl AdminSvc {
+    /// A user's stream, ended when the user is revoked.
+    fn guard<T: Send + 'static>(
+        &self,
+        caller: &Caller,
+        r: Response<Stream<T>>,
+    ) -> Response<Stream<T>> {
+        r.map(|s| self.state.user_streams.guard(caller, s))
+    }
+
     fn agent_view(&self, name: &str) -> Result<v1::Agent, Status> {
         let rec = self
             .state
@@ -56,7 +65,9 @@ impl AdminService for AdminSvc {
     type WatchRolloutStream = Stream<v1::Rollout>;
 
     async fn run(&self, req: Request<v1::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
-        self.do_run(req).await
+        let caller = auth::caller(&req)?;
+        let r = self.do_run(req).await?;
+        Ok(self.guard(&caller, r))
     }
 
     async fn create_rollout(
@@ -84,7 +95,9 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<v1::GetRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
-        self.do_watch_rollout(req).await
+        let caller = auth::caller(&req)?;
+        let r = self.do_watch_rollout(req).await?;
+        Ok(self.guard(&caller, r))
     }
 
     async fn act_on_rollout(
@@ -154,7 +167,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<v1::EventsQuery>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        require(&req, &self.state.audit, Role::Viewer, "events.list", "")?;
+        let caller = require(&req, &self.state.audit, Role::Viewer, "events.list", "")?;
         let q = req.into_inner();
         let min_severity = match q.min_severity {
             0 => None,
@@ -174,14 +187,14 @@ impl AdminService for AdminSvc {
             tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
                 r.map(|e| convert::event(&e))
             });
-        Ok(Response::new(Box::pin(out)))
+        Ok(self.guard(&caller, Response::new(Box::pin(out))))
     }
 
     async fn stream_logs(
         &self,
         req: Request<v1::LogsQuery>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        require(&req, &self.state.audit, Role::Viewer, "logs.list", "")?;
+        let caller = require(&req, &self.state.audit, Role::Viewer, "logs.list", "")?;
         let q = req.into_inner();
         let filter = crate::feed::LogFilter {
             host: q.host,
@@ -196,7 +209,7 @@ impl AdminService for AdminSvc {
             tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
                 r.map(|l| convert::log_line(&l))
             });
-        Ok(Response::new(Box::pin(out)))
+        Ok(self.guard(&caller, Response::new(Box::pin(out))))
     }
 
     async fn list_agents(
@@ -251,6 +264,7 @@ impl AdminService for AdminSvc {
             return Err(Status::not_found(format!("no agent named {name}")));
         }
         st.sessions.close(&name);
+        st.alerts.forget(name.clone()).await;
         st.audit
             .record(&caller.actor(), "agents.revoke", &name, "ok");
         Ok(Response::new(self.agent_view(&name)?))
@@ -329,14 +343,25 @@ impl AdminService for AdminSvc {
             name: r.name.clone(),
             role,
             created_ms: now_ms(),
+            revoked_ms: None,
         };
-        st.store
+        let added = st
+            .store
             .blocking(move |s| {
-                s.put_user(&user)?;
-                s.flush()
+                let added = s.add_user(&user)?;
+                s.flush()?;
+                Ok(added)
             })
             .await
             .map_err(internal)?;
+        if added.is_err() {
+            st.audit
+                .record(&caller.actor(), "user.add", &target, "error: revoked");
+            return Err(Status::failed_precondition(format!(
+                "user {} was revoked and cannot be added again; choose another name",
+                r.name
+            )));
+        }
         st.audit.record(
             &caller.actor(),
             "user.add",
@@ -348,6 +373,79 @@ impl AdminService for AdminSvc {
             ca_pem: st.ca.cert_pem().to_string(),
             not_after_unix_ms: to_ms(issued.not_after),
         }))
+    }
+
+    async fn revoke_user(
+        &self,
+        req: Request<v1::RevokeUserRequest>,
+    ) -> Result<Response<v1::RevokeUserResponse>, Status> {
+        let st = &self.state;
+        let name = req.get_ref().name.clone();
+        let target = format!("user:{name}");
+        let caller = require(&req, &st.audit, Role::Admin, "user.revoke", &target)?;
+        let n = name.clone();
+        let revoked = st
+            .store
+            .blocking(move |s| {
+                let r = s.revoke_user(&n, now_ms())?;
+                s.flush()?;
+                Ok(r)
+            })
+            .await
+            .map_err(internal)?;
+        let Some(user) = revoked else {
+            st.audit
+                .record(&caller.actor(), "user.revoke", &target, "error: not found");
+            return Err(Status::not_found(format!("no user named {name}")));
+        };
+        let cut = st.user_streams.cut(&name);
+        st.audit.record(
+            &caller.actor(),
+            "user.revoke",
+            &target,
+            &format!("ok: {cut} streams cut"),
+        );
+        Ok(Response::new(v1::RevokeUserResponse {
+            name,
+            revoked_unix_ms: user.revoked_ms.unwrap_or_default(),
+            streams_cut: cut,
+        }))
+    }
+
+    async fn forget_agent(
+        &self,
+        req: Request<v1::ForgetAgentRequest>,
+    ) -> Result<Response<v1::ForgetAgentResponse>, Status> {
+        let st = &self.state;
+        let name = req.get_ref().name.clone();
+        let caller = require(&req, &st.audit, Role::Admin, "agents.forget", &name)?;
+        let n = name.clone();
+        let outcome = st
+            .store
+            .blocking(move |s| {
+                let o = s.forget_agent(&n)?;
+                s.flush()?;
+                Ok(o)
+            })
+            .await
+            .map_err(internal)?;
+        let refusal = match outcome {
+            Forget::Forgotten => None,
+            Forget::NotFound => Some(Status::not_found(format!("no agent named {name}"))),
+            Forget::NotRevoked => Some(Status::failed_precondition(format!(
+                "agent {name} is not revoked; run `picketctl agents revoke {name}` first"
+            ))),
+        };
+        if let Some(status) = refusal {
+            let outcome = format!("error: {}", status.message());
+            st.audit
+                .record(&caller.actor(), "agents.forget", &name, &outcome);
+            return Err(status);
+        }
+        st.alerts.forget(name.clone()).await;
+        st.audit
+            .record(&caller.actor(), "agents.forget", &name, "ok");
+        Ok(Response::new(v1::ForgetAgentResponse { name }))
     }
 
     async fn status(

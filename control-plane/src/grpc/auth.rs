@@ -45,7 +45,11 @@ impl Authenticator {
         let leaf = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-        let (unit, name) = subject_of(leaf.as_ref())
+        let Subject {
+            unit,
+            name,
+            not_before_ms,
+        } = subject_of(leaf.as_ref())
             .ok_or_else(|| Status::unauthenticated("client certificate has no Picket subject"))?;
         match unit.as_str() {
             "agent" => {
@@ -59,6 +63,13 @@ impl Authenticator {
                 if rec.revoked_ms.is_some() {
                     return Err(Status::unauthenticated(format!("agent {name} is revoked")));
                 }
+                // A certificate from before this enrollment belongs to an
+                // earlier host of the same name, forgotten since.
+                if not_before_ms < rec.enrolled_ms - ENROLLED_SLACK_MS {
+                    return Err(Status::unauthenticated(format!(
+                        "this certificate for agent {name} predates its enrollment here"
+                    )));
+                }
                 Ok(Caller::Agent(name))
             }
             "user" => {
@@ -67,6 +78,9 @@ impl Authenticator {
                     .user(&name)
                     .map_err(super::status::internal)?
                     .ok_or_else(|| Status::unauthenticated(format!("unknown user {name}")))?;
+                if user.revoked_ms.is_some() {
+                    return Err(Status::unauthenticated(format!("user {name} is revoked")));
+                }
                 Ok(Caller::User {
                     name,
                     role: user.role,
@@ -87,9 +101,25 @@ impl tonic::service::Interceptor for Authenticator {
     }
 }
 
-/// The organisational unit and common name of a certificate's subject.
-pub fn subject_of(der: &[u8]) -> Option<(String, String)> {
+/// How long before its enrollment an agent's first certificate may start:
+/// certificates are backdated ([`crate::pki::BACKDATE`]) and their times
+/// are whole seconds. A certificate of a forgotten host of the same name,
+/// issued more than a second before the new enrollment, starts earlier.
+const ENROLLED_SLACK_MS: i64 = crate::pki::BACKDATE.as_millis() as i64 + 1000;
+
+/// What the interceptor reads of a client certificate.
+pub struct Subject {
+    /// The organisational unit: `agent` or `user`.
+    pub unit: String,
+    /// The common name.
+    pub name: String,
+    pub not_before_ms: i64,
+}
+
+/// The subject and start of validity of a certificate.
+pub fn subject_of(der: &[u8]) -> Option<Subject> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let not_before_ms = cert.validity().not_before.timestamp().saturating_mul(1000);
     let subject = cert.subject();
     let unit = subject
         .iter_organizational_unit()
@@ -103,7 +133,11 @@ pub fn subject_of(der: &[u8]) -> Option<(String, String)> {
         .as_str()
         .ok()?
         .to_string();
-    Some((unit, cn))
+    Some(Subject {
+        unit,
+        name: cn,
+        not_before_ms,
+    })
 }
 
 /// The caller the interceptor attached.

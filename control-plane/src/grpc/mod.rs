@@ -8,6 +8,7 @@ mod agent;
 mod alerts;
 pub mod auth;
 mod convert;
+pub mod cut;
 mod enroll;
 mod rollouts;
 mod status;
@@ -51,10 +52,8 @@ const MAX_ENROLL_MESSAGE: usize = 64 * 1024;
 /// Serves the gRPC API on `listener` until `state.shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<State>) -> Result<(), ServeError> {
     let dir = &state.cfg.data_dir;
-    let chain = picket_tls::files::read_certs(&dir.join("server.crt"))?;
-    let key = picket_tls::files::read_key(&dir.join("server.key"))?;
     let ca = picket_tls::files::parse_certs(state.ca.cert_pem(), &dir.join("ca.crt"))?;
-    let tls = Arc::new(picket_tls::server::config(&ca, chain, key)?);
+    let tls = Arc::new(picket_tls::server::config(&ca, state.identity.clone())?);
 
     let auth = auth::Authenticator::new(state.store.clone());
     let (health, health_svc) = tonic_health::server::health_reporter();

@@ -11,7 +11,7 @@ use picket_tls::{files, fingerprint};
 use rand::RngCore;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -34,6 +34,11 @@ pub enum PkiError {
     BadCsr(rcgen::Error),
     #[error("bad --san {0:?}: {1}")]
     BadSan(String, String),
+    #[error("cannot write {path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// What a certificate is for: the organisational unit in its subject.
@@ -75,12 +80,11 @@ pub struct InitReport {
 
 /// Lifetime of the CA and of the server and first admin certificates.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86400);
-const SERVER_LIFETIME: Duration = Duration::from_secs(2 * 365 * 86400);
 const ADMIN_LIFETIME: Duration = Duration::from_secs(365 * 86400);
 /// Allowance for clocks that run behind the control plane's.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
-fn dn(cn: &str, unit: &str) -> DistinguishedName {
+pub(super) fn dn(cn: &str, unit: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "picket");
     dn.push(DnType::OrganizationalUnitName, unit);
@@ -90,7 +94,7 @@ fn dn(cn: &str, unit: &str) -> DistinguishedName {
 
 /// A DNS name as a SAN: dot-separated labels of letters, digits and '-',
 /// with an optional leading `*.` wildcard.
-fn is_dns_name(n: &str) -> bool {
+pub(super) fn is_dns_name(n: &str) -> bool {
     let n = n.strip_prefix("*.").unwrap_or(n);
     !n.is_empty()
         && n.len() <= 253
@@ -103,14 +107,14 @@ fn is_dns_name(n: &str) -> bool {
         })
 }
 
-fn random_serial() -> SerialNumber {
+pub(super) fn random_serial() -> SerialNumber {
     let mut b = [0u8; 16];
     rand::rng().fill_bytes(&mut b);
     b[0] &= 0x7f; // positive
     SerialNumber::from_slice(&b)
 }
 
-fn validity(params: &mut CertificateParams, lifetime: Duration) -> SystemTime {
+pub(super) fn validity(params: &mut CertificateParams, lifetime: Duration) -> SystemTime {
     let now = SystemTime::now();
     let not_after = now + lifetime;
     params.not_before = OffsetDateTime::from(now - BACKDATE);
@@ -135,21 +139,7 @@ pub fn init(dir: &Path, sans: &[String]) -> Result<InitReport, PkiError> {
     // The server certificate names loopback always, plus what the operator gave.
     let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     names.extend(sans.iter().cloned());
-    let san_list: Vec<SanType> = names
-        .iter()
-        .map(|n| match n.parse::<std::net::IpAddr>() {
-            Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) if !is_dns_name(n) => Err(PkiError::BadSan(
-                n.clone(),
-                "not an IP address or a DNS name".into(),
-            )),
-            Err(_) => n
-                .clone()
-                .try_into()
-                .map(SanType::DnsName)
-                .map_err(|e: rcgen::Error| PkiError::BadSan(n.clone(), e.to_string())),
-        })
-        .collect::<Result<_, _>>()?;
+    super::server::check_names(&names)?;
     let ca_key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     // A unique name, so that two Picket CAs are never mistaken for each
@@ -170,22 +160,7 @@ pub fn init(dir: &Path, sans: &[String]) -> Result<InitReport, PkiError> {
     files::write_public(&dir.join("ca.crt"), ca_cert.pem().as_bytes())?;
     let ca = Ca::load(dir)?;
 
-    let server_key = KeyPair::generate()?;
-    let mut sp = CertificateParams::default();
-    sp.distinguished_name = dn("picket-control", SubjectKind::Server.unit());
-    sp.subject_alt_names = san_list;
-    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    sp.use_authority_key_identifier_extension = true;
-    sp.serial_number = Some(random_serial());
-    validity(&mut sp, SERVER_LIFETIME);
-    let server_cert = sp.signed_by(&server_key, &ca.issuer)?;
-    files::write_secret(
-        &dir.join("server.key"),
-        server_key.serialize_pem().as_bytes(),
-    )?;
-    let chain = format!("{}{}", server_cert.pem(), ca.cert_pem);
-    files::write_public(&dir.join("server.crt"), chain.as_bytes())?;
+    super::server::issue(dir, &ca, &names)?;
 
     // First admin bundle, made here since there is no one yet to sign a CSR.
     let admin = picket_tls::csr::new_key_and_csr("admin")?;
@@ -221,6 +196,15 @@ impl Ca {
             cert_der: der.as_ref().to_vec(),
             issuer,
         })
+    }
+
+    /// Signs `params` for `key` (the server certificate).
+    pub(super) fn sign(
+        &self,
+        params: &CertificateParams,
+        key: &KeyPair,
+    ) -> Result<rcgen::Certificate, PkiError> {
+        Ok(params.signed_by(key, &self.issuer)?)
     }
 
     pub fn cert_pem(&self) -> &str {

@@ -2,6 +2,7 @@
 //! certificates from CSRs, and bootstrap tokens. No gRPC here.
 
 mod ca;
+pub mod server;
 pub mod token;
 
-pub use ca::{Ca, InitReport, Issued, PkiError, SubjectKind, init};
+pub use ca::{BACKDATE, Ca, InitReport, Issued, PkiError, SubjectKind, init};

@@ -35,7 +35,14 @@ pub trait Backend: Send + Sync + 'static {
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Runs `f` on every pair of the store (whole keys, as
+    /// [`Sled::load_raw`] takes them; the id base last) while every write
+    /// waits: one moment of the store, for a snapshot.
+    fn frozen(&self, f: &mut Frozen<'_>) -> Result<(), StoreError>;
 }
+
+/// What [`Backend::frozen`] runs.
+pub type Frozen<'a> = dyn FnMut(KvIter<'_>) -> Result<(), StoreError> + 'a;
 
 /// One write of an atomic [`Backend::apply`]: `value: None` deletes.
 #[derive(Debug, Clone)]
@@ -63,7 +70,15 @@ pub type Updater<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
 pub struct Sled {
     db: sled::Db,
     tree: sled::Tree,
+    /// Writes take it shared; a snapshot takes it alone.
+    gate: std::sync::RwLock<()>,
+    /// Added to sled's ids: a restored store goes on past the ids of the
+    /// store it was copied from (sled's own counter starts again at 0).
+    id_base: u64,
 }
+
+/// Where the id base is kept.
+const ID_BASE_KEY: &[u8] = b"meta\0store.id_base";
 
 /// The one sled tree that holds every table (layout version 2).
 const TABLES: &str = "tables.v2";
@@ -104,7 +119,36 @@ impl Sled {
             ));
         }
         let tree = db.open_tree(TABLES)?;
-        Ok(Sled { db, tree })
+        let id_base = tree
+            .get(ID_BASE_KEY)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        Ok(Sled {
+            db,
+            tree,
+            gate: std::sync::RwLock::new(()),
+            id_base,
+        })
+    }
+
+    fn writing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inserts pairs as [`Backend::frozen`] gave them (a restore).
+    pub fn load_raw(&self, pairs: Vec<Kv>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in pairs {
+            batch.insert(k, v);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Flushes everything (a restore, before the folder is put in place).
+    pub fn flush_all(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
     }
 
     fn range(&self, table: &str, start: &[u8]) -> sled::Iter {
@@ -127,16 +171,19 @@ impl Backend for Sled {
     }
 
     fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let _w = self.writing();
         self.tree.insert(table_key(tree, key), value)?;
         Ok(())
     }
 
     fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError> {
+        let _w = self.writing();
         self.tree.remove(table_key(tree, key))?;
         Ok(())
     }
 
     fn update(&self, tree: &str, key: &[u8], f: &mut Updater<'_>) -> Result<(), StoreError> {
+        let _w = self.writing();
         self.tree.fetch_and_update(table_key(tree, key), f)?;
         Ok(())
     }
@@ -146,6 +193,7 @@ impl Backend for Sled {
         // sled wants a `Fn`; the closure is called again only on conflict.
         let f = std::cell::RefCell::new(f);
         let keys: Vec<Vec<u8>> = keys.iter().map(|(t, k)| table_key(t, k)).collect();
+        let _w = self.writing();
         let r = self.tree.transaction(|tx| {
             let mut vals = Vec::with_capacity(keys.len());
             for k in &keys {
@@ -196,6 +244,7 @@ impl Backend for Sled {
     }
 
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let _w = self.writing();
         let mut batch = sled::Batch::default();
         for op in ops {
             let k = table_key(op.tree, &op.key);
@@ -209,7 +258,25 @@ impl Backend for Sled {
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
+        Ok(self.db.generate_id()? + self.id_base)
+    }
+
+    fn frozen(&self, f: &mut Frozen<'_>) -> Result<(), StoreError> {
+        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let base = self.next_id()? + 1;
+        let pairs = self
+            .tree
+            .iter()
+            .filter(|r| !matches!(r, Ok((k, _)) if k.as_ref() == ID_BASE_KEY))
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(StoreError::from)
+            })
+            .chain(std::iter::once(Ok((
+                ID_BASE_KEY.to_vec(),
+                base.to_be_bytes().to_vec(),
+            ))));
+        f(Box::new(pairs))
     }
 
     fn flush(&self) -> Result<(), StoreError> {

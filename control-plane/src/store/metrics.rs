@@ -101,6 +101,16 @@ pub(crate) fn acked_op(host: &str, acked: u64, mut ops: Vec<Op>) -> Vec<Op> {
     ops
 }
 
+/// The write that forgets `host`'s acked sequence number (a forgotten
+/// agent that enrolls again counts from 1).
+pub(crate) fn forget_acked_op(host: &str) -> Op {
+    Op {
+        tree: ACKED,
+        key: host.as_bytes().to_vec(),
+        value: None,
+    }
+}
+
 fn u64_be(v: Option<Vec<u8>>) -> u64 {
     v.and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
         .unwrap_or(0)

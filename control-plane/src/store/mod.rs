@@ -9,6 +9,7 @@ pub mod backend;
 pub mod metrics;
 pub mod records;
 mod rollouts;
+pub mod snapshot;
 pub use alerts::Queued;
 
 use std::path::{Path, PathBuf};
@@ -91,6 +92,10 @@ pub struct UserRecord {
     pub name: String,
     pub role: Role,
     pub created_ms: i64,
+    /// Set once by `user revoke`: every call is refused from then on, and
+    /// the name cannot be added again.
+    #[serde(default)]
+    pub revoked_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -122,6 +127,15 @@ fn usable(t: TokenRecord, now_ms: i64) -> Result<TokenRecord, TokenRefusal> {
     } else {
         Ok(t)
     }
+}
+
+/// What `forget_agent` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forget {
+    Forgotten,
+    NotFound,
+    /// Still allowed in: it must be revoked first.
+    NotRevoked,
 }
 
 /// Why an enrollment was not recorded.
@@ -206,6 +220,33 @@ impl Store {
             .transpose()
     }
 
+    /// Applies `f` to the record under `key` atomically; returns the new
+    /// record, or None if there is none.
+    fn update<T: DeserializeOwned + Serialize>(
+        &self,
+        tree: &'static str,
+        key: &str,
+        mut f: impl FnMut(&mut T),
+    ) -> Result<Option<T>, StoreError> {
+        let mut result: Result<Option<T>, StoreError> = Ok(None);
+        self.kv.update(tree, key.as_bytes(), &mut |old| {
+            let old = old?;
+            match decode::<T>(tree, old) {
+                Ok(mut rec) => {
+                    f(&mut rec);
+                    let bytes = encode(&rec);
+                    result = Ok(Some(rec));
+                    Some(bytes)
+                }
+                Err(e) => {
+                    result = Err(e);
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        result
+    }
+
     fn all<T: DeserializeOwned>(&self, tree: &'static str) -> Result<Vec<T>, StoreError> {
         self.kv
             .scan(tree, b"")?
@@ -243,25 +284,45 @@ impl Store {
     pub fn update_agent(
         &self,
         name: &str,
-        mut f: impl FnMut(&mut AgentRecord),
+        f: impl FnMut(&mut AgentRecord),
     ) -> Result<Option<AgentRecord>, StoreError> {
-        let mut result: Result<Option<AgentRecord>, StoreError> = Ok(None);
-        self.kv.update(AGENTS, name.as_bytes(), &mut |old| {
-            let old = old?;
-            match decode::<AgentRecord>(AGENTS, old) {
-                Ok(mut rec) => {
-                    f(&mut rec);
-                    let bytes = encode(&rec);
-                    result = Ok(Some(rec));
-                    Some(bytes)
+        self.update(AGENTS, name, f)
+    }
+
+    /// Deletes a revoked agent's record and its acked sequence number in
+    /// one atomic step, so that the name can enroll again (and counts its
+    /// records from 1). Its stored records stay.
+    pub fn forget_agent(&self, name: &str) -> Result<Forget, StoreError> {
+        let mut outcome = Ok(Forget::NotFound);
+        let keys: [(&str, &[u8]); 1] = [(AGENTS, name.as_bytes())];
+        self.kv.transact(&keys, &mut |vals| {
+            let Some(bytes) = vals.first().cloned().flatten() else {
+                outcome = Ok(Forget::NotFound);
+                return None;
+            };
+            match decode::<AgentRecord>(AGENTS, &bytes) {
+                Ok(rec) if rec.revoked_ms.is_none() => {
+                    outcome = Ok(Forget::NotRevoked);
+                    None
+                }
+                Ok(_) => {
+                    outcome = Ok(Forget::Forgotten);
+                    Some(vec![
+                        backend::Op {
+                            tree: AGENTS,
+                            key: name.as_bytes().to_vec(),
+                            value: None,
+                        },
+                        metrics::forget_acked_op(name),
+                    ])
                 }
                 Err(e) => {
-                    result = Err(e);
-                    Some(old.to_vec())
+                    outcome = Err(e);
+                    None
                 }
             }
         })?;
-        result
+        outcome
     }
 
     // -- tokens
@@ -342,6 +403,39 @@ impl Store {
 
     pub fn put_user(&self, u: &UserRecord) -> Result<(), StoreError> {
         self.kv.put(USERS, u.name.as_bytes(), &encode(u))
+    }
+
+    /// Adds a user or changes an existing one's role (a new certificate);
+    /// a revoked name is never let back in: returns the revoked record.
+    pub fn add_user(&self, u: &UserRecord) -> Result<Result<(), UserRecord>, StoreError> {
+        let mut outcome = Ok(Ok(()));
+        let new = encode(u);
+        self.kv
+            .update(USERS, u.name.as_bytes(), &mut |old| match old
+                .map(|b| decode::<UserRecord>(USERS, b))
+            {
+                Some(Ok(rec)) if rec.revoked_ms.is_some() => {
+                    outcome = Ok(Err(rec));
+                    old.map(<[u8]>::to_vec)
+                }
+                Some(Err(e)) => {
+                    outcome = Err(e);
+                    old.map(<[u8]>::to_vec)
+                }
+                _ => {
+                    outcome = Ok(Ok(()));
+                    Some(new.clone())
+                }
+            })?;
+        outcome
+    }
+
+    /// Marks a user revoked (once: a second revoke keeps the first time);
+    /// None if there is no such user.
+    pub fn revoke_user(&self, name: &str, now_ms: i64) -> Result<Option<UserRecord>, StoreError> {
+        self.update(USERS, name, |u: &mut UserRecord| {
+            u.revoked_ms.get_or_insert(now_ms);
+        })
     }
 
     // -- audit (append-only: there is no update or delete)

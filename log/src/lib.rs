@@ -1,0 +1,34 @@
+//! How both daemons log: to stderr (journald keeps it under systemd),
+//! filtered as `RUST_LOG` says (tracing-subscriber's `EnvFilter`, `info`
+//! when unset), as text (ANSI colours only on a terminal) or as one JSON
+//! object a line for log shippers (`--log-format json`).
+
+use std::io::IsTerminal;
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object a line (`timestamp`, `level`, `target`, `fields`,
+    /// `spans`), as tracing-subscriber writes it.
+    Json,
+}
+
+/// Installs the global subscriber. Call once, first thing in `main`.
+pub fn init(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_ansi(false)
+            .init(),
+    }
+}

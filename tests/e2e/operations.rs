@@ -1,0 +1,447 @@
+//! The operator's bad day (issue #13): backup and restore of a running
+//! control plane, server certificate renewal under connected agents, a
+//! revoked user, and a forgotten agent that enrolls again.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use picket_tests::*;
+
+/// The numbers of the `line N` log lines a control plane holds, and how
+/// many times each.
+fn numbered_lines(w: &World, flags: &[String]) -> Result<HashMap<usize, usize>> {
+    let out = ctl(w, flags, &["logs", "-o", "json"])?;
+    if !out.status.success() {
+        bail!("logs: {}", stderr(&out));
+    }
+    let mut counts = HashMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(l)?;
+        let n = v["line"]
+            .as_str()
+            .and_then(|l| l.strip_prefix("line "))
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("unexpected line {l}"))?;
+        *counts.entry(n).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// Appends `line N` for N in `from..to` to `path`, a few at a time.
+fn write_lines(path: &std::path::Path, from: usize, to: usize) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    for n in from..to {
+        writeln!(f, "line {n}")?;
+        if n % 50 == 0 {
+            f.flush()?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `flags`' control plane holds every line `1..n` once.
+fn wait_all(w: &World, flags: &[String], n: usize) -> Result<()> {
+    let counts = wait_for("every line stored", Duration::from_secs(90), || {
+        let c = numbered_lines(w, flags).ok()?;
+        (c.len() >= n - 1).then_some(c)
+    })?;
+    for i in 1..n {
+        assert_eq!(counts.get(&i), Some(&1), "line {i}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_backup_taken_under_load_restores_a_gap_free_prefix_that_serves_agents() -> Result<()> {
+    let w = World::new()?;
+    let fp = w.init("cp", "")?;
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let mut cp = Control::start_on(&w, "cp", &listen)?;
+    let admin = cp.admin_flags();
+    let log = w.path("app.log");
+    std::fs::write(&log, "")?;
+    let agent = enroll_with_sources(&w, &cp, &fp, "vm-prod", &[], &[("raw", &log)])?;
+    const TOTAL: usize = 20_000;
+
+    // Lines flow while the backup is taken.
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (log, done) = (log.clone(), done.clone());
+        std::thread::spawn(move || {
+            let r = write_lines(&log, 1, TOTAL);
+            done.store(true, Ordering::Relaxed);
+            r
+        })
+    };
+    wait_for("some lines stored", Duration::from_secs(30), || {
+        (numbered_lines(&w, &admin).ok()?.len() > 500).then_some(())
+    })?;
+    let cfg = cp.data_dir.join("control.toml");
+    let archive = w.path("backup.tar");
+    let out = w.run(
+        "picket-control",
+        &[
+            "backup",
+            "--config",
+            &cfg.display().to_string(),
+            "--out",
+            &archive.display().to_string(),
+        ],
+    )?;
+    assert!(out.status.success(), "backup: {}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("writes held for"), "{said}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&archive)?.permissions());
+    assert_eq!(mode & 0o777, 0o600, "the archive holds the CA key");
+    assert!(
+        !cp.data_dir.join("snapshots").read_dir()?.any(|_| true),
+        "the snapshot folder is cleaned up"
+    );
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    assert!(done.load(Ordering::Relaxed));
+    wait_all(&w, &admin, TOTAL)?;
+
+    // A second backup to the same path is refused without --force.
+    let again = w.run(
+        "picket-control",
+        &[
+            "backup",
+            "--config",
+            &cfg.display().to_string(),
+            "--out",
+            &archive.display().to_string(),
+        ],
+    )?;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+
+    // Bad archives write nothing.
+    let bytes = std::fs::read(&archive)?;
+    let truncated = w.path("truncated.tar");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2])?;
+    let future = w.path("future.tar");
+    let mut fb = bytes.clone();
+    let at = fb
+        .windows(10)
+        .position(|x| x == b"\"format\": ")
+        .context("format in header")?;
+    fb[at + 10] = b'9';
+    std::fs::write(&future, fb)?;
+    for (bad, why) in [(&truncated, "truncated"), (&future, "format 9")] {
+        let dir = w.path("bad-restore");
+        let out = w.run(
+            "picket-control",
+            &[
+                "restore",
+                "--from",
+                &bad.display().to_string(),
+                "--data-dir",
+                &dir.display().to_string(),
+            ],
+        )?;
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(why), "{why}: {}", stderr(&out));
+        assert!(!dir.exists(), "nothing written for a {why} archive");
+        let leftovers: Vec<_> = std::fs::read_dir(w.dir.path())?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("restoring"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+    // A folder that holds a store is refused.
+    let out = w.run(
+        "picket-control",
+        &[
+            "restore",
+            "--from",
+            &archive.display().to_string(),
+            "--data-dir",
+            &cp.data_dir.display().to_string(),
+        ],
+    )?;
+    assert!(
+        !out.status.success() && stderr(&out).contains("not empty"),
+        "{}",
+        stderr(&out)
+    );
+
+    let restored = w.path("restored");
+    let out = w.run(
+        "picket-control",
+        &[
+            "restore",
+            "--from",
+            &archive.display().to_string(),
+            "--data-dir",
+            &restored.display().to_string(),
+        ],
+    )?;
+    assert!(out.status.success(), "restore: {}", stderr(&out));
+
+    // The restored store alone: a gap-free prefix, nothing twice.
+    let side = Control::start(&w, "restored")?;
+    let counts = numbered_lines(&w, &side.admin_flags())?;
+    let k = counts.len();
+    assert!(
+        k > 500,
+        "the snapshot holds what was stored before it ({k})"
+    );
+    for i in 1..=k {
+        assert_eq!(counts.get(&i), Some(&1), "line {i} of a prefix of {k}");
+    }
+    drop(side);
+
+    // The restored control plane takes the original's place and serves
+    // the agent, which delivers what it writes next.
+    cp.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    cp.proc.wait_exit(Duration::from_secs(20))?;
+    let cp2 = Control::start_on(&w, "restored", &listen)?;
+    let flags = cp2.admin_flags();
+    write_lines(&log, TOTAL, TOTAL + 200)?;
+    let counts = wait_for(
+        "new lines at the restored control plane",
+        Duration::from_secs(60),
+        || {
+            let c = numbered_lines(&w, &flags).ok()?;
+            (TOTAL..TOTAL + 200)
+                .all(|n| c.contains_key(&n))
+                .then_some(c)
+        },
+    )?;
+    assert!(counts.values().all(|&c| c == 1), "nothing twice");
+    assert_eq!(status_of(&w, &flags, "vm-prod").as_deref(), Some("online"));
+    drop(agent);
+    Ok(())
+}
+
+/// The leaf certificate the gRPC port at `addr` presents, checked against
+/// the pinned CA `fp`.
+fn served_leaf(addr: &str, fp: &str) -> Result<Vec<u8>> {
+    let pin: [u8; 32] = hex_decode(fp.trim_start_matches("sha256:"))?;
+    let (cfg, _) = picket_tls::client::pinned_config(pin);
+    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name)?;
+    let mut tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    Ok(conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .context("no certificate")?
+        .as_ref()
+        .to_vec())
+}
+
+fn hex_decode(s: &str) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        bail!("bad fingerprint {s}");
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(out)
+}
+
+fn file_leaf(cp: &Control) -> Result<Vec<u8>> {
+    let pem = std::fs::read(cp.data_dir.join("server.crt"))?;
+    let first = rustls_pemfile_first(&pem)?;
+    Ok(first)
+}
+
+fn rustls_pemfile_first(pem: &[u8]) -> Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    let c = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .next()
+        .context("no certificate in server.crt")??;
+    Ok(c.as_ref().to_vec())
+}
+
+#[test]
+fn the_server_certificate_is_renewed_under_connected_agents() -> Result<()> {
+    let w = World::new()?;
+    let fp = w.init("cp", "")?;
+    let cp = Control::start(&w, "cp")?;
+    let admin = cp.admin_flags();
+    let log = w.path("app.log");
+    std::fs::write(&log, "")?;
+    let mut agent = enroll_with_sources(&w, &cp, &fp, "vm-staging", &[], &[("raw", &log)])?;
+    write_lines(&log, 1, 1000)?;
+    wait_all(&w, &admin, 1000)?;
+    let before = served_leaf(&cp.grpc, &fp)?;
+    assert_eq!(before, file_leaf(&cp)?);
+
+    let cfg = cp.data_dir.join("control.toml").display().to_string();
+    let out = w.run(
+        "picket-control",
+        &[
+            "rotate-server-cert",
+            "--config",
+            &cfg,
+            "--san",
+            "picket.example",
+        ],
+    )?;
+    assert!(out.status.success(), "rotate: {}", stderr(&out));
+    let bad = w.run(
+        "picket-control",
+        &["rotate-server-cert", "--config", &cfg, "--san", "bad name"],
+    )?;
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    let renewed = file_leaf(&cp)?;
+    assert_ne!(renewed, before);
+    // Served from the next handshake on, once the control plane is told.
+    assert_eq!(served_leaf(&cp.grpc, &fp)?, before);
+    cp.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for(
+        "the renewed certificate served",
+        Duration::from_secs(20),
+        || (served_leaf(&cp.grpc, &fp).ok()? == renewed).then_some(()),
+    )?;
+
+    // The agent never noticed: same process, same stream, nothing lost.
+    write_lines(&log, 1000, 2000)?;
+    wait_all(&w, &admin, 2000)?;
+    assert!(agent.child_alive(), "the agent was not restarted");
+    assert_eq!(
+        agent.stderr().matches("connected").count(),
+        1,
+        "one stream all along: {}",
+        agent.stderr()
+    );
+    // A new agent enrolls against the renewed certificate (the CA is pinned).
+    let _late = enroll_with_sources(&w, &cp, &fp, "vm-late", &[], &[])?;
+    wait_for("the late agent online", Duration::from_secs(30), || {
+        (status_of(&w, &admin, "vm-late")? == "online").then_some(())
+    })?;
+    // And the first one reconnects fine after a cut.
+    agent.kill9();
+    let mut agent = run_agent(&w, "vm-staging")?;
+    write_lines(&log, 2000, 2500)?;
+    wait_all(&w, &admin, 2500)?;
+    agent.kill9();
+    Ok(())
+}
+
+#[test]
+fn a_revoked_user_is_cut_off_and_a_forgotten_agent_enrolls_again() -> Result<()> {
+    let w = World::new()?;
+    let fp = w.init("cp", "")?;
+    let cp = Control::start(&w, "cp")?;
+    let admin = cp.admin_flags();
+
+    // alice follows the logs; revoking her ends the follow and refuses her.
+    let out = ctl(
+        &w,
+        &admin,
+        &[
+            "user", "add", "alice", "--role", "operator", "--out", "alice",
+        ],
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let alice = {
+        let mut f = cp.flags("x", "y");
+        f[5] = w.path("alice/alice.crt").display().to_string();
+        f[7] = w.path("alice/alice.key").display().to_string();
+        f
+    };
+    assert!(ctl(&w, &alice, &["status"])?.status.success());
+    let mut follow = {
+        let mut c = w.cmd("picketctl");
+        c.args(&alice).args(["logs", "-f"]);
+        Proc::spawn(c)?
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(follow.child_alive(), "the follow runs: {}", follow.stderr());
+    let out = ctl_json(&w, &admin, &["user", "revoke", "alice"])?;
+    assert_eq!(out[0]["name"], "alice");
+    assert_eq!(out[0]["streams_cut"], 1);
+    let status = follow.wait_exit(Duration::from_secs(10))?;
+    assert!(!status.success());
+    assert!(follow.stderr().contains("revoked"), "{}", follow.stderr());
+    let refused = ctl(&w, &alice, &["status"])?;
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("revoked"), "{}", stderr(&refused));
+    let unknown = ctl(&w, &admin, &["user", "revoke", "mallory"])?;
+    assert!(!unknown.status.success() && stderr(&unknown).contains("no user named mallory"));
+    let again = ctl(
+        &w,
+        &admin,
+        &[
+            "user", "add", "alice", "--role", "viewer", "--out", "alice2",
+        ],
+    )?;
+    assert!(
+        !again.status.success() && stderr(&again).contains("revoked"),
+        "{}",
+        stderr(&again)
+    );
+
+    // An online agent is not forgotten; a revoked one is, and its name
+    // enrolls again (a rebuilt VM) while its old certificate stays refused.
+    let tok = token(&w, &cp, &[])?;
+    let out = enroll(&w, &cp, &fp, &tok, "vm-old", &["role=prod"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut old = run_agent(&w, "vm-old")?;
+    wait_for("vm-old online", Duration::from_secs(30), || {
+        (status_of(&w, &admin, "vm-old")? == "online").then_some(())
+    })?;
+    let refused = ctl(&w, &admin, &["agents", "forget", "vm-old"])?;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("not revoked"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        ctl(&w, &admin, &["agents", "revoke", "vm-old"])?
+            .status
+            .success()
+    );
+    old.wait_exit(Duration::from_secs(20))?;
+    let out = ctl(&w, &admin, &["agents", "forget", "vm-old"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!agents(&w, &admin)?.contains_key("vm-old"));
+    let audit = String::from_utf8_lossy(&ctl(&w, &admin, &["audit"])?.stdout).into_owned();
+    assert!(
+        audit.contains("agents.forget") && audit.contains("user.revoke"),
+        "{audit}"
+    );
+
+    // The old host's state folder moves aside; the rebuilt host enrolls.
+    std::fs::rename(w.path("agents/vm-old"), w.path("old-state"))?;
+    let tok = token(&w, &cp, &[])?;
+    let out = enroll(&w, &cp, &fp, &tok, "vm-old", &["role=prod"])?;
+    assert!(out.status.success(), "re-enroll: {}", stderr(&out));
+    let _new = run_agent(&w, "vm-old")?;
+    wait_for("the rebuilt vm-old online", Duration::from_secs(30), || {
+        (status_of(&w, &admin, "vm-old")? == "online").then_some(())
+    })?;
+    // The old certificate predates the new enrollment: refused.
+    let old_cfg = w.path("old-state/agent.toml");
+    let text = std::fs::read_to_string(&old_cfg)?.replace(
+        &w.path("agents/vm-old").display().to_string(),
+        &w.path("old-state").display().to_string(),
+    );
+    std::fs::write(&old_cfg, text)?;
+    let mut c = w.cmd("picket-agent");
+    c.args(["run", "--config"]).arg(&old_cfg);
+    let mut stale = Proc::spawn(c)?;
+    let st = stale.wait_exit(Duration::from_secs(30))?;
+    assert!(!st.success());
+    assert!(stale.stderr().contains("predates"), "{}", stale.stderr());
+    assert_eq!(status_of(&w, &admin, "vm-old").as_deref(), Some("online"));
+    Ok(())
+}
