@@ -124,7 +124,7 @@ run() {
   echo
   echo "The fleet runs (logs in $work). Try:"
   echo "  ip netns exec $cns ${ctl[*]} agents list"
-  echo "  $0 cut vm-prod    # then: $0 restore vm-prod"
+  echo "  FLEET_PREFIX=$P $0 cut vm-prod    # then: FLEET_PREFIX=$P $0 restore vm-prod"
   echo "Ctrl-C tears it all down."
   wait
 }

@@ -152,7 +152,17 @@ impl World {
     /// A command for one of the binaries with HOME and the profile folder
     /// inside this world, and no PICKET_* from the caller's environment.
     pub fn cmd(&self, name: &str) -> Command {
-        let mut c = Command::new(bin(name));
+        self.setup(Command::new(bin(name)))
+    }
+
+    /// [`World::cmd`] inside the network namespace `ns` (`ip netns exec`).
+    pub fn cmd_in(&self, ns: &str, name: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).arg(bin(name));
+        self.setup(c)
+    }
+
+    fn setup(&self, mut c: Command) -> Command {
         c.env("HOME", self.path("home"))
             .env("PICKET_CONFIG_DIR", self.path("home/.config/picket"))
             .env("RUST_LOG", "info")
@@ -257,14 +267,28 @@ impl Control {
     }
 
     pub fn start_on(world: &World, data_dir: &str, listen: &str) -> Result<Control> {
-        let cfg = world.path(data_dir).join("control.toml");
-        let mut c = world.cmd("picket-control");
-        c.args(["run", "--config"]).arg(&cfg).args([
-            "--listen",
+        Self::start_with(
+            world,
+            data_dir,
+            world.cmd("picket-control"),
             listen,
-            "--http-listen",
             "127.0.0.1:0",
-        ]);
+        )
+    }
+
+    /// `picket-control run` as `cmd` (the binary, perhaps behind `ip netns
+    /// exec`) for `data_dir`, listening on `listen` and `http`.
+    pub fn start_with(
+        world: &World,
+        data_dir: &str,
+        mut c: Command,
+        listen: &str,
+        http: &str,
+    ) -> Result<Control> {
+        let cfg = world.path(data_dir).join("control.toml");
+        c.args(["run", "--config"])
+            .arg(&cfg)
+            .args(["--listen", listen, "--http-listen", http]);
         let proc = Proc::spawn(c)?;
         let (grpc, http) = wait_for("control plane to listen", Duration::from_secs(20), || {
             let err = proc.stderr();
@@ -316,9 +340,17 @@ pub fn ctl(world: &World, flags: &[String], args: &[&str]) -> Result<Output> {
 
 /// `picketctl ... -o json` parsed as JSON lines; fails on a non-zero exit.
 pub fn ctl_json(world: &World, flags: &[String], args: &[&str]) -> Result<Vec<Value>> {
-    let mut a: Vec<&str> = args.to_vec();
-    a.extend(["-o", "json"]);
-    let out = ctl(world, flags, &a)?;
+    ctl_json_with(world.cmd("picketctl"), flags, args)
+}
+
+/// [`ctl_json`] with `picketctl` run as `c` (perhaps behind `ip netns exec`).
+pub fn ctl_json_with(mut c: Command, flags: &[String], args: &[&str]) -> Result<Vec<Value>> {
+    let out = c
+        .args(flags)
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .context("running picketctl")?;
     if !out.status.success() {
         bail!(
             "picketctl {args:?} failed: {}",
