@@ -53,6 +53,11 @@ enum Cmd {
     },
     /// Start a loopback control plane with a local agent, for a first look.
     Dev(picket_control::dev::DevArgs),
+    /// Print the CA fingerprint that agents pin (`sha256:HEX`).
+    CaFingerprint {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Issue a new server certificate (same names, plus any --san) from the
     /// CA in the data folder; `systemctl reload picket-control` (SIGHUP)
     /// serves it without dropping anyone.
@@ -149,6 +154,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 picket_control::lifecycle::spawn_signal_handler(shutdown.clone())?;
                 server::run(cfg, listeners, shutdown).await
             })
+        }
+        Cmd::CaFingerprint { data_dir } => {
+            let ca = picket_control::pki::Ca::load(&data_dir)
+                .map_err(|e| BadConfig(anyhow::Error::from(e).context("no usable CA")))?;
+            println!("{}", ca.fingerprint());
+            Ok(())
         }
         Cmd::RotateServerCert { config, sans } => {
             let cfg = ControlConfig::load(&config).map_err(|e| BadConfig(e.into()))?;

@@ -7,71 +7,13 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use picket_tests::netns::{CONTROL, HOSTS, Net};
 use picket_tests::*;
 use serde_json::Value;
-
-const HOSTS: [(&str, &str, &str); 5] = [
-    ("vm-prod", "10.0.1.10", "prod"),
-    ("vm-staging", "10.0.1.20", "staging"),
-    ("vm-monitor", "10.0.1.30", "monitor"),
-    ("vm-security", "10.0.1.40", "security"),
-    ("vm-devops", "10.0.1.50", "devops"),
-];
-const CONTROL: &str = "10.0.1.50";
-
-/// The namespaces, removed when dropped (even after a failed assertion).
-struct Net {
-    prefix: String,
-}
-
-impl Net {
-    fn script() -> PathBuf {
-        tests_dir().join("fleet/fleet.sh")
-    }
-
-    fn sh(&self, args: &[&str]) -> Result<Output> {
-        let out = Command::new("bash")
-            .arg(Self::script())
-            .args(args)
-            .env("FLEET_PREFIX", &self.prefix)
-            .output()
-            .context("running tests/fleet/fleet.sh")?;
-        ensure!(
-            out.status.success(),
-            "fleet.sh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(out)
-    }
-
-    fn up() -> Result<Net> {
-        ensure!(
-            nix::unistd::geteuid().is_root(),
-            "the namespace fleet needs root (ip netns); run the suite as root, as CI does"
-        );
-        let net = Net {
-            prefix: format!("pk{}", std::process::id() % 10_000),
-        };
-        net.sh(&["down"])?;
-        net.sh(&["up"])?;
-        Ok(net)
-    }
-
-    fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.prefix)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = self.sh(&["down"]);
-    }
-}
 
 fn run_in(w: &World, net: &Net, host: &str, bin: &str, args: &[&str]) -> Result<Output> {
     let out = w
@@ -104,8 +46,8 @@ fn five_hosts_enroll_and_a_cut_host_delivers_all_it_buffered() -> Result<()> {
         .to_string();
     let grpc = format!("{CONTROL}:7443");
     let cp = Control::start_with(
-        &w,
-        "cp",
+        w.path("cp"),
+        &w.path("cp/control.toml"),
         w.cmd_in(&net.ns("vm-devops"), "picket-control"),
         &grpc,
         &format!("{CONTROL}:9464"),

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod fleet;
+pub mod netns;
 pub mod receiver;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -267,27 +268,23 @@ impl Control {
     }
 
     pub fn start_on(world: &World, data_dir: &str, listen: &str) -> Result<Control> {
-        Self::start_with(
-            world,
-            data_dir,
-            world.cmd("picket-control"),
-            listen,
-            "127.0.0.1:0",
-        )
+        let dir = world.path(data_dir);
+        let cfg = dir.join("control.toml");
+        let c = world.cmd("picket-control");
+        Self::start_with(dir, &cfg, c, listen, "127.0.0.1:0")
     }
 
-    /// `picket-control run` as `cmd` (the binary, perhaps behind `ip netns
-    /// exec`) for `data_dir`, listening on `listen` and `http`.
+    /// `picket-control run` as `c` (the binary, perhaps behind `ip netns
+    /// exec`) with `cfg` for `data_dir`, listening on `listen` and `http`.
     pub fn start_with(
-        world: &World,
-        data_dir: &str,
+        data_dir: PathBuf,
+        cfg: &Path,
         mut c: Command,
         listen: &str,
         http: &str,
     ) -> Result<Control> {
-        let cfg = world.path(data_dir).join("control.toml");
         c.args(["run", "--config"])
-            .arg(&cfg)
+            .arg(cfg)
             .args(["--listen", listen, "--http-listen", http]);
         let proc = Proc::spawn(c)?;
         let (grpc, http) = wait_for("control plane to listen", Duration::from_secs(20), || {
@@ -307,7 +304,7 @@ impl Control {
             proc,
             grpc,
             http,
-            data_dir: world.path(data_dir),
+            data_dir,
         })
     }
 

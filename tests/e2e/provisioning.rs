@@ -1,0 +1,208 @@
+//! `provisioning/site.yml` run for real by ansible-playbook on the
+//! namespace fleet: each host is a network namespace
+//! (`tests/fleet/fleet.sh`) with a staging root of its own
+//! (`picket_root`), reached by a local connection whose Python runs in
+//! the host's namespace. The playbook installs, creates the CA, makes one
+//! token per host, enrolls each agent with the fingerprint pinned; the
+//! agents it configured come online with their roles; a second run
+//! changes nothing. No systemd here (`picket_manage_services=false`): the
+//! test starts the daemons from what the playbook installed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use picket_tests::netns::{CONTROL, HOSTS, Net};
+use picket_tests::*;
+
+fn repo() -> PathBuf {
+    tests_dir().join("..")
+}
+
+fn playbook(w: &World, inventory: &Path, extra: &[&str]) -> Result<Output> {
+    let out = Command::new("ansible-playbook")
+        .arg("-i")
+        .arg(inventory)
+        .arg(repo().join("provisioning/site.yml"))
+        .args(extra)
+        .env("HOME", w.path("home"))
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_FORCE_COLOR", "0")
+        .env("ANSIBLE_LOCAL_TEMP", w.path("ansible-tmp"))
+        .env("ANSIBLE_REMOTE_TEMP", w.path("ansible-tmp"))
+        .output()
+        .context("running ansible-playbook (scripts/test installs ansible-core with pip)")?;
+    ensure!(
+        out.status.success(),
+        "ansible-playbook {extra:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// The PLAY RECAP lines: host and its `changed=` count.
+fn changed(out: &Output) -> Vec<(String, u32)> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .skip_while(|l| !l.starts_with("PLAY RECAP"))
+        .skip(1)
+        .filter_map(|l| {
+            let host = l.split_whitespace().next()?.to_string();
+            let n = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("changed="))?
+                .parse()
+                .ok()?;
+            Some((host, n))
+        })
+        .collect()
+}
+
+#[test]
+fn the_playbook_installs_enrolls_and_is_idempotent_on_the_namespace_fleet() -> Result<()> {
+    let net = Net::up()?;
+    let w = World::new()?;
+    std::fs::create_dir_all(w.path("home"))?;
+    let bin_dir = bin("picket-agent")
+        .parent()
+        .context("binary folder")?
+        .to_path_buf();
+    let root = |host: &str| w.path(&format!("roots/{host}"));
+
+    // One line per host: host variables outrank the playbook's group_vars.
+    let mut inv = String::from("[control]\nvm-devops\n\n[agents]\n");
+    let mut hostvars = Vec::new();
+    for (host, addr, role) in HOSTS {
+        let py = w.path(&format!("python-{host}"));
+        std::fs::write(
+            &py,
+            format!(
+                "#!/bin/sh\nexec ip netns exec {} python3 \"$@\"\n",
+                net.ns(host)
+            ),
+        )?;
+        std::fs::set_permissions(&py, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let line = format!(
+            "{host} ansible_host={addr} picket_agent_role={role} ansible_connection=local \
+             ansible_become=false ansible_python_interpreter={} picket_root={} \
+             picket_manage_services=false picket_create_user=false picket_control_user=root \
+             picket_bin_dir={}",
+            py.display(),
+            root(host).display(),
+            bin_dir.display()
+        );
+        hostvars.push((host, line));
+    }
+    for (host, line) in &hostvars {
+        if *host == "vm-devops" {
+            inv = inv.replace("[control]\nvm-devops\n", &format!("[control]\n{line}\n"));
+        }
+    }
+    for (_, line) in &hostvars {
+        inv.push_str(line);
+        inv.push('\n');
+    }
+    // vm-security runs Suricata and OSSEC in the seeds.
+    inv = inv.replace(
+        "picket_agent_role=security",
+        "picket_agent_role=security picket_agent_extra_sources='[{\"kind\": \"suricata\", \"path\": \"/var/log/suricata/eve.json\"}]'",
+    );
+    inv.push_str("\n[fleet:children]\ncontrol\nagents\n");
+    let inventory = w.path("inventory.ini");
+    std::fs::write(&inventory, &inv)?;
+
+    // The control plane first; here the test starts what was installed.
+    playbook(&w, &inventory, &["--tags", "control"])?;
+    let cp_root = root("vm-devops");
+    let cp_cmd = {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &net.ns("vm-devops")])
+            .arg(cp_root.join("usr/local/bin/picket-control"));
+        c
+    };
+    let cp = Control::start_with(
+        cp_root.join("var/lib/picket"),
+        &cp_root.join("etc/picket/control.toml"),
+        cp_cmd,
+        &format!("{CONTROL}:7443"),
+        &format!("{CONTROL}:9464"),
+    )?;
+
+    // Then everything: tokens, enrollment.
+    let first = playbook(&w, &inventory, &[])?;
+    assert!(
+        changed(&first).iter().any(|(_, n)| *n > 0),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    let security = std::fs::read_to_string(root("vm-security").join("etc/picket/agent.toml"))?;
+    assert!(
+        security.contains("kind = \"suricata\"") && security.contains("kind = \"sshd\""),
+        "{security}"
+    );
+    let prod = std::fs::read_to_string(root("vm-prod").join("etc/picket/agent.toml"))?;
+    assert!(
+        !prod.contains("suricata") && prod.contains("kind = \"fail2ban\""),
+        "{prod}"
+    );
+    assert!(
+        prod.contains(&format!("server = \"{CONTROL}:7443\"")),
+        "{prod}"
+    );
+
+    let mut agents = Vec::new();
+    for (host, _, _) in HOSTS {
+        let r = root(host);
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &net.ns(host)])
+            .arg(r.join("usr/local/bin/picket-agent"))
+            .args(["run", "--config"])
+            .arg(r.join("etc/picket/agent.toml"));
+        agents.push(Proc::spawn(c)?);
+    }
+    let flags = cp.admin_flags();
+    let ctl = || {
+        ctl_json_with(
+            w.cmd_in(&net.ns("vm-devops"), "picketctl"),
+            &flags,
+            &["agents", "list"],
+        )
+    };
+    let listed = wait_for(
+        "five provisioned agents online",
+        Duration::from_secs(60),
+        || {
+            let a = ctl().ok()?;
+            (a.len() == 5 && a.iter().all(|a| a["status"] == "online")).then_some(a)
+        },
+    )?;
+    for (host, _, role) in HOSTS {
+        let a = listed
+            .iter()
+            .find(|a| a["name"] == host)
+            .context("listed")?;
+        assert_eq!(a["labels"]["role"], role, "{host}");
+    }
+
+    // A second run changes nothing.
+    let second = playbook(&w, &inventory, &[])?;
+    let recap = changed(&second);
+    assert_eq!(
+        recap.len(),
+        5,
+        "{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+    for (host, n) in recap {
+        assert_eq!(
+            n,
+            0,
+            "{host} changed on the second run:\n{}",
+            String::from_utf8_lossy(&second.stdout)
+        );
+    }
+    drop(agents);
+    Ok(())
+}

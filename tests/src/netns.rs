@@ -1,0 +1,69 @@
+//! The reference fleet's network: `tests/fleet/fleet.sh` run from a test,
+//! its namespaces removed when the test ends, even after a failure.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, ensure};
+
+use crate::tests_dir;
+
+/// The seeds' hosts: name, address, role. The control plane is on the last.
+pub const HOSTS: [(&str, &str, &str); 5] = [
+    ("vm-prod", "10.0.1.10", "prod"),
+    ("vm-staging", "10.0.1.20", "staging"),
+    ("vm-monitor", "10.0.1.30", "monitor"),
+    ("vm-security", "10.0.1.40", "security"),
+    ("vm-devops", "10.0.1.50", "devops"),
+];
+/// vm-devops's address, where the control plane listens.
+pub const CONTROL: &str = "10.0.1.50";
+
+/// The namespaces, removed when dropped (even after a failed assertion).
+pub struct Net {
+    pub prefix: String,
+}
+
+impl Net {
+    pub fn script() -> PathBuf {
+        tests_dir().join("fleet/fleet.sh")
+    }
+
+    pub fn sh(&self, args: &[&str]) -> Result<Output> {
+        let out = Command::new("bash")
+            .arg(Self::script())
+            .args(args)
+            .env("FLEET_PREFIX", &self.prefix)
+            .output()
+            .context("running tests/fleet/fleet.sh")?;
+        ensure!(
+            out.status.success(),
+            "fleet.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out)
+    }
+
+    pub fn up() -> Result<Net> {
+        ensure!(
+            nix::unistd::geteuid().is_root(),
+            "the namespace fleet needs root (ip netns); run the suite as root, as CI does"
+        );
+        let net = Net {
+            prefix: format!("pk{}", std::process::id() % 10_000),
+        };
+        net.sh(&["down"])?;
+        net.sh(&["up"])?;
+        Ok(net)
+    }
+
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = self.sh(&["down"]);
+    }
+}
