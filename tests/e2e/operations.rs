@@ -445,3 +445,42 @@ fn a_revoked_user_is_cut_off_and_a_forgotten_agent_enrolls_again() -> Result<()>
     assert_eq!(status_of(&w, &admin, "vm-old").as_deref(), Some("online"));
     Ok(())
 }
+
+#[test]
+fn logs_are_plain_text_off_a_terminal_and_json_lines_on_request() -> Result<()> {
+    let w = World::new()?;
+    w.init("cp", "")?;
+    // Text, as journald gets it: no colour codes.
+    let cp = Control::start(&w, "cp")?;
+    let text = cp.proc.stderr();
+    assert!(
+        text.contains("control plane listening") && !text.contains('\u{1b}'),
+        "{text}"
+    );
+    drop(cp);
+    // JSON for log shippers, one object a line, fields kept apart.
+    let mut c = w.cmd("picket-control");
+    c.args(["--log-format", "json", "run", "--config"])
+        .arg(w.path("cp/control.toml"))
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]);
+    let p = Proc::spawn(c)?;
+    let line = wait_for("the listening line", Duration::from_secs(20), || {
+        p.stderr()
+            .lines()
+            .find(|l| l.contains("control plane listening"))
+            .map(str::to_string)
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&line).with_context(|| line.clone())?;
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["fields"]["message"], "control plane listening", "{v}");
+    assert!(
+        v["fields"]["grpc"]
+            .as_str()
+            .is_some_and(|g| g.starts_with("127.0.0.1:")),
+        "{v}"
+    );
+    for l in p.stderr().lines() {
+        serde_json::from_str::<serde_json::Value>(l).with_context(|| format!("not JSON: {l}"))?;
+    }
+    Ok(())
+}

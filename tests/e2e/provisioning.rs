@@ -206,3 +206,90 @@ fn the_playbook_installs_enrolls_and_is_idempotent_on_the_namespace_fleet() -> R
     drop(agents);
     Ok(())
 }
+
+fn install_sh(args: &[&str]) -> Result<String> {
+    let out = Command::new("bash")
+        .arg(repo().join("provisioning/install.sh"))
+        .args(args)
+        .env_remove("PICKET_TOKEN")
+        .output()
+        .context("running provisioning/install.sh")?;
+    ensure!(
+        out.status.success(),
+        "install.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn install_sh_sets_up_a_control_plane_and_an_agent_and_runs_again_harmlessly() -> Result<()> {
+    let w = World::new()?;
+    let bin_dir = bin("picket-agent")
+        .parent()
+        .context("binary folder")?
+        .display()
+        .to_string();
+    let (rc, ra) = (w.path("control-root"), w.path("agent-root"));
+    let (rc_s, ra_s) = (rc.display().to_string(), ra.display().to_string());
+    let said = install_sh(&["control", "--root", &rc_s, "--bin", &bin_dir])?;
+    let fp = said
+        .split_whitespace()
+        .find(|s| s.starts_with("sha256:"))
+        .context("no fingerprint printed")?
+        .to_string();
+    let c = Command::new(rc.join("usr/local/bin/picket-control"));
+    let cp = Control::start_with(
+        rc.join("var/lib/picket"),
+        &rc.join("etc/picket/control.toml"),
+        c,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+    )?;
+    let admin = cp.admin_flags();
+    let tok = token(&w, &cp, &["--label", "role=prod"])?;
+    let args = [
+        "agent",
+        "--root",
+        &ra_s,
+        "--bin",
+        &bin_dir,
+        "--server",
+        &cp.grpc,
+        "--ca-fingerprint",
+        &fp,
+        "--name",
+        "host-1",
+        "--role",
+        "prod",
+        "--source",
+        "raw:/var/log/app.log",
+    ];
+    let mut with_token = args.to_vec();
+    with_token.extend(["--token", &tok]);
+    install_sh(&with_token)?;
+    let cfg = std::fs::read_to_string(ra.join("etc/picket/agent.toml"))?;
+    assert!(
+        cfg.contains("kind = \"raw\"") && cfg.contains("role = \"prod\""),
+        "{cfg}"
+    );
+    let mut c = Command::new(ra.join("usr/local/bin/picket-agent"));
+    c.args(["run", "--config"])
+        .arg(ra.join("etc/picket/agent.toml"));
+    let _agent = Proc::spawn(c)?;
+    wait_for("host-1 online", Duration::from_secs(30), || {
+        let a = agents(&w, &admin).ok()?;
+        let h = a.get("host-1")?;
+        (h["status"] == "online" && h["labels"]["role"] == "prod").then_some(())
+    })?;
+    // Again: no token needed, no second CA, no second enrollment.
+    let crt = std::fs::read(ra.join("var/lib/picket-agent/agent.crt"))?;
+    install_sh(&args)?;
+    assert_eq!(
+        std::fs::read(ra.join("var/lib/picket-agent/agent.crt"))?,
+        crt
+    );
+    let again = install_sh(&["control", "--root", &rc_s, "--bin", &bin_dir])?;
+    assert!(again.contains(&fp), "{again}");
+    Ok(())
+}
