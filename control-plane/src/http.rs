@@ -202,6 +202,22 @@ fn exposition(state: &State) -> Result<String, crate::store::StoreError> {
     let g = Gauge::<i64>::default();
     g.set(revoked);
     reg.register("picket_control_agents_revoked", "Revoked agents", g);
+    // Watch it: the control plane renews its certificate itself when fewer
+    // than 30 days are left; a value that comes that close did not renew.
+    let expiry = state
+        .identity
+        .leaf()
+        .and_then(|c| crate::pki::server::describe(&c))
+        .and_then(|c| c.not_after.duration_since(std::time::UNIX_EPOCH).ok());
+    if let Some(expiry) = expiry {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(expiry.as_secs()).unwrap_or(i64::MAX));
+        reg.register(
+            "picket_control_server_cert_expiry_timestamp_seconds",
+            "When the server certificate served now expires (Unix seconds)",
+            g,
+        );
+    }
     // Monotonic totals exported as gauges: promtool (2.42, Debian 12) lints
     // the 0.0.4 text format and flags OpenMetrics counter families, whose
     // samples carry a `_total` suffix their HELP line lacks. See

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use picket_tests::netns::{CONTROL, HOSTS, Net};
 use picket_tests::*;
 use serde_json::Value;

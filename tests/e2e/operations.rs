@@ -282,6 +282,16 @@ fn the_server_certificate_is_renewed_under_connected_agents() -> Result<()> {
     wait_all(&w, &admin, 1000)?;
     let before = served_leaf(&cp.grpc, &fp)?;
     assert_eq!(before, file_leaf(&cp)?);
+    let expiry = || -> Result<u64> {
+        let (_, body) = http_get(&cp.http, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("picket_control_server_cert_expiry_timestamp_seconds "))
+            .context("no certificate expiry on /metrics")?
+            .trim()
+            .parse()
+            .context("expiry")
+    };
+    let expiry_before = expiry()?;
 
     let cfg = cp.data_dir.join("control.toml").display().to_string();
     let out = w.run(
@@ -310,6 +320,10 @@ fn the_server_certificate_is_renewed_under_connected_agents() -> Result<()> {
         Duration::from_secs(20),
         || (served_leaf(&cp.grpc, &fp).ok()? == renewed).then_some(()),
     )?;
+    assert!(
+        expiry()? >= expiry_before,
+        "the renewed certificate's expiry is exported"
+    );
 
     // The agent never noticed: same process, same stream, nothing lost.
     write_lines(&log, 1000, 2000)?;
