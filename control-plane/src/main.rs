@@ -15,16 +15,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "picket-control", version, about = "Picket control plane")]
 struct Cli {
-    /// How to log to stderr: `text` (coloured only on a terminal) or
-    /// `json` (one object a line, for log shippers). `RUST_LOG` filters.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value_t,
-        env = "PICKET_LOG_FORMAT"
-    )]
-    log_format: picket_log::LogFormat,
+    #[command(flatten)]
+    log: picket_log::LogArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -98,7 +90,7 @@ struct BadConfig(anyhow::Error);
 fn main() -> ExitCode {
     picket_tls::install_provider();
     let cli = Cli::parse();
-    picket_log::init(cli.log_format);
+    picket_log::init(cli.log.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

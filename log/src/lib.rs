@@ -16,6 +16,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// The flag both daemons take (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// How to log to stderr: `text` (coloured only on a terminal) or
+    /// `json` (one object a line, for log shippers). `RUST_LOG` filters.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "PICKET_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
 /// Installs the global subscriber. Call once, first thing in `main`.
 pub fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -29,6 +30,35 @@ fn numbered_lines(w: &World, flags: &[String]) -> Result<HashMap<usize, usize>> 
         *counts.entry(n).or_default() += 1;
     }
     Ok(counts)
+}
+
+/// `picket-control VERB FLAG A FLAG B`: `backup --config C --out F` or
+/// `restore --from F --data-dir D`.
+fn control(w: &World, args: [&str; 3], a: &Path, b: &Path) -> Result<std::process::Output> {
+    let [verb, fa, fb] = args;
+    w.cmd("picket-control")
+        .args([verb, fa])
+        .arg(a)
+        .arg(fb)
+        .arg(b)
+        .output()
+        .with_context(|| format!("running picket-control {verb}"))
+}
+
+fn backup(w: &World, cfg: &Path, out: &Path) -> Result<std::process::Output> {
+    control(w, ["backup", "--config", "--out"], cfg, out)
+}
+
+fn restore(w: &World, from: &Path, dir: &Path) -> Result<std::process::Output> {
+    control(w, ["restore", "--from", "--data-dir"], from, dir)
+}
+
+/// How many lines the store holds, if it answers.
+fn numbered_or_any(w: &World, flags: &[String]) -> Option<usize> {
+    let out = ctl(w, flags, &["logs", "-o", "json"]).ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).lines().count())
 }
 
 /// Appends `line N` for N in `from..to` to `path`, a few at a time.
@@ -86,16 +116,7 @@ fn a_backup_taken_under_load_restores_a_gap_free_prefix_that_serves_agents() -> 
     })?;
     let cfg = cp.data_dir.join("control.toml");
     let archive = w.path("backup.tar");
-    let out = w.run(
-        "picket-control",
-        &[
-            "backup",
-            "--config",
-            &cfg.display().to_string(),
-            "--out",
-            &archive.display().to_string(),
-        ],
-    )?;
+    let out = backup(&w, &cfg, &archive)?;
     assert!(out.status.success(), "backup: {}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("writes held for"), "{said}");
@@ -112,16 +133,7 @@ fn a_backup_taken_under_load_restores_a_gap_free_prefix_that_serves_agents() -> 
     wait_all(&w, &admin, TOTAL)?;
 
     // A second backup to the same path is refused without --force.
-    let again = w.run(
-        "picket-control",
-        &[
-            "backup",
-            "--config",
-            &cfg.display().to_string(),
-            "--out",
-            &archive.display().to_string(),
-        ],
-    )?;
+    let again = backup(&w, &cfg, &archive)?;
     assert_eq!(again.status.code(), Some(1));
     assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
 
@@ -139,16 +151,7 @@ fn a_backup_taken_under_load_restores_a_gap_free_prefix_that_serves_agents() -> 
     std::fs::write(&future, fb)?;
     for (bad, why) in [(&truncated, "truncated"), (&future, "format 9")] {
         let dir = w.path("bad-restore");
-        let out = w.run(
-            "picket-control",
-            &[
-                "restore",
-                "--from",
-                &bad.display().to_string(),
-                "--data-dir",
-                &dir.display().to_string(),
-            ],
-        )?;
+        let out = restore(&w, bad, &dir)?;
         assert!(!out.status.success());
         assert!(stderr(&out).contains(why), "{why}: {}", stderr(&out));
         assert!(!dir.exists(), "nothing written for a {why} archive");
@@ -159,16 +162,7 @@ fn a_backup_taken_under_load_restores_a_gap_free_prefix_that_serves_agents() -> 
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
     // A folder that holds a store is refused.
-    let out = w.run(
-        "picket-control",
-        &[
-            "restore",
-            "--from",
-            &archive.display().to_string(),
-            "--data-dir",
-            &cp.data_dir.display().to_string(),
-        ],
-    )?;
+    let out = restore(&w, &archive, &cp.data_dir)?;
     assert!(
         !out.status.success() && stderr(&out).contains("not empty"),
         "{}",
@@ -176,16 +170,7 @@ fn a_backup_taken_under_load_restores_a_gap_free_prefix_that_serves_agents() -> 
     );
 
     let restored = w.path("restored");
-    let out = w.run(
-        "picket-control",
-        &[
-            "restore",
-            "--from",
-            &archive.display().to_string(),
-            "--data-dir",
-            &restored.display().to_string(),
-        ],
-    )?;
+    let out = restore(&w, &archive, &restored)?;
     assert!(out.status.success(), "restore: {}", stderr(&out));
 
     // The restored store alone: a gap-free prefix, nothing twice.
@@ -356,6 +341,14 @@ fn a_revoked_user_is_cut_off_and_a_forgotten_agent_enrolls_again() -> Result<()>
     let cp = Control::start(&w, "cp")?;
     let admin = cp.admin_flags();
 
+    // A line in the store, for alice's follow to print.
+    let log = w.path("app.log");
+    std::fs::write(&log, "hello from vm-log\n")?;
+    let _logger = enroll_with_sources(&w, &cp, &fp, "vm-log", &[], &[("raw", &log)])?;
+    wait_for("the line stored", Duration::from_secs(30), || {
+        (numbered_or_any(&w, &admin)? > 0).then_some(())
+    })?;
+
     // alice follows the logs; revoking her ends the follow and refuses her.
     let out = ctl(
         &w,
@@ -377,14 +370,23 @@ fn a_revoked_user_is_cut_off_and_a_forgotten_agent_enrolls_again() -> Result<()>
         c.args(&alice).args(["logs", "-f"]);
         Proc::spawn(c)?
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // Connected once the backlog's line is printed.
+    wait_for(
+        "the follow to print the backlog",
+        Duration::from_secs(20),
+        || follow.stdout().contains("hello from vm-log").then_some(()),
+    )
+    .with_context(|| follow.stderr())?;
     assert!(follow.child_alive(), "the follow runs: {}", follow.stderr());
     let out = ctl_json(&w, &admin, &["user", "revoke", "alice"])?;
     assert_eq!(out[0]["name"], "alice");
     assert_eq!(out[0]["streams_cut"], 1);
     let status = follow.wait_exit(Duration::from_secs(10))?;
     assert!(!status.success());
-    assert!(follow.stderr().contains("revoked"), "{}", follow.stderr());
+    wait_for("the follow to say why", Duration::from_secs(5), || {
+        follow.stderr().contains("revoked").then_some(())
+    })
+    .with_context(|| follow.stderr())?;
     let refused = ctl(&w, &alice, &["status"])?;
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("revoked"), "{}", stderr(&refused));
@@ -453,9 +455,15 @@ fn a_revoked_user_is_cut_off_and_a_forgotten_agent_enrolls_again() -> Result<()>
     let mut c = w.cmd("picket-agent");
     c.args(["run", "--config"]).arg(&old_cfg);
     let mut stale = Proc::spawn(c)?;
-    let st = stale.wait_exit(Duration::from_secs(30))?;
+    let st = stale
+        .wait_exit(Duration::from_secs(30))
+        .with_context(|| stale.stderr())?;
     assert!(!st.success());
-    assert!(stale.stderr().contains("predates"), "{}", stale.stderr());
+    assert!(
+        stale.stderr().contains("predates its enrollment"),
+        "{}",
+        stale.stderr()
+    );
     assert_eq!(status_of(&w, &admin, "vm-old").as_deref(), Some("online"));
     Ok(())
 }
@@ -496,5 +504,64 @@ fn logs_are_plain_text_off_a_terminal_and_json_lines_on_request() -> Result<()> 
     for l in p.stderr().lines() {
         serde_json::from_str::<serde_json::Value>(l).with_context(|| format!("not JSON: {l}"))?;
     }
+    Ok(())
+}
+
+/// `sh -c SCRIPT` in a mount namespace of its own (as root): a full disk
+/// or a read-only folder seen by one command only.
+fn in_mount_ns(w: &World, script: &str) -> Result<std::process::Output> {
+    std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", script])
+        .env("HOME", w.path("home"))
+        .output()
+        .context("running unshare -m (util-linux; needs root, as CI runs)")
+}
+
+#[test]
+fn a_full_disk_and_a_read_only_state_folder_get_clear_errors() -> Result<()> {
+    let w = World::new()?;
+    w.init("cp", "")?;
+    let cp = Control::start(&w, "cp")?;
+    let cfg = cp.data_dir.join("control.toml").display().to_string();
+    let mnt = w.path("small");
+    std::fs::create_dir_all(&mnt)?;
+    let pc = bin("picket-control").display().to_string();
+    // A backup onto a disk that fills up: an error, and nothing left that
+    // could pass for an archive.
+    let out = in_mount_ns(
+        &w,
+        &format!(
+            "mount -t tmpfs -o size=8k tmpfs {m} && {pc} backup --config {cfg} --out {m}/b.tar; rc=$?; ls -A {m}; exit $rc",
+            m = mnt.display()
+        ),
+    )?;
+    assert!(!out.status.success(), "a backup onto a full disk failed");
+    assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "nothing left behind"
+    );
+    assert!(
+        !cp.data_dir.join("snapshots").read_dir()?.any(|_| true),
+        "the snapshot is cleaned up"
+    );
+    drop(cp);
+
+    // A control plane whose data folder cannot be written: it says which.
+    let data = w.path("cp").display().to_string();
+    let out = in_mount_ns(
+        &w,
+        &format!(
+            "mount --bind {data} {data} && mount -o remount,bind,ro {data} && \
+             exec {pc} run --config {cfg} --listen 127.0.0.1:0 --http-listen 127.0.0.1:0"
+        ),
+    )?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Read-only file system") && err.contains(&data),
+        "{err}"
+    );
     Ok(())
 }

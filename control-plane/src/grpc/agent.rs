@@ -174,6 +174,10 @@ impl AgentService for AgentSvc {
         req: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::RenewResponse>, Status> {
         let name = require_agent(&req)?;
+        let presented = req
+            .extensions()
+            .get::<super::auth::AgentSerial>()
+            .map(|s| s.0.clone());
         let st = &self.state;
         let issued = st
             .ca
@@ -189,6 +193,7 @@ impl AgentService for AgentSvc {
         st.store
             .blocking(move |s| {
                 s.update_agent(&n, |r| {
+                    r.prev_cert_serial = presented.clone();
                     r.cert_serial = serial.clone();
                     r.cert_not_after_ms = not_after;
                 })?;

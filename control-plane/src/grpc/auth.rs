@@ -38,7 +38,7 @@ impl Authenticator {
         Authenticator { store }
     }
 
-    fn identify<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+    fn identify<T>(&self, req: &Request<T>) -> Result<(Caller, Option<AgentSerial>), Status> {
         let certs = req.peer_certs().ok_or_else(|| {
             Status::unauthenticated("a client certificate issued by the Picket CA is required")
         })?;
@@ -48,7 +48,7 @@ impl Authenticator {
         let Subject {
             unit,
             name,
-            not_before_ms,
+            serial_hex,
         } = subject_of(leaf.as_ref())
             .ok_or_else(|| Status::unauthenticated("client certificate has no Picket subject"))?;
         match unit.as_str() {
@@ -63,14 +63,16 @@ impl Authenticator {
                 if rec.revoked_ms.is_some() {
                     return Err(Status::unauthenticated(format!("agent {name} is revoked")));
                 }
-                // A certificate from before this enrollment belongs to an
-                // earlier host of the same name, forgotten since.
-                if not_before_ms < rec.enrolled_ms - ENROLLED_SLACK_MS {
+                // Only the agent's newest certificate, or the one it
+                // renewed with (its renewal may not have reached its disk):
+                // a forgotten host of the same name holds neither.
+                let known = std::iter::once(&rec.cert_serial).chain(&rec.prev_cert_serial);
+                if !known.into_iter().any(|s| same_serial(s, &serial_hex)) {
                     return Err(Status::unauthenticated(format!(
-                        "this certificate for agent {name} predates its enrollment here"
+                        "this certificate is not agent {name}'s: it predates its enrollment here"
                     )));
                 }
-                Ok(Caller::Agent(name))
+                Ok((Caller::Agent(name), Some(AgentSerial(serial_hex))))
             }
             "user" => {
                 let user = self
@@ -81,10 +83,13 @@ impl Authenticator {
                 if user.revoked_ms.is_some() {
                     return Err(Status::unauthenticated(format!("user {name} is revoked")));
                 }
-                Ok(Caller::User {
-                    name,
-                    role: user.role,
-                })
+                Ok((
+                    Caller::User {
+                        name,
+                        role: user.role,
+                    },
+                    None,
+                ))
             }
             _ => Err(Status::unauthenticated(
                 "this certificate is not an agent or user certificate",
@@ -95,17 +100,25 @@ impl Authenticator {
 
 impl tonic::service::Interceptor for Authenticator {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.identify(&req)?;
+        let (caller, serial) = self.identify(&req)?;
         req.extensions_mut().insert(caller);
+        if let Some(s) = serial {
+            req.extensions_mut().insert(s);
+        }
         Ok(req)
     }
 }
 
-/// How long before its enrollment an agent's first certificate may start:
-/// certificates are backdated ([`crate::pki::BACKDATE`]) and their times
-/// are whole seconds. A certificate of a forgotten host of the same name,
-/// issued more than a second before the new enrollment, starts earlier.
-const ENROLLED_SLACK_MS: i64 = crate::pki::BACKDATE.as_millis() as i64 + 1000;
+/// The serial (hex) of the certificate an agent called with, for `Renew`.
+#[derive(Debug, Clone)]
+pub struct AgentSerial(pub String);
+
+/// Two serials in hex, the same number: DER drops a leading zero byte
+/// that the issued serial's hex keeps.
+fn same_serial(a: &str, b: &str) -> bool {
+    a.trim_start_matches("00")
+        .eq_ignore_ascii_case(b.trim_start_matches("00"))
+}
 
 /// What the interceptor reads of a client certificate.
 pub struct Subject {
@@ -113,13 +126,14 @@ pub struct Subject {
     pub unit: String,
     /// The common name.
     pub name: String,
-    pub not_before_ms: i64,
+    /// The serial number, hex.
+    pub serial_hex: String,
 }
 
-/// The subject and start of validity of a certificate.
+/// The subject and serial of a certificate.
 pub fn subject_of(der: &[u8]) -> Option<Subject> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let not_before_ms = cert.validity().not_before.timestamp().saturating_mul(1000);
+    let serial_hex = hex::encode(cert.raw_serial());
     let subject = cert.subject();
     let unit = subject
         .iter_organizational_unit()
@@ -136,7 +150,7 @@ pub fn subject_of(der: &[u8]) -> Option<Subject> {
     Some(Subject {
         unit,
         name: cn,
-        not_before_ms,
+        serial_hex,
     })
 }
 
@@ -178,4 +192,17 @@ pub fn require<T>(
         Caller::User { name, role } => format!("user {name} has role {role}; {action} needs {min}"),
     };
     Err(Status::permission_denied(who))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_serial;
+
+    #[test]
+    fn serials_compare_as_numbers() {
+        assert!(same_serial("00ab12", "ab12"));
+        assert!(same_serial("AB12", "ab12"));
+        assert!(!same_serial("0ab1", "ab10"));
+        assert!(!same_serial("ab12", "ab13"));
+    }
 }

@@ -105,6 +105,7 @@ impl Enrollment for EnrollService {
             reported_labels: Labels::new(),
             enrolled_ms: now,
             cert_serial: issued.serial_hex,
+            prev_cert_serial: None,
             cert_not_after_ms: to_ms(issued.not_after),
             revoked_ms: None,
             inventory: None,

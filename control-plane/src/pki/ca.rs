@@ -82,7 +82,7 @@ pub struct InitReport {
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86400);
 const ADMIN_LIFETIME: Duration = Duration::from_secs(365 * 86400);
 /// Allowance for clocks that run behind the control plane's.
-pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 pub(super) fn dn(cn: &str, unit: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();

@@ -48,7 +48,12 @@ pub struct AgentRecord {
     #[serde(default)]
     pub reported_labels: Labels,
     pub enrolled_ms: i64,
+    /// The newest certificate issued to it (hex serial).
     pub cert_serial: String,
+    /// The certificate it renewed with, still accepted until it renews
+    /// again (a renewal whose answer never reached its disk).
+    #[serde(default)]
+    pub prev_cert_serial: Option<String>,
     pub cert_not_after_ms: i64,
     #[serde(default)]
     pub revoked_ms: Option<i64>,
@@ -469,6 +474,7 @@ mod tests {
             ]),
             enrolled_ms: 1,
             cert_serial: "aa".into(),
+            prev_cert_serial: None,
             cert_not_after_ms: 2,
             revoked_ms: None,
             inventory: None,
