@@ -493,6 +493,66 @@ mod tests {
         );
     }
 
+    /// An archive of `entries` (name, bytes), as `backup` writes them.
+    fn archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut w = Writer::new(Vec::new());
+        for (name, data) in entries {
+            if name.contains("..") {
+                // tar refuses to write such a name: set its bytes as a
+                // hostile archive would.
+                let mut h = Writer::<Vec<u8>>::header(data.len() as u64);
+                h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+                h.set_cksum();
+                w.tar.append(&h, *data).unwrap();
+                w.sums
+                    .push((name.to_string(), hex::encode(Sha256::digest(data))));
+            } else {
+                w.bytes(name, data).unwrap();
+            }
+        }
+        let sums: String = w.sums.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
+        let mut h = Writer::<Vec<u8>>::header(sums.len() as u64);
+        w.tar.append_data(&mut h, SUMS, sums.as_bytes()).unwrap();
+        w.tar.into_inner().unwrap()
+    }
+
+    fn header() -> Vec<u8> {
+        serde_json::to_vec(&Header {
+            format: FORMAT,
+            created_unix_ms: 0,
+            picket_version: "test".into(),
+            data_dir: "/x".into(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn bad_archives_are_refused_with_a_reason() {
+        let h = header();
+        let good = archive(&[(HEADER, &h), ("ca.crt", b"pem")]);
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(unpack(good.as_slice(), &dir.path().join("ok")).unwrap(), 2);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("garbage", b"not a tar at all, just text".repeat(40)),
+            ("empty", Vec::new()),
+            ("truncated", good[..good.len() - 1100].to_vec()),
+            ("no header", archive(&[("ca.crt", b"pem")])),
+            ("escapes", archive(&[(HEADER, &h), ("a/../../b", b"x")])),
+            ("tampered", {
+                let mut t = good.clone();
+                let at = t.windows(3).position(|w| w == b"pem").unwrap();
+                t[at] = b'P';
+                t
+            }),
+        ];
+        for (what, bytes) in cases {
+            let into = dir.path().join(what);
+            std::fs::create_dir_all(&into).unwrap();
+            let e = unpack(bytes.as_slice(), &into);
+            assert!(e.is_err(), "{what} was accepted");
+        }
+    }
+
     #[test]
     fn unsafe_names_are_refused() {
         for bad in ["../x", "/etc/passwd", "a/../../b", "./a"] {

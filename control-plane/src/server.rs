@@ -174,18 +174,23 @@ pub async fn run(
         fingerprint = %state.ca.fingerprint(),
         "control plane listening"
     );
-    let local = crate::local::bind(&state.cfg.data_dir).with_context(|| {
-        format!(
-            "cannot create the local socket {}",
-            state.cfg.data_dir.join(crate::local::SOCKET).display()
-        )
-    })?;
-    tokio::spawn(crate::local::serve(
-        local,
-        state.store.clone(),
-        state.cfg.data_dir.clone(),
-        shutdown.clone(),
-    ));
+    // Without its socket the control plane still serves; only `backup`
+    // cannot reach it (a path over the 108 bytes a socket may have, say).
+    match crate::local::bind(&state.cfg.data_dir) {
+        Ok(local) => {
+            tokio::spawn(crate::local::serve(
+                local,
+                state.store.clone(),
+                state.cfg.data_dir.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Err(error) => tracing::warn!(
+            %error,
+            path = %state.cfg.data_dir.join(crate::local::SOCKET).display(),
+            "cannot create the local socket; `picket-control backup` cannot reach this control plane"
+        ),
+    }
     let grpc = tokio::spawn(crate::grpc::serve(listeners.grpc, state.clone()));
     let http = tokio::spawn(crate::http::serve(listeners.http, state.clone()));
     state.tasks.spawn(crate::fleet::maintain(
