@@ -507,6 +507,13 @@ fn logs_are_plain_text_off_a_terminal_and_json_lines_on_request() -> Result<()> 
     Ok(())
 }
 
+fn cp_fingerprint(w: &World, cp: &Control) -> Result<String> {
+    let dir = cp.data_dir.display().to_string();
+    let out = w.run("picket-control", &["ca-fingerprint", "--data-dir", &dir])?;
+    anyhow::ensure!(out.status.success(), "{}", stderr(&out));
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// `sh -c SCRIPT` in a mount namespace of its own (as root): a full disk
 /// or a read-only folder seen by one command only.
 fn in_mount_ns(w: &World, script: &str) -> Result<std::process::Output> {
@@ -520,7 +527,7 @@ fn in_mount_ns(w: &World, script: &str) -> Result<std::process::Output> {
 #[test]
 fn a_full_disk_and_a_read_only_state_folder_get_clear_errors() -> Result<()> {
     let w = World::new()?;
-    w.init("cp", "")?;
+    let init_fp = w.init("cp", "")?;
     let cp = Control::start(&w, "cp")?;
     let cfg = cp.data_dir.join("control.toml").display().to_string();
     let mnt = w.path("small");
@@ -545,6 +552,28 @@ fn a_full_disk_and_a_read_only_state_folder_get_clear_errors() -> Result<()> {
     assert!(
         !cp.data_dir.join("snapshots").read_dir()?.any(|_| true),
         "the snapshot is cleaned up"
+    );
+
+    // An agent whose state folder cannot be written: it says which.
+    let fp = cp_fingerprint(&w, &cp)?;
+    assert_eq!(fp, init_fp, "ca-fingerprint prints what init did");
+    let tok = token(&w, &cp, &[])?;
+    let out = enroll(&w, &cp, &fp, &tok, "vm-ro", &[])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let state = w.path("agents/vm-ro").display().to_string();
+    let pa = bin("picket-agent").display().to_string();
+    let out = in_mount_ns(
+        &w,
+        &format!(
+            "mount --bind {state} {state} && mount -o remount,bind,ro {state} && \
+             exec {pa} run --config {state}/agent.toml"
+        ),
+    )?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Read-only file system") && err.contains(&state),
+        "{err}"
     );
     drop(cp);
 
