@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod fleet;
+pub mod lines;
 pub mod netns;
 pub mod receiver;
 
