@@ -259,6 +259,8 @@ pub enum UserCmd {
     /// Revoke a user: their next call is refused and their open streams
     /// (follows, watches, runs) end. The name cannot be added again.
     Revoke { name: String },
+    /// Every user, with role and whether revoked.
+    List,
 }
 
 fn parse_severity(s: &str) -> Result<picket_proto::model::Severity, String> {

@@ -191,6 +191,12 @@ fn a_revoked_user_is_cut_off_and_a_forgotten_agent_enrolls_again() -> Result<()>
     let refused = ctl(&w, &alice, &["status"])?;
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("revoked"), "{}", stderr(&refused));
+    let users = ctl_json(&w, &admin, &["user", "list"])?;
+    let listed = |n: &str| users.iter().find(|u| u["name"] == n).cloned();
+    let a = listed("alice").context("alice listed")?;
+    assert_eq!(a["role"], "operator");
+    assert!(a["revoked"].is_string(), "{a}");
+    assert!(listed("admin").is_some_and(|u| u["revoked"].is_null()));
     let unknown = ctl(&w, &admin, &["user", "revoke", "mallory"])?;
     assert!(!unknown.status.success() && stderr(&unknown).contains("no user named mallory"));
     let again = ctl(

@@ -139,7 +139,8 @@ case "$cmd" in
   exec) known "${1:?host}"; h=$1; shift; exec ip netns exec "$(ns_of "$h")" "$@" ;;
   run) run ;;
   *)
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    # The comment block at the top of this file.
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
     exit 2
     ;;
 esac

@@ -1,5 +1,5 @@
 //! `picketctl user add NAME --role R` (the key is made here and never
-//! sent) and `picketctl user revoke NAME`.
+//! sent), `picketctl user revoke NAME` and `picketctl user list`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,6 +23,7 @@ pub async fn run(
     let (name, role, dir) = match cmd {
         UserCmd::Add { name, role, out } => (name, role, out),
         UserCmd::Revoke { name } => return revoke(admin, name, fmt, out).await,
+        UserCmd::List => return list(admin, fmt, out).await,
     };
     let dir = dir.unwrap_or_else(|| PathBuf::from(format!("picket-{name}")));
     let key_path = dir.join(format!("{name}.key"));
@@ -90,6 +91,41 @@ async fn revoke(
             "User {} revoked; {} open streams cut",
             r.name, r.streams_cut
         )?,
+    }
+    Ok(())
+}
+
+async fn list(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> anyhow::Result<()> {
+    let users = admin
+        .list_users(v1::ListUsersRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .users;
+    let role = |r: i32| picket_proto::model::Role::try_from(r).map_or("unknown", |r| r.as_str());
+    let revoked = |ms: i64| (ms != 0).then(|| crate::output::time(ms)).flatten();
+    match fmt {
+        Format::Json => {
+            for u in &users {
+                json_line(
+                    out,
+                    &json!({"name": u.name, "role": role(u.role), "created": crate::output::time(u.created_unix_ms), "revoked": revoked(u.revoked_unix_ms)}),
+                )?;
+            }
+        }
+        Format::Table => {
+            let mut t =
+                crate::output::Table::new(&mut *out, &["NAME", "ROLE", "CREATED", "REVOKED"])?;
+            for u in &users {
+                t.row(&[
+                    u.name.clone(),
+                    role(u.role).to_string(),
+                    crate::output::time(u.created_unix_ms).unwrap_or_default(),
+                    revoked(u.revoked_unix_ms).unwrap_or_else(|| "-".into()),
+                ])?;
+            }
+            t.finish()?;
+        }
     }
     Ok(())
 }

@@ -412,6 +412,27 @@ impl AdminService for AdminSvc {
         }))
     }
 
+    async fn list_users(
+        &self,
+        req: Request<v1::ListUsersRequest>,
+    ) -> Result<Response<v1::ListUsersResponse>, Status> {
+        require(&req, &self.state.audit, Role::Viewer, "user.list", "")?;
+        let users = self
+            .state
+            .store
+            .users()
+            .map_err(internal)?
+            .into_iter()
+            .map(|u| v1::User {
+                name: u.name,
+                role: v1::Role::from(u.role) as i32,
+                created_unix_ms: u.created_ms,
+                revoked_unix_ms: u.revoked_ms.unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(v1::ListUsersResponse { users }))
+    }
+
     async fn forget_agent(
         &self,
         req: Request<v1::ForgetAgentRequest>,

@@ -410,6 +410,10 @@ impl Store {
         self.kv.put(USERS, u.name.as_bytes(), &encode(u))
     }
 
+    pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        self.all(USERS)
+    }
+
     /// Adds a user or changes an existing one's role (a new certificate);
     /// a revoked name is never let back in: returns the revoked record.
     pub fn add_user(&self, u: &UserRecord) -> Result<Result<(), UserRecord>, StoreError> {
