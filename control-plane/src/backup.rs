@@ -67,41 +67,37 @@ pub fn backup(config: &Path, out: &Path, force: bool) -> anyhow::Result<BackupRe
     }
     let data = &cfg.data_dir;
     // The snapshot: from the running control plane, or taken here.
-    let (snap_dir, segments, frozen_ms, _cleanup) = match local::request_snapshot(data)
-        .with_context(|| {
+    let (snap_dir, segments, frozen_ms) =
+        match local::request_snapshot(data).with_context(|| {
             format!(
                 "asking the control plane on {} for a snapshot",
                 data.display()
             )
         })? {
-        Some(reply) => {
-            if let Some(e) = reply.error {
-                bail!("the control plane could not take a snapshot: {e}");
+            Some(reply) => {
+                if let Some(e) = reply.error {
+                    bail!("the control plane could not take a snapshot: {e}");
+                }
+                let path = reply
+                    .path
+                    .context("the control plane sent no snapshot folder")?;
+                (path, reply.segments, Some(reply.frozen_ms))
             }
-            let path = reply
-                .path
-                .context("the control plane sent no snapshot folder")?;
-            (
-                path.clone(),
-                reply.segments,
-                Some(reply.frozen_ms),
-                RemoveDir(path),
-            )
-        }
-        None => {
-            let store = Store::open(data).with_context(|| {
-                format!(
-                    "no control plane answers on {} and its store cannot be opened",
-                    data.display()
-                )
-            })?;
-            let dir = data
-                .join(local::SNAPSHOTS)
-                .join(format!("offline-{}", std::process::id()));
-            let snap = store.snapshot(data, &dir)?;
-            (dir.clone(), snap.segments, None, RemoveDir(dir))
-        }
-    };
+            None => {
+                let store = Store::open(data).with_context(|| {
+                    format!(
+                        "no control plane answers on {} and its store cannot be opened",
+                        data.display()
+                    )
+                })?;
+                let dir = data
+                    .join(local::SNAPSHOTS)
+                    .join(format!("offline-{}", std::process::id()));
+                let snap = store.snapshot(data, &dir)?;
+                (dir, snap.segments, None)
+            }
+        };
+    let _snapshot = Remove::armed(&snap_dir);
 
     let partial = partial_path(out);
     let _ = std::fs::remove_file(&partial);
@@ -111,7 +107,7 @@ pub fn backup(config: &Path, out: &Path, force: bool) -> anyhow::Result<BackupRe
         .mode(0o600)
         .open(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
-    let mut guard = RemoveFile(Some(partial.clone()));
+    let mut partial_guard = Remove::armed(&partial);
     let mut w = Writer::new(BufWriter::with_capacity(1 << 20, file));
     let header = Header {
         format: FORMAT,
@@ -136,12 +132,15 @@ pub fn backup(config: &Path, out: &Path, force: bool) -> anyhow::Result<BackupRe
         w.file(name, &snap_dir.join(rel), Some(*len))?;
     }
     let files = w.sums.len();
-    let bytes = w
-        .finish()
-        .with_context(|| format!("writing {}", partial.display()))?;
+    let written = || -> anyhow::Result<u64> {
+        let file = w.finish()?.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(file.metadata()?.len())
+    };
+    let bytes = written().with_context(|| format!("writing {}", partial.display()))?;
     std::fs::rename(&partial, out)
         .with_context(|| format!("cannot move {} to {}", partial.display(), out.display()))?;
-    guard.0 = None;
+    partial_guard.disarm();
     Ok(BackupReport {
         bytes,
         files,
@@ -155,22 +154,35 @@ fn partial_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-/// Deletes a folder when dropped.
-struct RemoveDir(PathBuf);
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Deletes a file or folder when dropped, unless disarmed: what a failed
+/// backup or restore leaves half-written.
+struct Remove(Option<PathBuf>);
+
+impl Remove {
+    fn armed(p: &Path) -> Self {
+        Remove(Some(p.to_path_buf()))
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
     }
 }
 
-/// Deletes a file when dropped, unless taken.
-struct RemoveFile(Option<PathBuf>);
-impl Drop for RemoveFile {
+impl Drop for Remove {
     fn drop(&mut self) {
         if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
         }
     }
+}
+
+/// `SHA256SUMS`: a line per entry, as sha256sum writes them.
+fn sums_text(sums: &[(String, String)]) -> String {
+    sums.iter().map(|(n, h)| format!("{h}  {n}\n")).collect()
 }
 
 /// A tar writer that sums every entry.
@@ -225,31 +237,12 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
-    /// Appends the sums, ends the archive and syncs it; returns its size.
-    fn finish(mut self) -> anyhow::Result<u64>
-    where
-        W: IntoFile,
-    {
-        let sums: String = self
-            .sums
-            .iter()
-            .map(|(n, h)| format!("{h}  {n}\n"))
-            .collect();
+    /// Appends the sums and ends the archive; returns what it wrote to.
+    fn finish(mut self) -> anyhow::Result<W> {
+        let sums = sums_text(&self.sums);
         let mut h = Self::header(sums.len() as u64);
         self.tar.append_data(&mut h, SUMS, sums.as_bytes())?;
-        let file = self.tar.into_inner()?.into_file()?;
-        file.sync_all()?;
-        Ok(file.metadata()?.len())
-    }
-}
-
-trait IntoFile {
-    fn into_file(self) -> std::io::Result<File>;
-}
-
-impl IntoFile for BufWriter<File> {
-    fn into_file(self) -> std::io::Result<File> {
-        self.into_inner().map_err(|e| e.into_error())
+        Ok(self.tar.into_inner()?)
     }
 }
 
@@ -298,7 +291,7 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<RestoreReport> {
     ));
     let _ = std::fs::remove_dir_all(&tmp);
     make_dir(&tmp)?;
-    let guard = RemoveDir(tmp.clone());
+    let mut tmp_guard = Remove::armed(&tmp);
 
     let files = unpack(BufReader::new(archive), &tmp)
         .with_context(|| format!("{} is not a usable Picket backup", from.display()))?;
@@ -319,7 +312,7 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<RestoreReport> {
     }
     std::fs::rename(&tmp, &data_dir)
         .with_context(|| format!("cannot move the restored folder to {}", data_dir.display()))?;
-    std::mem::forget(guard);
+    tmp_guard.disarm();
     Ok(RestoreReport {
         config: data_dir.join(CONFIG),
         pairs,
@@ -386,13 +379,14 @@ fn unpack(r: impl Read, into: &Path) -> anyhow::Result<usize> {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
+        let size = entry.header().size().unwrap_or(u64::MAX);
         let mut hashing = Hashing {
             inner: &mut entry,
             sha: Sha256::new(),
         };
         let mut out = BufWriter::new(out);
         let n = std::io::copy(&mut hashing, &mut out).context("the archive is truncated")?;
-        if n != entry_size(&hashing) {
+        if n != size {
             bail!("the archive is truncated (in {name})");
         }
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -401,15 +395,10 @@ fn unpack(r: impl Read, into: &Path) -> anyhow::Result<usize> {
     let Some(listed) = listed else {
         bail!("the archive is truncated: it ends before {SUMS}");
     };
-    let expected: String = sums.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
-    if listed != expected {
+    if listed != sums_text(&sums) {
         bail!("its checksums do not match its contents (damaged)");
     }
     Ok(sums.len())
-}
-
-fn entry_size<R: Read>(h: &Hashing<&mut tar::Entry<'_, R>>) -> u64 {
-    h.inner.header().size().unwrap_or(u64::MAX)
 }
 
 /// A relative path of plain components only.
@@ -510,10 +499,7 @@ mod tests {
                 w.bytes(name, data).unwrap();
             }
         }
-        let sums: String = w.sums.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
-        let mut h = Writer::<Vec<u8>>::header(sums.len() as u64);
-        w.tar.append_data(&mut h, SUMS, sums.as_bytes()).unwrap();
-        w.tar.into_inner().unwrap()
+        w.finish().unwrap()
     }
 
     fn header() -> Vec<u8> {

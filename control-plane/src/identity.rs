@@ -17,15 +17,12 @@ use crate::pki::{self, Ca};
 /// How often the renewal check runs.
 const CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
 
-/// Finishes a renewal a crash interrupted, then loads the pair in place.
+/// Loads the pair in place (finishing a renewal a crash interrupted).
 pub fn load(dir: &Path) -> Result<Arc<Identity>, pki::PkiError> {
-    pki::server::finish_interrupted(dir)?;
     let (chain, key) = pki::server::load(dir)?;
-    let identity = Identity::new(chain, key).map_err(|e| {
-        pki::PkiError::File(picket_tls::files::FileError::BadKey {
-            path: dir.join("server.key"),
-            detail: e.to_string(),
-        })
+    let identity = Identity::new(chain, key).map_err(|e| pki::PkiError::ServerCert {
+        path: dir.join("server.crt"),
+        detail: e.to_string(),
     })?;
     Ok(Arc::new(identity))
 }
@@ -33,7 +30,6 @@ pub fn load(dir: &Path) -> Result<Arc<Identity>, pki::PkiError> {
 /// Reads the pair in place again and serves it; a pair that does not
 /// load is refused and the one in force stays.
 pub fn reload(dir: &Path, identity: &Identity) -> Result<pki::server::ServerCert, String> {
-    pki::server::finish_interrupted(dir).map_err(|e| e.to_string())?;
     let (chain, key) = pki::server::load(dir).map_err(|e| e.to_string())?;
     let about = chain
         .first()

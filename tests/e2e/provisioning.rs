@@ -71,9 +71,9 @@ fn the_playbook_installs_enrolls_and_is_idempotent_on_the_namespace_fleet() -> R
         .to_path_buf();
     let root = |host: &str| w.path(&format!("roots/{host}"));
 
-    // One line per host: host variables outrank the playbook's group_vars.
+    // One line per host: host variables outrank the playbook's group_vars,
+    // and hold in every group the host is in (vm-devops is in both).
     let mut inv = String::from("[control]\nvm-devops\n\n[agents]\n");
-    let mut hostvars = Vec::new();
     for (host, addr, role) in HOSTS {
         let py = w.path(&format!("python-{host}"));
         std::fs::write(
@@ -84,31 +84,22 @@ fn the_playbook_installs_enrolls_and_is_idempotent_on_the_namespace_fleet() -> R
             ),
         )?;
         std::fs::set_permissions(&py, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        let line = format!(
+        // vm-security runs Suricata in the seeds.
+        let extra = if host == "vm-security" {
+            " picket_agent_extra_sources='[{\"kind\": \"suricata\", \"path\": \"/var/log/suricata/eve.json\"}]'"
+        } else {
+            ""
+        };
+        inv.push_str(&format!(
             "{host} ansible_host={addr} picket_agent_role={role} ansible_connection=local \
              ansible_become=false ansible_python_interpreter={} picket_root={} \
              picket_manage_services=false picket_create_user=false picket_control_user=root \
-             picket_bin_dir={}",
+             picket_bin_dir={}{extra}\n",
             py.display(),
             root(host).display(),
             bin_dir.display()
-        );
-        hostvars.push((host, line));
+        ));
     }
-    for (host, line) in &hostvars {
-        if *host == "vm-devops" {
-            inv = inv.replace("[control]\nvm-devops\n", &format!("[control]\n{line}\n"));
-        }
-    }
-    for (_, line) in &hostvars {
-        inv.push_str(line);
-        inv.push('\n');
-    }
-    // vm-security runs Suricata and OSSEC in the seeds.
-    inv = inv.replace(
-        "picket_agent_role=security",
-        "picket_agent_role=security picket_agent_extra_sources='[{\"kind\": \"suricata\", \"path\": \"/var/log/suricata/eve.json\"}]'",
-    );
     inv.push_str("\n[fleet:children]\ncontrol\nagents\n");
     let inventory = w.path("inventory.ini");
     std::fs::write(&inventory, &inv)?;

@@ -34,6 +34,8 @@ pub enum PkiError {
     BadCsr(rcgen::Error),
     #[error("bad --san {0:?}: {1}")]
     BadSan(String, String),
+    #[error("the server certificate in {path} cannot be used: {detail}")]
+    ServerCert { path: PathBuf, detail: String },
     #[error("cannot write {path}: {error}")]
     Io {
         path: PathBuf,

@@ -132,11 +132,9 @@ pub fn current(dir: &Path) -> Result<ServerCert, PkiError> {
         .into_iter()
         .next()
         .ok_or(files::FileError::NoCertificate { path: path.clone() })?;
-    describe(&der).ok_or_else(|| {
-        PkiError::File(files::FileError::BadKey {
-            path,
-            detail: "not an X.509 certificate".into(),
-        })
+    describe(&der).ok_or_else(|| PkiError::ServerCert {
+        path,
+        detail: "not an X.509 certificate".into(),
     })
 }
 
@@ -168,10 +166,12 @@ pub fn describe(der: &[u8]) -> Option<ServerCert> {
     })
 }
 
-/// The chain and key in place, for the TLS identity.
+/// The chain and key in place, for the TLS identity, after finishing a
+/// rotation a crash interrupted.
 pub fn load(
     dir: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+    finish_interrupted(dir)?;
     Ok((
         files::read_certs(&dir.join(CERT))?,
         files::read_key(&dir.join(KEY))?,
