@@ -199,7 +199,7 @@ fn pump(s: &mut Source) -> std::io::Result<Option<(Write, usize)>> {
         &s.key,
         &mut s.parser,
         &lines,
-        crate::now_ms(),
+        picket_clock::now_ms(),
         n < BATCH_LINES,
     );
     if records.is_empty() {

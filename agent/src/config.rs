@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use picket_proto::model::{Labels, validate_label, validate_name};
+use picket_model::{Labels, validate_label, validate_name};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use picket_proto::model::{Labels, validate_label, validate_name};
+use picket_model::{Labels, validate_label, validate_name};
 use picket_proto::v1::{EnrollRequest, enrollment_client::EnrollmentClient};
 use picket_tls::{client, csr, files, fingerprint};
 use tonic::Code;
@@ -17,9 +17,9 @@ pub enum EnrollError {
     #[error(transparent)]
     BadFingerprint(#[from] fingerprint::BadFingerprint),
     #[error("--name: {0}")]
-    BadName(picket_proto::model::NameError),
+    BadName(picket_model::NameError),
     #[error("--label: {0}")]
-    BadLabel(picket_proto::model::LabelError),
+    BadLabel(picket_model::LabelError),
     #[error("already enrolled: {0} exists (remove the state folder to enroll again)")]
     AlreadyEnrolled(PathBuf),
     #[error(

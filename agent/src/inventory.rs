@@ -1,6 +1,6 @@
 //! What the agent tells the control plane about its host on connect.
 
-use picket_proto::model::Labels;
+use picket_model::Labels;
 use picket_proto::v1;
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, Networks, RefreshKind, System};
 

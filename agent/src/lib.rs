@@ -30,6 +30,7 @@ pub mod uplink;
 
 use std::sync::Arc;
 
+use picket_clock::now_ms;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -165,11 +166,4 @@ async fn sample_metrics(
             Err(_) => return,
         }
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

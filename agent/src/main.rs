@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use picket_agent::config::{AgentConfig, default_state_dir};
 use picket_agent::enroll::{EnrollOptions, enroll};
-use picket_proto::model::{Labels, parse_label};
+use picket_model::{Labels, parse_label};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]

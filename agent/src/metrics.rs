@@ -177,7 +177,7 @@ mod tests {
         // Alert rules are checked against this list.
         for g in s.gauges.iter().chain(&s2.gauges) {
             assert!(
-                picket_proto::model::HOST_SERIES.contains(&g.name.as_str()),
+                picket_model::HOST_SERIES.contains(&g.name.as_str()),
                 "{} is missing from HOST_SERIES",
                 g.name
             );

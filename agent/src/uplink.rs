@@ -194,7 +194,7 @@ async fn session(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(End::Shutdown),
             _ = tick.tick() => {
-                let now = crate::now_ms();
+                let now = picket_clock::now_ms();
                 if tx.send(msg(Body::Heartbeat(v1::Heartbeat { sent_unix_ms: now }))).await.is_err() {
                     return Ok(End::Failed("stream closed".into()));
                 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use picket_proto::model::{Role, parse_label};
+use picket_model::{Role, parse_label};
 
 #[derive(Parser)]
 #[command(name = "picketctl", version, about = "Picket admin CLI")]
@@ -66,7 +66,7 @@ pub enum Cmd {
         source: Option<String>,
         /// Lowest severity: info, low, medium, high, critical.
         #[arg(long, value_parser = parse_severity)]
-        severity: Option<picket_proto::model::Severity>,
+        severity: Option<picket_model::Severity>,
         /// Only events from this far back (on the event's own time).
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
@@ -263,12 +263,12 @@ pub enum UserCmd {
     List,
 }
 
-fn parse_severity(s: &str) -> Result<picket_proto::model::Severity, String> {
+fn parse_severity(s: &str) -> Result<picket_model::Severity, String> {
     s.parse()
-        .map_err(|e: picket_proto::model::UnknownSeverity| e.to_string())
+        .map_err(|e: picket_model::UnknownSeverity| e.to_string())
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
-        .map_err(|e: picket_proto::model::UnknownRole| e.to_string())
+        .map_err(|e: picket_model::UnknownRole| e.to_string())
 }

@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use picket_proto::model::AgentStatus;
+use picket_model::AgentStatus;
 use picket_proto::v1;
 use serde_json::{Value, json};
 use tabwriter::TabWriter;
@@ -57,7 +57,7 @@ pub fn ago(ms: i64, now_ms: i64) -> String {
 }
 
 pub fn status_str(code: i32) -> &'static str {
-    AgentStatus::try_from(code).map_or("unknown", AgentStatus::as_str)
+    picket_proto::convert::agent_status(code).map_or("unknown", AgentStatus::as_str)
 }
 
 pub fn agent_json(a: &v1::Agent) -> Value {

@@ -1,8 +1,8 @@
 //! The audit log: who changed what, when, and how it ended. Append-only;
 //! there is deliberately no way to update or delete a record.
 
-use crate::clock::now_ms;
-use crate::store::{AuditRecord, Store, StoreError};
+use picket_clock::now_ms;
+use picket_store::{AuditRecord, Store, StoreError};
 
 #[derive(Clone)]
 pub struct Audit {

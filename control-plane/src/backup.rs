@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::ControlConfig;
 use crate::local;
-use crate::store::Store;
-use crate::store::snapshot::{self, KV_FILE};
+use picket_store::Store;
+use picket_store::snapshot::{self, KV_FILE};
 
 /// The archive format this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -111,7 +111,7 @@ pub fn backup(config: &Path, out: &Path, force: bool) -> anyhow::Result<BackupRe
     let mut w = Writer::new(BufWriter::with_capacity(1 << 20, file));
     let header = Header {
         format: FORMAT,
-        created_unix_ms: crate::clock::now_ms(),
+        created_unix_ms: picket_clock::now_ms(),
         picket_version: env!("CARGO_PKG_VERSION").into(),
         data_dir: data.clone(),
     };
@@ -203,7 +203,7 @@ impl<W: Write> Writer<W> {
         let mut h = tar::Header::new_gnu();
         h.set_size(len);
         h.set_mode(0o600);
-        h.set_mtime(u64::try_from(crate::clock::now_ms() / 1000).unwrap_or(0));
+        h.set_mtime(u64::try_from(picket_clock::now_ms() / 1000).unwrap_or(0));
         h.set_entry_type(tar::EntryType::Regular);
         h
     }

@@ -90,7 +90,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let agent_toml = agent_dir.join("agent.toml");
     if !agent_dir.join("agent.crt").exists() {
         let token = create_token(&admin).await?;
-        let fingerprint = crate::pki::Ca::load(&data_dir)?.fingerprint();
+        let fingerprint = picket_pki::Ca::load(&data_dir)?.fingerprint();
         let name = local_name();
         let out = tokio::process::Command::new(&agent_bin)
             .args([
@@ -224,7 +224,7 @@ fn local_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
-        .filter(|n| picket_proto::model::validate_name(n).is_ok())
+        .filter(|n| picket_model::validate_name(n).is_ok())
         .unwrap_or_else(|| "dev".to_string())
 }
 

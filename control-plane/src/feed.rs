@@ -17,15 +17,15 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use picket_proto::model::Severity;
+use picket_model::Severity;
 use regex::Regex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
-use crate::store::records::{EventRecord, LogRecord, Records, Timed, Wire};
-use crate::store::{Store, StoreError};
+use picket_store::records::{EventRecord, LogRecord, Records, Timed, Wire};
+use picket_store::{Store, StoreError};
 
 /// How many bytes of records may wait for one follower before it is cut
 /// off (about 30,000 Suricata lines).
@@ -157,7 +157,7 @@ impl Feed {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<Self, StoreError> {
-        let above_all = store.kv.next_id()?;
+        let above_all = store.next_id()?;
         Ok(Feed {
             store,
             events: Live::default(),
@@ -462,7 +462,7 @@ async fn follow_live<T: Stored>(
                 let _ = tx
                     .send(Err(Status::resource_exhausted(lagged_message(
                         last_time,
-                        crate::clock::now_ms(),
+                        picket_clock::now_ms(),
                     ))))
                     .await;
                 return;
@@ -501,7 +501,7 @@ fn lagged_message(last_time: Option<i64>, now_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::records::FromWire;
+    use picket_store::records::FromWire;
 
     fn line(id: u64, text: &str) -> LogRecord {
         LogRecord {

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::now_ms;
 use crate::config::ControlConfig;
-use crate::store::metrics::Sample;
-use crate::store::{Store, StoreError};
+use picket_clock::now_ms;
+use picket_store::metrics::Sample;
+use picket_store::{Store, StoreError};
 
 #[derive(Default)]
 pub struct Fleet {

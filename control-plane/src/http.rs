@@ -119,7 +119,7 @@ fn sanitize(s: &str) -> String {
 
 /// Agent labels as Prometheus labels; keys that would clash with ours or
 /// with reserved names get a `label_` prefix.
-fn host_labels(host: &str, labels: &picket_proto::model::Labels) -> Labels {
+fn host_labels(host: &str, labels: &picket_model::Labels) -> Labels {
     let mut out = vec![("host".to_string(), host.to_string())];
     for (k, v) in labels {
         let mut k = sanitize(k);
@@ -136,7 +136,7 @@ fn host_labels(host: &str, labels: &picket_proto::model::Labels) -> Labels {
     out
 }
 
-fn exposition(state: &State) -> Result<String, crate::store::StoreError> {
+fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
     let mut reg = Registry::default();
     let agents = state.store.agents()?;
 
@@ -207,7 +207,7 @@ fn exposition(state: &State) -> Result<String, crate::store::StoreError> {
     let expiry = state
         .identity
         .leaf()
-        .and_then(|c| crate::pki::server::describe(&c))
+        .and_then(|c| picket_pki::server::describe(&c))
         .and_then(|c| c.not_after.duration_since(std::time::UNIX_EPOCH).ok());
     if let Some(expiry) = expiry {
         let g = Gauge::<i64>::default();

@@ -1,7 +1,7 @@
 //! The certificate the gRPC port presents, kept current while serving:
 //! read again from `server.crt`/`server.key` on SIGHUP (after `picket-control
 //! rotate-server-cert`), and renewed in place when fewer than
-//! [`pki::server::RENEW_BEFORE`] remain (checked at start and twice a day).
+//! [`picket_pki::server::RENEW_BEFORE`] remain (checked at start and twice a day).
 //! A new certificate is presented from the next handshake on; open
 //! connections, agents' streams among them, keep theirs and are never cut.
 
@@ -12,15 +12,15 @@ use std::time::{Duration, SystemTime};
 use picket_tls::server::Identity;
 use tokio_util::sync::CancellationToken;
 
-use crate::pki::{self, Ca};
+use picket_pki::Ca;
 
 /// How often the renewal check runs.
 const CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
 
 /// Loads the pair in place (finishing a renewal a crash interrupted).
-pub fn load(dir: &Path) -> Result<Arc<Identity>, pki::PkiError> {
-    let (chain, key) = pki::server::load(dir)?;
-    let identity = Identity::new(chain, key).map_err(|e| pki::PkiError::ServerCert {
+pub fn load(dir: &Path) -> Result<Arc<Identity>, picket_pki::PkiError> {
+    let (chain, key) = picket_pki::server::load(dir)?;
+    let identity = Identity::new(chain, key).map_err(|e| picket_pki::PkiError::ServerCert {
         path: dir.join("server.crt"),
         detail: e.to_string(),
     })?;
@@ -29,11 +29,11 @@ pub fn load(dir: &Path) -> Result<Arc<Identity>, pki::PkiError> {
 
 /// Reads the pair in place again and serves it; a pair that does not
 /// load is refused and the one in force stays.
-pub fn reload(dir: &Path, identity: &Identity) -> Result<pki::server::ServerCert, String> {
-    let (chain, key) = pki::server::load(dir).map_err(|e| e.to_string())?;
+pub fn reload(dir: &Path, identity: &Identity) -> Result<picket_pki::server::ServerCert, String> {
+    let (chain, key) = picket_pki::server::load(dir).map_err(|e| e.to_string())?;
     let about = chain
         .first()
-        .and_then(|c| pki::server::describe(c))
+        .and_then(|c| picket_pki::server::describe(c))
         .ok_or("server.crt holds no certificate")?;
     identity.replace(chain, key).map_err(|e| e.to_string())?;
     Ok(about)
@@ -41,11 +41,11 @@ pub fn reload(dir: &Path, identity: &Identity) -> Result<pki::server::ServerCert
 
 /// Renews the certificate in `dir` if it is due, and serves the new one.
 fn renew_if_due(dir: &Path, ca: &Ca, identity: &Identity) -> Result<(), String> {
-    let current = pki::server::current(dir).map_err(|e| e.to_string())?;
-    if !pki::server::due(current.not_after, SystemTime::now()) {
+    let current = picket_pki::server::current(dir).map_err(|e| e.to_string())?;
+    if !picket_pki::server::due(current.not_after, SystemTime::now()) {
         return Ok(());
     }
-    let new = pki::server::issue(dir, ca, &current.names).map_err(|e| e.to_string())?;
+    let new = picket_pki::server::issue(dir, ca, &current.names).map_err(|e| e.to_string())?;
     reload(dir, identity)?;
     tracing::info!(serial = %new.serial_hex, not_after = ?new.not_after, "server certificate renewed");
     Ok(())

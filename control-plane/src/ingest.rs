@@ -15,13 +15,13 @@ use prost::Message;
 
 use std::sync::Arc;
 
-use crate::clock::now_ms;
 use crate::feed::Feed;
 use crate::fleet::Fleet;
 use crate::state::Counters;
-use crate::store::StoreError;
-use crate::store::metrics::{Point, Sample};
-use crate::store::records::{Records, Wire};
+use picket_clock::now_ms;
+use picket_store::StoreError;
+use picket_store::metrics::{Point, Sample};
+use picket_store::records::{Records, Wire};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -139,7 +139,7 @@ pub fn apply(
 /// as the next record of host `host`, durably.
 pub fn own_event(
     to: &Sinks,
-    store: &crate::store::Store,
+    store: &picket_store::Store,
     host: &str,
     event: v1::Event,
 ) -> Result<(), IngestError> {
@@ -171,12 +171,12 @@ fn sample(m: v1::MetricSample) -> Sample {
 
 #[cfg(test)]
 mod tests {
+    use picket_model::Severity;
     use picket_proto::frame;
-    use picket_proto::model::Severity;
     use picket_proto::v1::record::Payload;
 
     use super::*;
-    use crate::store::Store;
+    use picket_store::Store;
 
     fn sinks(store: &Store) -> Sinks {
         Sinks {

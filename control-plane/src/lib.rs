@@ -1,12 +1,14 @@
 //! Picket's control plane: PKI and enrollment, agent sessions, the store,
 //! the admin API, HTTP metrics, and dev mode.
 //!
+//! The store is `picket_store`, the CA `picket_pki`, the engines
+//! `picket_rollout` and `picket_alert`: this crate is their shells.
+//!
 //! Layout:
 //! - [`config`] — `control.toml`.
-//! - [`alert`] — the alert file (rules, inhibition, notifiers, routes).
-//! - [`pki`] — the CA, certificate issuing, bootstrap tokens. No gRPC.
+//! - [`alert`] — the alert engine's shell: its driver and the ingest tap
+//!   (the engine and the alert file are `picket_alert`).
 //! - [`identity`] — the server certificate served: reloads and renewal.
-//! - [`store`] — the only module that touches sled (behind [`store::Backend`]).
 //! - [`sessions`] — which agents are connected, and how to cut them off.
 //! - [`ingest`] — records from agents into the store, exactly once.
 //! - [`fleet`] — newest metrics per host; rollup and retention task.
@@ -17,7 +19,7 @@
 //! - [`lifecycle`] — signals and systemd notification.
 //! - [`local`] — the local admin socket (snapshots for backups).
 //! - [`backup`] — `backup` and `restore` archives.
-//! - [`rollout`] — the rollout engine (pure), its view and its driver.
+//! - [`rollout`] — the rollout engine's driver (the engine is `picket_rollout`).
 //! - [`run`] — `picketctl run`: one command on many hosts.
 //! - [`steps`] — steps in flight to agents, and their updates back.
 //! - [`server`] — wiring; [`dev`]: `picket-control dev`.
@@ -25,7 +27,6 @@
 pub mod alert;
 pub mod audit;
 pub mod backup;
-pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod feed;
@@ -37,30 +38,28 @@ pub mod ingest;
 pub mod lifecycle;
 pub mod local;
 pub mod notify;
-pub mod pki;
 pub mod rollout;
 pub mod run;
 pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod steps;
-pub mod store;
 
 use std::path::Path;
 
 use anyhow::Context;
 
-use crate::store::{Store, UserRecord};
+use picket_store::{Store, UserRecord};
 
 /// `picket-control init`: CA, server certificate, admin bundle, the store
 /// with the admin user in it, and `control.toml`.
-pub fn init(data_dir: &Path, sans: &[String]) -> anyhow::Result<pki::InitReport> {
-    let report = pki::init(data_dir, sans)?;
+pub fn init(data_dir: &Path, sans: &[String]) -> anyhow::Result<picket_pki::InitReport> {
+    let report = picket_pki::init(data_dir, sans)?;
     let store = Store::open(data_dir)?;
     store.put_user(&UserRecord {
         name: "admin".into(),
-        role: picket_proto::model::Role::Admin,
-        created_ms: clock::now_ms(),
+        role: picket_model::Role::Admin,
+        created_ms: picket_clock::now_ms(),
         revoked_ms: None,
     })?;
     store.flush()?;

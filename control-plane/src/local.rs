@@ -5,7 +5,7 @@
 //!
 //! One request a connection, one line each way. `snapshot` answers with
 //! a JSON [`Reply`]: a consistent snapshot of the store
-//! ([`crate::store::snapshot`]) in a new folder under
+//! ([`picket_store::snapshot`]) in a new folder under
 //! `data_dir/snapshots/`, which the caller deletes when done (leftovers
 //! are deleted at the next start).
 
@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use picket_store::Store;
 
 pub const SOCKET: &str = "control.sock";
 pub const SNAPSHOTS: &str = "snapshots";
@@ -79,7 +79,7 @@ pub async fn serve(
                     let n = seq.fetch_add(1, Ordering::Relaxed);
                     let into = dir
                         .join(SNAPSHOTS)
-                        .join(format!("{}-{n}", crate::clock::now_ms()));
+                        .join(format!("{}-{n}", picket_clock::now_ms()));
                     let d = dir.clone();
                     match store
                         .blocking(move |s| s.snapshot(&d, &into).map(|r| (r, into)))

@@ -148,21 +148,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Cmd::CaFingerprint { data_dir } => {
-            let ca = picket_control::pki::Ca::load(&data_dir)
+            let ca = picket_pki::Ca::load(&data_dir)
                 .map_err(|e| BadConfig(anyhow::Error::from(e).context("no usable CA")))?;
             println!("{}", ca.fingerprint());
             Ok(())
         }
         Cmd::RotateServerCert { config, sans } => {
             let cfg = ControlConfig::load(&config).map_err(|e| BadConfig(e.into()))?;
-            let ca = picket_control::pki::Ca::load(&cfg.data_dir)
+            let ca = picket_pki::Ca::load(&cfg.data_dir)
                 .with_context(|| format!("no usable CA in {}", cfg.data_dir.display()))?;
-            let c = picket_control::pki::server::rotate(&cfg.data_dir, &ca, &sans).map_err(
-                |e| match e {
-                    picket_control::pki::PkiError::BadSan(..) => BadConfig(e.into()).into(),
-                    e => anyhow::Error::from(e),
-                },
-            )?;
+            let c = picket_pki::server::rotate(&cfg.data_dir, &ca, &sans).map_err(|e| match e {
+                picket_pki::PkiError::BadSan(..) => BadConfig(e.into()).into(),
+                e => anyhow::Error::from(e),
+            })?;
             println!(
                 "New server certificate {} for {}",
                 c.serial_hex,

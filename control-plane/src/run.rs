@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use picket_proto::model::Selector;
+use picket_model::Selector;
 use picket_proto::v1::{self, step_update};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;

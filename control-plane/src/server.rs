@@ -10,10 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
 use crate::config::ControlConfig;
-use crate::pki::Ca;
 use crate::sessions::Sessions;
 use crate::state::State;
-use crate::store::Store;
+use picket_pki::Ca;
+use picket_store::Store;
 
 /// Both listeners, bound before anything else starts so that a port in use
 /// is reported at once, naming the address.
@@ -68,7 +68,7 @@ fn finished_events(
                 ("name".to_string(), name),
             ]
             .into(),
-            time_unix_ms: p.finished_ms.unwrap_or_else(crate::clock::now_ms),
+            time_unix_ms: p.finished_ms.unwrap_or_else(picket_clock::now_ms),
         };
         let (sinks, store, host) = (sinks.clone(), store.clone(), host.clone());
         tasks.spawn_blocking(move || {
@@ -122,7 +122,7 @@ pub async fn run(
         crate::alert::driver::Parts {
             store: store.clone(),
             file: cfg.alerts.clone(),
-            now: crate::clock::now_ms,
+            now: picket_clock::now_ms,
         },
         shutdown.clone(),
         &tasks,
@@ -143,7 +143,7 @@ pub async fn run(
                 cfg.name.clone(),
                 tasks.clone(),
             ),
-            now: crate::clock::now_ms,
+            now: picket_clock::now_ms,
         },
         shutdown.clone(),
         &tasks,

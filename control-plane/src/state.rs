@@ -8,9 +8,9 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::Audit;
 use crate::config::ControlConfig;
 use crate::fleet::Fleet;
-use crate::pki::Ca;
 use crate::sessions::Sessions;
-use crate::store::Store;
+use picket_pki::Ca;
+use picket_store::Store;
 
 pub struct State {
     pub store: Store,

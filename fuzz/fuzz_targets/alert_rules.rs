@@ -2,8 +2,8 @@
 //! The alert file: any text gives checked rules or a list of problems,
 //! never a panic; a file that checks builds an engine that takes an event.
 use libfuzzer_sys::fuzz_target;
-use picket_control::alert::engine::{Engine, Input};
-use picket_control::alert::rules;
+use picket_alert::engine::{Engine, Input};
+use picket_alert::rules;
 
 fuzz_target!(|text: &str| {
     match rules::parse(text) {
@@ -16,7 +16,7 @@ fuzz_target!(|text: &str| {
                     host_labels: Default::default(),
                     source: "fail2ban".into(),
                     kind: "ban".into(),
-                    severity: picket_proto::model::Severity::High,
+                    severity: picket_model::Severity::High,
                     fields,
                 },
                 1_000,

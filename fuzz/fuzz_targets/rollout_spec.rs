@@ -3,8 +3,8 @@
 //! the TOML reader or checked whole, never a panic; a spec that checks
 //! plans over a small fleet without one either.
 use libfuzzer_sys::fuzz_target;
-use picket_proto::model::Labels;
-use picket_proto::model::rollout::RawSpec;
+use picket_model::Labels;
+use picket_model::rollout::RawSpec;
 
 fuzz_target!(|text: &str| {
     let Ok(raw) = toml::from_str::<RawSpec>(text) else {

@@ -1,9 +1,9 @@
 #![no_main]
-//! Label selectors (`picket_proto::model::Selector`): any text parses or
+//! Label selectors (`picket_model::Selector`): any text parses or
 //! gives an error inside the input, and what parses prints back to a form
 //! that parses to the same selector.
 use libfuzzer_sys::fuzz_target;
-use picket_proto::model::Selector;
+use picket_model::Selector;
 
 fuzz_target!(|text: &str| {
     match text.parse::<Selector>() {

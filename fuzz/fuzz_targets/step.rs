@@ -4,7 +4,7 @@
 //! that checks, written out in full again (as the control plane sends
 //! it), checks to the same step.
 use libfuzzer_sys::fuzz_target;
-use picket_proto::model::rollout::RawStep;
+use picket_model::rollout::RawStep;
 use picket_proto::v1;
 use prost::Message;
 

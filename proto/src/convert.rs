@@ -1,8 +1,8 @@
 //! Conversions between wire types ([`crate::v1`]) and domain types
-//! ([`crate::model`]). The only module that knows both.
+//! ([`picket_model`]). The only module that knows both.
 
-use crate::model::{AgentStatus, Role, Severity};
 use crate::v1;
+use picket_model::{AgentStatus, Role, Severity};
 
 impl From<Role> for v1::Role {
     fn from(r: Role) -> Self {
@@ -22,18 +22,16 @@ pub struct Unspecified {
     pub value: i32,
 }
 
-impl TryFrom<i32> for Role {
-    type Error = Unspecified;
-    fn try_from(value: i32) -> Result<Self, Self::Error> {
-        match v1::Role::try_from(value) {
-            Ok(v1::Role::Viewer) => Ok(Role::Viewer),
-            Ok(v1::Role::Operator) => Ok(Role::Operator),
-            Ok(v1::Role::Admin) => Ok(Role::Admin),
-            _ => Err(Unspecified {
-                what: "role",
-                value,
-            }),
-        }
+/// A wire `Role` value as the domain's, if it has a meaning.
+pub fn role(value: i32) -> Result<Role, Unspecified> {
+    match v1::Role::try_from(value) {
+        Ok(v1::Role::Viewer) => Ok(Role::Viewer),
+        Ok(v1::Role::Operator) => Ok(Role::Operator),
+        Ok(v1::Role::Admin) => Ok(Role::Admin),
+        _ => Err(Unspecified {
+            what: "role",
+            value,
+        }),
     }
 }
 
@@ -47,18 +45,16 @@ impl From<AgentStatus> for v1::AgentStatus {
     }
 }
 
-impl TryFrom<i32> for AgentStatus {
-    type Error = Unspecified;
-    fn try_from(value: i32) -> Result<Self, Self::Error> {
-        match v1::AgentStatus::try_from(value) {
-            Ok(v1::AgentStatus::Online) => Ok(AgentStatus::Online),
-            Ok(v1::AgentStatus::Offline) => Ok(AgentStatus::Offline),
-            Ok(v1::AgentStatus::Revoked) => Ok(AgentStatus::Revoked),
-            _ => Err(Unspecified {
-                what: "agent status",
-                value,
-            }),
-        }
+/// A wire `AgentStatus` value as the domain's, if it has a meaning.
+pub fn agent_status(value: i32) -> Result<AgentStatus, Unspecified> {
+    match v1::AgentStatus::try_from(value) {
+        Ok(v1::AgentStatus::Online) => Ok(AgentStatus::Online),
+        Ok(v1::AgentStatus::Offline) => Ok(AgentStatus::Offline),
+        Ok(v1::AgentStatus::Revoked) => Ok(AgentStatus::Revoked),
+        _ => Err(Unspecified {
+            what: "agent status",
+            value,
+        }),
     }
 }
 
@@ -74,20 +70,18 @@ impl From<Severity> for v1::Severity {
     }
 }
 
-impl TryFrom<i32> for Severity {
-    type Error = Unspecified;
-    fn try_from(value: i32) -> Result<Self, Self::Error> {
-        match v1::Severity::try_from(value) {
-            Ok(v1::Severity::Info) => Ok(Severity::Info),
-            Ok(v1::Severity::Low) => Ok(Severity::Low),
-            Ok(v1::Severity::Medium) => Ok(Severity::Medium),
-            Ok(v1::Severity::High) => Ok(Severity::High),
-            Ok(v1::Severity::Critical) => Ok(Severity::Critical),
-            _ => Err(Unspecified {
-                what: "severity",
-                value,
-            }),
-        }
+/// A wire `Severity` value as the domain's, if it has a meaning.
+pub fn severity(value: i32) -> Result<Severity, Unspecified> {
+    match v1::Severity::try_from(value) {
+        Ok(v1::Severity::Info) => Ok(Severity::Info),
+        Ok(v1::Severity::Low) => Ok(Severity::Low),
+        Ok(v1::Severity::Medium) => Ok(Severity::Medium),
+        Ok(v1::Severity::High) => Ok(Severity::High),
+        Ok(v1::Severity::Critical) => Ok(Severity::Critical),
+        _ => Err(Unspecified {
+            what: "severity",
+            value,
+        }),
     }
 }
 
@@ -98,19 +92,19 @@ mod tests {
     #[test]
     fn role_round_trip() {
         for r in [Role::Viewer, Role::Operator, Role::Admin] {
-            assert_eq!(Role::try_from(v1::Role::from(r) as i32), Ok(r));
+            assert_eq!(role(v1::Role::from(r) as i32), Ok(r));
         }
-        assert!(Role::try_from(0).is_err());
-        assert!(Role::try_from(99).is_err());
+        assert!(role(0).is_err());
+        assert!(role(99).is_err());
     }
 
     #[test]
     fn severity_round_trip() {
         use Severity::*;
         for s in [Info, Low, Medium, High, Critical] {
-            assert_eq!(Severity::try_from(v1::Severity::from(s) as i32), Ok(s));
+            assert_eq!(severity(v1::Severity::from(s) as i32), Ok(s));
         }
-        assert!(Severity::try_from(0).is_err());
+        assert!(severity(0).is_err());
     }
 
     #[test]
@@ -120,10 +114,7 @@ mod tests {
             AgentStatus::Offline,
             AgentStatus::Revoked,
         ] {
-            assert_eq!(
-                AgentStatus::try_from(v1::AgentStatus::from(s) as i32),
-                Ok(s)
-            );
+            assert_eq!(agent_status(v1::AgentStatus::from(s) as i32), Ok(s));
         }
     }
 }

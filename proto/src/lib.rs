@@ -1,10 +1,10 @@
-//! Picket's wire types and the domain types shared by every crate.
+//! Picket's wire types, and the one place they meet the domain types.
 //!
 //! The gRPC API (package `picket.v1`) is defined once, in
 //! `proto/picket/v1/picket.proto`, and compiled at build time with protox, so
 //! no system `protoc` is needed. Generated code stays private in `generated`
-//! and is re-exported as [`v1`]. [`model`] holds the domain types that engines
-//! and stores use; [`convert`] is the one place where the two meet.
+//! and is re-exported as [`v1`]. The domain types that engines and stores use
+//! are `picket_model`'s; [`convert`] is the one place where the two meet.
 //!
 //! This crate does no I/O.
 
@@ -15,7 +15,6 @@ mod generated {
 
 pub mod convert;
 pub mod frame;
-pub mod model;
 pub mod scan;
 
 /// The `picket.v1` messages, clients and servers.

@@ -15,8 +15,8 @@ pub mod process;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use picket_model::rollout::{Action, RawStep, Step};
 use picket_proto::frame::Outbound;
-use picket_proto::model::rollout::{Action, RawStep, Step};
 use picket_proto::v1::{self, agent_message::Body, step_update};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -173,7 +173,7 @@ impl Executor {
                 return None;
             }
         }
-        let now = crate::now_ms();
+        let now = picket_clock::now_ms();
         let outcome = match self.refusal(&step) {
             Err(why) => Outcome::failed(why),
             Ok(step) => {
@@ -276,7 +276,7 @@ impl Executor {
         wire: &v1::StepKey,
         step: &Step,
         argv: Vec<String>,
-        run: &picket_proto::model::rollout::Run,
+        run: &picket_model::rollout::Run,
     ) -> process::Spawn {
         let mut env = run.env.clone();
         env.insert("PICKET_HOST".into(), self.host.clone());

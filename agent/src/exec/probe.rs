@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use picket_proto::model::rollout::Probe;
+use picket_model::rollout::Probe;
 use picket_proto::v1::StepState;
 use tokio_util::sync::CancellationToken;
 

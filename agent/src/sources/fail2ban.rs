@@ -8,7 +8,7 @@
 
 use std::sync::LazyLock;
 
-use picket_proto::model::Severity;
+use picket_model::Severity;
 use regex::Regex;
 
 use super::{Parsed, time};

@@ -17,7 +17,7 @@ pub mod time;
 
 use std::borrow::Cow;
 
-use picket_proto::model::Severity;
+use picket_model::Severity;
 
 use crate::config::SourceKind;
 

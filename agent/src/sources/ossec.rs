@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use picket_proto::model::Severity;
+use picket_model::Severity;
 use regex::Regex;
 use serde_json::value::RawValue;
 

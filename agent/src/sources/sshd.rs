@@ -7,7 +7,7 @@
 
 use std::sync::LazyLock;
 
-use picket_proto::model::Severity;
+use picket_model::Severity;
 use regex::{Regex, RegexSet};
 
 use super::Parsed;

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use picket_proto::model::Severity;
+use picket_model::Severity;
 
 use super::json::{Object, text, text_or_json};
 use super::{Parsed, time};

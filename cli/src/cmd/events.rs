@@ -1,7 +1,7 @@
 //! `picketctl events`: JSON lines as SPEC §6 shows them, or one line an
 //! event for people.
 
-use picket_proto::model::Severity;
+use picket_model::Severity;
 use picket_proto::v1;
 use serde_json::json;
 
@@ -13,7 +13,7 @@ use crate::output::{escape_terminal as esc, json_line, time};
 pub async fn run(admin: &mut Admin, q: v1::EventsQuery, fmt: Format) -> anyhow::Result<()> {
     let stream = admin.stream_events(q).await.map_err(rpc)?.into_inner();
     print_stream(stream, |out, e| {
-        let sev = Severity::try_from(e.severity).map_or("info", Severity::as_str);
+        let sev = picket_proto::convert::severity(e.severity).map_or("info", Severity::as_str);
         match fmt {
             Format::Json => {
                 let fields: std::collections::BTreeMap<_, _> = e.fields.iter().collect();

@@ -6,7 +6,7 @@ mod watch;
 
 use std::io::Write;
 
-use picket_proto::model::rollout::RawSpec;
+use picket_model::rollout::RawSpec;
 use picket_proto::v1;
 use serde_json::{Value, json};
 

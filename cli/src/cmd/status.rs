@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use picket_proto::model::Role;
+use picket_model::Role;
 use picket_proto::v1;
 use serde_json::json;
 
@@ -47,7 +47,7 @@ pub async fn whoami(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> any
         .await
         .map_err(rpc)?
         .into_inner();
-    let role = Role::try_from(w.role).map_or("unknown", Role::as_str);
+    let role = picket_proto::convert::role(w.role).map_or("unknown", Role::as_str);
     match fmt {
         Format::Json => json_line(out, &json!({"name": w.name, "role": role}))?,
         Format::Table => writeln!(out, "{} ({role})", w.name)?,

@@ -102,7 +102,7 @@ async fn list(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> anyhow::R
         .map_err(rpc)?
         .into_inner()
         .users;
-    let role = |r: i32| picket_proto::model::Role::try_from(r).map_or("unknown", |r| r.as_str());
+    let role = |r: i32| picket_proto::convert::role(r).map_or("unknown", |r| r.as_str());
     let revoked = |ms: i64| (ms != 0).then(|| crate::output::time(ms)).flatten();
     match fmt {
         Format::Json => {

@@ -19,16 +19,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use picket_proto::model::Labels;
+use picket_model::Labels;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Alert, AlertState, Engine, Input, Output, Persisted, Silence, route};
-use super::rules::{self, NotifierKind, Rules, RulesError};
 use super::tap::{Heard, Tap};
 use crate::notify::outbox::Outbox;
 use crate::notify::{Message, alertmanager, http};
-use crate::store::{Store, StoreError};
+use picket_alert::engine::{Alert, AlertState, Engine, Input, Output, Persisted, Silence, route};
+use picket_alert::rules::{self, NotifierKind, Rules, RulesError};
+use picket_store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {

@@ -15,12 +15,12 @@
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
-use picket_proto::model::{Labels, Severity};
+use picket_model::{Labels, Severity};
 use picket_proto::scan::{self, EventHead};
 use tokio::sync::mpsc;
 
-use super::engine::{EventData, Point};
-use super::rules::{EventMatch, Kind, Rules};
+use picket_alert::engine::{EventData, Point};
+use picket_alert::rules::{EventMatch, Kind, Rules};
 
 /// An agent's batch, as far as the alert rules care.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,7 +102,7 @@ impl Interest {
     }
 
     fn wants(&self, h: &EventHead<'_>) -> bool {
-        let severity = Severity::try_from(h.severity).unwrap_or(Severity::Info);
+        let severity = picket_proto::convert::severity(h.severity).unwrap_or(Severity::Info);
         (self.rollouts
             && h.source == "picket"
             && matches!(h.kind, "rollout_failed" | "rollout_rolled_back"))
@@ -218,7 +218,7 @@ impl Collector {
         });
         if read.is_ok() {
             self.heard.events.push(EventData {
-                severity: Severity::try_from(head.severity).unwrap_or(Severity::Info),
+                severity: picket_proto::convert::severity(head.severity).unwrap_or(Severity::Info),
                 source: head.source.to_string(),
                 kind: head.kind.to_string(),
                 fields,
@@ -227,7 +227,7 @@ impl Collector {
     }
 
     /// A decoded sample's points.
-    pub fn sample(&mut self, points: &[crate::store::metrics::Point]) {
+    pub fn sample(&mut self, points: &[picket_store::metrics::Point]) {
         if self.interest.metrics.is_empty() {
             return;
         }
@@ -256,7 +256,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::alert::rules::parse;
+    use picket_alert::rules::parse;
 
     fn event(source: &str, kind: &str, severity: v1::Severity) -> Vec<u8> {
         v1::Event {
@@ -291,7 +291,7 @@ mod tests {
         ev(&mut c, &event("fail2ban", "unban", v1::Severity::Medium));
         ev(&mut c, &event("fail2ban", "ban", v1::Severity::Low));
         ev(&mut c, &event("suricata", "alert", v1::Severity::Critical));
-        let point = |name: &str| crate::store::metrics::Point {
+        let point = |name: &str| picket_store::metrics::Point {
             name: name.into(),
             labels: Default::default(),
             value: 1.0,

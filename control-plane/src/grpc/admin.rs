@@ -4,17 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use picket_proto::model::{Labels, Role, validate_label, validate_name};
+use picket_model::{Labels, Role, validate_label, validate_name};
 use picket_proto::v1::{self, admin_service_server::AdminService};
 use tonic::{Request, Response, Status};
 
 use super::auth::{self, Caller, require};
 use super::convert;
 use super::status::{bad_input, internal};
-use crate::clock::{now_ms, to_ms};
-use crate::pki::{SubjectKind, token};
 use crate::state::State;
-use crate::store::{Forget, TokenRecord, UserRecord};
+use picket_clock::{now_ms, to_ms};
+use picket_pki::{SubjectKind, token};
+use picket_store::{Forget, TokenRecord, UserRecord};
 
 pub struct AdminSvc {
     pub state: Arc<State>,
@@ -171,7 +171,7 @@ impl AdminService for AdminSvc {
         let q = req.into_inner();
         let min_severity = match q.min_severity {
             0 => None,
-            s => Some(picket_proto::model::Severity::try_from(s).map_err(bad_input)?),
+            s => Some(picket_proto::convert::severity(s).map_err(bad_input)?),
         };
         let filter = crate::feed::EventFilter {
             host: q.host,
@@ -334,7 +334,7 @@ impl AdminService for AdminSvc {
         let caller = require(&req, &st.audit, Role::Admin, "user.add", &target)?;
         let r = req.into_inner();
         validate_name(&r.name).map_err(bad_input)?;
-        let role = Role::try_from(r.role).map_err(bad_input)?;
+        let role = picket_proto::convert::role(r.role).map_err(bad_input)?;
         let issued = st
             .ca
             .issue(&r.csr_pem, &r.name, SubjectKind::User, st.cfg.user_cert_ttl)

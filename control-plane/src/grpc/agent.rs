@@ -15,9 +15,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::require_agent;
 use super::convert;
 use super::status::{bad_input, internal};
-use crate::clock::{now_ms, to_ms};
-use crate::pki::SubjectKind;
 use crate::state::State;
+use picket_clock::{now_ms, to_ms};
+use picket_pki::SubjectKind;
 
 pub struct AgentSvc {
     pub state: Arc<State>,
@@ -50,9 +50,9 @@ impl AgentService for AgentSvc {
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
         let inv = hello.inventory.unwrap_or_default();
-        let reported: picket_proto::model::Labels = inv.labels.clone().into_iter().collect();
+        let reported: picket_model::Labels = inv.labels.clone().into_iter().collect();
         for (k, v) in &reported {
-            picket_proto::model::validate_label(k, v).map_err(bad_input)?;
+            picket_model::validate_label(k, v).map_err(bad_input)?;
         }
         let st = &self.state;
         let (n, inventory) = (name.clone(), convert::inventory(&inv));
@@ -211,7 +211,7 @@ impl AgentService for AgentSvc {
 
 /// Records that `agent` was heard from just now (off the runtime
 /// workers, as every store write).
-async fn seen(store: &crate::store::Store, agent: &str) -> Result<(), crate::store::StoreError> {
+async fn seen(store: &picket_store::Store, agent: &str) -> Result<(), picket_store::StoreError> {
     let n = agent.to_string();
     store
         .blocking(move |s| s.update_agent(&n, |r| r.last_seen_ms = now_ms()).map(drop))

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use picket_proto::model::Role;
+use picket_model::Role;
 use picket_proto::v1;
 use tonic::{Request, Response, Status};
 
@@ -12,10 +12,10 @@ use super::admin::AdminSvc;
 use super::auth::require;
 use super::status::internal;
 use crate::alert::driver::{AlertError, Loaded};
-use crate::alert::engine::{Alert, Silence};
-use crate::alert::rules::{Kind, Op, Rule};
-use crate::clock::now_ms;
 use crate::notify::{Message, Outcome};
+use picket_alert::engine::{Alert, Silence};
+use picket_alert::rules::{Kind, Op, Rule};
+use picket_clock::now_ms;
 
 pub fn status(e: AlertError) -> Status {
     match e {

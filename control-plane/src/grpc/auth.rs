@@ -2,12 +2,12 @@
 //! [`Caller`], attached to the request for handlers to read. Handlers never
 //! look at certificates or message fields to decide who is calling.
 
-use picket_proto::model::Role;
+use picket_model::Role;
 use tonic::{Request, Status};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::audit::Audit;
-use crate::store::Store;
+use picket_store::Store;
 
 /// Who is calling, as proven by the certificate the TLS layer verified
 /// against the Picket CA.

@@ -1,12 +1,12 @@
 //! Store records to wire messages.
 
-use picket_proto::model::AgentStatus;
+use picket_model::AgentStatus;
 use picket_proto::v1;
 
 use std::collections::BTreeMap;
 
-use crate::store::metrics::{Rollup, Sample};
-use crate::store::records::{EventRecord, LogRecord};
+use picket_store::metrics::{Rollup, Sample};
+use picket_store::records::{EventRecord, LogRecord};
 
 pub fn event(e: &EventRecord) -> v1::StoredEvent {
     v1::StoredEvent {
@@ -35,7 +35,7 @@ pub fn log_line(l: &LogRecord) -> v1::StoredLogLine {
         invalid_utf8: l.invalid_utf8,
     }
 }
-use crate::store::{AgentRecord, Inventory};
+use picket_store::{AgentRecord, Inventory};
 
 type SeriesKey = (String, BTreeMap<String, String>);
 

@@ -100,7 +100,7 @@ impl<T> Stream for Guarded<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use picket_proto::model::Role;
+    use picket_model::Role;
     use tokio_stream::StreamExt;
 
     #[tokio::test]

@@ -17,15 +17,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use picket_proto::model::{Labels, validate_label, validate_name};
+use picket_model::{Labels, validate_label, validate_name};
 use picket_proto::v1::{self, enrollment_server::Enrollment};
 use tonic::{Request, Response, Status};
 
 use super::status::{bad_input, internal};
-use crate::clock::{now_ms, to_ms};
-use crate::pki::{SubjectKind, token};
 use crate::state::State;
-use crate::store::{AgentRecord, EnrollRefusal};
+use picket_clock::{now_ms, to_ms};
+use picket_pki::{SubjectKind, token};
+use picket_store::{AgentRecord, EnrollRefusal};
 
 /// The one answer to a token that is unknown, expired or used up.
 const REFUSED: &str = "the token is not valid (unknown, expired or used up)";
@@ -152,7 +152,7 @@ impl Enrollment for EnrollService {
 /// only [`REFUSED`]); the token itself is never written anywhere.
 fn refused(s: &State, hash: &str, why: &EnrollRefusal, name: &str, who: &str) {
     let id = match why {
-        EnrollRefusal::Token(crate::store::TokenRefusal::Unknown) => "unknown".to_string(),
+        EnrollRefusal::Token(picket_store::TokenRefusal::Unknown) => "unknown".to_string(),
         _ => token::id_of_hash(hash),
     };
     let why = match why {

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use picket_proto::model::rollout::RawSpec;
-use picket_proto::model::{Role, Selector};
+use picket_model::rollout::RawSpec;
+use picket_model::{Role, Selector};
 use picket_proto::v1;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
@@ -14,7 +14,7 @@ use super::admin::{AdminSvc, Stream};
 use super::auth::require;
 use super::status::internal;
 use crate::rollout::driver::{Action, DriverError};
-use crate::rollout::view::{View, wave_state};
+use picket_rollout::view::{View, wave_state};
 
 /// How long `run` gives each host by default (as an exec step).
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::rfc3339;
-use crate::alert::engine::{Alert, AlertState};
+use picket_alert::engine::{Alert, AlertState};
 
 /// How often firing alerts are posted again, and how far ahead their
 /// `endsAt` is (Prometheus: four resend intervals).

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::{Message, summary};
-use crate::alert::engine::AlertState;
+use picket_alert::engine::AlertState;
 
 const MAX_EMBEDS: usize = 10;
 const RED: u32 = 0xE0_1E_5A;

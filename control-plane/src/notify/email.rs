@@ -8,7 +8,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message as Mail, Tokio1Executor};
 
 use super::{Message, Outcome, rfc3339, summary};
-use crate::alert::rules::NotifierKind;
+use picket_alert::rules::NotifierKind;
 
 /// The subject: `[FIRING:1] vm-prod has sent nothing for 31s`.
 pub fn subject(msg: &Message) -> String {

@@ -11,11 +11,11 @@
 //!
 //! Nothing here decides *whether* to notify: that is `alert::engine`'s.
 
-use picket_proto::model::Labels;
+use picket_model::Labels;
 use serde::{Deserialize, Serialize};
 
-use crate::alert::engine::{Alert, AlertState, Notification};
-use crate::alert::rules::{Notifier, NotifierKind};
+use picket_alert::engine::{Alert, AlertState, Notification};
+use picket_alert::rules::{Notifier, NotifierKind};
 
 pub mod alertmanager;
 pub mod discord;
@@ -66,7 +66,7 @@ impl Message {
         ]
         .into();
         let alert = Alert {
-            fingerprint: crate::alert::engine::fingerprint(&labels),
+            fingerprint: picket_alert::engine::fingerprint(&labels),
             rule: "PicketTest".into(),
             annotations: [(
                 "summary".to_string(),

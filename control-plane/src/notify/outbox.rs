@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Message, Outcome, http};
-use crate::alert::rules::Rules;
-use crate::store::{Queued, Store};
+use picket_alert::rules::Rules;
+use picket_store::{Queued, Store};
 
 /// What one notifier has done since the control plane started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -138,7 +138,7 @@ impl Outbox {
     }
 
     /// `name`'s configuration in the alert file in force.
-    fn notifier(&self, name: &str) -> Option<crate::alert::rules::Notifier> {
+    fn notifier(&self, name: &str) -> Option<picket_alert::rules::Notifier> {
         self.rules
             .borrow()
             .notifiers

@@ -1,11 +1,11 @@
 //! `pagerduty`: Events API v2, one `trigger` or `resolve` per alert, its
 //! fingerprint the `dedup_key`.
 
-use picket_proto::model::Severity;
+use picket_model::Severity;
 use serde_json::{Value, json};
 
 use super::{Message, rfc3339, summary};
-use crate::alert::engine::AlertState;
+use picket_alert::engine::AlertState;
 
 /// SPEC §10: critical → critical, high → error, medium → warning, else
 /// info.

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::{Message, summary};
-use crate::alert::engine::AlertState;
+use picket_alert::engine::AlertState;
 
 /// Slack allows 50 blocks; a header and the first 40 alerts fit.
 const MAX_ALERTS: usize = 40;

@@ -9,9 +9,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::*;
-use crate::alert::engine::{Alert, AlertState};
-use crate::alert::rules::{self, Rules};
-use crate::store::Store;
+use picket_alert::engine::{Alert, AlertState};
+use picket_alert::rules::{self, Rules};
+use picket_store::Store;
 
 fn alert(name: &str, host: &str, severity: &str, state: AlertState) -> Alert {
     let labels: Labels = [
@@ -22,7 +22,7 @@ fn alert(name: &str, host: &str, severity: &str, state: AlertState) -> Alert {
     ]
     .into();
     Alert {
-        fingerprint: crate::alert::engine::fingerprint(&labels),
+        fingerprint: picket_alert::engine::fingerprint(&labels),
         rule: name.into(),
         labels,
         annotations: [("summary".to_string(), format!("{host} is in trouble"))].into(),
@@ -256,7 +256,7 @@ fn start(store: &Store, url: &str, timeout: Duration) -> Running {
         store.clone(),
         http::Client::with_timeout(timeout).unwrap(),
         rx,
-        crate::clock::now_ms,
+        picket_clock::now_ms,
     );
     let m = message(vec![alert(
         "HighCpu",

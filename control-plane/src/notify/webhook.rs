@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::{Message, NO_END, rfc3339};
-use crate::alert::engine::AlertState;
+use picket_alert::engine::AlertState;
 
 pub fn payload(msg: &Message, receiver: &str) -> Value {
     let alerts: Vec<Value> = msg

@@ -14,24 +14,24 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use picket_proto::model::rollout::RawSpec;
+use picket_model::rollout::RawSpec;
 use picket_proto::v1::{self, step_update};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Engine, Input, Output, Refused};
-use super::state::{HostState, Persisted, Phase, StepRef, StepResult, StepState};
-use super::view::View;
 use crate::sessions::Presence;
 use crate::steps::{StepNews, Steps};
-use crate::store::{Store, StoreError};
+use picket_rollout::engine::{Engine, Input, Output, Refused};
+use picket_rollout::state::{HostState, Persisted, Phase, StepRef, StepResult, StepState};
+use picket_rollout::view::View;
+use picket_store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     #[error("no rollout with id {0}")]
     NotFound(String),
     #[error(transparent)]
-    Spec(#[from] picket_proto::model::rollout::SpecError),
+    Spec(#[from] picket_model::rollout::SpecError),
     #[error(transparent)]
     Refused(#[from] Refused),
     #[error("the rollout store: {0}")]
@@ -473,7 +473,7 @@ impl Driver {
         let (agents, id) = store
             .blocking(|s| Ok((s.agents()?, s.new_run_id("rollout")?)))
             .await?;
-        let fleet: Vec<(String, picket_proto::model::Labels)> = agents
+        let fleet: Vec<(String, picket_model::Labels)> = agents
             .iter()
             .filter(|a| a.revoked_ms.is_none())
             .map(|a| (a.name.clone(), a.labels()))

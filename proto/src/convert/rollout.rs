@@ -2,8 +2,8 @@
 //! [`v1::Step`]) and the file's form ([`RawSpec`], [`RawStep`]). Both are
 //! unchecked; `RawSpec::check` does the checking for either path.
 
-use crate::model::rollout::{Action, RawAmount, RawSpec, RawStep, RawWave, Step};
 use crate::v1;
+use picket_model::rollout::{Action, RawAmount, RawSpec, RawStep, RawWave, Step};
 
 impl From<v1::Step> for RawStep {
     fn from(s: v1::Step) -> Self {

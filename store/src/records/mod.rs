@@ -1,0 +1,519 @@
+//! Events and raw log lines on disk, in one time order across the fleet.
+//!
+//! Records are stored in blocks, not one per key: ingest writes thousands
+//! of records a batch, and a sled write per record (plus one per index
+//! entry) cost more than everything else in the pipeline. A block holds
+//! records of one host and one batch, sorted by `(time, id)`, where `id` is
+//! a fleet-wide ingest number (unique, increasing in the order records were
+//! stored). A block spans at most [`SPAN_MS`] and [`BLOCK_MAX`] records, so:
+//! - its key is `min time(u64 BE) ‖ first id(u64 BE)`, and a `--since T`
+//!   query starts at `T - SPAN_MS`;
+//! - reading merges overlapping blocks by `(time, id)` with a small heap
+//!   (memory: the blocks that overlap in time, never the whole range);
+//! - retention goes by when a block was received, not by the records'
+//!   own times: an event stamped years ago (a replayed capture, a
+//!   backfill, a host with a wrong clock) is kept for the whole window
+//!   from its arrival. A per-table index keyed by receive time
+//!   (`received ms ‖ block key` → host) finds the blocks to delete.
+//!
+//! A per-host index (`host \0 block key`, empty values) serves `--host`
+//! queries without reading other hosts' blocks. Source, severity and
+//! `--grep` are filtered during the scan (few values each: an index would
+//! save little over the time range). A block's value in sled is its host, a
+//! 0 byte, then where its records are: [`PACKED_SEGMENT`] and the [`Loc`]
+//! of their bytes, LZ4-compressed ([`picket_segment::pack`]), in a segment
+//! file ([`segments`]), or [`WIRE`] and the bytes inline (a store opened
+//! without segments). Blocks hold each record as
+//! the agent encoded it ([`wire`]). Older stores' blocks still read:
+//! postcard in a segment ([`SEGMENT`]) or inline ([`POSTCARD`]), or a JSON
+//! array.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::iter::Peekable;
+
+use picket_model::Severity;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use picket_segment::Loc;
+
+use super::backend::{Backend, KvIter, Op};
+use super::metrics::{Sample, acked_op, sample_ops};
+use super::{Store, StoreError, decode};
+
+const EVENTS: &str = "events";
+const LOGS: &str = "logs";
+const EVENTS_BY_HOST: &str = "events_by_host";
+const LOGS_BY_HOST: &str = "logs_by_host";
+const EVENTS_RECEIVED: &str = "events_received";
+const LOGS_RECEIVED: &str = "logs_received";
+/// Set once every block has a receive-time index entry (stores written
+/// before retention went by receive time get theirs when first opened).
+const META: &str = "meta";
+const RECEIVED_INDEXED: &[u8] = b"records.received_index";
+
+mod retention;
+mod segments;
+mod wire;
+use retention::received_key;
+pub(crate) use segments::Segments;
+pub use wire::{FromWire, Wire};
+
+/// The segment streams for event and log blocks, under `dir`.
+pub(crate) fn open_segments(
+    dir: &std::path::Path,
+    kv: &dyn Backend,
+) -> Result<Segments, StoreError> {
+    Segments::open(dir, &[EVENTS, LOGS], kv)
+}
+
+/// The longest time span of one block.
+pub const SPAN_MS: i64 = 1_000;
+/// The most records in one block.
+pub const BLOCK_MAX: usize = 2_048;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: u64,
+    pub host: String,
+    pub source: String,
+    pub path: String,
+    pub seq: u64,
+    pub time_ms: i64,
+    pub received_ms: i64,
+    pub severity: Severity,
+    pub kind: String,
+    pub message: String,
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub id: u64,
+    pub host: String,
+    pub source: String,
+    pub path: String,
+    pub seq: u64,
+    pub time_ms: i64,
+    pub line: String,
+    #[serde(default)]
+    pub truncated: bool,
+    #[serde(default)]
+    pub invalid_utf8: bool,
+}
+
+/// What the block store needs of a record it reads.
+pub trait Timed: Serialize + DeserializeOwned + FromWire {
+    fn time_ms(&self) -> i64;
+    fn id(&self) -> u64;
+}
+
+impl Timed for EventRecord {
+    fn time_ms(&self) -> i64 {
+        self.time_ms
+    }
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Timed for LogRecord {
+    fn time_ms(&self) -> i64 {
+        self.time_ms
+    }
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+fn key(time_ms: i64, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&(time_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn time_of(k: &[u8]) -> i64 {
+    k.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(|b| u64::from_be_bytes(b) as i64)
+        .unwrap_or(0)
+}
+
+fn host_key(host: impl AsRef<[u8]>, block_key: &[u8]) -> Vec<u8> {
+    let host = host.as_ref();
+    let mut k = Vec::with_capacity(host.len() + 1 + block_key.len());
+    k.extend_from_slice(host);
+    k.push(0);
+    k.extend_from_slice(block_key);
+    k
+}
+
+/// What one agent batch stores.
+#[derive(Debug, Default)]
+pub struct Records<'a> {
+    pub samples: Vec<Sample>,
+    pub events: Vec<Wire<'a>>,
+    pub logs: Vec<Wire<'a>>,
+}
+
+impl Records<'static> {
+    /// A batch of decoded records (tests, tools): encoded as an agent
+    /// would have sent them.
+    pub fn of(samples: Vec<Sample>, events: &[EventRecord], logs: &[LogRecord]) -> Self {
+        Records {
+            samples,
+            events: events.iter().map(FromWire::to_wire).collect(),
+            logs: logs.iter().map(FromWire::to_wire).collect(),
+        }
+    }
+}
+
+/// One block of records, encoded, before it is stored.
+struct Block {
+    key: Vec<u8>,
+    /// When the block's records were received (the newest of them).
+    received: i64,
+    /// The records' entries ([`wire`]).
+    bytes: Vec<u8>,
+}
+
+/// Sorts one host's records into blocks.
+fn blocks(recs: &[Wire<'_>]) -> Vec<Block> {
+    let mut order: Vec<&Wire<'_>> = recs.iter().collect();
+    order.sort_by_key(|r| (r.time_ms, r.id));
+    let mut out = Vec::new();
+    let mut rest = &order[..];
+    while let Some(first) = rest.first() {
+        let min = first.time_ms;
+        let n = rest
+            .iter()
+            .take(BLOCK_MAX)
+            .take_while(|r| r.time_ms - min <= SPAN_MS)
+            .count();
+        let (block, tail) = rest.split_at(n);
+        rest = tail;
+        let size: usize = block.iter().map(|r| r.size_hint()).sum();
+        let received = block.iter().map(|r| r.received_ms).max().unwrap_or(0);
+        let mut bytes = Vec::with_capacity(size);
+        for r in block {
+            r.put(&mut bytes);
+        }
+        out.push(Block {
+            key: key(min, first.id),
+            received,
+            bytes,
+        });
+    }
+    out
+}
+
+/// A block's value: where its records are and in what format. Blocks are
+/// written as [`PACKED_SEGMENT`] (or [`WIRE`] without segments); the
+/// others are read only. Inline JSON arrays are marked by their `[`.
+const POSTCARD: u8 = 1;
+const SEGMENT: u8 = 2;
+const PACKED_SEGMENT: u8 = 3;
+const WIRE: u8 = 4;
+
+/// A record in the merge heap, ordered by `(time, id)`.
+struct Entry<T>(T);
+
+impl<T: Timed> Ord for Entry<T> {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.0.time_ms(), self.0.id()).cmp(&(o.0.time_ms(), o.0.id()))
+    }
+}
+impl<T: Timed> PartialOrd for Entry<T> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<T: Timed> PartialEq for Entry<T> {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
+impl<T: Timed> Eq for Entry<T> {}
+
+/// Block keys in key order, with the value when the scan had it.
+type BlockKeys<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Option<Vec<u8>>), StoreError>> + 'a>;
+
+/// Merges blocks (in key order, which is min-time order) into one stream
+/// ordered by `(time, id)`, from `since` on. Before a record with time `t`
+/// is given out, every block whose min time is at or before `t` has been
+/// read, so nothing earlier can still turn up.
+struct Merge<'a, T> {
+    store: &'a Store,
+    table: &'static str,
+    blocks: Peekable<BlockKeys<'a>>,
+    heap: BinaryHeap<Reverse<Entry<T>>>,
+    since: i64,
+}
+
+impl<T: Timed> Merge<'_, T> {
+    fn load_next(&mut self) -> Result<(), StoreError> {
+        let Some(next) = self.blocks.next() else {
+            return Ok(());
+        };
+        let (k, value) = next?;
+        let value = match value {
+            Some(v) => v,
+            // An index entry whose block retention already removed.
+            None => match self.store.kv.get(self.table, &k)? {
+                Some(v) => v,
+                None => return Ok(()),
+            },
+        };
+        let recs: Vec<T> = self.store.decode_block(self.table, &value)?;
+        self.heap.extend(
+            recs.into_iter()
+                .filter(|r| r.time_ms() >= self.since)
+                .map(|r| Reverse(Entry(r))),
+        );
+        Ok(())
+    }
+
+    fn next_block_time(&mut self) -> Option<i64> {
+        match self.blocks.peek()? {
+            Ok((k, _)) => Some(time_of(k)),
+            // Surface the error through `load_next`.
+            Err(_) => Some(i64::MIN),
+        }
+    }
+}
+
+impl<T: Timed> Iterator for Merge<'_, T> {
+    type Item = Result<T, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let top = self.heap.peek().map(|Reverse(e)| e.0.time_ms());
+            match (top, self.next_block_time()) {
+                (None, None) => return None,
+                (Some(_), None) => {}
+                (None, Some(_)) => {
+                    if let Err(e) = self.load_next() {
+                        return Some(Err(e));
+                    }
+                    continue;
+                }
+                (Some(t), Some(b)) if b <= t => {
+                    if let Err(e) = self.load_next() {
+                        return Some(Err(e));
+                    }
+                    continue;
+                }
+                (Some(_), Some(_)) => {}
+            }
+            return self.heap.pop().map(|Reverse(e)| Ok(e.0));
+        }
+    }
+}
+
+impl Store {
+    /// A fresh ingest id for each of `n` records.
+    pub fn ingest_ids(&self, n: usize) -> Result<Vec<u64>, StoreError> {
+        (0..n).map(|_| self.kv.next_id()).collect()
+    }
+
+    /// Stores a batch and moves `host`'s acked sequence number, atomically
+    /// (block bytes in segments are synced first; see [`segments`]).
+    pub fn put_records(&self, host: &str, r: &Records, acked: u64) -> Result<(), StoreError> {
+        let mut ops = Vec::with_capacity(r.samples.len() + 5);
+        sample_ops(host, &r.samples, &mut ops);
+        let events = blocks(&r.events);
+        self.block_ops(EVENTS_TABLES, host, events, &mut ops)?;
+        let logs = blocks(&r.logs);
+        self.block_ops(LOGS_TABLES, host, logs, &mut ops)?;
+        self.kv.apply(&acked_op(host, acked, ops))
+    }
+
+    /// Adds the writes that store `blocks` of `host` to `ops`: the block
+    /// (its bytes in a segment, or inline), its host index entry and its
+    /// receive-time index entry.
+    fn block_ops(
+        &self,
+        t: Tables,
+        host: &str,
+        blocks: Vec<Block>,
+        ops: &mut Vec<Op>,
+    ) -> Result<(), StoreError> {
+        let locs = match &self.segments {
+            Some(seg) => {
+                let packed: Vec<(i64, Vec<u8>)> = blocks
+                    .iter()
+                    .map(|b| (b.received, picket_segment::pack::pack(&b.bytes)))
+                    .collect();
+                let bytes: Vec<(i64, &[u8])> = packed.iter().map(|(t, b)| (*t, &b[..])).collect();
+                seg.write(t.blocks, &bytes, ops)?
+            }
+            None => Vec::new(),
+        };
+        for (i, b) in blocks.into_iter().enumerate() {
+            let mut value = Vec::with_capacity(host.len() + 2 + 24);
+            value.extend_from_slice(host.as_bytes());
+            value.push(0);
+            match locs.get(i) {
+                Some(loc) => {
+                    value.push(PACKED_SEGMENT);
+                    loc.put(&mut value);
+                }
+                None => {
+                    value.push(WIRE);
+                    value.extend_from_slice(&b.bytes);
+                }
+            }
+            ops.push(Op {
+                tree: t.by_host,
+                key: host_key(host, &b.key),
+                value: Some(Vec::new()),
+            });
+            ops.push(Op {
+                tree: t.received,
+                key: received_key(b.received, &b.key),
+                value: Some(host.as_bytes().to_vec()),
+            });
+            ops.push(Op {
+                tree: t.blocks,
+                key: b.key,
+                value: Some(value),
+            });
+        }
+        Ok(())
+    }
+
+    /// A stored block's records (none when retention took its segment
+    /// meanwhile).
+    fn decode_block<T: Timed>(
+        &self,
+        table: &'static str,
+        value: &[u8],
+    ) -> Result<Vec<T>, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            tree: table,
+            detail,
+        };
+        let at = value
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or_else(|| corrupt("block without a host".into()))?;
+        let (host, records) = (&value[..at], &value[at + 1..]);
+        let host = std::str::from_utf8(host).map_err(|e| corrupt(e.to_string()))?;
+        let postcard =
+            |bytes: &[u8]| postcard::from_bytes(bytes).map_err(|e| corrupt(e.to_string()));
+        let wire = |bytes: &[u8]| -> Result<Vec<T>, StoreError> {
+            wire::entries(bytes)
+                .map(|w| {
+                    let w = w.map_err(|e| corrupt(e.to_string()))?;
+                    T::from_wire(host, &w).map_err(|e| corrupt(e.to_string()))
+                })
+                .collect()
+        };
+        let in_segment = |at: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+            let loc = Loc::get(at).ok_or_else(|| corrupt("short block location".into()))?;
+            let seg = self
+                .segments
+                .as_ref()
+                .ok_or_else(|| corrupt("block in a segment, but no segments here".into()))?;
+            seg.read(table, loc)
+        };
+        match records.split_first() {
+            Some((&PACKED_SEGMENT, at)) => match in_segment(at)? {
+                Some(packed) => {
+                    let bytes = picket_segment::pack::unpack(&packed)
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    wire(&bytes)
+                }
+                None => Ok(Vec::new()),
+            },
+            Some((&WIRE, bytes)) => wire(bytes),
+            Some((&SEGMENT, at)) => in_segment(at)?.map_or(Ok(Vec::new()), |b| postcard(&b)),
+            Some((&POSTCARD, bytes)) => postcard(bytes),
+            Some((b'[', _)) => decode(table, records),
+            _ => Err(corrupt("block in an unknown format".into())),
+        }
+    }
+
+    /// Events with `time >= since` (of `host` only, if given), oldest
+    /// first, streamed from disk.
+    pub fn events_since<'a>(
+        &'a self,
+        since: i64,
+        host: Option<&str>,
+    ) -> Result<Box<dyn Iterator<Item = Result<EventRecord, StoreError>> + 'a>, StoreError> {
+        self.records_since(EVENTS_TABLES, since, host)
+    }
+
+    /// Log lines with `time >= since` (of `host` only, if given), oldest
+    /// first, streamed from disk.
+    pub fn logs_since<'a>(
+        &'a self,
+        since: i64,
+        host: Option<&str>,
+    ) -> Result<Box<dyn Iterator<Item = Result<LogRecord, StoreError>> + 'a>, StoreError> {
+        self.records_since(LOGS_TABLES, since, host)
+    }
+
+    fn records_since<'a, T: Timed + 'a>(
+        &'a self,
+        t: Tables,
+        since: i64,
+        host: Option<&str>,
+    ) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>, StoreError> {
+        let (table, index) = (t.blocks, t.by_host);
+        let start = key(since.saturating_sub(SPAN_MS), 0);
+        let blocks: BlockKeys<'a> = match host {
+            None => Box::new(
+                self.kv
+                    .scan_from(table, &start)?
+                    .map(|kv| kv.map(|(k, v)| (k, Some(v)))),
+            ),
+            Some(host) => {
+                let prefix = host_key(host, &[]);
+                let n = prefix.len();
+                let it: KvIter<'a> = self.kv.scan_from(index, &host_key(host, &start))?;
+                Box::new(
+                    it.take_while(move |kv| {
+                        kv.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
+                    })
+                    .map(move |kv| {
+                        kv.map(|(k, _)| (k.get(n..).unwrap_or_default().to_vec(), None))
+                    }),
+                )
+            }
+        };
+        Ok(Box::new(Merge {
+            store: self,
+            table,
+            blocks: blocks.peekable(),
+            heap: BinaryHeap::new(),
+            since,
+        }))
+    }
+}
+
+/// The tables of one kind of record.
+#[derive(Clone, Copy)]
+struct Tables {
+    blocks: &'static str,
+    by_host: &'static str,
+    received: &'static str,
+}
+
+const EVENTS_TABLES: Tables = Tables {
+    blocks: EVENTS,
+    by_host: EVENTS_BY_HOST,
+    received: EVENTS_RECEIVED,
+};
+
+const LOGS_TABLES: Tables = Tables {
+    blocks: LOGS,
+    by_host: LOGS_BY_HOST,
+    received: LOGS_RECEIVED,
+};
+
+#[cfg(test)]
+mod tests;
