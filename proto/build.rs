@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Channels are made by picket-tls; no `connect(url)` helpers, so
+        // this crate needs none of tonic's transport.
+        .build_transport(false)
         // Small maps (labels, event fields): a BTreeMap is cheaper to build
         // and hash-free, and prints in a stable order.
         .btree_map(".")

@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use picket_agent::buffer::Buffer;
 use picket_agent::collect::{BATCH_LINES, records};
-use picket_agent::config::SourceKind;
-use picket_agent::sources::Parser;
 use picket_agent::tail::Line;
+use picket_model::SourceKind;
+use picket_sources::Parser;
 
 /// The lines scripts/bench-events.py appends, one per parser, and an
 /// auth.log line that is not sshd's (most of auth.log).

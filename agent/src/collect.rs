@@ -17,9 +17,9 @@ use picket_proto::frame::{EventRef, LogRef};
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::{Buffer, BufferError, Encoded};
-use crate::config::{AgentConfig, SourceConfig};
-use crate::sources::Parser;
 use crate::tail::{Line, Position, Tailer};
+use picket_config::agent::{AgentConfig, SourceConfig};
+use picket_sources::Parser;
 
 /// Lines per buffer batch.
 pub const BATCH_LINES: usize = 2000;
@@ -273,7 +273,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::config::SourceKind;
+    use picket_model::SourceKind;
 
     fn line(text: &str) -> Line {
         Line {

@@ -9,8 +9,8 @@ use picket_proto::v1::{EnrollRequest, enrollment_client::EnrollmentClient};
 use picket_tls::{client, csr, files, fingerprint};
 use tonic::Code;
 
-use crate::config::AgentConfig;
 use crate::identity;
+use picket_config::agent::AgentConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {

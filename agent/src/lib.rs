@@ -2,13 +2,11 @@
 //! control plane's dev mode both run it.
 //!
 //! Layout:
-//! - [`config`] — `agent.toml`.
 //! - [`enroll`] — key, CSR, CA pin, token exchange.
 //! - [`identity`] — certificate storage and renewal.
 //! - [`inventory`] — what the host is (sysinfo); no sending.
 //! - [`metrics`] — host metrics (sysinfo); no sending.
 //! - [`buffer`] — the on-disk record buffer, sequence numbers, acks.
-//! - [`sources`] — pure parsers for fail2ban, Suricata, OSSEC/Wazuh, sshd.
 //! - [`tail`] — following a file through rotation; no parsing.
 //! - [`collect`] — sources run: inotify → tail → parse → buffer.
 //! - [`exec`] — deploy steps: the ledger, processes, probes.
@@ -17,14 +15,12 @@
 
 pub mod buffer;
 pub mod collect;
-pub mod config;
 pub mod enroll;
 pub mod exec;
 pub mod identity;
 pub mod inventory;
 pub mod metrics;
 pub mod service;
-pub mod sources;
 pub mod tail;
 pub mod uplink;
 
@@ -47,7 +43,10 @@ pub enum AgentError {
 
 /// Runs the agent until `shutdown` is cancelled or the control plane
 /// refuses it for good (revoked).
-pub async fn run(cfg: config::AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+pub async fn run(
+    cfg: picket_config::agent::AgentConfig,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     let identity = Arc::new(identity::Identity::load(&cfg.state_dir)?);
     let buffer = Arc::new(buffer::Buffer::open(&cfg.state_dir, cfg.buffer_max_bytes)?);
     let ledger = exec::ledger::Ledger::open(buffer.db(), now_ms())?;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use picket_agent::config::{AgentConfig, default_state_dir};
 use picket_agent::enroll::{EnrollOptions, enroll};
+use picket_config::agent::{AgentConfig, default_state_dir};
 use picket_model::{Labels, parse_label};
 use tokio_util::sync::CancellationToken;
 

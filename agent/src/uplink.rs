@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::buffer::{Buffer, BufferError};
-use crate::config::AgentConfig;
 use crate::exec::Executor;
 use crate::identity::Identity;
+use picket_config::agent::AgentConfig;
 
 /// Records per batch on the wire, and the bytes that end a batch early:
 /// big batches amortise the control plane's fsync per batch; the byte cap

@@ -1,6 +1,6 @@
 //! `picketctl`, the Picket admin CLI, as a library (the binary is a thin
-//! `main`). The control plane's dev mode uses [`profile`] to write the
-//! profile that makes `picketctl` work with no flags.
+//! `main`). Profiles are `picket_config::profile`'s, which dev mode uses
+//! too. Nothing depends on this crate.
 //!
 //! Layout: [`args`] (clap), [`settings`] (flag > env > profile),
 //! [`client`] (mTLS channel, status → one line), [`cmd`] (one module per
@@ -10,7 +10,6 @@ pub mod args;
 pub mod client;
 pub mod cmd;
 pub mod output;
-pub mod profile;
 pub mod settings;
 
 /// A failure of the user's input or configuration: exit code 2.

@@ -7,7 +7,7 @@ use anyhow::anyhow;
 
 use crate::BadConfig;
 use crate::args::Cli;
-use crate::profile::{self, Profile, ProfileError};
+use picket_config::profile::{self, Profile, ProfileError};
 
 pub struct Settings {
     pub server: String,

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::Context;
+use picket_config::profile::{self, Profile};
 use picket_proto::v1;
-use picketctl::profile::{self, Profile};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ControlConfig;
 use crate::server::{self, Listeners};
+use picket_config::control::ControlConfig;
 
 #[derive(clap::Args)]
 pub struct DevArgs {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ControlConfig;
 use picket_clock::now_ms;
+use picket_config::control::ControlConfig;
 use picket_store::metrics::Sample;
 use picket_store::{Store, StoreError};
 

@@ -5,7 +5,6 @@
 //! `picket_rollout` and `picket_alert`: this crate is their shells.
 //!
 //! Layout:
-//! - [`config`] — `control.toml`.
 //! - [`alert`] — the alert engine's shell: its driver and the ingest tap
 //!   (the engine and the alert file are `picket_alert`).
 //! - [`identity`] — the server certificate served: reloads and renewal.
@@ -27,7 +26,6 @@
 pub mod alert;
 pub mod audit;
 pub mod backup;
-pub mod config;
 pub mod dev;
 pub mod feed;
 pub mod fleet;
@@ -66,8 +64,11 @@ pub fn init(data_dir: &Path, sans: &[String]) -> anyhow::Result<picket_pki::Init
     let cfg_path = data_dir.join("control.toml");
     if !cfg_path.exists() {
         let abs = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-        std::fs::write(&cfg_path, config::ControlConfig::template(&abs))
-            .with_context(|| format!("cannot write {}", cfg_path.display()))?;
+        std::fs::write(
+            &cfg_path,
+            picket_config::control::ControlConfig::template(&abs),
+        )
+        .with_context(|| format!("cannot write {}", cfg_path.display()))?;
     }
     Ok(report)
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use picket_control::config::ControlConfig;
+use picket_config::control::ControlConfig;
 use picket_control::server::{self, Listeners};
 use tokio_util::sync::CancellationToken;
 

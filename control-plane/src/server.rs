@@ -9,9 +9,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
-use crate::config::ControlConfig;
 use crate::sessions::Sessions;
 use crate::state::State;
+use picket_config::control::ControlConfig;
 use picket_pki::Ca;
 use picket_store::Store;
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
-use crate::config::ControlConfig;
 use crate::fleet::Fleet;
 use crate::sessions::Sessions;
+use picket_config::control::ControlConfig;
 use picket_pki::Ca;
 use picket_store::Store;
 

@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
     let path = std::path::Path::new("/etc/picket/agent.toml");
-    if let Err(e) = picket_agent::config::AgentConfig::parse(text, path) {
+    if let Err(e) = picket_config::agent::AgentConfig::parse(text, path) {
         assert!(e.to_string().contains("/etc/picket/agent.toml"), "{e}");
     }
 });

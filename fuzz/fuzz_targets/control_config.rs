@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
     let path = std::path::Path::new("/etc/picket/control.toml");
-    if let Err(e) = picket_control::config::ControlConfig::parse(text, path) {
+    if let Err(e) = picket_config::control::ControlConfig::parse(text, path) {
         assert!(e.to_string().contains("/etc/picket/control.toml"), "{e}");
     }
 });

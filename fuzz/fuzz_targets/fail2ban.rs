@@ -4,5 +4,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: (&str, i64)| {
     let (line, read_ms) = data;
-    let _ = picket_agent::sources::fail2ban::parse(line, read_ms);
+    let _ = picket_sources::fail2ban::parse(line, read_ms);
 });

@@ -4,8 +4,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &str| {
-    let _ = picket_agent::sources::ossec::parse_json(data);
-    let mut blocks = picket_agent::sources::ossec::Blocks::default();
+    let _ = picket_sources::ossec::parse_json(data);
+    let mut blocks = picket_sources::ossec::Blocks::default();
     let mut out = Vec::new();
     for line in data.lines() {
         blocks.feed(line, &mut out);

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|line: &str| {
-    let _ = picket_agent::sources::suricata::parse(line);
+    let _ = picket_sources::suricata::parse(line);
 });

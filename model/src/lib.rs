@@ -219,6 +219,29 @@ pub fn parse_label(s: &str) -> Result<(String, String), LabelError> {
     Ok((k.to_string(), v.to_string()))
 }
 
+/// What a source is, which decides how its lines are parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Fail2ban,
+    Suricata,
+    Ossec,
+    Sshd,
+    Raw,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Fail2ban => "fail2ban",
+            SourceKind::Suricata => "suricata",
+            SourceKind::Ossec => "ossec",
+            SourceKind::Sshd => "sshd",
+            SourceKind::Raw => "raw",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,8 +21,8 @@ use picket_proto::v1::{self, agent_message::Body, step_update};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ExecConfig;
 use ledger::{Entry, Key, Ledger, Outcome};
+use picket_config::agent::ExecConfig;
 
 /// Live output is sent in chunks of at most this many bytes.
 const CHUNK: usize = 16 * 1024;

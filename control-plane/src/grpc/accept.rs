@@ -34,7 +34,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
-use crate::config::Limits;
+use picket_config::control::Limits;
 
 /// The counts of connections without a certificate, and what the gate
 /// refused; exported on `/metrics`.

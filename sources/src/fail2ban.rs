@@ -62,7 +62,7 @@ pub fn parse(line: &str, read_ms: i64) -> Parsed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::corpus;
+    use crate::corpus;
 
     const READ: i64 = 1_763_856_000_000; // 2025-11-23
 

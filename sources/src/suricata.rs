@@ -63,7 +63,7 @@ pub fn parse(line: &str) -> Parsed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::corpus;
+    use crate::corpus;
     use serde_json::Value;
 
     #[test]

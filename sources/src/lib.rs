@@ -19,7 +19,7 @@ use std::borrow::Cow;
 
 use picket_model::Severity;
 
-use crate::config::SourceKind;
+use picket_model::SourceKind;
 
 /// What a parser made of one line (or one OSSEC block). Text is borrowed
 /// from the line wherever it appears there as it is, so that a parsed

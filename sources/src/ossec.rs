@@ -204,7 +204,7 @@ impl Blocks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::corpus;
+    use crate::corpus;
 
     #[test]
     fn alerts_log_blocks() {

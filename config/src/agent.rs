@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use picket_model::{Labels, validate_label, validate_name};
+use picket_model::{Labels, SourceKind, validate_label, validate_name};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -15,29 +15,6 @@ pub enum ConfigError {
     },
     #[error("bad config {path}: {detail}")]
     Parse { path: PathBuf, detail: String },
-}
-
-/// What a source is, which decides how its lines are parsed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    Fail2ban,
-    Suricata,
-    Ossec,
-    Sshd,
-    Raw,
-}
-
-impl SourceKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::Fail2ban => "fail2ban",
-            SourceKind::Suricata => "suricata",
-            SourceKind::Ossec => "ossec",
-            SourceKind::Sshd => "sshd",
-            SourceKind::Raw => "raw",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

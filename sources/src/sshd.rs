@@ -178,7 +178,7 @@ fn normalize(mut p: Parsed<'_>) -> Parsed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::corpus;
+    use crate::corpus;
 
     const READ: i64 = 1_763_856_000_000;
 
