@@ -35,7 +35,6 @@ pub mod identity;
 pub mod ingest;
 pub mod lifecycle;
 pub mod local;
-pub mod notify;
 pub mod rollout;
 pub mod run;
 pub mod server;

@@ -24,10 +24,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::tap::{Heard, Tap};
-use crate::notify::outbox::Outbox;
-use crate::notify::{Message, alertmanager, http};
 use picket_alert::engine::{Alert, AlertState, Engine, Input, Output, Persisted, Silence, route};
 use picket_alert::rules::{self, NotifierKind, Rules, RulesError};
+use picket_notify::outbox::Outbox;
+use picket_notify::{Message, alertmanager, http};
 use picket_store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -452,7 +452,7 @@ impl Driver {
             let (outbox, name) = (self.outbox.clone(), n.name.clone());
             tokio::spawn(async move {
                 let o = outbox.send_now(&name, &msg).await;
-                if let crate::notify::Outcome::Failed(e) | crate::notify::Outcome::Refused(e) = o {
+                if let picket_notify::Outcome::Failed(e) | picket_notify::Outcome::Refused(e) = o {
                     tracing::warn!(notifier = %name, error = %e, "re-posting firing alerts failed");
                 }
             });

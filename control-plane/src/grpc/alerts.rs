@@ -12,10 +12,10 @@ use super::admin::AdminSvc;
 use super::auth::require;
 use super::status::internal;
 use crate::alert::driver::{AlertError, Loaded};
-use crate::notify::{Message, Outcome};
 use picket_alert::engine::{Alert, Silence};
 use picket_alert::rules::{Kind, Op, Rule};
 use picket_clock::now_ms;
+use picket_notify::{Message, Outcome};
 
 pub fn status(e: AlertError) -> Status {
     match e {
@@ -106,7 +106,7 @@ fn condition(r: &Rule) -> (&'static str, String) {
     }
 }
 
-fn rules_view(l: &Loaded, stats: &crate::notify::outbox::Stats) -> v1::ListAlertRulesResponse {
+fn rules_view(l: &Loaded, stats: &picket_notify::outbox::Stats) -> v1::ListAlertRulesResponse {
     let rules = l
         .rules
         .rules
@@ -134,8 +134,8 @@ fn rules_view(l: &Loaded, stats: &crate::notify::outbox::Stats) -> v1::ListAlert
             let s = stats.of(&n.name);
             v1::AlertNotifier {
                 name: n.name.clone(),
-                kind: crate::notify::kind_name(&n.kind).to_string(),
-                target: crate::notify::target(&n.kind),
+                kind: picket_notify::kind_name(&n.kind).to_string(),
+                target: picket_notify::target(&n.kind),
                 queued: s.queued,
                 failed: s.failed,
                 last_error: s.last_error,
@@ -310,7 +310,7 @@ impl AdminSvc {
             &format!(
                 "ok: {} until {}",
                 what.join(","),
-                crate::notify::rfc3339(s.ends_ms)
+                picket_notify::rfc3339(s.ends_ms)
             ),
         );
         Ok(Response::new(silence(&s)))

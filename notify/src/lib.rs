@@ -9,7 +9,7 @@
 //!   (`POST /api/v2/alerts`) and [`email`] (SMTP, lettre).
 //! - [`outbox`] sends what waits, one worker per notifier, with backoff.
 //!
-//! Nothing here decides *whether* to notify: that is `alert::engine`'s.
+//! Nothing here decides *whether* to notify: that is `picket_alert::engine`'s.
 
 use picket_model::Labels;
 use serde::{Deserialize, Serialize};
