@@ -6,6 +6,7 @@
 
 mod alerts;
 pub mod backend;
+pub mod faults;
 pub mod metrics;
 pub mod records;
 mod rollouts;

@@ -223,6 +223,8 @@ pub async fn start(
         labels,
         firing: firing.clone(),
         dirty: false,
+        unsent: Vec::new(),
+        failing: false,
         now: parts.now,
     };
     tasks.spawn(outbox.clone().run(shutdown.clone()));
@@ -245,8 +247,14 @@ struct Driver {
     /// Each host's labels, read from the store (refreshed each minute).
     labels: HashMap<String, Labels>,
     firing: Arc<AtomicU32>,
-    /// State changed but nothing was decided: written within a second.
+    /// State changed but nothing was decided: written within a second
+    /// (and a write that failed, retried each second until it succeeds).
     dirty: bool,
+    /// Notifications decided but not yet stored: sent with the next
+    /// write, never dropped, and never handed to the outbox before it.
+    unsent: Vec<(String, Message)>,
+    /// The last write failed (logged once, until one succeeds again).
+    failing: bool,
     now: fn() -> i64,
 }
 
@@ -307,7 +315,7 @@ impl Driver {
                     continue;
                 }
                 _ = lazy.tick() => {
-                    if self.dirty {
+                    if self.dirty || !self.unsent.is_empty() {
                         self.write(Vec::new()).await;
                     }
                     continue;
@@ -315,7 +323,7 @@ impl Driver {
             }
             self.commit(outs).await;
         }
-        if self.dirty {
+        if self.dirty || !self.unsent.is_empty() {
             self.write(Vec::new()).await;
         }
     }
@@ -520,26 +528,41 @@ impl Driver {
         }
     }
 
+    /// Stores the engine's state with every notification decided and not
+    /// yet stored, in one atomic write, flushed; only then may the outbox
+    /// send them. A failed write keeps them all for the next attempt.
     async fn write(&mut self, jobs: Vec<(String, Message)>) {
+        self.unsent.extend(jobs);
         let state = self.engine.persisted().clone();
-        let n = jobs.len();
+        let queued = self.unsent.clone();
+        let n = queued.len();
         let r = self
             .store
             .blocking(move |s| {
-                s.put_alert_state(&state, &jobs)?;
+                s.put_alert_state(&state, &queued)?;
                 s.flush()
             })
             .await;
         match r {
             Ok(()) => {
+                self.unsent.clear();
                 self.dirty = false;
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!(notifications = n, "the alert state is stored again");
+                }
                 if n > 0 {
                     self.outbox.wake();
                 }
             }
             Err(error) => {
-                tracing::error!(%error, notifications = n, "cannot write the alert state; its notifications are not sent");
+                self.dirty = true;
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::error!(%error, notifications = n, "cannot write the alert state; retrying each second, its notifications wait");
+                }
             }
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -165,7 +165,17 @@ struct Driver {
     parts: Parts,
     news: mpsc::Sender<StepNews>,
     rollouts: BTreeMap<String, Live>,
+    /// Outputs decided but not carried out because their persist failed:
+    /// carried out, in order, after the next persist that succeeds (tried
+    /// again after `retry`, and with every new input).
+    held: Vec<(String, Vec<Output>)>,
+    retry: std::time::Duration,
 }
+
+/// The first wait before a failed persist is tried again; it doubles up
+/// to `RETRY_MAX`.
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(250);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The wire's key for a rollout's step.
 pub fn key(id: &str, at: StepRef) -> v1::StepKey {
@@ -216,6 +226,8 @@ pub async fn start(
         parts,
         news,
         rollouts: BTreeMap::new(),
+        held: Vec::new(),
+        retry: RETRY_MIN,
     };
     let mut pending = Vec::new();
     for p in saved {
@@ -303,6 +315,9 @@ impl Driver {
                 _ = sleep, if next.is_some() => {
                     let pending = self.tick();
                     self.settle(pending).await;
+                }
+                _ = tokio::time::sleep(self.retry), if !self.held.is_empty() => {
+                    self.settle(Vec::new()).await;
                 }
             }
         }
@@ -507,7 +522,11 @@ impl Driver {
     /// every rollout that changed, then their dispatches, cancels and
     /// events, in order. A dispatch to an agent that is not connected is
     /// the engine's news (`HostDisconnected`), and so on until quiet.
-    async fn settle(&mut self, mut pending: Vec<(String, Vec<Output>)>) {
+    async fn settle(&mut self, new: Vec<(String, Vec<Output>)>) {
+        // What a failed persist held comes first: decided earlier, it is
+        // carried out earlier.
+        let mut pending = std::mem::take(&mut self.held);
+        pending.extend(new);
         while !pending.is_empty() {
             let dirty: Vec<(String, Persisted)> = pending
                 .iter()
@@ -530,9 +549,22 @@ impl Driver {
                     .await;
                 if let Err(error) = saved {
                     // Persist before acting: nothing of this is carried
-                    // out. A restart resumes from what was last persisted.
-                    tracing::error!(%error, rollouts = n, "cannot persist rollouts; holding their steps");
+                    // out yet, and nothing is forgotten: it is held and
+                    // tried again (the engines' state is whole in memory,
+                    // so the next persist covers it).
+                    if self.retry == RETRY_MIN {
+                        tracing::error!(%error, rollouts = n, "cannot persist rollouts; holding their steps and retrying");
+                    }
+                    self.held = pending;
+                    self.retry = (self.retry * 2).min(RETRY_MAX);
                     return;
+                }
+                if self.retry != RETRY_MIN {
+                    tracing::info!(
+                        rollouts = n,
+                        "rollouts persisted again; carrying out their held steps"
+                    );
+                    self.retry = RETRY_MIN;
                 }
             }
             let mut next = Vec::new();
@@ -580,3 +612,6 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
