@@ -60,6 +60,16 @@ units() {
 case "$mode" in
   control)
     for b in picket-control picketctl; do put 0755 "$bin/$b" "/usr/local/bin/$b"; done
+    # picketctl's shell completions and manual pages, made by picketctl
+    # itself from its argument definitions.
+    ctl="$root/usr/local/bin/picketctl"
+    install -d -m 0755 "$root/usr/share/bash-completion/completions" \
+      "$root/usr/share/zsh/vendor-completions" "$root/usr/share/fish/vendor_completions.d" \
+      "$root/usr/local/share/man/man1"
+    "$ctl" completions bash >"$root/usr/share/bash-completion/completions/picketctl"
+    "$ctl" completions zsh >"$root/usr/share/zsh/vendor-completions/_picketctl"
+    "$ctl" completions fish >"$root/usr/share/fish/vendor_completions.d/picketctl.fish"
+    "$ctl" man "$root/usr/local/share/man/man1"
     put 0644 "$here/../systemd/picket-control.service" /etc/systemd/system/picket-control.service
     user=root
     if [ -z "$root" ]; then

@@ -31,6 +31,13 @@ pub struct Cli {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Table,
     Json,
@@ -57,8 +64,22 @@ pub enum Cmd {
     },
     /// Who the control plane thinks you are.
     Whoami,
+    /// Prints a shell completion script (no server needed), e.g.
+    /// `picketctl completions bash > /etc/bash_completion.d/picketctl`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Writes the manual pages, picketctl.1 and one per subcommand
+    /// (picketctl-agents-list.1, ...), into DIR (no server needed).
+    Man {
+        /// The folder to write them in (made if missing).
+        dir: PathBuf,
+    },
     /// Security events from the fleet, oldest first.
     Events {
+        /// Only this host's events (an agent name).
         #[arg(long)]
         host: Option<String>,
         /// fail2ban, suricata, ossec, sshd.
@@ -82,8 +103,11 @@ pub enum Cmd {
     },
     /// Raw log lines from the fleet's sources, oldest first.
     Logs {
+        /// Only this host's lines (an agent name).
         #[arg(long)]
         host: Option<String>,
+        /// Only lines from sources of this kind: fail2ban, suricata, ossec,
+        /// sshd, raw.
         #[arg(long)]
         source: Option<String>,
         /// Only lines read this far back.
@@ -142,18 +166,28 @@ pub enum AgentsCmd {
     /// List agents.
     List,
     /// Show one agent.
-    Show { name: String },
+    Show {
+        /// The agent's name.
+        name: String,
+    },
     /// Revoke an agent: its streams are cut and it is refused from then on.
-    Revoke { name: String },
+    Revoke {
+        /// The agent's name.
+        name: String,
+    },
     /// Forget a revoked agent, so that the name can enroll again with a
     /// new token (a rebuilt host). Its stored records stay.
-    Forget { name: String },
+    Forget {
+        /// The agent's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum RolloutCmd {
     /// Validate a rollout file whole and start it; prints its id alone.
     Create {
+        /// The rollout file (TOML, docs/rollouts.md).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
@@ -161,29 +195,37 @@ pub enum RolloutCmd {
     List,
     /// One rollout: waves, hosts, steps and their output.
     Status {
+        /// The rollout's id (as `rollout create` printed it).
         id: String,
     },
     /// Follow a rollout until it ends; exits 0 only if it succeeded.
     Watch {
+        /// The rollout's id (as `rollout create` printed it).
         id: String,
     },
     /// Let running hosts finish; start no new one.
     Pause {
+        /// The rollout's id (as `rollout create` printed it).
         id: String,
     },
+    /// Go on with a paused rollout.
     Resume {
+        /// The rollout's id (as `rollout create` printed it).
         id: String,
     },
     /// Start the next wave of a rollout awaiting approval.
     Approve {
+        /// The rollout's id (as `rollout create` printed it).
         id: String,
     },
     /// Let running hosts finish, then end `aborted` without rolling back.
     Abort {
+        /// The rollout's id (as `rollout create` printed it).
         id: String,
     },
     /// Run [[rollback]] on every host touched, newest first.
     Rollback {
+        /// The rollout's id (as `rollout create` printed it).
         id: String,
     },
 }
@@ -197,7 +239,10 @@ pub enum AlertsCmd {
         state: Option<String>,
     },
     /// One alert, by fingerprint.
-    Show { fingerprint: String },
+    Show {
+        /// The alert's fingerprint (`alerts list` shows it).
+        fingerprint: String,
+    },
     /// The rules, notifiers and routes in force, with each notifier's
     /// queue and failures.
     Rules,
@@ -205,7 +250,10 @@ pub enum AlertsCmd {
     /// check is refused, with every problem, and the rules in force stay.
     Reload,
     /// Send a test notification to one notifier, now.
-    Test { notifier: String },
+    Test {
+        /// The notifier's name in the alert file.
+        notifier: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,7 +273,10 @@ pub enum SilenceCmd {
     /// Silences in force.
     List,
     /// End a silence now.
-    Expire { id: String },
+    Expire {
+        /// The silence's id (`silence list` shows it).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,7 +300,9 @@ pub enum UserCmd {
     /// Add a user (or re-issue their bundle): the key is made here, only a
     /// CSR is sent, and NAME.crt, NAME.key and ca.crt are written to --out.
     Add {
+        /// The user's name (the certificate's CN).
         name: String,
+        /// viewer (read), operator (deploy, run, silence) or admin.
         #[arg(long, value_parser = parse_role)]
         role: Role,
         /// Folder for the bundle (default: ./picket-NAME).
@@ -258,7 +311,10 @@ pub enum UserCmd {
     },
     /// Revoke a user: their next call is refused and their open streams
     /// (follows, watches, runs) end. The name cannot be added again.
-    Revoke { name: String },
+    Revoke {
+        /// The user's name.
+        name: String,
+    },
     /// Every user, with role and whether revoked.
     List,
 }

@@ -229,6 +229,17 @@ fn install_sh_sets_up_a_control_plane_and_an_agent_and_runs_again_harmlessly() -
         .find(|s| s.starts_with("sha256:"))
         .context("no fingerprint printed")?
         .to_string();
+    // picketctl comes with its completions and manual pages.
+    let bash = std::fs::read_to_string(rc.join("usr/share/bash-completion/completions/picketctl"))?;
+    assert!(bash.contains("_picketctl()"), "{bash}");
+    for f in [
+        "usr/share/zsh/vendor-completions/_picketctl",
+        "usr/share/fish/vendor_completions.d/picketctl.fish",
+        "usr/local/share/man/man1/picketctl.1",
+        "usr/local/share/man/man1/picketctl-rollout-create.1",
+    ] {
+        assert!(rc.join(f).is_file(), "install.sh wrote no {f}");
+    }
     let c = Command::new(rc.join("usr/local/bin/picket-control"));
     let cp = Control::start_with(
         rc.join("var/lib/picket"),

@@ -4,6 +4,7 @@
 mod agents;
 mod alerts;
 mod audit;
+mod docs;
 mod events;
 mod logs;
 mod metrics;
@@ -25,6 +26,12 @@ pub(crate) fn rpc(s: tonic::Status) -> anyhow::Error {
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    // What needs no server is answered before any setting is read.
+    match &cli.cmd {
+        Cmd::Completions { shell } => return docs::completions(*shell, &mut std::io::stdout()),
+        Cmd::Man { dir } => return docs::man(dir),
+        _ => {}
+    }
     let settings = Settings::resolve(&cli)?;
     let mut admin = client::connect(&settings).await?;
     let out = &mut std::io::stdout().lock();
@@ -35,6 +42,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Cmd::User(c) => user::run(&mut admin, c, fmt, out).await,
         Cmd::Status => status::status(&mut admin, fmt, out).await,
         Cmd::Whoami => status::whoami(&mut admin, fmt, out).await,
+        Cmd::Completions { .. } | Cmd::Man { .. } => Ok(()),
         Cmd::Audit { limit } => audit::run(&mut admin, limit, fmt, out).await,
         Cmd::Events {
             host,
