@@ -3,7 +3,7 @@
 //! exponential backoff and full jitter when anything breaks.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use picket_proto::frame::Outbound;
 use picket_proto::v1::{self, agent_message::Body, control_message};
@@ -186,7 +186,7 @@ async fn session(
     tick.tick().await;
     let renew_in = identity
         .renew_at()
-        .duration_since(SystemTime::now())
+        .duration_since(picket_clock::now())
         .unwrap_or(Duration::ZERO);
     let renew = tokio::time::sleep(renew_in);
     tokio::pin!(renew);

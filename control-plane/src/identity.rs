@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use picket_tls::server::Identity;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +42,7 @@ pub fn reload(dir: &Path, identity: &Identity) -> Result<picket_pki::server::Ser
 /// Renews the certificate in `dir` if it is due, and serves the new one.
 fn renew_if_due(dir: &Path, ca: &Ca, identity: &Identity) -> Result<(), String> {
     let current = picket_pki::server::current(dir).map_err(|e| e.to_string())?;
-    if !picket_pki::server::due(current.not_after, SystemTime::now()) {
+    if !picket_pki::server::due(current.not_after, picket_clock::now()) {
         return Ok(());
     }
     let new = picket_pki::server::issue(dir, ca, &current.names).map_err(|e| e.to_string())?;

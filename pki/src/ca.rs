@@ -117,7 +117,7 @@ pub(super) fn random_serial() -> SerialNumber {
 }
 
 pub(super) fn validity(params: &mut CertificateParams, lifetime: Duration) -> SystemTime {
-    let now = SystemTime::now();
+    let now = picket_clock::now();
     let not_after = now + lifetime;
     params.not_before = OffsetDateTime::from(now - BACKDATE);
     params.not_after = OffsetDateTime::from(not_after);

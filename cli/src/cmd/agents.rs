@@ -64,10 +64,7 @@ pub async fn run(
             }
         }
         Format::Table => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                .unwrap_or(0);
+            let now = picket_clock::now_ms();
             let mut t = Table::new(
                 &mut *out,
                 &[

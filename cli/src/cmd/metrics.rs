@@ -1,7 +1,7 @@
 //! `picketctl metrics HOST [--since] [--field]`.
 
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use picket_proto::v1;
 use serde_json::json;
@@ -19,13 +19,7 @@ pub async fn run(
     fmt: Format,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let since_ms = SystemTime::now()
-        .checked_sub(since)
-        .unwrap_or(UNIX_EPOCH)
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-        .max(1);
+    let since_ms = picket_clock::ago_ms(since).max(1);
     let r = admin
         .query_metrics(v1::QueryMetricsRequest {
             host: host.clone(),

@@ -107,13 +107,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 /// Unix ms of `now - d`.
 pub(crate) fn ago_ms(d: std::time::Duration) -> i64 {
-    std::time::SystemTime::now()
-        .checked_sub(d)
-        .unwrap_or(std::time::UNIX_EPOCH)
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-        .max(1)
+    picket_clock::ago_ms(d).max(1)
 }
 
 /// Prints a server stream item by item through `write`, flushing whenever

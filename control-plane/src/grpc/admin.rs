@@ -295,7 +295,7 @@ impl AdminService for AdminSvc {
         }
         let (tok, hash) = token::generate();
         let id = token::id_of_hash(&hash);
-        let expires_ms = to_ms(std::time::SystemTime::now() + ttl);
+        let expires_ms = to_ms(picket_clock::now() + ttl);
         let rec = TokenRecord {
             id: id.clone(),
             expires_ms,
