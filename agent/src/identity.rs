@@ -24,11 +24,6 @@ pub enum IdentityError {
     Tls(#[from] client::ClientError),
     #[error("{path}: not a readable X.509 certificate")]
     BadCert { path: PathBuf },
-    #[error("cannot finish an interrupted renewal in {path}: {error}")]
-    Recover {
-        path: PathBuf,
-        error: std::io::Error,
-    },
     #[error(transparent)]
     Csr(#[from] csr::CsrError),
     #[error("renewal refused: {0}")]
@@ -131,20 +126,13 @@ impl Identity {
 /// Completes a renewal whose `.next` files were fully written, or drops one
 /// that was cut short before its certificate arrived.
 fn recover(p: &Paths) -> Result<(), IdentityError> {
-    let mv = |from: &Path, to: &Path| {
-        std::fs::rename(from, to).map_err(|error| IdentityError::Recover {
-            path: from.to_path_buf(),
-            error,
-        })
-    };
-    if p.cert_next.exists() {
-        if p.key_next.exists() {
-            mv(&p.key_next, &p.key)?;
-        }
-        mv(&p.cert_next, &p.cert)?;
-    } else if p.key_next.exists() {
-        let _ = std::fs::remove_file(&p.key_next);
+    files::KeyPair {
+        key: p.key.clone(),
+        cert: p.cert.clone(),
+        key_next: p.key_next.clone(),
+        cert_next: p.cert_next.clone(),
     }
+    .recover()?;
     Ok(())
 }
 

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use picket_model::backoff::Backoff;
 use picket_proto::frame::Outbound;
 use picket_proto::v1::{self, agent_message::Body, control_message};
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -40,42 +40,6 @@ enum End {
     Shutdown,
     /// Something broke; back off and retry.
     Failed(String),
-}
-
-/// Exponential backoff with full jitter (AWS architecture blog's "Full
-/// Jitter"): the wait is uniform in [0, min(cap, base * 2^attempt)], so a
-/// fleet reconnecting after a control plane restart spreads out.
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// The ceiling for the next wait, before jitter.
-    pub fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(16)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rng.random_range(0..=ms))
-    }
 }
 
 pub async fn run(
@@ -307,43 +271,5 @@ async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<Out
             return;
         }
         cursor = last;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::SeedableRng;
-
-    #[test]
-    fn backoff_grows_to_the_cap_and_resets() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let mut ceilings = Vec::new();
-        for _ in 0..10 {
-            ceilings.push(b.ceiling());
-            let d = b.next_delay(&mut rng);
-            assert!(d <= *ceilings.last().unwrap());
-        }
-        assert_eq!(ceilings[0], Duration::from_millis(500));
-        assert_eq!(ceilings[1], Duration::from_secs(1));
-        assert_eq!(ceilings[9], Duration::from_secs(30));
-        b.reset();
-        assert_eq!(b.ceiling(), Duration::from_millis(500));
-    }
-
-    #[test]
-    fn jitter_spreads_a_herd() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let delays: Vec<Duration> = (0..100)
-            .map(|_| {
-                let mut b = Backoff::new(Duration::from_secs(8), Duration::from_secs(30));
-                b.next_delay(&mut rng)
-            })
-            .collect();
-        let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
-        assert!(distinct.len() > 90, "delays should differ between agents");
-        assert!(delays.iter().any(|d| *d < Duration::from_secs(2)));
-        assert!(delays.iter().any(|d| *d > Duration::from_secs(6)));
     }
 }

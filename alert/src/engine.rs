@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use picket_model::{Labels, Severity};
+use picket_model::{Labels, Selector, Severity};
 use serde::{Deserialize, Serialize};
 
 use super::rules::{Kind, Rule, Rules};
@@ -505,9 +505,10 @@ impl Engine {
             .map(|a| (a.fingerprint.clone(), a.labels.clone()))
             .collect();
         for a in self.p.alerts.values_mut() {
-            let silenced = self.p.silences.iter().any(|s| {
-                s.ends_ms > now && s.matchers.iter().all(|(k, v)| a.labels.get(k) == Some(v))
-            });
+            let silenced =
+                self.p.silences.iter().any(|s| {
+                    s.ends_ms > now && Selector::of_matchers(&s.matchers).matches(&a.labels)
+                });
             let inhibited = self.rules.inhibits.iter().any(|i| {
                 i.target.matches(&a.labels)
                     && firing.iter().any(|(fp, labels)| {

@@ -242,31 +242,12 @@ impl std::fmt::Display for EventMatch {
     }
 }
 
-/// Label matchers: each key's value must be one of the `|`-separated
-/// alternatives (SPEC §10's `target = { severity = "info|low" }`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LabelMatch(pub BTreeMap<String, Vec<String>>);
-
-impl LabelMatch {
-    fn of(m: &BTreeMap<String, String>) -> LabelMatch {
-        LabelMatch(
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.split('|').map(str::to_string).collect()))
-                .collect(),
-        )
-    }
-
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0
-            .iter()
-            .all(|(k, alts)| labels.get(k).is_some_and(|v| alts.contains(v)))
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inhibit {
-    pub source: LabelMatch,
-    pub target: LabelMatch,
+    /// SPEC §10's `source = { severity = "critical" }`, as
+    /// [`Selector::of_matchers`] reads it.
+    pub source: Selector,
+    pub target: Selector,
     pub equal: Vec<String>,
 }
 
@@ -306,7 +287,7 @@ pub struct Notifier {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub matches: LabelMatch,
+    pub matches: Selector,
     pub notifiers: Vec<String>,
     pub continue_: bool,
 }

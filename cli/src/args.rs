@@ -89,7 +89,7 @@ pub enum Cmd {
         #[arg(long, value_parser = parse_severity)]
         severity: Option<picket_model::Severity>,
         /// Only events from this far back (on the event's own time).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = picket_model::parse_duration)]
         since: Option<std::time::Duration>,
         /// Keep the newest N.
         #[arg(long, default_value_t = 1000)]
@@ -111,7 +111,7 @@ pub enum Cmd {
         #[arg(long)]
         source: Option<String>,
         /// Only lines read this far back.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = picket_model::parse_duration)]
         since: Option<std::time::Duration>,
         /// Only lines matching this regular expression.
         #[arg(long)]
@@ -133,7 +133,7 @@ pub enum Cmd {
         #[arg(long, default_value_t = 0)]
         max_parallel: u32,
         /// Per host; the whole process group is killed after it.
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = picket_model::parse_duration)]
         timeout: std::time::Duration,
         /// The program and its arguments (after --).
         #[arg(last = true, required = true, value_name = "CMD")]
@@ -153,7 +153,7 @@ pub enum Cmd {
         /// The host (agent name).
         name: String,
         /// How far back, e.g. 10m, 1h, 7d.
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = picket_model::parse_duration)]
         since: std::time::Duration,
         /// Only series whose name starts with this, e.g. cpu, disk_used.
         #[arg(long, default_value = "")]
@@ -264,7 +264,7 @@ pub enum SilenceCmd {
         #[arg(long = "match", value_name = "KEY=VALUE", value_parser = parse_label, required = true)]
         matchers: Vec<(String, String)>,
         /// How long it lasts.
-        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        #[arg(long = "for", value_parser = picket_model::parse_duration)]
         duration: std::time::Duration,
         /// Why (shown in `silence list` and the audit log).
         #[arg(long, default_value = "")]
@@ -284,7 +284,7 @@ pub enum TokenCmd {
     /// Create a bootstrap token; prints it alone on stdout.
     Create {
         /// How long the token stays valid.
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = picket_model::parse_duration)]
         ttl: std::time::Duration,
         /// How many agents may enroll with it.
         #[arg(long, default_value_t = 1)]

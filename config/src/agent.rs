@@ -3,19 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::ConfigError;
 use picket_model::{Labels, SourceKind, validate_label, validate_name};
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {error}")]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("bad config {path}: {detail}")]
-    Parse { path: PathBuf, detail: String },
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +30,7 @@ pub struct AgentConfig {
     pub name: String,
     #[serde(default)]
     pub labels: Labels,
-    #[serde(default = "default_metrics_interval", with = "humantime_serde")]
+    #[serde(default = "default_metrics_interval", with = "picket_model::duration")]
     pub metrics_interval: Duration,
     /// Lines longer than this are cut and marked.
     #[serde(default = "default_max_line_bytes")]
@@ -105,20 +95,12 @@ fn default_metrics_interval() -> Duration {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&crate::read(path)?, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let err = |detail: String| ConfigError::Parse {
-            path: path.to_path_buf(),
-            detail,
-        };
-        let cfg: AgentConfig =
-            toml::from_str(text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
+        let err = |detail: String| ConfigError::bad(path, detail);
+        let cfg: AgentConfig = crate::from_toml(text, path)?;
         validate_name(&cfg.name).map_err(|e| err(format!("name: {e}")))?;
         for (k, v) in &cfg.labels {
             validate_label(k, v).map_err(|e| err(format!("labels: {e}")))?;

@@ -4,18 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::ConfigError;
 use serde::Deserialize;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {error}")]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("bad config {path}: {detail}")]
-    Parse { path: PathBuf, detail: String },
-}
 
 /// The parsed `control.toml`. Unknown keys are errors, so a typo is caught
 /// at start rather than silently ignored.
@@ -35,26 +25,26 @@ pub struct ControlConfig {
     #[serde(default = "default_http_listen")]
     pub http_listen: SocketAddr,
     /// Lifetime of agent certificates; agents renew at two thirds of it.
-    #[serde(default = "default_agent_cert_ttl", with = "humantime_serde")]
+    #[serde(default = "default_agent_cert_ttl", with = "picket_model::duration")]
     pub agent_cert_ttl: Duration,
     /// Lifetime of user certificates issued by `picketctl user add`.
-    #[serde(default = "default_user_cert_ttl", with = "humantime_serde")]
+    #[serde(default = "default_user_cert_ttl", with = "picket_model::duration")]
     pub user_cert_ttl: Duration,
     /// How often agents send a heartbeat; a session silent for three
     /// intervals is closed and the agent shown offline.
-    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    #[serde(default = "default_heartbeat", with = "picket_model::duration")]
     pub heartbeat_interval: Duration,
     /// How long raw metric samples are kept.
-    #[serde(default = "default_raw_retention", with = "humantime_serde")]
+    #[serde(default = "default_raw_retention", with = "picket_model::duration")]
     pub metrics_raw_retention: Duration,
     /// How long one-minute rollups (min/max/avg) are kept.
-    #[serde(default = "default_rollup_retention", with = "humantime_serde")]
+    #[serde(default = "default_rollup_retention", with = "picket_model::duration")]
     pub metrics_rollup_retention: Duration,
     /// How long events are kept.
-    #[serde(default = "default_events_retention", with = "humantime_serde")]
+    #[serde(default = "default_events_retention", with = "picket_model::duration")]
     pub events_retention: Duration,
     /// How long raw log lines are kept.
-    #[serde(default = "default_logs_retention", with = "humantime_serde")]
+    #[serde(default = "default_logs_retention", with = "picket_model::duration")]
     pub logs_retention: Duration,
     /// The alert file (SPEC §10), relative to control.toml; none: no
     /// alert rules.
@@ -72,7 +62,7 @@ pub struct ControlConfig {
 pub struct Limits {
     /// A connection that has not finished its TLS handshake by then is
     /// closed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "picket_model::duration")]
     pub handshake_timeout: Duration,
     /// Connections that have not presented a client certificate (still in
     /// the handshake, or enrolling): the most at once, in all and per
@@ -81,7 +71,7 @@ pub struct Limits {
     pub max_unauthenticated_per_address: usize,
     /// A connection without a client certificate (it can only enroll) is
     /// closed this long after its handshake.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "picket_model::duration")]
     pub unauthenticated_lifetime: Duration,
     /// Enrollment attempts per source address per minute (a burst of as
     /// many is allowed).
@@ -90,13 +80,13 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// The server pings an idle connection this often, and closes it when
     /// a ping is not answered within `keepalive_timeout`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "picket_model::duration")]
     pub keepalive_interval: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "picket_model::duration")]
     pub keepalive_timeout: Duration,
     /// A call must have its answer (a unary reply, or the start of a
     /// stream) within this.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "picket_model::duration")]
     pub request_timeout: Duration,
 }
 
@@ -156,20 +146,12 @@ fn default_heartbeat() -> Duration {
 
 impl ControlConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&crate::read(path)?, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let parse_err = |detail: String| ConfigError::Parse {
-            path: path.to_path_buf(),
-            detail,
-        };
-        let mut cfg: ControlConfig =
-            toml::from_str(text).map_err(|e| parse_err(e.to_string().trim().replace('\n', " ")))?;
+        let parse_err = |detail: String| ConfigError::bad(path, detail);
+        let mut cfg: ControlConfig = crate::from_toml(text, path)?;
         if cfg.data_dir.is_relative() {
             // Relative to the config file, as a user editing it would expect.
             if let Some(parent) = path.parent() {

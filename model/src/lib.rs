@@ -9,8 +9,11 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod backoff;
 pub mod rollout;
 pub use rollout::parse_duration;
+/// `#[serde(with = "picket_model::duration")]`: a `Duration` in the one duration syntax.
+pub use rollout::serde_duration as duration;
 mod selector;
 pub use selector::{Requirement, Selector, SelectorError};
 

@@ -190,8 +190,8 @@ impl fmt::Display for Problem {
 pub struct SpecError(pub Vec<Problem>);
 
 mod check;
-pub use check::parse_duration;
 use check::{Check, HOST_TIMEOUT};
+pub use check::{parse_duration, serde_duration};
 
 impl RawSpec {
     /// Checks the whole spec; every problem is reported at once.

@@ -53,16 +53,42 @@ impl Selector {
         &self.reqs
     }
 
+    /// A selector from matchers as alert files and silences write them
+    /// (`{ severity = "info|low", team = "db" }`): each key must be there
+    /// with one of its `|`-separated values. The one matcher behind
+    /// selectors, routes, inhibitions and silences.
+    pub fn of_matchers(m: &Labels) -> Selector {
+        let reqs = m
+            .iter()
+            .map(|(k, v)| {
+                if v.contains('|') {
+                    Requirement::In(k.clone(), v.split('|').map(str::to_string).collect())
+                } else {
+                    Requirement::Eq(k.clone(), v.clone())
+                }
+            })
+            .collect();
+        Selector { reqs }
+    }
+
     /// Whether a host named `name` with `labels` is selected (`name` is a
     /// label too, and wins over a label of that key).
     pub fn matches_host(&self, name: &str, labels: &Labels) -> bool {
-        let get = |k: &str| {
+        self.holds(|k| {
             if k == "name" {
                 Some(name)
             } else {
                 labels.get(k).map(String::as_str)
             }
-        };
+        })
+    }
+
+    /// Whether `labels` (an alert's, a group's) are selected.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.holds(|k| labels.get(k).map(String::as_str))
+    }
+
+    fn holds<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.reqs.iter().all(|r| match r {
             Requirement::Eq(k, v) => get(k) == Some(v.as_str()),
             Requirement::NotEq(k, v) => get(k) != Some(v.as_str()),
@@ -343,5 +369,23 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn matchers_as_alert_files_write_them_are_the_same_matcher() {
+        let l = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let m = Selector::of_matchers(&l(&[("severity", "info|low"), ("team", "db")]));
+        assert_eq!(m, sel("severity in (info,low),team=db"));
+        assert!(m.matches(&l(&[("severity", "low"), ("team", "db"), ("x", "y")])));
+        assert!(!m.matches(&l(&[("severity", "high"), ("team", "db")])));
+        assert!(!m.matches(&l(&[("severity", "low")])));
+        // `name` is an ordinary label here: alerts carry `host`.
+        assert!(!sel("name=h1").matches(&l(&[("host", "h1")])));
+        assert!(Selector::of_matchers(&Labels::new()).matches(&l(&[("a", "b")])));
     }
 }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use picket_model::backoff::Backoff;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -55,13 +56,13 @@ pub struct Outbox {
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-/// The wait after `attempts` failures: doubling, capped, ±50 % jitter so
-/// that many notifications to one receiver do not retry in step.
+/// The wait after `attempts` failures: doubling, capped, at least half
+/// the ceiling, jittered so that many notifications to one receiver do
+/// not retry in step.
 pub fn backoff(attempts: u32) -> Duration {
-    let base = BACKOFF_FIRST
-        .saturating_mul(1u32 << attempts.saturating_sub(1).min(16))
-        .min(BACKOFF_MAX);
-    base.mul_f64(rand::random_range(0.5..1.5))
+    Backoff::new(BACKOFF_FIRST, BACKOFF_MAX)
+        .with_floor(0.5)
+        .delay_after(attempts.saturating_sub(1), &mut rand::rng())
 }
 
 impl Outbox {

@@ -87,8 +87,7 @@ pub fn issue(dir: &Path, ca: &Ca, names: &[String]) -> Result<ServerCert, PkiErr
     files::write_secret(&dir.join(NEXT_KEY), key.serialize_pem().as_bytes())?;
     files::write_public(&dir.join(NEXT_CERT), chain.as_bytes())?;
     own_like_dir(dir, &[NEXT_KEY, NEXT_CERT])?;
-    rename(dir, NEXT_KEY, KEY)?;
-    rename(dir, NEXT_CERT, CERT)?;
+    pair(dir).commit()?;
     Ok(ServerCert {
         serial_hex,
         not_after,
@@ -112,16 +111,16 @@ pub fn rotate(dir: &Path, ca: &Ca, extra: &[String]) -> Result<ServerCert, PkiEr
 /// Completes a renewal that a crash interrupted, or drops it if its new
 /// certificate was not written yet.
 pub fn finish_interrupted(dir: &Path) -> Result<(), PkiError> {
-    let (key, cert) = (dir.join(NEXT_KEY).exists(), dir.join(NEXT_CERT).exists());
-    match (key, cert) {
-        (true, true) => {
-            rename(dir, NEXT_KEY, KEY)?;
-            rename(dir, NEXT_CERT, CERT)
-        }
-        // The key is in place already.
-        (false, true) => rename(dir, NEXT_CERT, CERT),
-        (true, false) => std::fs::remove_file(dir.join(NEXT_KEY)).map_err(|e| io(dir, NEXT_KEY, e)),
-        (false, false) => Ok(()),
+    Ok(pair(dir).recover()?)
+}
+
+/// The server's key and certificate, and their `.next` files.
+fn pair(dir: &Path) -> files::KeyPair {
+    files::KeyPair {
+        key: dir.join(KEY),
+        cert: dir.join(CERT),
+        key_next: dir.join(NEXT_KEY),
+        cert_next: dir.join(NEXT_CERT),
     }
 }
 
@@ -190,10 +189,6 @@ fn io(dir: &Path, name: &str, error: std::io::Error) -> PkiError {
         path: dir.join(name),
         error,
     }
-}
-
-fn rename(dir: &Path, from: &str, to: &str) -> Result<(), PkiError> {
-    std::fs::rename(dir.join(from), dir.join(to)).map_err(|e| io(dir, to, e))
 }
 
 fn own_like_dir(dir: &Path, names: &[&str]) -> Result<(), PkiError> {

@@ -77,6 +77,50 @@ pub fn write_public(path: &Path, contents: &[u8]) -> Result<(), FileError> {
     write_mode(path, contents, 0o644)
 }
 
+/// A key and certificate replaced together: the new pair is written to
+/// `.next` files (the key first, then the certificate), then renamed into
+/// place (the key first). Whatever a crash leaves, [`KeyPair::recover`]
+/// gives the old pair or the new one, never a mix.
+#[derive(Debug, Clone)]
+pub struct KeyPair {
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub key_next: PathBuf,
+    pub cert_next: PathBuf,
+}
+
+impl KeyPair {
+    /// Finishes a replacement whose new certificate was written (the new
+    /// key is in place already, or still at `key_next`), or drops one cut
+    /// short before its certificate was: the one recovery of `.next`
+    /// files, for the agent's certificate and the server's.
+    pub fn recover(&self) -> Result<(), FileError> {
+        let mv = |from: &Path, to: &Path| {
+            fs::rename(from, to).map_err(|source| FileError::Write {
+                path: to.to_path_buf(),
+                source,
+            })
+        };
+        if self.cert_next.exists() {
+            if self.key_next.exists() {
+                mv(&self.key_next, &self.key)?;
+            }
+            mv(&self.cert_next, &self.cert)?;
+        } else if self.key_next.exists() {
+            fs::remove_file(&self.key_next).map_err(|source| FileError::Write {
+                path: self.key_next.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Puts the written `.next` pair in place, the key first.
+    pub fn commit(&self) -> Result<(), FileError> {
+        self.recover()
+    }
+}
+
 fn write_mode(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
     let err = |source| FileError::Write {
         path: path.to_path_buf(),
@@ -104,6 +148,47 @@ fn write_mode(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interrupted_replacement_ends_with_one_whole_pair() {
+        let dir = std::env::temp_dir().join(format!("picket-tls-pair-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = KeyPair {
+            key: dir.join("k"),
+            cert: dir.join("c"),
+            key_next: dir.join("k.next"),
+            cert_next: dir.join("c.next"),
+        };
+        let put = |path: &Path, s: &str| fs::write(path, s).unwrap();
+        let get = |path: &Path| fs::read_to_string(path).unwrap();
+        put(&p.key, "old key");
+        put(&p.cert, "old cert");
+        // Cut short before the new certificate: the old pair stays.
+        put(&p.key_next, "new key");
+        p.recover().unwrap();
+        assert_eq!(
+            (get(&p.key), get(&p.cert)),
+            ("old key".into(), "old cert".into())
+        );
+        assert!(!p.key_next.exists());
+        // Both written: the new pair.
+        put(&p.key_next, "new key");
+        put(&p.cert_next, "new cert");
+        p.recover().unwrap();
+        assert_eq!(
+            (get(&p.key), get(&p.cert)),
+            ("new key".into(), "new cert".into())
+        );
+        // The key renamed, then the crash: the certificate follows.
+        put(&p.key, "newer key");
+        put(&p.cert_next, "newer cert");
+        p.recover().unwrap();
+        assert_eq!(
+            (get(&p.key), get(&p.cert)),
+            ("newer key".into(), "newer cert".into())
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn secret_is_owner_only_and_garbage_is_refused() {

@@ -157,8 +157,8 @@ impl RawFile {
                     );
                 }
                 Inhibit {
-                    source: LabelMatch::of(&x.source),
-                    target: LabelMatch::of(&x.target),
+                    source: Selector::of_matchers(&x.source),
+                    target: Selector::of_matchers(&x.target),
                     equal: x.equal.clone(),
                 }
             })
@@ -198,7 +198,7 @@ impl RawFile {
                     }
                 }
                 Route {
-                    matches: LabelMatch::of(&r.matches),
+                    matches: Selector::of_matchers(&r.matches),
                     notifiers: r.notifiers.clone(),
                     continue_: r.continue_,
                 }

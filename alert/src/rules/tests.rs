@@ -131,7 +131,7 @@ fn the_spec_example_reads_whole() {
             routing_key: "…".into()
         }
     );
-    assert!(r.routes[0].continue_ && r.routes[1].matches.0.is_empty());
+    assert!(r.routes[0].continue_ && r.routes[1].matches.requirements().is_empty());
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
 

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::sessions::Presence;
 use crate::steps::{StepNews, Steps};
+use picket_model::backoff::Backoff;
 use picket_rollout::engine::{Engine, Input, Output, Refused};
 use picket_rollout::state::{HostState, Persisted, Phase, StepRef, StepResult, StepState};
 use picket_rollout::view::View;
@@ -169,13 +170,19 @@ struct Driver {
     /// carried out, in order, after the next persist that succeeds (tried
     /// again after `retry`, and with every new input).
     held: Vec<(String, Vec<Output>)>,
-    retry: std::time::Duration,
+    /// Failed persists in a row, and the wait before the next try.
+    retry: Backoff,
+    retry_in: std::time::Duration,
 }
 
-/// The first wait before a failed persist is tried again; it doubles up
-/// to `RETRY_MAX`.
-const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(250);
-const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// A failed persist is tried again after 250 ms, doubling up to 5 s.
+fn retry_schedule() -> Backoff {
+    Backoff::new(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_secs(5),
+    )
+    .with_floor(0.5)
+}
 
 /// The wire's key for a rollout's step.
 pub fn key(id: &str, at: StepRef) -> v1::StepKey {
@@ -227,7 +234,8 @@ pub async fn start(
         news,
         rollouts: BTreeMap::new(),
         held: Vec::new(),
-        retry: RETRY_MIN,
+        retry: retry_schedule(),
+        retry_in: std::time::Duration::ZERO,
     };
     let mut pending = Vec::new();
     for p in saved {
@@ -316,7 +324,7 @@ impl Driver {
                     let pending = self.tick();
                     self.settle(pending).await;
                 }
-                _ = tokio::time::sleep(self.retry), if !self.held.is_empty() => {
+                _ = tokio::time::sleep(self.retry_in), if !self.held.is_empty() => {
                     self.settle(Vec::new()).await;
                 }
             }
@@ -552,19 +560,19 @@ impl Driver {
                     // out yet, and nothing is forgotten: it is held and
                     // tried again (the engines' state is whole in memory,
                     // so the next persist covers it).
-                    if self.retry == RETRY_MIN {
+                    if self.retry.attempts() == 0 {
                         tracing::error!(%error, rollouts = n, "cannot persist rollouts; holding their steps and retrying");
                     }
                     self.held = pending;
-                    self.retry = (self.retry * 2).min(RETRY_MAX);
+                    self.retry_in = self.retry.next_delay(&mut rand::rng());
                     return;
                 }
-                if self.retry != RETRY_MIN {
+                if self.retry.attempts() > 0 {
                     tracing::info!(
                         rollouts = n,
                         "rollouts persisted again; carrying out their held steps"
                     );
-                    self.retry = RETRY_MIN;
+                    self.retry.reset();
                 }
             }
             let mut next = Vec::new();

@@ -221,41 +221,28 @@ impl Check {
     }
 }
 
-/// `"30s"`, `"5m"`, `"1h30m"`: humantime's grammar, written here so the
-/// proto crate takes no dependency for it. Units: ms, s, m, h, d.
+/// `"30s"`, `"5m"`, `"1h30m"`, `"1w"`: humantime's grammar, the one
+/// duration syntax of every Picket file and flag (rollout files, the alert
+/// file, control.toml, agent.toml, picketctl's `--since` and `--for`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration such as \"30s\", \"5m\" or \"1h30m\"");
-    let t = text.trim();
-    if t.is_empty() {
-        return Err(bad());
+    humantime::parse_duration(text.trim())
+        .map_err(|_| format!("{text:?} is not a duration such as \"30s\", \"5m\" or \"1h30m\""))
+}
+
+/// Serde for a `Duration` written as [`parse_duration`] reads it
+/// (`#[serde(with = "picket_model::duration")]`); written back as
+/// humantime formats it (`"1day 2h"`).
+pub mod serde_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
     }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let ms = match rest[..unit].trim() {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit..];
-        let add = n.checked_mul(ms).ok_or_else(bad)?;
-        total = total
-            .checked_add(Duration::from_millis(add))
-            .ok_or_else(bad)?;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
     }
-    Ok(total)
 }

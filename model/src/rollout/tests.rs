@@ -215,6 +215,30 @@ fn durations_read_as_humantime_writes_them() {
     }
 }
 
+/// One syntax for every file and flag: what control.toml takes, a rollout
+/// file and the alert file take too (`1w` among them).
+#[test]
+fn one_duration_syntax_everywhere() {
+    assert_eq!(parse_duration("1w"), Ok(Duration::from_secs(7 * 86400)));
+    assert_eq!(parse_duration("2days"), Ok(Duration::from_secs(2 * 86400)));
+    assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    let spec = raw(&EXAMPLE.replace("host_timeout = \"2m\"", "host_timeout = \"1w\""))
+        .check()
+        .unwrap();
+    assert_eq!(spec.host_timeout, Duration::from_secs(7 * 86400));
+    #[derive(serde::Deserialize, serde::Serialize, Debug, PartialEq)]
+    struct T {
+        #[serde(with = "crate::duration")]
+        d: Duration,
+    }
+    let t: T = toml::from_str("d = \"1w 2h\"").unwrap();
+    assert_eq!(t.d, Duration::from_secs(7 * 86400 + 7200));
+    let again: T = toml::from_str(&toml::to_string(&t).unwrap()).unwrap();
+    assert_eq!(again, t);
+    let e = toml::from_str::<T>("d = \"soon\"").unwrap_err().to_string();
+    assert!(e.contains("\"soon\" is not a duration"), "{e}");
+}
+
 #[test]
 fn the_plan_puts_each_host_in_its_first_wave() {
     let s = raw(EXAMPLE).check().unwrap();
