@@ -117,11 +117,7 @@ async fn drive(
                 if let step_update::Body::Result(r) = n.body
                     && flying.remove(&n.host).is_some()
                 {
-                    let state = match v1::StepState::try_from(r.state) {
-                        Ok(v1::StepState::Succeeded) => "succeeded",
-                        Ok(v1::StepState::TimedOut) => "timed_out",
-                        _ => "failed",
-                    };
+                    let state = picket_proto::convert::step_state(r.state).as_str();
                     let res = HostResult {
                         host: n.host,
                         state,

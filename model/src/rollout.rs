@@ -134,6 +134,38 @@ pub struct Step {
     pub timeout: Duration,
 }
 
+/// How a step ended, as the agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Running => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// An operator's command on a running rollout (`picketctl rollout
+/// pause|resume|approve|abort|rollback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Approve,
+    Abort,
+    Rollback,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Exec {

@@ -2,6 +2,7 @@
 //! ([`picket_model`]). The only module that knows both.
 
 use crate::v1;
+use picket_model::rollout::{RolloutAction, StepState};
 use picket_model::{AgentStatus, Role, Severity};
 
 impl From<Role> for v1::Role {
@@ -85,6 +86,31 @@ pub fn severity(value: i32) -> Result<Severity, Unspecified> {
     }
 }
 
+/// A wire `StepState` as a step's outcome: anything but success or a
+/// timeout (unspecified included) is a failure.
+pub fn step_state(value: i32) -> StepState {
+    match v1::StepState::try_from(value) {
+        Ok(v1::StepState::Succeeded) => StepState::Succeeded,
+        Ok(v1::StepState::TimedOut) => StepState::TimedOut,
+        _ => StepState::Failed,
+    }
+}
+
+/// A wire `RolloutAction` value as the operator's command.
+pub fn rollout_action(value: i32) -> Result<RolloutAction, Unspecified> {
+    match v1::RolloutAction::try_from(value) {
+        Ok(v1::RolloutAction::Pause) => Ok(RolloutAction::Pause),
+        Ok(v1::RolloutAction::Resume) => Ok(RolloutAction::Resume),
+        Ok(v1::RolloutAction::Approve) => Ok(RolloutAction::Approve),
+        Ok(v1::RolloutAction::Abort) => Ok(RolloutAction::Abort),
+        Ok(v1::RolloutAction::Rollback) => Ok(RolloutAction::Rollback),
+        _ => Err(Unspecified {
+            what: "rollout action",
+            value,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +131,25 @@ mod tests {
             assert_eq!(severity(v1::Severity::from(s) as i32), Ok(s));
         }
         assert!(severity(0).is_err());
+    }
+
+    #[test]
+    fn step_states_and_rollout_actions() {
+        assert_eq!(
+            step_state(v1::StepState::Succeeded as i32),
+            StepState::Succeeded
+        );
+        assert_eq!(
+            step_state(v1::StepState::TimedOut as i32),
+            StepState::TimedOut
+        );
+        assert_eq!(step_state(0), StepState::Failed);
+        assert_eq!(step_state(99), StepState::Failed);
+        assert_eq!(
+            rollout_action(v1::RolloutAction::Rollback as i32),
+            Ok(RolloutAction::Rollback)
+        );
+        assert!(rollout_action(0).is_err());
     }
 
     #[test]

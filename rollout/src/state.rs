@@ -134,26 +134,7 @@ pub struct StepRef {
     pub attempt: u32,
 }
 
-/// How a step ended, as the agent reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepState {
-    Running,
-    Succeeded,
-    Failed,
-    TimedOut,
-}
-
-impl StepState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepState::Running => "running",
-            StepState::Succeeded => "succeeded",
-            StepState::Failed => "failed",
-            StepState::TimedOut => "timed_out",
-        }
-    }
-}
+pub use picket_model::rollout::StepState;
 
 /// A step's result (the output is the agent's newest 64 KiB at most).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

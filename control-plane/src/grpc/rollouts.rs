@@ -174,13 +174,14 @@ impl AdminSvc {
     ) -> Result<Response<v1::Rollout>, Status> {
         let st = &self.state;
         let r = req.get_ref();
-        let (action, verb) = match v1::RolloutAction::try_from(r.action) {
-            Ok(v1::RolloutAction::Pause) => (Action::Pause, "rollout.pause"),
-            Ok(v1::RolloutAction::Resume) => (Action::Resume, "rollout.resume"),
-            Ok(v1::RolloutAction::Approve) => (Action::Approve, "rollout.approve"),
-            Ok(v1::RolloutAction::Abort) => (Action::Abort, "rollout.abort"),
-            Ok(v1::RolloutAction::Rollback) => (Action::Rollback, "rollout.rollback"),
-            _ => return Err(Status::invalid_argument("action is unspecified or unknown")),
+        let action = picket_proto::convert::rollout_action(r.action)
+            .map_err(|_| Status::invalid_argument("action is unspecified or unknown"))?;
+        let verb = match action {
+            Action::Pause => "rollout.pause",
+            Action::Resume => "rollout.resume",
+            Action::Approve => "rollout.approve",
+            Action::Abort => "rollout.abort",
+            Action::Rollback => "rollout.rollback",
         };
         let id = r.id.clone();
         let caller = require(&req, &st.audit, Role::Operator, verb, &id)?;

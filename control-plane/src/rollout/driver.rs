@@ -23,7 +23,7 @@ use crate::sessions::Presence;
 use crate::steps::{StepNews, Steps};
 use picket_model::backoff::Backoff;
 use picket_rollout::engine::{Engine, Input, Output, Refused};
-use picket_rollout::state::{HostState, Persisted, Phase, StepRef, StepResult, StepState};
+use picket_rollout::state::{HostState, Persisted, Phase, StepRef, StepResult};
 use picket_rollout::view::View;
 use picket_store::{Store, StoreError};
 
@@ -42,24 +42,15 @@ pub enum DriverError {
 }
 
 /// An operator's command on a rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Pause,
-    Resume,
-    Approve,
-    Abort,
-    Rollback,
-}
+pub use picket_model::rollout::RolloutAction as Action;
 
-impl Action {
-    fn input(self) -> Input {
-        match self {
-            Action::Pause => Input::Pause,
-            Action::Resume => Input::Resume,
-            Action::Approve => Input::Approve,
-            Action::Abort => Input::Abort,
-            Action::Rollback => Input::Rollback,
-        }
+fn input(a: Action) -> Input {
+    match a {
+        Action::Pause => Input::Pause,
+        Action::Resume => Input::Resume,
+        Action::Approve => Input::Approve,
+        Action::Abort => Input::Abort,
+        Action::Rollback => Input::Rollback,
     }
 }
 
@@ -203,13 +194,8 @@ fn step_ref(k: &v1::StepKey) -> Option<StepRef> {
 }
 
 fn result(r: v1::StepResult) -> StepResult {
-    let state = match v1::StepState::try_from(r.state) {
-        Ok(v1::StepState::Succeeded) => StepState::Succeeded,
-        Ok(v1::StepState::TimedOut) => StepState::TimedOut,
-        _ => StepState::Failed,
-    };
     StepResult {
-        state,
+        state: picket_proto::convert::step_state(r.state),
         exit_code: r.exit_code,
         duration_ms: r.duration_ms,
         output: r.output,
@@ -428,7 +414,7 @@ impl Driver {
                 let _ = reply.send(r);
             }
             Command::Act(id, action, reply) => {
-                let r = match self.feed(&id, action.input()) {
+                let r = match self.feed(&id, input(action)) {
                     Ok(out) => {
                         self.settle(vec![(id.clone(), out)]).await;
                         self.rollouts
