@@ -22,7 +22,12 @@ pub const CONTROL: &str = "10.0.1.50";
 /// The namespaces, removed when dropped (even after a failed assertion).
 pub struct Net {
     pub prefix: String,
+    /// One fleet at a time in a test process: the tests that use it run
+    /// one after another, whatever else runs beside them.
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_FLEET: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Net {
     pub fn script() -> PathBuf {
@@ -49,8 +54,10 @@ impl Net {
             nix::unistd::geteuid().is_root(),
             "the namespace fleet needs root (ip netns); run the suite as root, as CI does"
         );
+        let alone = ONE_FLEET.lock().unwrap_or_else(|p| p.into_inner());
         let net = Net {
             prefix: format!("pk{}", std::process::id() % 10_000),
+            _alone: alone,
         };
         net.sh(&["down"])?;
         net.sh(&["up"])?;

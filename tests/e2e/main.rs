@@ -1,0 +1,21 @@
+//! The end-to-end tests: real binaries, real TLS, the real sled store,
+//! over loopback (and, for `netns` and `provisioning`, the namespace
+//! fleet), one module per area. Run one area with
+//! `cargo test -p picket-tests --test e2e rollouts::`.
+
+mod alerts;
+mod backup;
+mod chaos;
+mod dev;
+mod events;
+mod fail2ban;
+mod foundation;
+mod hardening;
+mod metrics;
+mod netns;
+mod operations;
+mod provisioning;
+mod refusals;
+mod rollouts;
+mod run;
+mod systemd;
