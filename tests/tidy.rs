@@ -352,3 +352,93 @@ fn no_crate_over_8000_lines() {
         broken.join("\n  ")
     );
 }
+
+/// The top-level modules of a crate (`src/X.rs`, `src/X/`) and which of
+/// them each one names through `crate::`.
+fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let top = |file: &Path| -> Option<String> {
+        let rel = file.strip_prefix(src).ok()?;
+        let first = rel.components().next()?.as_os_str().to_str()?;
+        Some(first.trim_end_matches(".rs").to_string())
+    };
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in rust_files(src) {
+        let Some(from) = top(&file) else { continue };
+        if matches!(from.as_str(), "lib" | "main") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let deps = graph.entry(from.clone()).or_default();
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            let mut rest = code;
+            while let Some(i) = rest.find("crate::") {
+                rest = &rest[i + "crate::".len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != from {
+                    deps.insert(name);
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// A cycle in `graph`, as the modules on it, if there is one.
+fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        n: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == n) {
+            let mut c = path[i..].to_vec();
+            c.push(n.to_string());
+            return Some(c);
+        }
+        if done.contains(n) {
+            return None;
+        }
+        path.push(n.to_string());
+        for d in graph.get(n).into_iter().flatten() {
+            if graph.contains_key(d)
+                && let Some(c) = visit(d, graph, path, done)
+            {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(n.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_import_circle_among_a_crates_modules() {
+    let g = Graph::load(&root().join("Cargo.toml"));
+    let mut broken = Vec::new();
+    for (name, dir) in &g.dirs {
+        let src = dir.join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        if let Some(c) = cycle(&module_graph(&src)) {
+            broken.push(format!("{name}: {}", c.join(" -> ")));
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "rule: a crate's top-level modules import each other one way only (a \
+         module that every other imports and that imports them back is a \
+         bag); broken by:\n  {}",
+        broken.join("\n  ")
+    );
+}

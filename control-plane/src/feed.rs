@@ -22,7 +22,6 @@ use regex::Regex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::Status;
 
 use picket_store::records::{EventRecord, LogRecord, Records, Timed, Wire};
 use picket_store::{Store, StoreError};
@@ -79,6 +78,23 @@ pub struct LiveRx<T> {
     rx: mpsc::UnboundedReceiver<Arc<T>>,
     queue: Arc<Queue>,
 }
+
+/// Why a stream from the feed ended early: the last item a follower gets.
+/// The gRPC edge turns it into a status (`grpc::admin`); the feed knows
+/// nothing of gRPC.
+#[derive(Debug, thiserror::Error)]
+pub enum End {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("control plane shutting down")]
+    ShuttingDown,
+    /// The follower fell behind: the message says where to resume.
+    #[error("{0}")]
+    Lagged(String),
+}
+
+/// What a stream from the feed carries.
+pub type Item<T> = Result<Arc<T>, End>;
 
 /// Why a follower's live queue ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -317,7 +333,7 @@ impl Feed {
         f: EventFilter,
         limit: usize,
         follow: bool,
-        tx: mpsc::Sender<Result<Arc<EventRecord>, Status>>,
+        tx: mpsc::Sender<Item<EventRecord>>,
     ) {
         let (live, snapshot) = self.snapshot(follow.then_some(&self.events));
         self.serve(
@@ -336,7 +352,7 @@ impl Feed {
         f: LogFilter,
         tail: usize,
         follow: bool,
-        tx: mpsc::Sender<Result<Arc<LogRecord>, Status>>,
+        tx: mpsc::Sender<Item<LogRecord>>,
     ) {
         let (live, snapshot) = self.snapshot(follow.then_some(&self.logs));
         self.serve(
@@ -358,7 +374,7 @@ impl Feed {
         snapshot: u64,
         scan: Scan<T>,
         last_n: usize,
-        tx: mpsc::Sender<Result<Arc<T>, Status>>,
+        tx: mpsc::Sender<Item<T>>,
     ) {
         let f = Arc::new(f);
         let feed = self.clone();
@@ -391,13 +407,13 @@ impl Feed {
 fn send_backlog<T, I>(
     read: impl Fn() -> Result<I, StoreError>,
     last_n: usize,
-    tx: &mpsc::Sender<Result<Arc<T>, Status>>,
+    tx: &mpsc::Sender<Item<T>>,
 ) -> bool
 where
     I: Iterator<Item = Result<T, StoreError>>,
 {
     let fail = |e: StoreError| {
-        let _ = tx.blocking_send(Err(crate::grpc::status_internal(e)));
+        let _ = tx.blocking_send(Err(End::Store(e)));
         false
     };
     let mut skip = 0;
@@ -436,7 +452,7 @@ async fn follow_live<T: Stored>(
     mut live: LiveRx<T>,
     snapshot: u64,
     keep: impl Fn(&T) -> bool,
-    tx: &mpsc::Sender<Result<Arc<T>, Status>>,
+    tx: &mpsc::Sender<Item<T>>,
     shutdown: &CancellationToken,
 ) {
     let mut last_time = None;
@@ -445,7 +461,7 @@ async fn follow_live<T: Stored>(
             r = live.recv() => r,
             _ = tx.closed() => return,
             _ = shutdown.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("control plane shutting down"))).await;
+                let _ = tx.send(Err(End::ShuttingDown)).await;
                 return;
             }
         };
@@ -460,7 +476,7 @@ async fn follow_live<T: Stored>(
             }
             Err(Ended::Lagged) => {
                 let _ = tx
-                    .send(Err(Status::resource_exhausted(lagged_message(
+                    .send(Err(End::Lagged(lagged_message(
                         last_time,
                         picket_clock::now_ms(),
                     ))))

@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::state::State;
+use crate::grpc::state::State;
 
 pub async fn serve(listener: TcpListener, state: Arc<State>) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();

@@ -15,9 +15,9 @@ use prost::Message;
 
 use std::sync::Arc;
 
+use crate::counters::Counters;
 use crate::feed::Feed;
 use crate::fleet::Fleet;
-use crate::state::Counters;
 use picket_clock::now_ms;
 use picket_store::StoreError;
 use picket_store::metrics::{Point, Sample};

@@ -26,6 +26,7 @@
 pub mod alert;
 pub mod audit;
 pub mod backup;
+pub mod counters;
 pub mod dev;
 pub mod feed;
 pub mod fleet;
@@ -39,7 +40,6 @@ pub mod rollout;
 pub mod run;
 pub mod server;
 pub mod sessions;
-pub mod state;
 pub mod steps;
 
 use std::path::Path;

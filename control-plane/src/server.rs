@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
+use crate::grpc::state::State;
 use crate::sessions::Sessions;
-use crate::state::State;
 use picket_config::control::ControlConfig;
 use picket_pki::Ca;
 use picket_store::Store;

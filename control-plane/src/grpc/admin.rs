@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, Caller, require};
 use super::convert;
+use super::state::State;
 use super::status::{bad_input, internal};
-use crate::state::State;
 use picket_clock::{now_ms, to_ms};
 use picket_pki::{SubjectKind, token};
 use picket_store::{Forget, TokenRecord, UserRecord};
@@ -185,7 +185,7 @@ impl AdminService for AdminSvc {
         self.state.feed.events(filter, limit, q.follow, tx);
         let out =
             tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
-                r.map(|e| convert::event(&e))
+                r.map(|e| convert::event(&e)).map_err(feed_end)
             });
         Ok(self.guard(&caller, Response::new(Box::pin(out))))
     }
@@ -207,7 +207,7 @@ impl AdminService for AdminSvc {
         self.state.feed.logs(filter, tail, q.follow, tx);
         let out =
             tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
-                r.map(|l| convert::log_line(&l))
+                r.map(|l| convert::log_line(&l)).map_err(feed_end)
             });
         Ok(self.guard(&caller, Response::new(Box::pin(out))))
     }
@@ -577,5 +577,15 @@ impl AdminService for AdminSvc {
             })),
             Caller::Agent(_) => Err(Status::permission_denied("agents have no role")),
         }
+    }
+}
+
+/// How a stream from the feed ended, as the client is told it.
+fn feed_end(e: crate::feed::End) -> Status {
+    use crate::feed::End;
+    match e {
+        End::Store(e) => internal(e),
+        End::ShuttingDown => Status::unavailable("control plane shutting down"),
+        End::Lagged(why) => Status::resource_exhausted(why),
     }
 }

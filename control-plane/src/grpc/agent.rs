@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::require_agent;
 use super::convert;
+use super::state::State;
 use super::status::{bad_input, internal};
-use crate::state::State;
 use picket_clock::{now_ms, to_ms};
 use picket_pki::SubjectKind;
 

@@ -15,32 +15,43 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use picket_model::{Labels, validate_label, validate_name};
 use picket_proto::v1::{self, enrollment_server::Enrollment};
 use tonic::{Request, Response, Status};
 
+use super::state::State;
 use super::status::{bad_input, internal};
-use crate::state::State;
+use crate::audit::Audit;
+use crate::counters::Counters;
 use picket_clock::{now_ms, to_ms};
-use picket_pki::{SubjectKind, token};
-use picket_store::{AgentRecord, EnrollRefusal};
+use picket_pki::{Ca, SubjectKind, token};
+use picket_store::{AgentRecord, EnrollRefusal, Store};
 
 /// The one answer to a token that is unknown, expired or used up.
 const REFUSED: &str = "the token is not valid (unknown, expired or used up)";
 
+/// What enrollment touches, and nothing else: the store (tokens, agents),
+/// the CA, the audit log and the rate limit's counter.
 pub struct EnrollService {
-    state: Arc<State>,
+    store: Store,
+    ca: Arc<Ca>,
+    audit: Audit,
+    counters: Arc<Counters>,
+    agent_cert_ttl: Duration,
     attempts: Attempts,
 }
 
 impl EnrollService {
-    pub fn new(state: Arc<State>) -> Self {
-        let per_minute = state.cfg.limits.enroll_per_minute;
+    pub fn new(state: &State) -> Self {
         EnrollService {
-            state,
-            attempts: Attempts::new(per_minute),
+            store: state.store.clone(),
+            ca: state.ca.clone(),
+            audit: state.audit.clone(),
+            counters: state.counters.clone(),
+            agent_cert_ttl: state.cfg.agent_cert_ttl,
+            attempts: Attempts::new(state.cfg.limits.enroll_per_minute),
         }
     }
 }
@@ -51,7 +62,7 @@ impl Enrollment for EnrollService {
         &self,
         req: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
-        let s = &self.state;
+        let s = self;
         let peer = req.remote_addr();
         if let Some(addr) = peer
             && !self.attempts.allow(addr.ip(), Instant::now())
@@ -88,13 +99,8 @@ impl Enrollment for EnrollService {
         // Issued before the token is spent; it leaves only if the
         // enrollment is recorded.
         let issued =
-            s.ca.issue(
-                &r.csr_pem,
-                &r.name,
-                SubjectKind::Agent,
-                s.cfg.agent_cert_ttl,
-            )
-            .map_err(bad_input)?;
+            s.ca.issue(&r.csr_pem, &r.name, SubjectKind::Agent, s.agent_cert_ttl)
+                .map_err(bad_input)?;
         // The token's labels are the admin's word and win over requested
         // ones (a token's labels never change once it is made).
         let mut labels: Labels = r.labels.into_iter().collect();
@@ -150,7 +156,7 @@ impl Enrollment for EnrollService {
 
 /// Audits a refused enrollment with its real reason (the caller is told
 /// only [`REFUSED`]); the token itself is never written anywhere.
-fn refused(s: &State, hash: &str, why: &EnrollRefusal, name: &str, who: &str) {
+fn refused(s: &EnrollService, hash: &str, why: &EnrollRefusal, name: &str, who: &str) {
     let id = match why {
         EnrollRefusal::Token(picket_store::TokenRefusal::Unknown) => "unknown".to_string(),
         _ => token::id_of_hash(hash),

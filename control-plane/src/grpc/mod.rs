@@ -11,6 +11,7 @@ mod convert;
 pub mod cut;
 mod enroll;
 mod rollouts;
+pub mod state;
 mod status;
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use crate::state::State;
+use state::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -35,11 +36,6 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-}
-
-/// An internal error as a status (details logged, not sent).
-pub fn status_internal(e: impl std::fmt::Display) -> tonic::Status {
-    status::internal(e)
 }
 
 /// The most a message may take once decoded, per service: an agent's
@@ -88,7 +84,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) -> Result<(), Serve
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .timeout(limits.request_timeout)
         .add_service(
-            EnrollmentServer::new(enroll::EnrollService::new(state.clone()))
+            EnrollmentServer::new(enroll::EnrollService::new(&state))
                 .max_decoding_message_size(MAX_ENROLL_MESSAGE),
         )
         .add_service(InterceptedService::new(

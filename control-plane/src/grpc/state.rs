@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
+use crate::counters::Counters;
 use crate::fleet::Fleet;
 use crate::sessions::Sessions;
 use picket_config::control::ControlConfig;
@@ -19,7 +20,7 @@ pub struct State {
     pub identity: Arc<picket_tls::server::Identity>,
     pub sessions: Arc<Sessions>,
     /// Users' open admin streams, cut when a user is revoked.
-    pub user_streams: crate::grpc::cut::UserStreams,
+    pub user_streams: super::cut::UserStreams,
     /// Steps in flight to agents, and their updates back.
     pub steps: Arc<crate::steps::Steps>,
     /// The rollout driver.
@@ -34,24 +35,11 @@ pub struct State {
     pub feed: Arc<crate::feed::Feed>,
     pub counters: Arc<Counters>,
     /// Connections without a client certificate, and what was refused.
-    pub gate: Arc<crate::grpc::accept::Gate>,
+    pub gate: Arc<super::accept::Gate>,
     /// Cancelled on SIGTERM/SIGINT: streams end, servers stop accepting.
     pub shutdown: CancellationToken,
     /// Every task that may write to the store (sessions, their storers and
     /// flushers, feeds, maintenance): awaited after `shutdown` and before
     /// the final flush, so nothing is mid-write when the process exits.
     pub tasks: tokio_util::task::TaskTracker,
-}
-
-/// The control plane's own counters, exported on `/metrics`.
-#[derive(Default)]
-pub struct Counters {
-    /// Records stored (first delivery).
-    pub ingested: std::sync::atomic::AtomicU64,
-    /// Records received again after a replay, and skipped.
-    pub duplicates: std::sync::atomic::AtomicU64,
-    /// Records that were not well-formed protobuf, and skipped.
-    pub rejected: std::sync::atomic::AtomicU64,
-    /// Enrollment attempts refused by the per-address rate limit.
-    pub enroll_rate_limited: std::sync::atomic::AtomicU64,
 }
