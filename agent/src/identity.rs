@@ -28,9 +28,12 @@ pub enum IdentityError {
     Csr(#[from] csr::CsrError),
     #[error("renewal refused: {0}")]
     Renew(tonic::Status),
+    #[error("the renewal's file writes did not finish: {0}")]
+    Task(String),
 }
 
 /// Where the identity lives in the state folder.
+#[derive(Clone)]
 pub struct Paths {
     pub key: PathBuf,
     pub cert: PathBuf,
@@ -110,11 +113,17 @@ impl Identity {
             .await
             .map_err(IdentityError::Renew)?
             .into_inner();
-        let p = &self.paths;
-        files::write_secret(&p.key_next, kc.key_pem.as_bytes())?;
-        files::write_public(&p.cert_next, resp.cert_pem.as_bytes())?;
-        recover(p)?;
-        let fresh = read_current(p)?;
+        // Written and fsynced on the blocking pool: the agent's runtime
+        // has one thread, which its heartbeats and step output share.
+        let p = self.paths.clone();
+        let fresh = tokio::task::spawn_blocking(move || {
+            files::write_secret(&p.key_next, kc.key_pem.as_bytes())?;
+            files::write_public(&p.cert_next, resp.cert_pem.as_bytes())?;
+            recover(&p)?;
+            read_current(&p)
+        })
+        .await
+        .map_err(|e| IdentityError::Task(e.to_string()))??;
         match self.current.write() {
             Ok(mut g) => *g = Arc::new(fresh),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(fresh),

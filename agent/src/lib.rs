@@ -126,16 +126,29 @@ async fn sample_metrics(
             _ = tick.tick() => {}
         }
         let mut sample = collector.sample(now_ms());
-        for (kind, n) in [buffer::Kind::Metric, buffer::Kind::Log, buffer::Kind::Event]
-            .into_iter()
-            .zip(buffer.dropped())
-        {
+        let payload = |mut sample: picket_proto::v1::MetricSample, b: &buffer::Buffer| {
+            for (kind, n) in [buffer::Kind::Metric, buffer::Kind::Log, buffer::Kind::Event]
+                .into_iter()
+                .zip(b.dropped())
+            {
+                sample.gauges.push(picket_proto::v1::Gauge {
+                    name: "agent_buffer_dropped_records".into(),
+                    labels: [("kind".to_string(), kind.name().to_string())].into(),
+                    value: n as f64,
+                });
+            }
             sample.gauges.push(picket_proto::v1::Gauge {
-                name: "agent_buffer_dropped_records".into(),
-                labels: [("kind".to_string(), kind.name().to_string())].into(),
-                value: n as f64,
+                name: "agent_buffer_damaged_records".into(),
+                labels: Default::default(),
+                value: b.damaged() as f64,
             });
-        }
+            sample.gauges.push(picket_proto::v1::Gauge {
+                name: "agent_buffer_bytes".into(),
+                labels: Default::default(),
+                value: b.held_bytes() as f64,
+            });
+            picket_proto::v1::record::Payload::Metrics(sample)
+        };
         sample.gauges.push(picket_proto::v1::Gauge {
             name: "agent_lines_unparsed".into(),
             labels: Default::default(),
@@ -146,20 +159,10 @@ async fn sample_metrics(
             labels: Default::default(),
             value: collect::BAD_POSITIONS.load(std::sync::atomic::Ordering::Relaxed) as f64,
         });
-        sample.gauges.push(picket_proto::v1::Gauge {
-            name: "agent_buffer_damaged_records".into(),
-            labels: Default::default(),
-            value: buffer.damaged() as f64,
-        });
-        sample.gauges.push(picket_proto::v1::Gauge {
-            name: "agent_buffer_bytes".into(),
-            labels: Default::default(),
-            value: buffer.held_bytes() as f64,
-        });
-        let payload = picket_proto::v1::record::Payload::Metrics(sample);
-        // Off the runtime: a push may sync a segment file.
+        // Off the runtime: the buffer's counters take its state lock, and a
+        // push may sync a segment file.
         let b = buffer.clone();
-        match tokio::task::spawn_blocking(move || b.push(&[payload], None)).await {
+        match tokio::task::spawn_blocking(move || b.push(&[payload(sample, &b)], None)).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::warn!(%error, "metrics sample not buffered"),
             Err(_) => return,

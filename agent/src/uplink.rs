@@ -221,7 +221,12 @@ async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<Out
     // A chunk that read as damaged, and how many times in a row.
     let mut damaged = (0, 0);
     loop {
-        let batch = match buffer.after(cursor, BATCH, BATCH_BYTES) {
+        // Off the runtime: reading takes the buffer's state lock and its
+        // segment files.
+        let b = buffer.clone();
+        let read = tokio::task::spawn_blocking(move || b.after(cursor, BATCH, BATCH_BYTES)).await;
+        let Ok(read) = read else { return };
+        let batch = match read {
             Ok(r) => r,
             Err(BufferError::Corrupt { seq, detail }) => {
                 // Read it again a few times (a fault of the moment), then
@@ -232,7 +237,9 @@ async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<Out
                     (seq, 1)
                 };
                 if damaged.1 >= DAMAGED_TRIES {
-                    if let Err(error) = buffer.discard(seq, &detail) {
+                    let b = buffer.clone();
+                    let gone = tokio::task::spawn_blocking(move || b.discard(seq, &detail)).await;
+                    if let Ok(Err(error)) = gone {
                         tracing::error!(%error, "cannot discard a damaged chunk");
                     }
                     continue;

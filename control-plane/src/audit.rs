@@ -23,7 +23,9 @@ impl Audit {
             outcome: outcome.to_string(),
         };
         tracing::info!(actor, action, target, outcome, "audit");
-        if let Err(error) = self.store.append_audit(&r) {
+        // The insert waits on the store's snapshot gate (and sled): off the
+        // worker's other tasks.
+        if let Err(error) = crate::blocking::in_place(|| self.store.append_audit(&r)) {
             // The change itself already happened; losing its audit line is
             // serious but must not turn a success into an error.
             tracing::error!(%error, actor, action, "cannot write audit record");
@@ -31,6 +33,6 @@ impl Audit {
     }
 
     pub fn tail(&self, n: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        self.store.audit_tail(n)
+        crate::blocking::in_place(|| self.store.audit_tail(n))
     }
 }

@@ -26,6 +26,7 @@
 pub mod alert;
 pub mod audit;
 pub mod backup;
+pub mod blocking;
 pub mod counters;
 pub mod dev;
 pub mod feed;

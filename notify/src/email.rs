@@ -87,7 +87,12 @@ pub async fn send(kind: &NotifierKind, msg: &Message) -> Outcome {
     };
     let mut builder = builder.port(port).timeout(Some(super::http::TIMEOUT));
     if let Some(user) = username {
-        let password = match password_file.as_deref().map(std::fs::read_to_string) {
+        // Read on the blocking pool (tokio::fs), never on a worker.
+        let read = match password_file.as_deref() {
+            Some(f) => Some(tokio::fs::read_to_string(f).await),
+            None => None,
+        };
+        let password = match read {
             Some(Ok(p)) => p.lines().next().unwrap_or_default().to_string(),
             Some(Err(e)) => return Outcome::Failed(format!("password_file: {e}")),
             None => String::new(),

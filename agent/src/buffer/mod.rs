@@ -194,6 +194,9 @@ pub struct Buffer {
     added: Notify,
     /// Every record up to this sequence number is on disk (fsynced).
     durable: AtomicU64,
+    /// `State::next_seq`, readable without the state lock, which a full
+    /// buffer's `make_room` holds across an fsync: async code reads this.
+    next: AtomicU64,
 }
 
 impl Buffer {
@@ -268,6 +271,7 @@ impl Buffer {
             dir: seg_dir,
             // What a fresh open finds was on disk.
             durable: AtomicU64::new(state.next_seq - 1),
+            next: AtomicU64::new(state.next_seq),
             state: Mutex::new(state),
             writer: Mutex::new(writer),
             cap_bytes,
@@ -340,6 +344,7 @@ impl Buffer {
             st.hold(chunk_first, meta);
         }
         st.next_seq = next;
+        self.next.store(next, Ordering::Release);
         drop(st);
         drop(w);
         self.added.notify_one();
@@ -451,12 +456,16 @@ impl Buffer {
         Ok(())
     }
 
-    /// The sequence number the next record will get.
+    /// The sequence number the next record will get. Never waits on the
+    /// state lock: async code may call it.
     pub fn next_seq(&self) -> u64 {
-        self.lock().next_seq
+        self.next.load(Ordering::Acquire)
     }
 
-    /// Records dropped so far, by kind (metric, log, event).
+    /// Records dropped so far, by kind (metric, log, event). Takes the
+    /// state lock (held across fsyncs when the buffer is full): call it,
+    /// and every other method but `next_seq`, `durable_seq` and
+    /// `wait_added`, off the runtime.
     pub fn dropped(&self) -> [u64; 3] {
         self.lock().dropped
     }

@@ -161,7 +161,10 @@ pub async fn start(
     shutdown: CancellationToken,
     tasks: &tokio_util::task::TaskTracker,
 ) -> Result<Handle, AlertError> {
-    let rules = load(parts.file.as_ref())?;
+    let file = parts.file.clone();
+    let rules = tokio::task::spawn_blocking(move || load(file.as_ref()))
+        .await
+        .map_err(|_| AlertError::Gone)??;
     for w in &rules.warnings {
         tracing::warn!(warning = %w, "alert file");
     }

@@ -53,9 +53,7 @@ impl Authenticator {
             .ok_or_else(|| Status::unauthenticated("client certificate has no Picket subject"))?;
         match unit.as_str() {
             "agent" => {
-                let rec = self
-                    .store
-                    .agent(&name)
+                let rec = crate::blocking::in_place(|| self.store.agent(&name))
                     .map_err(super::status::internal)?
                     .ok_or_else(|| {
                         Status::unauthenticated(format!("agent {name} is not enrolled here"))
@@ -75,9 +73,7 @@ impl Authenticator {
                 Ok((Caller::Agent(name), Some(AgentSerial(serial_hex))))
             }
             "user" => {
-                let user = self
-                    .store
-                    .user(&name)
+                let user = crate::blocking::in_place(|| self.store.user(&name))
                     .map_err(super::status::internal)?
                     .ok_or_else(|| Status::unauthenticated(format!("unknown user {name}")))?;
                 if user.revoked_ms.is_some() {
