@@ -29,6 +29,7 @@ pub mod backup;
 pub mod blocking;
 pub mod counters;
 pub mod dev;
+pub mod driver;
 pub mod feed;
 pub mod fleet;
 pub mod grpc;

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::tap::{Heard, Tap};
+use crate::driver::{self, Held, Mailbox};
 use picket_alert::engine::{Alert, AlertState, Engine, Input, Output, Persisted, Silence, route};
 use picket_alert::rules::{self, NotifierKind, Rules, RulesError};
 use picket_notify::outbox::Outbox;
@@ -74,7 +75,7 @@ enum Command {
 /// How the rest of the control plane reaches the driver.
 #[derive(Clone)]
 pub struct Handle {
-    tx: mpsc::Sender<Command>,
+    mailbox: Mailbox<Command>,
     pub tap: Arc<Tap>,
     pub outbox: Outbox,
     firing: Arc<AtomicU32>,
@@ -85,9 +86,7 @@ impl Handle {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, AlertError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.map_err(|_| AlertError::Gone)?;
-        rx.await.map_err(|_| AlertError::Gone)
+        self.mailbox.ask(make).await.map_err(|_| AlertError::Gone)
     }
 
     /// Every alert: pending, firing, and resolved ones not yet notified.
@@ -210,7 +209,7 @@ pub async fn start(
             now,
         );
     }
-    let (tx, cmds) = mpsc::channel(64);
+    let (mailbox, cmds) = Mailbox::new(64);
     let firing = Arc::new(AtomicU32::new(0));
     let driver = Driver {
         store,
@@ -226,14 +225,13 @@ pub async fn start(
         labels,
         firing: firing.clone(),
         dirty: false,
-        unsent: Vec::new(),
-        failing: false,
+        held: Held::default(),
         now: parts.now,
     };
     tasks.spawn(outbox.clone().run(shutdown.clone()));
     tasks.spawn(driver.run(heard, cmds, shutdown));
     Ok(Handle {
-        tx,
+        mailbox,
         tap,
         outbox,
         firing,
@@ -255,9 +253,7 @@ struct Driver {
     dirty: bool,
     /// Notifications decided but not yet stored: sent with the next
     /// write, never dropped, and never handed to the outbox before it.
-    unsent: Vec<(String, Message)>,
-    /// The last write failed (logged once, until one succeeds again).
-    failing: bool,
+    held: Held<(String, Message)>,
     now: fn() -> i64,
 }
 
@@ -282,11 +278,7 @@ impl Driver {
         let start = self.engine.handle(Input::Tick, (self.now)());
         self.commit(start).await;
         loop {
-            let wait = self
-                .engine
-                .next_deadline()
-                .map(|d| Duration::from_millis(u64::try_from(d - (self.now)()).unwrap_or(0)))
-                .unwrap_or(Duration::from_secs(3600));
+            let wait = driver::until(self.engine.next_deadline(), (self.now)());
             let mut outs = Vec::new();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -318,7 +310,7 @@ impl Driver {
                     continue;
                 }
                 _ = lazy.tick() => {
-                    if self.dirty || !self.unsent.is_empty() {
+                    if self.dirty || self.held.is_waiting() {
                         self.write(Vec::new()).await;
                     }
                     continue;
@@ -326,7 +318,7 @@ impl Driver {
             }
             self.commit(outs).await;
         }
-        if self.dirty || !self.unsent.is_empty() {
+        if self.dirty || self.held.is_waiting() {
             self.write(Vec::new()).await;
         }
     }
@@ -535,34 +527,28 @@ impl Driver {
     /// yet stored, in one atomic write, flushed; only then may the outbox
     /// send them. A failed write keeps them all for the next attempt.
     async fn write(&mut self, jobs: Vec<(String, Message)>) {
-        self.unsent.extend(jobs);
         let state = self.engine.persisted().clone();
-        let queued = self.unsent.clone();
-        let n = queued.len();
-        let r = self
-            .store
-            .blocking(move |s| {
-                s.put_alert_state(&state, &queued)?;
-                s.flush()
-            })
-            .await;
-        match r {
-            Ok(()) => {
-                self.unsent.clear();
+        let store = self.store.clone();
+        let write = |all: &[(String, Message)]| {
+            let queued = all.to_vec();
+            async move {
+                store
+                    .blocking(move |s| {
+                        s.put_alert_state(&state, &queued)?;
+                        s.flush()
+                    })
+                    .await
+            }
+        };
+        match self.held.persist(jobs, "alert state", write).await {
+            driver::Persisted::Act(stored) => {
                 self.dirty = false;
-                if std::mem::take(&mut self.failing) {
-                    tracing::info!(notifications = n, "the alert state is stored again");
-                }
-                if n > 0 {
+                if !stored.is_empty() {
                     self.outbox.wake();
                 }
             }
-            Err(error) => {
-                self.dirty = true;
-                if !std::mem::replace(&mut self.failing, true) {
-                    tracing::error!(%error, notifications = n, "cannot write the alert state; retrying each second, its notifications wait");
-                }
-            }
+            // Retried each second (the lazy write), with what is held.
+            driver::Persisted::Held => self.dirty = true,
         }
     }
 }

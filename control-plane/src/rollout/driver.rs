@@ -19,9 +19,9 @@ use picket_proto::v1::{self, step_update};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::driver::{self, Held, Mailbox};
 use crate::sessions::Presence;
 use crate::steps::{StepNews, Steps};
-use picket_model::backoff::Backoff;
 use picket_rollout::engine::{Engine, Input, Output, Refused};
 use picket_rollout::state::{HostState, Persisted, Phase, StepRef, StepResult};
 use picket_rollout::view::View;
@@ -78,7 +78,7 @@ enum Command {
 /// How the rest of the control plane reaches the driver.
 #[derive(Clone)]
 pub struct Handle {
-    tx: mpsc::Sender<Command>,
+    mailbox: Mailbox<Command>,
 }
 
 impl Handle {
@@ -86,12 +86,7 @@ impl Handle {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, DriverError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .await
-            .map_err(|_| DriverError::Gone)?;
-        rx.await.map_err(|_| DriverError::Gone)
+        self.mailbox.ask(make).await.map_err(|_| DriverError::Gone)
     }
 
     /// Validates, plans over the fleet, persists and starts a rollout;
@@ -160,19 +155,7 @@ struct Driver {
     /// Outputs decided but not carried out because their persist failed:
     /// carried out, in order, after the next persist that succeeds (tried
     /// again after `retry`, and with every new input).
-    held: Vec<(String, Vec<Output>)>,
-    /// Failed persists in a row, and the wait before the next try.
-    retry: Backoff,
-    retry_in: std::time::Duration,
-}
-
-/// A failed persist is tried again after 250 ms, doubling up to 5 s.
-fn retry_schedule() -> Backoff {
-    Backoff::new(
-        std::time::Duration::from_millis(250),
-        std::time::Duration::from_secs(5),
-    )
-    .with_floor(0.5)
+    held: Held<(String, Vec<Output>)>,
 }
 
 /// The wire's key for a rollout's step.
@@ -219,9 +202,7 @@ pub async fn start(
         parts,
         news,
         rollouts: BTreeMap::new(),
-        held: Vec::new(),
-        retry: retry_schedule(),
-        retry_in: std::time::Duration::ZERO,
+        held: Held::default(),
     };
     let mut pending = Vec::new();
     for p in saved {
@@ -239,9 +220,9 @@ pub async fn start(
         tracing::info!(rollouts = d.rollouts.len(), "rollouts restored");
     }
     d.settle(pending).await;
-    let (tx, rx) = mpsc::channel(64);
+    let (mailbox, rx) = Mailbox::new(64);
     tasks.spawn(d.run(rx, news_rx, presence, shutdown));
-    Ok(Handle { tx })
+    Ok(Handle { mailbox })
 }
 
 impl Driver {
@@ -276,9 +257,7 @@ impl Driver {
                 .values()
                 .filter_map(|l| l.engine.next_deadline())
                 .min();
-            let wait =
-                next.map(|t| std::time::Duration::from_millis(u64::try_from(t - now).unwrap_or(0)));
-            let sleep = tokio::time::sleep(wait.unwrap_or(std::time::Duration::from_secs(3600)));
+            let sleep = tokio::time::sleep(driver::until(next, now));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 c = commands.recv() => match c {
@@ -310,7 +289,7 @@ impl Driver {
                     let pending = self.tick();
                     self.settle(pending).await;
                 }
-                _ = tokio::time::sleep(self.retry_in), if !self.held.is_empty() => {
+                _ = tokio::time::sleep(self.held.retry_in()), if self.held.is_waiting() => {
                     self.settle(Vec::new()).await;
                 }
             }
@@ -517,49 +496,40 @@ impl Driver {
     /// events, in order. A dispatch to an agent that is not connected is
     /// the engine's news (`HostDisconnected`), and so on until quiet.
     async fn settle(&mut self, new: Vec<(String, Vec<Output>)>) {
-        // What a failed persist held comes first: decided earlier, it is
-        // carried out earlier.
-        let mut pending = std::mem::take(&mut self.held);
-        pending.extend(new);
-        while !pending.is_empty() {
-            let dirty: Vec<(String, Persisted)> = pending
-                .iter()
-                .filter(|(_, out)| out.contains(&Output::Persist))
-                .filter_map(|(id, _)| {
-                    let p = self.rollouts.get(id)?.engine.persisted().clone();
-                    Some((id.clone(), p))
-                })
-                .collect();
-            if !dirty.is_empty() {
-                let store = self.parts.store.clone();
-                let n = dirty.len();
-                let saved = store
-                    .blocking(move |s| {
-                        for (id, p) in &dirty {
-                            s.put_rollout(id, p)?;
-                        }
-                        s.flush()
+        let mut new = new;
+        loop {
+            // Everything held and new, in the order decided: stored
+            // (every rollout among them with a `Persist`, one write and
+            // flush), then carried out, or held for the next try.
+            let (rollouts, store) = (&self.rollouts, self.parts.store.clone());
+            let write = |all: &[(String, Vec<Output>)]| {
+                let dirty: Vec<(String, Persisted)> = all
+                    .iter()
+                    .filter(|(_, out)| out.contains(&Output::Persist))
+                    .filter_map(|(id, _)| {
+                        Some((id.clone(), rollouts.get(id)?.engine.persisted().clone()))
                     })
-                    .await;
-                if let Err(error) = saved {
-                    // Persist before acting: nothing of this is carried
-                    // out yet, and nothing is forgotten: it is held and
-                    // tried again (the engines' state is whole in memory,
-                    // so the next persist covers it).
-                    if self.retry.attempts() == 0 {
-                        tracing::error!(%error, rollouts = n, "cannot persist rollouts; holding their steps and retrying");
+                    .collect();
+                async move {
+                    if dirty.is_empty() {
+                        return Ok(());
                     }
-                    self.held = pending;
-                    self.retry_in = self.retry.next_delay(&mut rand::rng());
-                    return;
+                    store
+                        .blocking(move |s| {
+                            for (id, p) in &dirty {
+                                s.put_rollout(id, p)?;
+                            }
+                            s.flush()
+                        })
+                        .await
                 }
-                if self.retry.attempts() > 0 {
-                    tracing::info!(
-                        rollouts = n,
-                        "rollouts persisted again; carrying out their held steps"
-                    );
-                    self.retry.reset();
-                }
+            };
+            let driver::Persisted::Act(pending) = self.held.persist(new, "rollouts", write).await
+            else {
+                return;
+            };
+            if pending.is_empty() {
+                return;
             }
             let mut next = Vec::new();
             for (id, out) in pending {
@@ -602,7 +572,7 @@ impl Driver {
                     l.watch.send_replace(Arc::new(l.view(false)));
                 }
             }
-            pending = next;
+            new = next;
         }
     }
 }

@@ -224,9 +224,15 @@ impl Check {
 /// `"30s"`, `"5m"`, `"1h30m"`, `"1w"`: humantime's grammar, the one
 /// duration syntax of every Picket file and flag (rollout files, the alert
 /// file, control.toml, agent.toml, picketctl's `--since` and `--for`).
+/// Picket counts time in milliseconds, so a finer duration (`"3us"`) is
+/// refused rather than rounded.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|_| format!("{text:?} is not a duration such as \"30s\", \"5m\" or \"1h30m\""))
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|_| format!("{text:?} is not a duration such as \"30s\", \"5m\" or \"1h30m\""))?;
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("{text:?} is finer than a millisecond"));
+    }
+    Ok(d)
 }
 
 /// Serde for a `Duration` written as [`parse_duration`] reads it

@@ -222,6 +222,10 @@ fn one_duration_syntax_everywhere() {
     assert_eq!(parse_duration("1w"), Ok(Duration::from_secs(7 * 86400)));
     assert_eq!(parse_duration("2days"), Ok(Duration::from_secs(2 * 86400)));
     assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    // Milliseconds are the unit of every record and timer: no finer.
+    assert!(parse_duration("3us0s").is_err());
+    assert!(parse_duration("1500ns").is_err());
+    assert_eq!(parse_duration("1s 5ms"), Ok(Duration::from_millis(1005)));
     let spec = raw(&EXAMPLE.replace("host_timeout = \"2m\"", "host_timeout = \"1w\""))
         .check()
         .unwrap();
