@@ -42,6 +42,16 @@ enum Cmd {
         #[arg(long, default_value_os_t = default_state_dir())]
         state_dir: PathBuf,
     },
+    /// Check agent.toml offline (nothing starts): each problem as
+    /// FILE:LINE:COL: field: message; exit 0 clean, 1 on a problem, 2 if
+    /// the file cannot be read.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// One JSON object a finding, for CI annotations.
+        #[arg(short = 'o', long = "output", value_parser = ["table", "json"], default_value = "table")]
+        output: String,
+    },
     /// Run the agent.
     Run {
         #[arg(long, value_name = "FILE")]
@@ -70,7 +80,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// `picket-agent check`.
+fn check(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let text = picket_config::read(config).map_err(|e| BadConfig(e.into()))?;
+    let (_, found) = AgentConfig::check(&config.display().to_string(), &text);
+    let tally = picket_config::check::print(&found, json, &mut std::io::stdout().lock())?;
+    if tally.fails(false) {
+        anyhow::bail!("{tally}");
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::Check { config, output } = &cli.cmd {
+        return check(config, output == "json");
+    }
     // One thread runs the async side (the stream, timers, the metrics
     // sampler); file tailing and sled writes run on their own blocking
     // threads. Worker threads per core would only add memory: the agent's
@@ -109,6 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Check { .. } => Ok(()),
         Cmd::Run { config } => {
             let cfg = AgentConfig::load(&config).map_err(|e| BadConfig(e.into()))?;
             rt.block_on(async move {

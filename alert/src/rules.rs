@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use picket_config::check::{Doc, Finding, Level};
 use picket_model::{Selector, Severity, parse_duration};
 use serde::{Deserialize, Serialize};
 
@@ -302,6 +303,32 @@ const RESOLVE_AFTER: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", .0.join("; "))]
 pub struct RulesError(pub Vec<String>);
+
+/// Every finding in an alert file's text (named `file` in them): the
+/// problems and warnings `parse` finds, each put where the file writes
+/// it; what `picketctl alerts check` and `picket-control check` print.
+pub fn check_file(file: &str, text: &str) -> (Option<Rules>, Vec<Finding>) {
+    let doc = Doc::new(file, text);
+    match toml::from_str::<RawFile>(text) {
+        Err(e) => (None, vec![doc.toml_error(&e)]),
+        Ok(raw) => match raw.check() {
+            Ok(rules) => {
+                let warnings = rules
+                    .warnings
+                    .iter()
+                    .map(|w| doc.problem_text(w, Level::Warning))
+                    .collect();
+                (Some(rules), warnings)
+            }
+            Err(e) => (
+                None,
+                e.0.iter()
+                    .map(|p| doc.problem_text(p, Level::Error))
+                    .collect(),
+            ),
+        },
+    }
+}
 
 /// Reads and checks an alert file's text.
 pub fn parse(text: &str) -> Result<Rules, RulesError> {

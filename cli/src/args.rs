@@ -191,6 +191,18 @@ pub enum RolloutCmd {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// Check rollout files offline (no server, no credentials), as a CI
+    /// step: each problem as FILE:LINE:COL: field: message; exit 0 clean,
+    /// 1 on a problem, 2 if a file cannot be read.
+    Check {
+        /// The rollout files (TOML, docs/rollouts.md): `-f a.toml b.toml`
+        /// or `-f a.toml -f b.toml`.
+        #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Warnings fail the check too.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Every rollout, newest first.
     List,
     /// One rollout: waves, hosts, steps and their output.
@@ -232,6 +244,17 @@ pub enum RolloutCmd {
 
 #[derive(Subcommand)]
 pub enum AlertsCmd {
+    /// Check alert files offline (no server, no credentials), as a CI
+    /// step: each problem as FILE:LINE:COL: field: message; warnings
+    /// (a series no agent reports) are printed and pass unless --strict.
+    Check {
+        /// The alert files (TOML, docs/alerting.md).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Warnings fail the check too.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Pending, firing and just-resolved alerts, newest first.
     List {
         /// Only alerts in this state: pending, firing or resolved.

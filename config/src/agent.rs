@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::ConfigError;
+use crate::check::{Doc, Finding, Level};
 use picket_model::{Labels, SourceKind, validate_label, validate_name};
 use serde::{Deserialize, Serialize};
 
@@ -99,33 +100,64 @@ impl AgentConfig {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let err = |detail: String| ConfigError::bad(path, detail);
         let cfg: AgentConfig = crate::from_toml(text, path)?;
-        validate_name(&cfg.name).map_err(|e| err(format!("name: {e}")))?;
-        for (k, v) in &cfg.labels {
-            validate_label(k, v).map_err(|e| err(format!("labels: {e}")))?;
-        }
-        if !cfg.server.contains(':') {
-            return Err(err(format!("server: {:?} is not HOST:PORT", cfg.server)));
-        }
-        if cfg.max_line_bytes < 256 {
-            return Err(err("max_line_bytes must be at least 256".into()));
-        }
-        for (i, s) in cfg.sources.iter().enumerate() {
-            if !s.path.is_absolute() {
-                return Err(err(format!(
-                    "source[{i}].path {:?} must be absolute",
-                    s.path
-                )));
+        crate::check::all_problems(path, cfg.problems())?;
+        Ok(cfg)
+    }
+
+    /// Every finding in `text` (named `file` in them), with the config
+    /// when it reads: what `picket-agent check` prints.
+    pub fn check(file: &str, text: &str) -> (Option<Self>, Vec<Finding>) {
+        let doc = Doc::new(file, text);
+        match toml::from_str::<AgentConfig>(text) {
+            Err(e) => (None, vec![doc.toml_error(&e)]),
+            Ok(cfg) => {
+                let found = cfg
+                    .problems()
+                    .iter()
+                    .map(|(f, m)| doc.problem(f, m, Level::Error))
+                    .collect();
+                (Some(cfg), found)
             }
         }
-        if cfg.buffer_max_bytes < 64 * 1024 {
-            return Err(err("buffer_max_bytes must be at least 65536".into()));
+    }
+
+    /// What is wrong with the values, each with its field.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let mut bad = |field: String, msg: String| p.push((field, msg));
+        if let Err(e) = validate_name(&self.name) {
+            bad("name".into(), e.to_string());
         }
-        if cfg.metrics_interval < Duration::from_millis(100) {
-            return Err(err("metrics_interval must be at least 100ms".into()));
+        for (k, v) in &self.labels {
+            if let Err(e) = validate_label(k, v) {
+                bad(format!("labels.{k}"), e.to_string());
+            }
         }
-        Ok(cfg)
+        if !self.server.contains(':') {
+            bad(
+                "server".into(),
+                format!("{:?} is not HOST:PORT", self.server),
+            );
+        }
+        if self.max_line_bytes < 256 {
+            bad("max_line_bytes".into(), "must be at least 256".into());
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            if !s.path.is_absolute() {
+                bad(
+                    format!("source[{i}].path"),
+                    format!("{:?} must be absolute", s.path),
+                );
+            }
+        }
+        if self.buffer_max_bytes < 64 * 1024 {
+            bad("buffer_max_bytes".into(), "must be at least 65536".into());
+        }
+        if self.metrics_interval < Duration::from_millis(100) {
+            bad("metrics_interval".into(), "must be at least 100ms".into());
+        }
+        p
     }
 
     /// The file `picket-agent enroll` writes, with comments.

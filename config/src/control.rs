@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::ConfigError;
+use crate::check::{Doc, Finding, Level};
 use serde::Deserialize;
 
 /// The parsed `control.toml`. Unknown keys are errors, so a typo is caught
@@ -150,35 +151,72 @@ impl ControlConfig {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let parse_err = |detail: String| ConfigError::bad(path, detail);
-        let mut cfg: ControlConfig = crate::from_toml(text, path)?;
-        if cfg.data_dir.is_relative() {
-            // Relative to the config file, as a user editing it would expect.
-            if let Some(parent) = path.parent() {
-                cfg.data_dir = parent.join(&cfg.data_dir);
+        let cfg: ControlConfig = crate::from_toml(text, path)?;
+        let cfg = cfg.resolved(path);
+        crate::check::all_problems(path, cfg.problems())?;
+        Ok(cfg)
+    }
+
+    /// Every finding in `text` (the file `path`, named `file` in them),
+    /// with the config when it reads: what `picket-control check` prints.
+    pub fn check(file: &str, text: &str, path: &Path) -> (Option<Self>, Vec<Finding>) {
+        let doc = Doc::new(file, text);
+        match toml::from_str::<ControlConfig>(text) {
+            Err(e) => (None, vec![doc.toml_error(&e)]),
+            Ok(cfg) => {
+                let cfg = cfg.resolved(path);
+                let found = cfg
+                    .problems()
+                    .iter()
+                    .map(|(f, m)| doc.problem(f, m, Level::Error))
+                    .collect();
+                (Some(cfg), found)
             }
         }
-        if let (Some(a), Some(parent)) = (&cfg.alerts, path.parent())
+    }
+
+    /// Relative paths made relative to the file, as a user editing it
+    /// would expect.
+    fn resolved(mut self, path: &Path) -> Self {
+        if self.data_dir.is_relative()
+            && let Some(parent) = path.parent()
+        {
+            self.data_dir = parent.join(&self.data_dir);
+        }
+        if let (Some(a), Some(parent)) = (&self.alerts, path.parent())
             && a.is_relative()
         {
-            cfg.alerts = Some(parent.join(a));
+            self.alerts = Some(parent.join(a));
         }
-        if cfg.agent_cert_ttl < Duration::from_secs(10) {
-            return Err(parse_err("agent_cert_ttl must be at least 10s".into()));
+        self
+    }
+
+    /// What is wrong with the values, each with its field.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let mut bad = |field: &str, msg: &str| p.push((field.to_string(), msg.to_string()));
+        if self.agent_cert_ttl < Duration::from_secs(10) {
+            bad("agent_cert_ttl", "must be at least 10s");
         }
-        let l = &cfg.limits;
-        if l.max_unauthenticated == 0 || l.max_unauthenticated_per_address == 0 {
-            return Err(parse_err(
-                "limits.max_unauthenticated and limits.max_unauthenticated_per_address must be \
-                 at least 1 (enrollment needs a connection without a certificate)"
-                    .into(),
-            ));
+        let l = &self.limits;
+        let one = "must be at least 1";
+        if l.max_unauthenticated == 0 {
+            bad(
+                "limits.max_unauthenticated",
+                "must be at least 1 (enrollment needs a connection without a certificate)",
+            );
         }
-        if l.enroll_per_minute == 0 || l.max_concurrent_streams == 0 {
-            return Err(parse_err(
-                "limits.enroll_per_minute and limits.max_concurrent_streams must be at least 1"
-                    .into(),
-            ));
+        if l.max_unauthenticated_per_address == 0 {
+            bad(
+                "limits.max_unauthenticated_per_address",
+                "must be at least 1 (enrollment needs a connection without a certificate)",
+            );
+        }
+        if l.enroll_per_minute == 0 {
+            bad("limits.enroll_per_minute", one);
+        }
+        if l.max_concurrent_streams == 0 {
+            bad("limits.max_concurrent_streams", one);
         }
         for (name, d) in [
             ("handshake_timeout", l.handshake_timeout),
@@ -188,15 +226,13 @@ impl ControlConfig {
             ("request_timeout", l.request_timeout),
         ] {
             if d < Duration::from_millis(100) {
-                return Err(parse_err(format!("limits.{name} must be at least 100ms")));
+                bad(&format!("limits.{name}"), "must be at least 100ms");
             }
         }
-        if cfg.heartbeat_interval < Duration::from_millis(100) {
-            return Err(parse_err(
-                "heartbeat_interval must be at least 100ms".into(),
-            ));
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            bad("heartbeat_interval", "must be at least 100ms");
         }
-        Ok(cfg)
+        p
     }
 
     /// The complete, commented file that `picket-control init` writes.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub mod agent;
+pub mod check;
 pub mod control;
 pub mod profile;
 

@@ -43,6 +43,19 @@ enum Cmd {
         #[arg(long, value_name = "ADDR")]
         http_listen: Option<SocketAddr>,
     },
+    /// Check control.toml and the alert file it names, offline (nothing
+    /// starts): each problem as FILE:LINE:COL: field: message; exit 0
+    /// clean, 1 on a problem, 2 if the file cannot be read.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// One JSON object a finding, for CI annotations.
+        #[arg(short = 'o', long = "output", value_parser = ["table", "json"], default_value = "table")]
+        output: String,
+        /// Warnings fail the check too.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Start a loopback control plane with a local agent, for a first look.
     Dev(picket_control::dev::DevArgs),
     /// Print the CA fingerprint that agents pin (`sha256:HEX`).
@@ -104,6 +117,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// `picket-control check`: control.toml, then the alert file it names.
+fn check(config: &std::path::Path, json: bool, strict: bool) -> anyhow::Result<()> {
+    use picket_config::check::{Doc, Level};
+    let text = picket_config::read(config).map_err(|e| BadConfig(e.into()))?;
+    let name = config.display().to_string();
+    let (cfg, mut found) = picket_config::control::ControlConfig::check(&name, &text, config);
+    if let Some(alerts) = cfg.and_then(|c| c.alerts) {
+        match std::fs::read_to_string(&alerts) {
+            Ok(t) => {
+                found.extend(picket_alert::rules::check_file(&alerts.display().to_string(), &t).1)
+            }
+            Err(e) => found.push(Doc::new(&name, &text).problem(
+                "alerts",
+                &format!("cannot read {}: {e}", alerts.display()),
+                Level::Error,
+            )),
+        }
+    }
+    let tally = picket_config::check::print(&found, json, &mut std::io::stdout().lock())?;
+    if tally.fails(strict) {
+        anyhow::bail!("{tally}");
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Init { data_dir, sans } => {
@@ -147,6 +185,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 server::run(cfg, listeners, shutdown).await
             })
         }
+        Cmd::Check {
+            config,
+            output,
+            strict,
+        } => check(&config, output == "json", strict),
         Cmd::CaFingerprint { data_dir } => {
             let ca = picket_pki::Ca::load(&data_dir)
                 .map_err(|e| BadConfig(anyhow::Error::from(e).context("no usable CA")))?;

@@ -6,6 +6,7 @@
 mod alerts;
 mod backup;
 mod chaos;
+mod checks;
 mod dev;
 mod events;
 mod fail2ban;

@@ -21,6 +21,8 @@ pub async fn run(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     match cmd {
+        // Answered before anything connects (`cmd::check`).
+        AlertsCmd::Check { .. } => Ok(()),
         AlertsCmd::List { state } => {
             let all = admin
                 .list_alerts(v1::ListAlertsRequest {

@@ -4,6 +4,7 @@
 mod agents;
 mod alerts;
 mod audit;
+mod check;
 mod docs;
 mod events;
 mod logs;
@@ -16,7 +17,7 @@ mod user;
 
 use anyhow::anyhow;
 
-use crate::args::{Cli, Cmd};
+use crate::args::{AlertsCmd, Cli, Cmd, RolloutCmd};
 use crate::client;
 use crate::settings::Settings;
 
@@ -27,15 +28,23 @@ pub(crate) fn rpc(s: tonic::Status) -> anyhow::Error {
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     // What needs no server is answered before any setting is read.
+    let fmt = cli.output;
     match &cli.cmd {
         Cmd::Completions { shell } => return docs::completions(*shell, &mut std::io::stdout()),
         Cmd::Man { dir } => return docs::man(dir),
+        Cmd::Rollout(RolloutCmd::Check { files, strict }) => {
+            return check::files(files, check::Kind::Rollout, *strict, fmt);
+        }
+        Cmd::Alerts(AlertsCmd::Check { files, strict }) => {
+            return check::files(files, check::Kind::Alerts, *strict, fmt);
+        }
+        // A rollout file is read and checked before anything connects.
+        Cmd::Rollout(RolloutCmd::Create { file }) => check::before_create(file)?,
         _ => {}
     }
     let settings = Settings::resolve(&cli)?;
     let mut admin = client::connect(&settings).await?;
     let out = &mut std::io::stdout().lock();
-    let fmt = cli.output;
     match cli.cmd {
         Cmd::Agents(c) => agents::run(&mut admin, c, fmt, out).await,
         Cmd::Token(c) => token::run(&mut admin, c, fmt, out).await,

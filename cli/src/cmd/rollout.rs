@@ -39,6 +39,8 @@ pub async fn run(
             writeln!(out, "{id}")?;
             return Ok(());
         }
+        // Answered before anything connects (`cmd::check`).
+        RolloutCmd::Check { .. } => return Ok(()),
         RolloutCmd::List => {
             let all = admin
                 .list_rollouts(v1::ListRolloutsRequest {})
