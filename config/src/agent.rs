@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::ConfigError;
-use crate::check::{Doc, Finding, Level};
+use crate::check::Finding;
 use picket_model::{Labels, SourceKind, validate_label, validate_name};
 use serde::{Deserialize, Serialize};
 
@@ -108,18 +108,7 @@ impl AgentConfig {
     /// Every finding in `text` (named `file` in them), with the config
     /// when it reads: what `picket-agent check` prints.
     pub fn check(file: &str, text: &str) -> (Option<Self>, Vec<Finding>) {
-        let doc = Doc::new(file, text);
-        match toml::from_str::<AgentConfig>(text) {
-            Err(e) => (None, vec![doc.toml_error(&e)]),
-            Ok(cfg) => {
-                let found = cfg
-                    .problems()
-                    .iter()
-                    .map(|(f, m)| doc.problem(f, m, Level::Error))
-                    .collect();
-                (Some(cfg), found)
-            }
-        }
+        crate::check::config(file, text, |c| c, AgentConfig::problems)
     }
 
     /// What is wrong with the values, each with its field.

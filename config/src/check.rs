@@ -336,6 +336,29 @@ pub fn all_problems(
     Err(crate::ConfigError::bad(path, all.join("; ")))
 }
 
+/// Every finding in a daemon's config file: what TOML refuses (a syntax
+/// error, an unknown key, a wrong type), else each of `problems` of the
+/// config as `resolve` makes it; with the config when it reads.
+pub fn config<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+    resolve: impl FnOnce(T) -> T,
+    problems: impl Fn(&T) -> Vec<(String, String)>,
+) -> (Option<T>, Vec<Finding>) {
+    let doc = Doc::new(file, text);
+    match toml::from_str::<T>(text) {
+        Err(e) => (None, vec![doc.toml_error(&e)]),
+        Ok(raw) => {
+            let cfg = resolve(raw);
+            let found = problems(&cfg)
+                .iter()
+                .map(|(f, m)| doc.problem(f, m, Level::Error))
+                .collect();
+            (Some(cfg), found)
+        }
+    }
+}
+
 /// Every finding in a rollout file's text, by the checks `rollout
 /// create` runs (`RawSpec::check`).
 pub fn rollout(file: &str, text: &str) -> Vec<Finding> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::ConfigError;
-use crate::check::{Doc, Finding, Level};
+use crate::check::Finding;
 use serde::Deserialize;
 
 /// The parsed `control.toml`. Unknown keys are errors, so a typo is caught
@@ -160,19 +160,12 @@ impl ControlConfig {
     /// Every finding in `text` (the file `path`, named `file` in them),
     /// with the config when it reads: what `picket-control check` prints.
     pub fn check(file: &str, text: &str, path: &Path) -> (Option<Self>, Vec<Finding>) {
-        let doc = Doc::new(file, text);
-        match toml::from_str::<ControlConfig>(text) {
-            Err(e) => (None, vec![doc.toml_error(&e)]),
-            Ok(cfg) => {
-                let cfg = cfg.resolved(path);
-                let found = cfg
-                    .problems()
-                    .iter()
-                    .map(|(f, m)| doc.problem(f, m, Level::Error))
-                    .collect();
-                (Some(cfg), found)
-            }
-        }
+        crate::check::config(
+            file,
+            text,
+            |c: Self| c.resolved(path),
+            ControlConfig::problems,
+        )
     }
 
     /// Relative paths made relative to the file, as a user editing it
