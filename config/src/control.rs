@@ -89,6 +89,10 @@ pub struct Limits {
     /// stream) within this.
     #[serde(with = "picket_model::duration")]
     pub request_timeout: Duration,
+    /// Bytes of live records that may wait for one `logs -f`/`events -f`
+    /// follower; one that falls further behind reads what it missed from
+    /// the store instead, then goes on live (nothing is lost or repeated).
+    pub follower_queue_bytes: usize,
 }
 
 impl Default for Limits {
@@ -103,6 +107,7 @@ impl Default for Limits {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
+            follower_queue_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -224,6 +229,9 @@ impl ControlConfig {
         }
         if self.heartbeat_interval < Duration::from_millis(100) {
             bad("heartbeat_interval", "must be at least 100ms");
+        }
+        if l.follower_queue_bytes < 4096 {
+            bad("limits.follower_queue_bytes", "must be at least 4096");
         }
         p
     }

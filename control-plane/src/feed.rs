@@ -11,10 +11,12 @@
 //! Memory is bounded against any viewer: a `--limit`/`--tail N` backlog is
 //! read twice (a count, then the records past the first `count - N`)
 //! instead of held, and each follower's live queue is bounded by bytes
-//! ([`FOLLOWER_BYTES`]); one that falls further behind is told so, with
-//! where to resume, after what it was sent.
+//! ([`FOLLOWER_BYTES`] unless `[limits] follower_queue_bytes` says
+//! otherwise); one that falls further behind is not cut off: it reads
+//! what it missed from the store, where every record is, then goes on
+//! live (`Feed::serve`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use picket_model::Severity;
@@ -43,6 +45,7 @@ pub struct Feed {
     shutdown: CancellationToken,
     /// Query tasks are awaited at shutdown.
     tasks: TaskTracker,
+    pub stats: Stats,
 }
 
 /// The followers of one kind of record, each with its own queue.
@@ -88,9 +91,6 @@ pub enum End {
     Store(#[from] StoreError),
     #[error("control plane shutting down")]
     ShuttingDown,
-    /// The follower fell behind: the message says where to resume.
-    #[error("{0}")]
-    Lagged(String),
 }
 
 /// What a stream from the feed carries.
@@ -182,7 +182,16 @@ impl Feed {
             order: Mutex::new(()),
             shutdown,
             tasks,
+            stats: Stats::default(),
         })
+    }
+
+    /// Each follower's live queue holds at most `bytes` (`[limits]
+    /// follower_queue_bytes`); past that it catches up from the store.
+    pub fn with_follower_budget(mut self, bytes: usize) -> Self {
+        self.events.budget = bytes;
+        self.logs.budget = bytes;
+        self
     }
 
     /// Gives `r`'s events and lines their ids, stores the batch with the
@@ -327,6 +336,9 @@ type Scan<T> =
         Option<&'a str>,
     ) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>, StoreError>;
 
+/// Where a kind of record is read: its store scan, and its live followers.
+type Source<T> = (Scan<T>, fn(&Feed) -> &Live<T>);
+
 impl Feed {
     /// Streams events into `tx`: the backlog (the newest `limit` if
     /// non-zero), then, with `follow`, live ones. Ends when the receiver
@@ -343,7 +355,7 @@ impl Feed {
             f,
             live,
             snapshot,
-            |s, since, host| s.events_since(since, host),
+            (|s, since, host| s.events_since(since, host), |f| &f.events),
             limit,
             tx,
         );
@@ -362,44 +374,102 @@ impl Feed {
             f,
             live,
             snapshot,
-            |s, since, host| s.logs_since(since, host),
+            (|s, since, host| s.logs_since(since, host), |f| &f.logs),
             tail,
             tx,
         );
     }
 
     /// The backlog up to the snapshot id (read on a blocking thread), then
-    /// the live records above it ([`Feed::snapshot`]).
+    /// the live records above it ([`Feed::snapshot`]). A follower whose
+    /// live queue overflows is not cut off: it reads the records it missed
+    /// from the store (everything above the last one its queue held, up to
+    /// a new snapshot taken as it subscribes again), then goes on live
+    /// above that snapshot: the same stitch as the start, no gap and no
+    /// repeat, and no more memory than one queue's budget.
     fn serve<T: Stored, F: Filter<T>>(
         self: &Arc<Self>,
         f: F,
         live: Option<LiveRx<T>>,
         snapshot: u64,
-        scan: Scan<T>,
+        (scan, live_of): Source<T>,
         last_n: usize,
         tx: mpsc::Sender<Item<T>>,
     ) {
         let f = Arc::new(f);
         let feed = self.clone();
         self.tasks.spawn(async move {
-            let (store, f2, tx2) = (feed.store.clone(), f.clone(), tx.clone());
-            let backlog_sent = tokio::task::spawn_blocking(move || {
-                let read = || {
-                    scan(&store, f2.since(), f2.host()).map(|items| {
-                        items.filter(|r| {
-                            r.as_ref()
-                                .map_or(true, |x| x.id() <= snapshot && f2.keep(x))
+            let _following = live.is_some().then(|| Gauge::up(&feed.stats.followers));
+            // The backlog: ids at or below the snapshot (and, when catching
+            // up, above what was already sent).
+            let read_range = |above: u64, upto: u64, last_n: usize| {
+                let (store, f2, tx2) = (feed.store.clone(), f.clone(), tx.clone());
+                let sent = feed.stats.sent.clone();
+                tokio::task::spawn_blocking(move || {
+                    let read = || {
+                        scan(&store, f2.since(), f2.host()).map(|items| {
+                            items.filter(|r| {
+                                r.as_ref().map_or(true, |x| {
+                                    x.id() > above && x.id() <= upto && f2.keep(x)
+                                })
+                            })
                         })
-                    })
-                };
-                send_backlog(read, last_n, &tx2)
-            })
-            .await
-            .unwrap_or(false);
-            if let (true, Some(live)) = (backlog_sent, live) {
-                follow_live(live, snapshot, |x: &T| f.keep(x), &tx, &feed.shutdown).await;
+                    };
+                    send_backlog(read, last_n, &tx2, &sent)
+                })
+            };
+            let backlog_sent = read_range(0, snapshot, last_n).await.unwrap_or(false);
+            let (Some(mut live), true) = (live, backlog_sent) else {
+                return;
+            };
+            let mut snapshot = snapshot;
+            loop {
+                let keep = |x: &T| f.keep(x);
+                match follow_live(live, snapshot, keep, &tx, &feed.shutdown, &feed.stats.sent).await
+                {
+                    Followed::Ended => return,
+                    Followed::Behind { seen } => {
+                        let _catching_up = Gauge::up(&feed.stats.catching_up);
+                        feed.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
+                        let (rx, now) = feed.snapshot(Some(live_of(&feed)));
+                        let Some(rx) = rx else { return };
+                        if !read_range(seen, now, 0).await.unwrap_or(false) {
+                            return;
+                        }
+                        (live, snapshot) = (rx, now);
+                    }
+                }
             }
         });
+    }
+}
+
+/// The feed's own counters, on `/metrics`.
+#[derive(Default)]
+pub struct Stats {
+    /// `-f` streams open now.
+    pub followers: Arc<AtomicI64>,
+    /// Of them, reading what they missed from the store now.
+    pub catching_up: Arc<AtomicI64>,
+    /// Times a follower fell behind its live queue and caught up from the store.
+    pub catch_ups: Arc<AtomicU64>,
+    /// Records sent to queries and followers.
+    pub sent: Arc<AtomicU64>,
+}
+
+/// One up on a gauge while held.
+struct Gauge(Arc<AtomicI64>);
+
+impl Gauge {
+    fn up(g: &Arc<AtomicI64>) -> Gauge {
+        g.fetch_add(1, Ordering::Relaxed);
+        Gauge(g.clone())
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -411,6 +481,7 @@ fn send_backlog<T, I>(
     read: impl Fn() -> Result<I, StoreError>,
     last_n: usize,
     tx: &mpsc::Sender<Item<T>>,
+    sent: &AtomicU64,
 ) -> bool
 where
     I: Iterator<Item = Result<T, StoreError>>,
@@ -445,10 +516,20 @@ where
                 if tx.blocking_send(Ok(Arc::new(x))).is_err() {
                     return false;
                 }
+                sent.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
     true
+}
+
+/// How following the live queue ended.
+enum Followed {
+    /// The receiver left, the control plane is stopping, or the feed closed.
+    Ended,
+    /// The queue overflowed: every record above `seen` (the last id it
+    /// held) is to be read from the store.
+    Behind { seen: u64 },
 }
 
 async fn follow_live<T: Stored>(
@@ -457,63 +538,33 @@ async fn follow_live<T: Stored>(
     keep: impl Fn(&T) -> bool,
     tx: &mpsc::Sender<Item<T>>,
     shutdown: &CancellationToken,
-) {
-    let mut last_time = None;
+    sent: &AtomicU64,
+) -> Followed {
+    let mut seen = snapshot;
     loop {
         let next = tokio::select! {
             r = live.recv() => r,
-            _ = tx.closed() => return,
+            _ = tx.closed() => return Followed::Ended,
             _ = shutdown.cancelled() => {
                 let _ = tx.send(Err(End::ShuttingDown)).await;
-                return;
+                return Followed::Ended;
             }
         };
         match next {
             Ok(x) => {
-                if x.id() > snapshot && keep(&x) {
-                    last_time = Some(x.time_ms());
-                    if tx.send(Ok(x)).await.is_err() {
-                        return;
+                if x.id() > snapshot {
+                    seen = seen.max(x.id());
+                    if keep(&x) {
+                        if tx.send(Ok(x)).await.is_err() {
+                            return Followed::Ended;
+                        }
+                        sent.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
-            Err(Ended::Lagged) => {
-                let _ = tx
-                    .send(Err(End::Lagged(lagged_message(
-                        last_time,
-                        picket_clock::now_ms(),
-                    ))))
-                    .await;
-                return;
-            }
-            Err(Ended::Closed) => return,
+            Err(Ended::Lagged) => return Followed::Behind { seen },
+            Err(Ended::Closed) => return Followed::Ended,
         }
-    }
-}
-
-/// What a follower that fell behind is told: why, the last record it got,
-/// and the `--since` that resumes from there.
-fn lagged_message(last_time: Option<i64>, now_ms: i64) -> String {
-    let mib = FOLLOWER_BYTES / (1024 * 1024);
-    let head = format!(
-        "fell behind the live feed (more than {mib} MiB waiting to be sent) and was cut off"
-    );
-    match last_time {
-        Some(t) => {
-            let mins = (now_ms.saturating_sub(t) / 60_000 + 1).max(1);
-            let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t) * 1_000_000)
-                .ok()
-                .and_then(|d| {
-                    d.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_else(|| t.to_string());
-            format!(
-                "{head}; the last record sent was of {at}: run again with --since {mins}m to resume \
-                 (records from just before it may show again)"
-            )
-        }
-        None => format!("{head} before any live record was sent; run again to resume"),
     }
 }
 
@@ -567,16 +618,6 @@ mod tests {
     }
 
     #[test]
-    fn the_lagged_message_says_where_to_resume() {
-        let m = lagged_message(Some(60_000), 60_000 + 150_000);
-        assert!(
-            m.contains("--since 3m") && m.contains("1970-01-01T00:01:00Z"),
-            "{m}"
-        );
-        assert!(lagged_message(None, 0).contains("before any live record"));
-    }
-
-    #[test]
     fn the_last_n_are_sent_without_holding_them() {
         let (tx, mut rx) = mpsc::channel(64);
         let all: Vec<LogRecord> = (1..=10).map(|i| line(i, "l")).collect();
@@ -585,16 +626,16 @@ mod tests {
             reads.set(reads.get() + 1);
             Ok::<_, StoreError>(all.clone().into_iter().map(Ok))
         };
-        assert!(send_backlog(read, 3, &tx));
+        assert!(send_backlog(read, 3, &tx, &AtomicU64::new(0)));
         assert_eq!(reads.get(), 2);
         let mut ids = Vec::new();
         while let Ok(Ok(x)) = rx.try_recv() {
             ids.push(x.id);
         }
         assert_eq!(ids, [8, 9, 10]);
-        assert!(send_backlog(read, 0, &tx));
+        assert!(send_backlog(read, 0, &tx, &AtomicU64::new(0)));
         assert_eq!(reads.get(), 3, "no count without a limit");
-        assert!(send_backlog(read, 50, &tx));
+        assert!(send_backlog(read, 50, &tx, &AtomicU64::new(0)));
         let n = std::iter::from_fn(|| rx.try_recv().ok()).count();
         assert_eq!(n, 20);
     }

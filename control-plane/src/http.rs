@@ -268,6 +268,16 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
             "Enrollment attempts refused by the per-address rate limit",
             &state.counters.enroll_rate_limited,
         ),
+        (
+            "picket_control_follower_records_sent",
+            "Events and log lines sent to queries and -f followers since start",
+            &state.feed.stats.sent,
+        ),
+        (
+            "picket_control_follower_catch_ups",
+            "Times a -f follower fell behind its live queue and read what it missed from the store",
+            &state.feed.stats.catch_ups,
+        ),
     ] {
         let g = Gauge::<i64>::default();
         g.set(i64::try_from(v.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
@@ -281,6 +291,23 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
         "gRPC connections open without a client certificate (handshaking or enrolling)",
         g,
     );
+
+    for (name, help, v) in [
+        (
+            "picket_control_followers",
+            "logs -f and events -f streams open now",
+            &state.feed.stats.followers,
+        ),
+        (
+            "picket_control_followers_catching_up",
+            "Of them, reading what they missed from the store now",
+            &state.feed.stats.catching_up,
+        ),
+    ] {
+        let g = Gauge::<i64>::default();
+        g.set(v.load(Ordering::Relaxed));
+        reg.register(name, help, g);
+    }
 
     notifications(&mut reg, state);
 

@@ -109,11 +109,10 @@ pub async fn run(
     let sessions = Arc::new(Sessions::default());
     let steps = Arc::new(crate::steps::Steps::new(sessions.clone()));
     let sinks = crate::ingest::Sinks {
-        feed: Arc::new(crate::feed::Feed::new(
-            store.clone(),
-            shutdown.clone(),
-            tasks.clone(),
-        )?),
+        feed: Arc::new(
+            crate::feed::Feed::new(store.clone(), shutdown.clone(), tasks.clone())?
+                .with_follower_budget(cfg.limits.follower_queue_bytes),
+        ),
         fleet: Default::default(),
         counters: Default::default(),
         alerts: crate::alert::tap::Tap::detached(),

@@ -586,6 +586,5 @@ fn feed_end(e: crate::feed::End) -> Status {
     match e {
         End::Store(e) => internal(e),
         End::ShuttingDown => Status::unavailable("control plane shutting down"),
-        End::Lagged(why) => Status::resource_exhausted(why),
     }
 }
