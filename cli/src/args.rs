@@ -100,6 +100,10 @@ pub enum Cmd {
         /// Then follow new events as they arrive.
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Only events after this cursor (the `cursor` of a JSON line): a
+        /// forwarder that restarts resumes exactly where it stopped.
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
     },
     /// Raw log lines from the fleet's sources, oldest first.
     Logs {
@@ -122,6 +126,10 @@ pub enum Cmd {
         /// Then follow new lines as they arrive.
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Only lines after this cursor (the `cursor` of a JSON line): a
+        /// forwarder that restarts resumes exactly where it stopped.
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
     },
     /// Run one command on every host matching a selector; each host's
     /// result as it finishes. Exits 1 if any host did not succeed.

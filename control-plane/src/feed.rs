@@ -348,13 +348,14 @@ impl Feed {
         f: EventFilter,
         limit: usize,
         follow: bool,
+        after: u64,
         tx: mpsc::Sender<Item<EventRecord>>,
     ) {
         let (live, snapshot) = self.snapshot(follow.then_some(&self.events));
         self.serve(
             f,
             live,
-            snapshot,
+            (after, snapshot),
             (|s, since, host| s.events_since(since, host), |f| &f.events),
             limit,
             tx,
@@ -367,13 +368,14 @@ impl Feed {
         f: LogFilter,
         tail: usize,
         follow: bool,
+        after: u64,
         tx: mpsc::Sender<Item<LogRecord>>,
     ) {
         let (live, snapshot) = self.snapshot(follow.then_some(&self.logs));
         self.serve(
             f,
             live,
-            snapshot,
+            (after, snapshot),
             (|s, since, host| s.logs_since(since, host), |f| &f.logs),
             tail,
             tx,
@@ -391,7 +393,7 @@ impl Feed {
         self: &Arc<Self>,
         f: F,
         live: Option<LiveRx<T>>,
-        snapshot: u64,
+        (after, snapshot): (u64, u64),
         (scan, live_of): Source<T>,
         last_n: usize,
         tx: mpsc::Sender<Item<T>>,
@@ -418,11 +420,13 @@ impl Feed {
                     send_backlog(read, last_n, &tx2, &sent)
                 })
             };
-            let backlog_sent = read_range(0, snapshot, last_n).await.unwrap_or(false);
+            let backlog_sent = read_range(after, snapshot, last_n).await.unwrap_or(false);
             let (Some(mut live), true) = (live, backlog_sent) else {
                 return;
             };
-            let mut snapshot = snapshot;
+            // A cursor newer than the snapshot: live records up to it were
+            // sent before.
+            let mut snapshot = snapshot.max(after);
             loop {
                 let keep = |x: &T| f.keep(x);
                 match follow_live(live, snapshot, keep, &tx, &feed.shutdown, &feed.stats.sent).await
@@ -442,6 +446,23 @@ impl Feed {
             }
         });
     }
+}
+
+/// The cursor of the record with ingest id `id`: what `after` takes to
+/// resume exactly after it. Opaque to clients (`i` and the id today).
+pub fn cursor(id: u64) -> String {
+    format!("i{id}")
+}
+
+/// The ingest id a cursor stands for ("" is the start).
+pub fn after(cursor: &str) -> Result<u64, String> {
+    if cursor.is_empty() {
+        return Ok(0);
+    }
+    cursor
+        .strip_prefix('i')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("{cursor:?} is not a cursor (a JSON line's \"cursor\")"))
 }
 
 /// The feed's own counters, on `/metrics`.

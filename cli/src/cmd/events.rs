@@ -22,7 +22,7 @@ pub async fn run(admin: &mut Admin, q: v1::EventsQuery, fmt: Format) -> anyhow::
                     &json!({"host": e.host, "source": e.source, "seq": e.seq,
                             "time": time(e.time_unix_ms), "received": time(e.received_unix_ms),
                             "severity": sev, "kind": e.kind, "message": e.message,
-                            "fields": fields, "path": e.path}),
+                            "fields": fields, "path": e.path, "cursor": e.cursor}),
                 )
             }
             Format::Table => {

@@ -16,7 +16,8 @@ pub async fn run(admin: &mut Admin, q: v1::LogsQuery, fmt: Format) -> anyhow::Re
             out,
             &json!({"host": l.host, "source": l.source, "path": l.path,
                     "time": time(l.time_unix_ms), "seq": l.seq, "line": l.line,
-                    "truncated": l.truncated, "invalid_utf8": l.invalid_utf8}),
+                    "truncated": l.truncated, "invalid_utf8": l.invalid_utf8,
+                    "cursor": l.cursor}),
         ),
         Format::Table => writeln!(out, "{} {}| {}", esc(&l.host), esc(&l.source), esc(&l.line)),
     })

@@ -61,6 +61,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             limit,
             grep,
             follow,
+            after,
         } => {
             let q = picket_proto::v1::EventsQuery {
                 host: host.unwrap_or_default(),
@@ -70,6 +71,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 limit,
                 follow,
                 grep: grep.unwrap_or_default(),
+                after: after.unwrap_or_default(),
             };
             events::run(&mut admin, q, fmt).await
         }
@@ -80,6 +82,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             grep,
             tail,
             follow,
+            after,
         } => {
             let q = picket_proto::v1::LogsQuery {
                 host: host.unwrap_or_default(),
@@ -88,6 +91,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 tail: tail.unwrap_or(0),
                 follow,
                 grep: grep.unwrap_or_default(),
+                after: after.unwrap_or_default(),
             };
             logs::run(&mut admin, q, fmt).await
         }

@@ -180,9 +180,10 @@ impl AdminService for AdminSvc {
             since: q.since_unix_ms,
             grep: grep(&q.grep)?,
         };
+        let after = crate::feed::after(&q.after).map_err(Status::invalid_argument)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
-        self.state.feed.events(filter, limit, q.follow, tx);
+        self.state.feed.events(filter, limit, q.follow, after, tx);
         let out =
             tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
                 r.map(|e| convert::event(&e)).map_err(feed_end)
@@ -202,9 +203,10 @@ impl AdminService for AdminSvc {
             since: q.since_unix_ms,
             grep: grep(&q.grep)?,
         };
+        let after = crate::feed::after(&q.after).map_err(Status::invalid_argument)?;
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let tail = usize::try_from(q.tail).unwrap_or(usize::MAX);
-        self.state.feed.logs(filter, tail, q.follow, tx);
+        self.state.feed.logs(filter, tail, q.follow, after, tx);
         let out =
             tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
                 r.map(|l| convert::log_line(&l)).map_err(feed_end)

@@ -20,6 +20,7 @@ pub fn event(e: &EventRecord) -> v1::StoredEvent {
         kind: e.kind.clone(),
         message: e.message.clone(),
         fields: e.fields.clone(),
+        cursor: crate::feed::cursor(e.id),
     }
 }
 
@@ -33,6 +34,7 @@ pub fn log_line(l: &LogRecord) -> v1::StoredLogLine {
         line: l.line.clone(),
         truncated: l.truncated,
         invalid_utf8: l.invalid_utf8,
+        cursor: crate::feed::cursor(l.id),
     }
 }
 use picket_store::{AgentRecord, Inventory};
