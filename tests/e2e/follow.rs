@@ -26,47 +26,39 @@ fn a_slow_follower_of_a_burst_gets_every_line_once_in_order_and_is_not_cut() -> 
         (status_of(&w, &admin, "app-1")? == "online").then_some(())
     })?;
 
-    let mut c = w.cmd("picketctl");
-    c.args(&admin)
-        .args(["logs", "-f", "-o", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut follow = c.spawn()?;
-    let stdout = follow.stdout.take().context("stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // A reader that is not there at first: the pipe, the stream and
-        // the control plane's queue for it fill up behind it.
-        std::thread::sleep(Duration::from_secs(3));
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    // Two followers, JSON and table, each with a reader that is not there
+    // at first: the pipe, the stream and the control plane's queue for it
+    // fill up behind it.
+    let late = Duration::from_secs(3);
+    let (mut json, json_rx) = follower(&w, &admin, &["-o", "json"], late)?;
+    let (mut table, table_rx) = follower(&w, &admin, &[], late)?;
     write_lines(&app, 0, LINES)?;
-    let mut seen = Vec::with_capacity(LINES);
-    while seen.len() < LINES {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .with_context(|| format!("follower stalled after {} lines", seen.len()))?;
-        let v: serde_json::Value = serde_json::from_str(&line)?;
-        seen.push(v["line"].as_str().unwrap_or_default().to_string());
-    }
+    let json_line = |l: &str| -> Result<String> {
+        let v: serde_json::Value = serde_json::from_str(l)?;
+        Ok(v["line"].as_str().unwrap_or_default().to_string())
+    };
+    // A table line is `HOST SOURCE| LINE`.
+    let table_line = |l: &str| -> Result<String> {
+        Ok(l.split_once("| ")
+            .map(|(_, t)| t.to_string())
+            .unwrap_or_default())
+    };
+    let want: Vec<String> = (0..=LINES).map(|i| format!("line {i}")).collect();
+    let mut seen_json = take(&json_rx, LINES, json_line)?;
+    let mut seen_table = take(&table_rx, LINES, table_line)?;
     // Still following: a line written now arrives too.
     write_lines(&app, LINES, LINES + 1)?;
-    let last = rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("live after catching up")?;
-    let v: serde_json::Value = serde_json::from_str(&last)?;
-    seen.push(v["line"].as_str().unwrap_or_default().to_string());
-    let _ = follow.kill();
-    let want: Vec<String> = (0..=LINES).map(|i| format!("line {i}")).collect();
-    assert!(
-        seen == want,
-        "every line once, in order (first difference at {:?})",
-        seen.iter().zip(&want).position(|(a, b)| a != b)
-    );
+    seen_json.extend(take(&json_rx, 1, json_line)?);
+    seen_table.extend(take(&table_rx, 1, table_line)?);
+    let _ = json.kill();
+    let _ = table.kill();
+    for (name, seen) in [("json", &seen_json), ("table", &seen_table)] {
+        assert!(
+            *seen == want,
+            "{name}: every line once, in order (first difference at {:?})",
+            seen.iter().zip(&want).position(|(a, b)| a != b)
+        );
+    }
     // It did fall behind, and caught up from the store rather than being cut.
     let (_, metrics) = http_get(&cp.http, "/metrics")?;
     let catch_ups: f64 = metrics
@@ -81,18 +73,17 @@ fn a_slow_follower_of_a_burst_gets_every_line_once_in_order_and_is_not_cut() -> 
     Ok(())
 }
 
-/// `logs -f -o json` lines, from a spawned follower, as they come.
+/// A `logs -f` follower whose reader starts `late`, its lines as they
+/// come.
 fn follower(
     w: &World,
     admin: &[String],
     extra: &[&str],
-) -> Result<(
-    std::process::Child,
-    std::sync::mpsc::Receiver<serde_json::Value>,
-)> {
+    late: Duration,
+) -> Result<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
     let mut c = w.cmd("picketctl");
     c.args(admin)
-        .args(["logs", "-f", "-o", "json"])
+        .args(["logs", "-f"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -100,16 +91,30 @@ fn follower(
     let stdout = child.stdout.take().context("stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        std::thread::sleep(late);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let Ok(v) = serde_json::from_str(&line) else {
-                break;
-            };
-            if tx.send(v).is_err() {
+            if tx.send(line).is_err() {
                 break;
             }
         }
     });
     Ok((child, rx))
+}
+
+/// The next `n` lines of a follower, each as `parse` reads it.
+fn take(
+    rx: &std::sync::mpsc::Receiver<String>,
+    n: usize,
+    parse: impl Fn(&str) -> Result<String>,
+) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .with_context(|| format!("follower stalled after {} lines", out.len()))?;
+        out.push(parse(&line)?);
+    }
+    Ok(out)
 }
 
 #[test]
@@ -122,14 +127,11 @@ fn a_follower_restarted_with_its_last_cursor_resumes_exactly() -> Result<()> {
     std::fs::write(&app, "")?;
     let _agent = enroll_with_sources(&w, &cp, &fp, "app-1", &[], &[("raw", &app)])?;
     write_lines(&app, 0, 500)?;
-    let (mut first, rx) = follower(&w, &admin, &[])?;
-    let mut got = Vec::new();
-    while got.len() < 200 {
-        got.push(
-            rx.recv_timeout(Duration::from_secs(30))
-                .context("first follower")?,
-        );
-    }
+    let (mut first, rx) = follower(&w, &admin, &["-o", "json"], Duration::ZERO)?;
+    let got: Vec<serde_json::Value> = take(&rx, 200, |l| Ok(l.to_string()))?
+        .iter()
+        .map(|l| serde_json::from_str(l))
+        .collect::<Result<_, _>>()?;
     // The forwarder dies after line 199; more lines come meanwhile.
     let _ = first.kill();
     let _ = first.wait();
@@ -139,14 +141,12 @@ fn a_follower_restarted_with_its_last_cursor_resumes_exactly() -> Result<()> {
         .to_string();
     assert_eq!(got[199]["line"], "line 199");
     write_lines(&app, 500, 1000)?;
-    let (mut second, rx) = follower(&w, &admin, &["--after", &cursor])?;
-    let mut rest = Vec::new();
-    while rest.len() < 800 {
-        let v = rx
-            .recv_timeout(Duration::from_secs(30))
-            .context("resumed follower")?;
-        rest.push(v["line"].as_str().unwrap_or_default().to_string());
-    }
+    let after = ["-o", "json", "--after", &cursor];
+    let (mut second, rx) = follower(&w, &admin, &after, Duration::ZERO)?;
+    let rest = take(&rx, 800, |l| {
+        let v: serde_json::Value = serde_json::from_str(l)?;
+        Ok(v["line"].as_str().unwrap_or_default().to_string())
+    })?;
     let _ = second.kill();
     let want: Vec<String> = (200..1000).map(|i| format!("line {i}")).collect();
     assert_eq!(
