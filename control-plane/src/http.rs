@@ -185,23 +185,24 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
         reg.register(format!("picket_host_{name}"), h, family);
     }
 
-    let connected = Gauge::<i64>::default();
-    connected.set(i64::try_from(state.sessions.online_count()).unwrap_or(i64::MAX));
-    reg.register(
+    gauge(
+        &mut reg,
         "picket_control_agents_connected",
         "Agents with an open session stream",
-        connected,
+        i64::try_from(state.sessions.online_count()).unwrap_or(i64::MAX),
     );
-    let g = Gauge::<i64>::default();
-    g.set(enrolled);
-    reg.register(
+    gauge(
+        &mut reg,
         "picket_control_agents_enrolled",
         "Enrolled, unrevoked agents",
-        g,
+        enrolled,
     );
-    let g = Gauge::<i64>::default();
-    g.set(revoked);
-    reg.register("picket_control_agents_revoked", "Revoked agents", g);
+    gauge(
+        &mut reg,
+        "picket_control_agents_revoked",
+        "Revoked agents",
+        revoked,
+    );
     // Watch it: the control plane renews its certificate itself when fewer
     // than 30 days are left; a value that comes that close did not renew.
     let expiry = state
@@ -210,12 +211,11 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
         .and_then(|c| picket_pki::server::describe(&c))
         .and_then(|c| c.not_after.duration_since(std::time::UNIX_EPOCH).ok());
     if let Some(expiry) = expiry {
-        let g = Gauge::<i64>::default();
-        g.set(i64::try_from(expiry.as_secs()).unwrap_or(i64::MAX));
-        reg.register(
+        gauge(
+            &mut reg,
             "picket_control_server_cert_expiry_timestamp_seconds",
             "When the server certificate served now expires (Unix seconds)",
-            g,
+            i64::try_from(expiry.as_secs()).unwrap_or(i64::MAX),
         );
     }
     // Monotonic totals exported as gauges: promtool (2.42, Debian 12) lints
@@ -279,17 +279,15 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
             &state.feed.stats.catch_ups,
         ),
     ] {
-        let g = Gauge::<i64>::default();
-        g.set(i64::try_from(v.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
-        reg.register(name, help, g);
+        let v = i64::try_from(v.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        gauge(&mut reg, name, help, v);
     }
 
-    let g = Gauge::<i64>::default();
-    g.set(i64::try_from(state.gate.unauthenticated()).unwrap_or(i64::MAX));
-    reg.register(
+    gauge(
+        &mut reg,
         "picket_control_connections_unauthenticated",
         "gRPC connections open without a client certificate (handshaking or enrolling)",
-        g,
+        i64::try_from(state.gate.unauthenticated()).unwrap_or(i64::MAX),
     );
 
     for (name, help, v) in [
@@ -304,9 +302,7 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
             &state.feed.stats.catching_up,
         ),
     ] {
-        let g = Gauge::<i64>::default();
-        g.set(v.load(Ordering::Relaxed));
-        reg.register(name, help, g);
+        gauge(&mut reg, name, help, v.load(Ordering::Relaxed));
     }
 
     notifications(&mut reg, state);
@@ -315,6 +311,13 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
     // Writing into a String cannot fail.
     let _ = encode(&mut body, &reg);
     Ok(body)
+}
+
+/// One gauge of one value.
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(v);
+    reg.register(name, help, g);
 }
 
 /// The notifiers' figures (SPEC §10), when the alert file has any.
@@ -330,9 +333,12 @@ fn notifications(reg: &mut Registry, state: &State) {
     if names.is_empty() {
         return;
     }
-    let alerts = Gauge::<i64>::default();
-    alerts.set(i64::from(state.alerts.firing()));
-    reg.register("picket_control_alerts_firing", "Alerts firing now", alerts);
+    gauge(
+        reg,
+        "picket_control_alerts_firing",
+        "Alerts firing now",
+        i64::from(state.alerts.firing()),
+    );
     let failed = Family::<Labels, Counter>::default();
     let sent = Family::<Labels, Counter>::default();
     let queued = Family::<Labels, Gauge>::default();
