@@ -49,11 +49,6 @@ impl<C> Mailbox<C> {
         self.tx.send(make(tx)).await.map_err(|_| Gone)?;
         rx.await.map_err(|_| Gone)
     }
-
-    /// Sends a command that wants no answer.
-    pub async fn tell(&self, c: C) -> Result<(), Gone> {
-        self.tx.send(c).await.map_err(|_| Gone)
-    }
 }
 
 /// How long to sleep until `deadline` (Unix ms) from `now`; with no
