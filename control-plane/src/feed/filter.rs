@@ -1,0 +1,107 @@
+//! What a query of the feed wants ([`EventFilter`], [`LogFilter`]) and
+//! what the feed carries ([`Stored`]): pure, no store, no queue.
+
+use picket_model::Severity;
+use regex::Regex;
+
+use picket_store::records::{EventRecord, LogRecord, Timed};
+
+/// What to show of events.
+pub struct EventFilter {
+    pub host: String,
+    pub source: String,
+    pub min_severity: Option<Severity>,
+    pub since: i64,
+    pub grep: Option<Regex>,
+}
+
+impl EventFilter {
+    fn keep(&self, e: &EventRecord) -> bool {
+        (self.host.is_empty() || e.host == self.host)
+            && (self.source.is_empty() || e.source == self.source)
+            && self.min_severity.is_none_or(|m| e.severity >= m)
+            && e.time_ms >= self.since
+            && self.grep.as_ref().is_none_or(|g| g.is_match(&e.message))
+    }
+}
+
+pub struct LogFilter {
+    pub host: String,
+    pub source: String,
+    pub since: i64,
+    pub grep: Option<Regex>,
+}
+
+impl LogFilter {
+    fn keep(&self, l: &LogRecord) -> bool {
+        (self.host.is_empty() || l.host == self.host)
+            && (self.source.is_empty() || l.source == self.source)
+            && l.time_ms >= self.since
+            && self.grep.as_ref().is_none_or(|g| g.is_match(&l.line))
+    }
+}
+
+/// A stored record the feed carries (its id and time come from
+/// [`Timed`]).
+pub trait Stored: Timed + Send + Sync + 'static {
+    /// About the bytes it holds in memory.
+    fn size(&self) -> usize;
+}
+
+impl Stored for EventRecord {
+    fn size(&self) -> usize {
+        let fields: usize = self
+            .fields
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum();
+        std::mem::size_of::<Self>()
+            + self.host.len()
+            + self.source.len()
+            + self.path.len()
+            + self.kind.len()
+            + self.message.len()
+            + fields
+    }
+}
+
+impl Stored for LogRecord {
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.host.len()
+            + self.source.len()
+            + self.path.len()
+            + self.line.len()
+    }
+}
+
+/// Which records a query wants.
+pub trait Filter<T>: Send + Sync + 'static {
+    fn since(&self) -> i64;
+    fn host(&self) -> Option<&str>;
+    fn keep(&self, r: &T) -> bool;
+}
+
+impl Filter<EventRecord> for EventFilter {
+    fn since(&self) -> i64 {
+        self.since
+    }
+    fn host(&self) -> Option<&str> {
+        Some(self.host.as_str()).filter(|h| !h.is_empty())
+    }
+    fn keep(&self, e: &EventRecord) -> bool {
+        EventFilter::keep(self, e)
+    }
+}
+
+impl Filter<LogRecord> for LogFilter {
+    fn since(&self) -> i64 {
+        self.since
+    }
+    fn host(&self) -> Option<&str> {
+        Some(self.host.as_str()).filter(|h| !h.is_empty())
+    }
+    fn keep(&self, l: &LogRecord) -> bool {
+        LogFilter::keep(self, l)
+    }
+}
