@@ -154,7 +154,7 @@ struct Driver {
     rollouts: BTreeMap<String, Live>,
     /// Outputs decided but not carried out because their persist failed:
     /// carried out, in order, after the next persist that succeeds (tried
-    /// again after `retry`, and with every new input).
+    /// again after `held.retry_in()`, and with every new input).
     held: Held<(String, Vec<Output>)>,
 }
 
