@@ -184,6 +184,7 @@ impl Store {
             segments: Some(Arc::new(segments)),
         };
         store.index_received(picket_clock::now_ms())?;
+        store.start_by_id_index()?;
         Ok(store)
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use picket_store::records::{EventRecord, LogRecord, Records, Wire};
+use picket_store::records::{EventRecord, Kind, LogRecord, Records, Timed, Wire};
 use picket_store::{Store, StoreError};
 
 mod filter;
@@ -92,6 +92,13 @@ pub enum End {
     Store(#[from] StoreError),
     #[error("control plane shutting down")]
     ShuttingDown,
+    /// Records this reader had not been sent were deleted by retention.
+    #[error(
+        "fell behind the retention window: records after cursor {} were deleted before they \
+         were sent; what is still stored follows cursor {} (run again with --after {})",
+        cursor(*sent), cursor(*through), cursor(*through)
+    )]
+    Expired { sent: u64, through: u64 },
 }
 
 /// What a stream from the feed carries.
@@ -230,15 +237,29 @@ impl Feed {
     }
 }
 
-type Scan<T> =
+/// A store scan of one kind of record: from a time, or from an id on.
+type Scan<T, From> =
     for<'a> fn(
         &'a Store,
-        i64,
+        From,
         Option<&'a str>,
     ) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>, StoreError>;
 
-/// Where a kind of record is read: its store scan, and its live followers.
-type Source<T> = (Scan<T>, fn(&Feed) -> &Live<T>);
+/// Where a kind of record is read: its store scans, and its live followers.
+struct Source<T> {
+    kind: Kind,
+    since: Scan<T, i64>,
+    after: Scan<T, u64>,
+    live: fn(&Feed) -> &Live<T>,
+}
+
+// Fn pointers all: copied whatever `T` is (a derive would ask `T: Copy`).
+impl<T> Clone for Source<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Source<T> {}
 
 impl Feed {
     /// Streams events into `tx`: the backlog (the newest `limit` if
@@ -257,7 +278,12 @@ impl Feed {
             f,
             live,
             (after, snapshot),
-            (|s, since, host| s.events_since(since, host), |f| &f.events),
+            Source {
+                kind: Kind::Events,
+                since: |s, since, host| s.events_since(since, host),
+                after: |s, after, host| s.events_after(after, host),
+                live: |f| &f.events,
+            },
             limit,
             tx,
         );
@@ -277,7 +303,12 @@ impl Feed {
             f,
             live,
             (after, snapshot),
-            (|s, since, host| s.logs_since(since, host), |f| &f.logs),
+            Source {
+                kind: Kind::Logs,
+                since: |s, since, host| s.logs_since(since, host),
+                after: |s, after, host| s.logs_after(after, host),
+                live: |f| &f.logs,
+            },
             tail,
             tx,
         );
@@ -290,12 +321,17 @@ impl Feed {
     /// a new snapshot taken as it subscribes again), then goes on live
     /// above that snapshot: the same stitch as the start, no gap and no
     /// repeat, and no more memory than one queue's budget.
+    ///
+    /// What is read from an id on (a cursor, or the last record a lagging
+    /// queue held) is read by id, not scanned from `--since`; if
+    /// retention deleted records above that id, the stream ends with
+    /// [`End::Expired`], which names where to resume.
     fn serve<T: Stored, F: Filter<T>>(
         self: &Arc<Self>,
         f: F,
         live: Option<LiveRx<T>>,
         (after, snapshot): (u64, u64),
-        (scan, live_of): Source<T>,
+        source: Source<T>,
         last_n: usize,
         tx: mpsc::Sender<Item<T>>,
     ) {
@@ -309,16 +345,7 @@ impl Feed {
                 let (store, f2, tx2) = (feed.store.clone(), f.clone(), tx.clone());
                 let sent = feed.stats.sent.clone();
                 tokio::task::spawn_blocking(move || {
-                    let read = || {
-                        scan(&store, f2.since(), f2.host()).map(|items| {
-                            items.filter(|r| {
-                                r.as_ref().map_or(true, |x| {
-                                    x.id() > above && x.id() <= upto && f2.keep(x)
-                                })
-                            })
-                        })
-                    };
-                    send_backlog(read, last_n, &tx2, &sent)
+                    read(&store, source, &*f2, (above, upto), last_n, &tx2, &sent)
                 })
             };
             let backlog_sent = read_range(after, snapshot, last_n).await.unwrap_or(false);
@@ -336,7 +363,7 @@ impl Feed {
                     Followed::Behind { seen } => {
                         let _catching_up = Gauge::up(&feed.stats.catching_up);
                         feed.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
-                        let (rx, now) = feed.snapshot(Some(live_of(&feed)));
+                        let (rx, now) = feed.snapshot(Some((source.live)(&feed)));
                         let Some(rx) = rx else { return };
                         if !read_range(seen, now, 0).await.unwrap_or(false) {
                             return;
@@ -347,6 +374,72 @@ impl Feed {
             }
         });
     }
+}
+
+/// Sends the stored records with ids in `(above, upto]` that `f` keeps
+/// (the last `last_n` of them, if non-zero); false when the stream ended.
+/// Above an id (`above > 0`) they are read by id, and retention is
+/// checked before and after: a reader must learn that records it had not
+/// been sent were deleted ([`End::Expired`]), and where to resume so that
+/// it gets nothing twice.
+fn read<T: Stored, F: Filter<T>>(
+    store: &Store,
+    source: Source<T>,
+    f: &F,
+    (above, upto): (u64, u64),
+    last_n: usize,
+    tx: &mpsc::Sender<Item<T>>,
+    sent: &AtomicU64,
+) -> bool {
+    let end = |e: End| {
+        let _ = tx.blocking_send(Err(e));
+        false
+    };
+    let by_id = above > 0;
+    let before = if by_id {
+        match store.expired_through(source.kind) {
+            Ok(through) if through > above => {
+                return end(End::Expired {
+                    sent: above,
+                    through,
+                });
+            }
+            Ok(through) => through,
+            Err(e) => return end(End::Store(e)),
+        }
+    } else {
+        0
+    };
+    let scan = || {
+        let items = if by_id {
+            (source.after)(store, above, f.host())?
+        } else {
+            (source.since)(store, f.since(), f.host())?
+        };
+        Ok(items.filter(|r| {
+            r.as_ref()
+                .map_or(true, |x| x.id() > above && x.id() <= upto && f.keep(x))
+        }))
+    };
+    let Some(last_sent) = send_backlog(scan, last_n, tx, sent) else {
+        return false;
+    };
+    if by_id {
+        // Retention ran during the read: blocks it took before the read
+        // got to them are a gap. Resume past everything sent, so that
+        // nothing comes twice.
+        match store.expired_through(source.kind) {
+            Ok(through) if through > before && through > above => {
+                return end(End::Expired {
+                    sent: above,
+                    through: through.max(last_sent),
+                });
+            }
+            Ok(_) => {}
+            Err(e) => return end(End::Store(e)),
+        }
+    }
+    true
 }
 
 /// The cursor of the record with ingest id `id`: what `after` takes to
@@ -397,20 +490,20 @@ impl Drop for Gauge {
 
 /// Sends the backlog: everything as it is read, or, with `last_n`, only
 /// the last N. Those are found by reading twice (a count, then a skip of
-/// all but N), so that no N records are ever held. Returns false when the
-/// receiver left or the store failed.
-fn send_backlog<T, I>(
+/// all but N), so that no N records are ever held. Returns the highest id
+/// sent (0: none), or None when the receiver left or the store failed.
+fn send_backlog<T: Timed, I>(
     read: impl Fn() -> Result<I, StoreError>,
     last_n: usize,
     tx: &mpsc::Sender<Item<T>>,
     sent: &AtomicU64,
-) -> bool
+) -> Option<u64>
 where
     I: Iterator<Item = Result<T, StoreError>>,
 {
     let fail = |e: StoreError| {
         let _ = tx.blocking_send(Err(End::Store(e)));
-        false
+        None
     };
     let mut skip = 0;
     if last_n > 0 {
@@ -431,18 +524,21 @@ where
         Ok(it) => it,
         Err(e) => return fail(e),
     };
+    let mut last = 0;
     for item in items.skip(skip) {
         match item {
             Err(e) => return fail(e),
             Ok(x) => {
+                let id = x.id();
                 if tx.blocking_send(Ok(Arc::new(x))).is_err() {
-                    return false;
+                    return None;
                 }
+                last = last.max(id);
                 sent.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
-    true
+    Some(last)
 }
 
 /// How following the live queue ended.
@@ -548,17 +644,129 @@ mod tests {
             reads.set(reads.get() + 1);
             Ok::<_, StoreError>(all.clone().into_iter().map(Ok))
         };
-        assert!(send_backlog(read, 3, &tx, &AtomicU64::new(0)));
+        assert_eq!(send_backlog(read, 3, &tx, &AtomicU64::new(0)), Some(10));
         assert_eq!(reads.get(), 2);
         let mut ids = Vec::new();
         while let Ok(Ok(x)) = rx.try_recv() {
             ids.push(x.id);
         }
         assert_eq!(ids, [8, 9, 10]);
-        assert!(send_backlog(read, 0, &tx, &AtomicU64::new(0)));
+        assert!(send_backlog(read, 0, &tx, &AtomicU64::new(0)).is_some());
         assert_eq!(reads.get(), 3, "no count without a limit");
-        assert!(send_backlog(read, 50, &tx, &AtomicU64::new(0)));
+        assert!(send_backlog(read, 50, &tx, &AtomicU64::new(0)).is_some());
         let n = std::iter::from_fn(|| rx.try_recv().ok()).count();
         assert_eq!(n, 20);
+    }
+
+    /// A feed over a real store in `dir`, queues of `budget` bytes.
+    fn feed(dir: &std::path::Path, budget: usize) -> Arc<Feed> {
+        let store = Store::open(dir).unwrap();
+        let feed = Feed::new(store, CancellationToken::new(), TaskTracker::new()).unwrap();
+        Arc::new(feed.with_follower_budget(budget))
+    }
+
+    fn all_logs() -> LogFilter {
+        LogFilter {
+            host: String::new(),
+            source: String::new(),
+            since: 0,
+            grep: None,
+        }
+    }
+
+    /// Stores `n` lines of 500 bytes in batches of 10; their ids.
+    fn store_lines(feed: &Feed, n: u64, seq0: u64) {
+        for b in 0..n / 10 {
+            let lines: Vec<LogRecord> = (0..10)
+                .map(|i| line(seq0 + b * 10 + i, &"y".repeat(500)))
+                .collect();
+            let acked = lines.last().map(|l| l.seq).unwrap_or(0);
+            let r = Records::of(vec![], &[], &lines);
+            feed.store("h", r, acked).unwrap();
+        }
+    }
+
+    async fn drain(rx: &mut mpsc::Receiver<Item<LogRecord>>, n: usize) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while seqs.len() < n {
+            match rx.recv().await {
+                Some(Ok(l)) => seqs.push(l.seq),
+                other => panic!("after {} lines: {other:?}", seqs.len()),
+            }
+        }
+        seqs
+    }
+
+    /// A follower that stops reading while 200 lines (100 KB, 25 times its
+    /// queue) are stored falls behind, reads them by id from the store
+    /// and goes on live: every line once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_follower_reads_what_it_missed_by_id_then_goes_on_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = feed(dir.path(), 4_096);
+        let (tx, mut rx) = mpsc::channel(1);
+        feed.logs(all_logs(), 0, true, 0, tx);
+        store_lines(&feed, 200, 1);
+        let mut seqs = drain(&mut rx, 200).await;
+        assert!(feed.stats.catch_ups.load(Ordering::Relaxed) >= 1);
+        store_lines(&feed, 10, 201);
+        seqs.extend(drain(&mut rx, 10).await);
+        assert_eq!(seqs, (1..=210).collect::<Vec<_>>());
+    }
+
+    /// When retention deleted what a follower had not been sent, it is
+    /// ended with where to resume, not given a silent gap; so is a query
+    /// resumed from a cursor older than what is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_behind_retention_is_ended_with_its_resume_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = feed(dir.path(), 4_096);
+        let (tx, mut rx) = mpsc::channel(1);
+        feed.logs(all_logs(), 0, true, 0, tx);
+        store_lines(&feed, 200, 1);
+        feed.store.expire_records(i64::MAX, i64::MAX).unwrap();
+        let through = feed.store.expired_through(Kind::Logs).unwrap();
+        let mut got = Vec::new();
+        let end = loop {
+            match rx.recv().await {
+                Some(Ok(l)) => got.push(l.id),
+                Some(Err(e)) => break e,
+                None => panic!("ended without a reason"),
+            }
+        };
+        let End::Expired {
+            sent,
+            through: resume,
+        } = end
+        else {
+            panic!("{end}");
+        };
+        assert!(got.len() < 200, "it fell behind");
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+        assert!(
+            got.iter().all(|id| *id <= resume),
+            "resuming repeats nothing"
+        );
+        assert!(resume >= through && sent <= resume);
+        let msg = End::Expired {
+            sent,
+            through: resume,
+        }
+        .to_string();
+        assert!(
+            msg.contains(&format!("--after {}", cursor(resume))),
+            "{msg}"
+        );
+
+        let (tx, mut rx) = mpsc::channel(4);
+        feed.logs(all_logs(), 0, false, 5, tx);
+        assert!(matches!(
+            rx.recv().await,
+            Some(Err(End::Expired { sent: 5, .. }))
+        ));
+        // From the watermark on, nothing is missing.
+        let (tx, mut rx) = mpsc::channel(4);
+        feed.logs(all_logs(), 0, false, through, tx);
+        assert!(rx.recv().await.is_none());
     }
 }

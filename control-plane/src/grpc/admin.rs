@@ -588,5 +588,6 @@ fn feed_end(e: crate::feed::End) -> Status {
     match e {
         End::Store(e) => internal(e),
         End::ShuttingDown => Status::unavailable("control plane shutting down"),
+        e @ End::Expired { .. } => Status::out_of_range(e.to_string()),
     }
 }

@@ -48,13 +48,18 @@ const EVENTS_BY_HOST: &str = "events_by_host";
 const LOGS_BY_HOST: &str = "logs_by_host";
 const EVENTS_RECEIVED: &str = "events_received";
 const LOGS_RECEIVED: &str = "logs_received";
+const EVENTS_BY_ID: &str = "events_by_id";
+const LOGS_BY_ID: &str = "logs_by_id";
 /// Set once every block has a receive-time index entry (stores written
 /// before retention went by receive time get theirs when first opened).
 const META: &str = "meta";
 const RECEIVED_INDEXED: &[u8] = b"records.received_index";
 
+mod by_id;
 mod retention;
 mod segments;
+pub use by_id::Kind;
+use by_id::{by_id_key, by_id_value};
 mod wire;
 use retention::received_key;
 pub(crate) use segments::Segments;
@@ -176,6 +181,8 @@ struct Block {
     key: Vec<u8>,
     /// When the block's records were received (the newest of them).
     received: i64,
+    /// The highest ingest id among them.
+    max_id: u64,
     /// The records' entries ([`wire`]).
     bytes: Vec<u8>,
 }
@@ -197,6 +204,7 @@ fn blocks(recs: &[Wire<'_>]) -> Vec<Block> {
         rest = tail;
         let size: usize = block.iter().map(|r| r.size_hint()).sum();
         let received = block.iter().map(|r| r.received_ms).max().unwrap_or(0);
+        let max_id = block.iter().map(|r| r.id).max().unwrap_or(0);
         let mut bytes = Vec::with_capacity(size);
         for r in block {
             r.put(&mut bytes);
@@ -204,6 +212,7 @@ fn blocks(recs: &[Wire<'_>]) -> Vec<Block> {
         out.push(Block {
             key: key(min, first.id),
             received,
+            max_id,
             bytes,
         });
     }
@@ -332,8 +341,9 @@ impl Store {
     }
 
     /// Adds the writes that store `blocks` of `host` to `ops`: the block
-    /// (its bytes in a segment, or inline), its host index entry and its
-    /// receive-time index entry.
+    /// (its bytes in a segment, or inline), its host index entry, its
+    /// by-id entry, and its receive-time index entry (whose value, host
+    /// `\0` highest id, lets retention find the by-id entry).
     fn block_ops(
         &self,
         t: Tables,
@@ -372,9 +382,17 @@ impl Store {
                 value: Some(Vec::new()),
             });
             ops.push(Op {
+                tree: t.by_id,
+                key: by_id_key(b.max_id),
+                value: Some(by_id_value(host, &b.key)),
+            });
+            let mut received = host.as_bytes().to_vec();
+            received.push(0);
+            received.extend_from_slice(&b.max_id.to_be_bytes());
+            ops.push(Op {
                 tree: t.received,
                 key: received_key(b.received, &b.key),
-                value: Some(host.as_bytes().to_vec()),
+                value: Some(received),
             });
             ops.push(Op {
                 tree: t.blocks,
@@ -501,18 +519,21 @@ struct Tables {
     blocks: &'static str,
     by_host: &'static str,
     received: &'static str,
+    by_id: &'static str,
 }
 
 const EVENTS_TABLES: Tables = Tables {
     blocks: EVENTS,
     by_host: EVENTS_BY_HOST,
     received: EVENTS_RECEIVED,
+    by_id: EVENTS_BY_ID,
 };
 
 const LOGS_TABLES: Tables = Tables {
     blocks: LOGS,
     by_host: LOGS_BY_HOST,
     received: LOGS_RECEIVED,
+    by_id: LOGS_BY_ID,
 };
 
 #[cfg(test)]

@@ -39,9 +39,25 @@ impl Store {
                     break;
                 }
                 n += old.len();
-                let mut ops = Vec::with_capacity(old.len() * 3);
-                for (rk, host) in old {
+                let mut ops = Vec::with_capacity(old.len() * 4 + 1);
+                let (mut through, mut unknown) = (0, false);
+                for (rk, value) in old {
                     let block = rk.get(8..).unwrap_or_default();
+                    // `host \0 highest id`, or the host alone (a block
+                    // stored before the by-id index).
+                    let mut parts = value.splitn(2, |b| *b == 0);
+                    let host = parts.next().unwrap_or_default().to_vec();
+                    match parts.next().and_then(|id| <[u8; 8]>::try_from(id).ok()) {
+                        Some(id) => {
+                            through = through.max(u64::from_be_bytes(id));
+                            ops.push(Op {
+                                tree: t.by_id,
+                                key: id.to_vec(),
+                                value: None,
+                            });
+                        }
+                        None => unknown = true,
+                    }
                     ops.push(Op {
                         tree: t.by_host,
                         key: host_key(&host, block),
@@ -58,6 +74,7 @@ impl Store {
                         value: None,
                     });
                 }
+                ops.extend(self.expired_op(t, through, unknown)?);
                 self.kv.apply(&ops)?;
             }
             // Segment files whose blocks are all gone now.

@@ -369,3 +369,81 @@ fn blocks_of_older_stores_count_as_received_when_upgraded() {
     assert_eq!(s.expire_records(opened + day, opened + day).unwrap(), 2);
     assert!(times(&s, None, 0).is_empty());
 }
+
+fn ids_after(s: &Store, after: u64, host: Option<&str>) -> Vec<u64> {
+    let mut ids: Vec<u64> = s
+        .events_after(after, host)
+        .unwrap()
+        .map(|e| e.unwrap().id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Reading from an id on goes by the by-id index: exactly the records
+/// above it, whatever their times, and retention's watermark says what
+/// a reader resuming below it may have lost.
+#[test]
+fn records_after_an_id_come_from_the_by_id_index_and_retention_marks_what_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let mut all = Vec::new();
+    for (round, received) in [(0, 1_000), (1, 50_000), (2, 90_000)] {
+        for host in ["h", "g"] {
+            // Times spread over 30 s and out of order: several blocks a
+            // batch, whose ids interleave.
+            let ids = s.ingest_ids(6).unwrap();
+            let events: Vec<EventRecord> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let mut e = ev(host, *id, 100_000 - (i as i64 % 3) * 15_000 - round);
+                    e.received_ms = received;
+                    e
+                })
+                .collect();
+            all.extend(events.iter().map(|e| (e.id, e.host.clone())));
+            put(&s, host, events);
+        }
+    }
+    let every: Vec<u64> = all.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids_after(&s, 0, None), every);
+    for cut in [every[0], every[3], every[10], every[20], every[35]] {
+        let want: Vec<u64> = every.iter().copied().filter(|i| *i > cut).collect();
+        assert_eq!(ids_after(&s, cut, None), want, "after {cut}");
+        let want: Vec<u64> = all
+            .iter()
+            .filter(|(i, h)| *i > cut && h == "g")
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(ids_after(&s, cut, Some("g")), want, "g after {cut}");
+    }
+    assert!(ids_after(&s, every[35], None).is_empty());
+    assert_eq!(s.expired_through(Kind::Events).unwrap(), 0);
+
+    // The first round goes: the watermark is its highest id, and the
+    // by-id entries go with the blocks.
+    let before = s.kv.scan(EVENTS_BY_ID, b"").unwrap().count();
+    let gone = s.expire_records(10_000, 10_000).unwrap();
+    assert!(gone >= 4, "{gone} blocks");
+    assert_eq!(s.expired_through(Kind::Events).unwrap(), every[11]);
+    assert_eq!(s.expired_through(Kind::Logs).unwrap(), 0);
+    assert_eq!(s.kv.scan(EVENTS_BY_ID, b"").unwrap().count(), before - gone);
+    assert_eq!(ids_after(&s, 0, None), every[12..].to_vec());
+    // The watermark only rises.
+    s.expire_records(10_000, 10_000).unwrap();
+    assert_eq!(s.expired_through(Kind::Events).unwrap(), every[11]);
+
+    // A store whose index starts later (upgraded from a version without
+    // it) reads what predates the index by the time scan.
+    s.kv.put(META, b"records.by_id_from", &every[30].to_be_bytes())
+        .unwrap();
+    for kv in s.kv.scan(EVENTS_BY_ID, b"").unwrap() {
+        let (k, _) = kv.unwrap();
+        if u64::from_be_bytes(k[..8].try_into().unwrap()) < every[30] {
+            s.kv.remove(EVENTS_BY_ID, &k).unwrap();
+        }
+    }
+    assert_eq!(ids_after(&s, every[14], None), every[15..].to_vec());
+    assert_eq!(ids_after(&s, every[14], Some("h")).len(), 9);
+}
