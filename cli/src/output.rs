@@ -60,12 +60,24 @@ pub fn status_str(code: i32) -> &'static str {
     picket_proto::convert::agent_status(code).map_or("unknown", AgentStatus::as_str)
 }
 
+/// An agent's state in a table: its status, and whether the control plane
+/// can store what it sends now.
+pub fn agent_state(a: &v1::Agent) -> String {
+    let s = status_str(a.status);
+    if a.not_stored {
+        format!("{s} (not stored)")
+    } else {
+        s.to_string()
+    }
+}
+
 pub fn agent_json(a: &v1::Agent) -> Value {
     let inv = a.inventory.clone().unwrap_or_default();
     json!({
         "name": a.name,
         "labels": a.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "status": status_str(a.status),
+        "not_stored": a.not_stored,
         "last_seen": time(a.last_seen_unix_ms),
         "version": inv.agent_version,
         "os": inv.os,

@@ -47,6 +47,10 @@ pub struct ControlConfig {
     /// How long raw log lines are kept.
     #[serde(default = "default_logs_retention", with = "picket_model::duration")]
     pub logs_retention: Duration,
+    /// Free space (percent of the data folder's file system) under which
+    /// new records are refused, before the disk is full; 0: no floor.
+    #[serde(default = "default_min_free_percent")]
+    pub min_free_percent: f64,
     /// The alert file (SPEC §10), relative to control.toml; none: no
     /// alert rules.
     #[serde(default)]
@@ -117,6 +121,10 @@ fn default_events_retention() -> Duration {
 }
 fn default_logs_retention() -> Duration {
     Duration::from_secs(7 * 86400)
+}
+
+fn default_min_free_percent() -> f64 {
+    1.0
 }
 
 fn default_raw_retention() -> Duration {
@@ -230,6 +238,9 @@ impl ControlConfig {
         if self.heartbeat_interval < Duration::from_millis(100) {
             bad("heartbeat_interval", "must be at least 100ms");
         }
+        if !(0.0..=50.0).contains(&self.min_free_percent) {
+            bad("min_free_percent", "must be from 0 to 50");
+        }
         if l.follower_queue_bytes < 4096 {
             bad("limits.follower_queue_bytes", "must be at least 4096");
         }
@@ -276,6 +287,11 @@ metrics_rollup_retention = "30d"
 # Events and raw log lines are kept this long.
 events_retention = "30d"
 logs_retention = "7d"
+
+# Under this much free space (percent of the data folder's file system) new
+# records are refused, before the disk is full: agents keep them and send
+# them once space is freed. 0 turns the floor off.
+min_free_percent = 1.0
 
 # What one peer may hold of the gRPC port.
 [limits]

@@ -32,11 +32,20 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) -> std::io::Result<
         .await
 }
 
+/// Ready while the control plane can store what agents send.
 async fn ready(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
     if state.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_string(),
+        )
+    } else if let Some(why) = state.store.health().why() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store not writable: {why}\n"),
+        )
     } else {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_string())
     }
 }
 
@@ -304,6 +313,21 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
     ] {
         gauge(&mut reg, name, help, v.load(Ordering::Relaxed));
     }
+
+    let health = state.store.health();
+    gauge(
+        &mut reg,
+        "picket_control_store_writable",
+        "1 while the store takes writes, 0 while records are refused (a full or failing disk)",
+        i64::from(health.writable()),
+    );
+    // A total as a gauge, without `_total`, as the totals above (promtool).
+    gauge(
+        &mut reg,
+        "picket_control_store_write_failures",
+        "Store writes and flushes that failed (a full disk, an I/O error) since start",
+        i64::try_from(health.failures()).unwrap_or(i64::MAX),
+    );
 
     notifications(&mut reg, state);
 

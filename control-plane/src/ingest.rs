@@ -53,7 +53,7 @@ pub fn apply(
     to: &Sinks,
     agent: &str,
     acked: u64,
-    batch: v1::RecordBatch,
+    batch: &v1::RecordBatch,
 ) -> Result<u64, IngestError> {
     let mut out = Records::default();
     let received = now_ms();
@@ -115,22 +115,22 @@ pub fn apply(
             first_error.get_or_insert((r.seq, e));
         }
     }
+    // Counted once stored: a batch the store refused is applied again.
+    if last != acked {
+        let newest = out.samples.iter().max_by_key(|s| s.time_ms).cloned();
+        to.feed.store(agent, out, last)?;
+        if let Some(newest) = newest {
+            to.fleet.set_latest(agent, newest);
+        }
+        if let Some(c) = tap {
+            to.alerts.send_blocking(c);
+        }
+    }
     let counters = &to.counters;
     counters.duplicates.fetch_add(repeats, Ordering::Relaxed);
     if let Some((seq, error)) = first_error {
         counters.rejected.fetch_add(rejected, Ordering::Relaxed);
         tracing::warn!(%agent, seq, %error, rejected, "skipped records that do not decode");
-    }
-    if last == acked {
-        return Ok(acked);
-    }
-    let newest = out.samples.iter().max_by_key(|s| s.time_ms).cloned();
-    to.feed.store(agent, out, last)?;
-    if let Some(newest) = newest {
-        to.fleet.set_latest(agent, newest);
-    }
-    if let Some(c) = tap {
-        to.alerts.send_blocking(c);
     }
     Ok(last)
 }
@@ -148,7 +148,7 @@ pub fn own_event(
         seq: acked + 1,
         payload: Some(v1::record::Payload::Event(event)),
     };
-    apply(to, host, acked, picket_proto::frame::batch_of(&[record]))?;
+    apply(to, host, acked, &picket_proto::frame::batch_of(&[record]))?;
     store.flush()?;
     Ok(())
 }
@@ -228,7 +228,7 @@ mod tests {
         bad[m] = 0xff;
         batch.records.insert(2, bad.into());
 
-        assert_eq!(apply(&st, "h", 0, batch.clone()).unwrap(), 4);
+        assert_eq!(apply(&st, "h", 0, &batch).unwrap(), 4);
         assert_eq!(st.counters.rejected.load(Ordering::Relaxed), 1);
         let events: Vec<_> = store
             .events_since(0, None)
@@ -253,11 +253,11 @@ mod tests {
 
         // A replay is skipped; a record too broken to show its sequence
         // number is skipped too, and the next one still stored.
-        assert_eq!(apply(&st, "h", 4, batch).unwrap(), 4);
+        assert_eq!(apply(&st, "h", 4, &batch).unwrap(), 4);
         assert_eq!(st.counters.duplicates.load(Ordering::Relaxed), 4);
         let mut broken = frame::batch_of(&[record(6, Payload::Event(event))]);
         broken.records.insert(0, vec![0x0a, 0x7f].into());
-        assert_eq!(apply(&st, "h", 4, broken).unwrap(), 6);
+        assert_eq!(apply(&st, "h", 4, &broken).unwrap(), 6);
         assert_eq!(st.counters.rejected.load(Ordering::Relaxed), 2);
         assert_eq!(store.events_since(0, None).unwrap().count(), 2);
     }

@@ -38,6 +38,7 @@ pub mod identity;
 pub mod ingest;
 pub mod lifecycle;
 pub mod local;
+pub mod recovery;
 pub mod rollout;
 pub mod run;
 pub mod server;

@@ -90,6 +90,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let store = Store::open(&cfg.data_dir)?;
+    store.health().set_floor(cfg.min_free_percent);
     let ca = Ca::load(&cfg.data_dir).with_context(|| {
         format!(
             "no usable CA in {}; run `picket-control init`",
@@ -198,6 +199,9 @@ pub async fn run(
         crate::fleet::Retention::of(&state.cfg),
         shutdown.clone(),
     ));
+    state
+        .tasks
+        .spawn(crate::recovery::run(state.store.clone(), shutdown.clone()));
     crate::lifecycle::notify_ready(shutdown.clone());
 
     let result = tokio::select! {

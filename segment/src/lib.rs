@@ -211,14 +211,22 @@ impl Writer {
         Ok(Appended { loc, started })
     }
 
-    /// Makes every appended byte durable.
+    /// Makes every appended byte durable. After a failure the current
+    /// segment takes no more bytes (what a failed fsync left on disk is
+    /// unknown): the next append starts a new one.
     pub fn sync(&mut self) -> Result<(), SegmentError> {
-        if let Some(old) = self.closed_unsynced.take() {
-            old.sync_data().map_err(|e| io(&self.dir, e))?;
+        if let Some(old) = self.closed_unsynced.take()
+            && let Err(e) = old.sync_data()
+        {
+            self.current = None;
+            return Err(io(&self.dir, e));
         }
-        if let Some((id, file, _)) = &self.current {
-            file.sync_data()
-                .map_err(|e| io(&seg_path(&self.dir, *id), e))?;
+        if let Some((id, file, _)) = &self.current
+            && let Err(e) = file.sync_data()
+        {
+            let path = seg_path(&self.dir, *id);
+            self.current = None;
+            return Err(io(&path, e));
         }
         Ok(())
     }

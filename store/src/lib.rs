@@ -7,6 +7,7 @@
 mod alerts;
 pub mod backend;
 pub mod faults;
+pub mod health;
 pub mod metrics;
 pub mod records;
 mod rollouts;
@@ -31,12 +32,27 @@ pub enum StoreError {
     Corrupt { tree: &'static str, detail: String },
     #[error("store: the blocking task failed: {0}")]
     Task(String),
+    /// A write to the disk failed (outside the engine: a segment file).
+    #[error("store: write failed: {0}")]
+    Write(String),
+    /// Records are refused: free space is under the floor.
+    #[error("store: {0}")]
+    Full(String),
+    /// Records are refused until a probe write goes through again.
+    #[error("store: not writable ({0})")]
+    Unwritable(health::Unwritable),
+    #[error("store: being reopened after a write failure")]
+    Reopening,
 }
 
 const AGENTS: &str = "agents";
 const TOKENS: &str = "tokens";
 const USERS: &str = "users";
 const AUDIT: &str = "audit";
+/// The store's own bookkeeping.
+const META: &str = "meta";
+/// Written (and flushed) to learn whether writes go through again.
+const PROBE: &[u8] = b"health.probe";
 
 /// What the control plane knows about one enrolled agent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -157,6 +173,7 @@ pub struct Store {
     /// Where blocks of events and log lines keep their bytes; without it
     /// (a bare backend) blocks are held inline.
     segments: Option<Arc<records::Segments>>,
+    health: Arc<health::Health>,
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(
@@ -177,11 +194,16 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 impl Store {
     /// Opens (or creates) the sled store under `data_dir/store`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let kv: Arc<dyn Backend> = Arc::new(backend::Sled::open(&data_dir.join("store"))?);
+        let health = Arc::new(health::Health::new(Some(data_dir)));
+        let kv: Arc<dyn Backend> = Arc::new(backend::guarded::Guarded {
+            inner: Arc::new(backend::Sled::open(&data_dir.join("store"))?),
+            policy: health::Watch(health.clone()),
+        });
         let segments = records::open_segments(&data_dir.join("blocks"), kv.as_ref())?;
         let store = Store {
             kv,
             segments: Some(Arc::new(segments)),
+            health,
         };
         store.index_received(picket_clock::now_ms())?;
         store.start_by_id_index()?;
@@ -195,7 +217,36 @@ impl Store {
 
     /// A store on `kv` alone, blocks inline.
     pub fn with_backend(kv: Arc<dyn Backend>) -> Self {
-        Store { kv, segments: None }
+        Store {
+            kv,
+            segments: None,
+            health: Arc::new(health::Health::new(None)),
+        }
+    }
+
+    /// Whether writes go through now, and why not.
+    pub fn health(&self) -> &health::Health {
+        &self.health
+    }
+
+    /// Tries to make the store writable again after a failure: checks the
+    /// free-space floor, reopens the engine if it refuses writes since
+    /// (sled does after an I/O error), then writes and flushes a probe.
+    /// Ok when writes go through again. Records stored but not flushed
+    /// before a reopen may be gone: [`health::Health::epoch`] moves on.
+    pub fn recover(&self) -> Result<(), StoreError> {
+        self.health.room_again()?;
+        if self.kv.poisoned() {
+            // Moved on first: a flush that ends after the reopen sees it,
+            // so nothing stored before is acked as durable.
+            self.health.reopened();
+            self.kv.reopen()?;
+        }
+        self.kv
+            .put(META, PROBE, &picket_clock::now_ms().to_be_bytes())?;
+        self.kv.flush()?;
+        self.health.healthy();
+        Ok(())
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {

@@ -10,6 +10,7 @@ mod checks;
 mod dev;
 mod events;
 mod fail2ban;
+mod faults;
 mod follow;
 mod foundation;
 mod hardening;

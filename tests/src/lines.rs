@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{World, ctl, stderr, wait_for};
 
-/// The numbers of the `line N` log lines a control plane holds, and how
+/// The numbers of the `line N …` log lines a control plane holds, and how
 /// many times each.
 pub fn numbered_lines(w: &World, flags: &[String]) -> Result<HashMap<usize, usize>> {
     let out = ctl(w, flags, &["logs", "-o", "json"])?;
@@ -20,10 +20,11 @@ pub fn numbered_lines(w: &World, flags: &[String]) -> Result<HashMap<usize, usiz
     let mut counts = HashMap::new();
     for l in String::from_utf8_lossy(&out.stdout).lines() {
         let v: serde_json::Value = serde_json::from_str(l)?;
+        // `line N`, perhaps followed by more text.
         let n = v["line"]
             .as_str()
             .and_then(|l| l.strip_prefix("line "))
-            .and_then(|n| n.parse().ok())
+            .and_then(|n| n.split(' ').next()?.parse().ok())
             .with_context(|| format!("unexpected line {l}"))?;
         *counts.entry(n).or_default() += 1;
     }

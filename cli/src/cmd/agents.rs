@@ -7,7 +7,7 @@ use picket_proto::v1;
 use super::rpc;
 use crate::args::{AgentsCmd, Format};
 use crate::client::Admin;
-use crate::output::{Table, agent_json, ago, json_line, labels_str, status_str};
+use crate::output::{Table, agent_json, agent_state, ago, json_line, labels_str};
 
 pub async fn run(
     admin: &mut Admin,
@@ -81,7 +81,7 @@ pub async fn run(
                 let inv = a.inventory.clone().unwrap_or_default();
                 t.row(&[
                     a.name.clone(),
-                    status_str(a.status).to_string(),
+                    agent_state(a),
                     ago(a.last_seen_unix_ms, now),
                     inv.agent_version,
                     inv.os,

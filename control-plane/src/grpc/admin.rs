@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{self, Caller, require};
 use super::convert;
 use super::state::State;
-use super::status::{bad_input, internal};
+use super::status::{bad_input, internal, store_error};
 use picket_clock::{now_ms, to_ms};
 use picket_pki::{SubjectKind, token};
 use picket_store::{Forget, TokenRecord, UserRecord};
@@ -39,9 +39,18 @@ impl AdminSvc {
             .state
             .store
             .agent(name)
-            .map_err(internal)?
+            .map_err(store_error)?
             .ok_or_else(|| Status::not_found(format!("no agent named {name}")))?;
-        Ok(convert::agent(&rec, self.state.sessions.is_online(name)))
+        Ok(self.view(&rec))
+    }
+
+    /// An agent as shown: whether it is connected, and whether what it
+    /// sends can be stored now.
+    fn view(&self, rec: &picket_store::AgentRecord) -> v1::Agent {
+        let online = self.state.sessions.is_online(&rec.name);
+        let mut a = convert::agent(rec, online);
+        a.not_stored = online && !self.state.store.health().writable();
+        a
     }
 }
 
@@ -223,9 +232,9 @@ impl AdminService for AdminSvc {
             .state
             .store
             .agents()
-            .map_err(internal)?
+            .map_err(store_error)?
             .iter()
-            .map(|r| convert::agent(r, self.state.sessions.is_online(&r.name)))
+            .map(|r| self.view(r))
             .collect();
         Ok(Response::new(v1::ListAgentsResponse { agents }))
     }
@@ -259,7 +268,7 @@ impl AdminService for AdminSvc {
                 Ok(updated)
             })
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         if updated.is_none() {
             st.audit
                 .record(&caller.actor(), "agents.revoke", &name, "error: not found");
@@ -312,7 +321,7 @@ impl AdminService for AdminSvc {
                 s.flush()
             })
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         st.audit.record(
             &caller.actor(),
             "token.create",
@@ -355,7 +364,7 @@ impl AdminService for AdminSvc {
                 Ok(added)
             })
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         if added.is_err() {
             st.audit
                 .record(&caller.actor(), "user.add", &target, "error: revoked");
@@ -394,7 +403,7 @@ impl AdminService for AdminSvc {
                 Ok(r)
             })
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         let Some(user) = revoked else {
             st.audit
                 .record(&caller.actor(), "user.revoke", &target, "error: not found");
@@ -423,7 +432,7 @@ impl AdminService for AdminSvc {
             .state
             .store
             .users()
-            .map_err(internal)?
+            .map_err(store_error)?
             .into_iter()
             .map(|u| v1::User {
                 name: u.name,
@@ -451,7 +460,7 @@ impl AdminService for AdminSvc {
                 Ok(o)
             })
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         let refusal = match outcome {
             Forget::Forgotten => None,
             Forget::NotFound => Some(Status::not_found(format!("no agent named {name}"))),
@@ -480,7 +489,7 @@ impl AdminService for AdminSvc {
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
         };
-        for a in self.state.store.agents().map_err(internal)? {
+        for a in self.state.store.agents().map_err(store_error)? {
             if a.revoked_ms.is_some() {
                 out.agents_revoked += 1;
             } else if self.state.sessions.is_online(&a.name) {
@@ -514,7 +523,7 @@ impl AdminService for AdminSvc {
             .state
             .audit
             .tail(n)
-            .map_err(internal)?
+            .map_err(store_error)?
             .into_iter()
             .map(|r| v1::AuditRecord {
                 time_unix_ms: r.time_ms,
@@ -534,7 +543,7 @@ impl AdminService for AdminSvc {
         require(&req, &self.state.audit, Role::Viewer, "metrics.query", "")?;
         let r = req.into_inner();
         let st = &self.state;
-        if st.store.agent(&r.host).map_err(internal)?.is_none() {
+        if st.store.agent(&r.host).map_err(store_error)?.is_none() {
             return Err(Status::not_found(format!("no agent named {}", r.host)));
         }
         let now = now_ms();
@@ -561,7 +570,7 @@ impl AdminService for AdminSvc {
         })
         .await
         .map_err(internal)?
-        .map_err(internal)?;
+        .map_err(store_error)?;
         Ok(Response::new(v1::QueryMetricsResponse {
             series: resp,
             resolution: if use_raw { "raw" } else { "1m" }.into(),

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::require_agent;
 use super::convert;
 use super::state::State;
-use super::status::{bad_input, internal};
+use super::status::{bad_input, internal, store_error};
 use picket_clock::{now_ms, to_ms};
 use picket_pki::SubjectKind;
 
@@ -56,6 +56,9 @@ impl AgentService for AgentSvc {
         }
         let st = &self.state;
         let (n, inventory) = (name.clone(), convert::inventory(&inv));
+        // The epoch before the acked number is read: a reopen after it
+        // ends the session (what it stored since may be gone).
+        let epoch = st.store.health().epoch();
         let acked = st
             .store
             .blocking(move |s| {
@@ -64,10 +67,14 @@ impl AgentService for AgentSvc {
                     r.reported_labels = reported.clone();
                     r.last_seen_ms = now_ms();
                 })?;
-                known.map(|_| s.acked_seq(&n)).transpose()
+                let acked = known.map(|_| s.acked_seq(&n)).transpose()?;
+                // The agent drops what Welcome says is stored: it must be
+                // durable, not only written.
+                s.flush()?;
+                Ok(acked)
             })
             .await
-            .map_err(internal)?
+            .map_err(|e| store_status(&st.store, e))?
             .ok_or_else(|| Status::unauthenticated(format!("agent {name} is not enrolled here")))?;
         let heartbeat = st.cfg.heartbeat_interval;
         let (tx, rx) = mpsc::channel(64);
@@ -93,11 +100,14 @@ impl AgentService for AgentSvc {
             // (A few 2 MiB batches: what queues up is stored in one go.)
             let (to_store, queue) = mpsc::channel::<v1::RecordBatch>(4);
             let mut storer = state.tasks.spawn(store_batches(
-                state.clone(),
-                name.clone(),
+                Storing {
+                    state: state.clone(),
+                    agent: name.clone(),
+                    epoch,
+                    tx: tx.clone(),
+                },
                 acked,
                 queue,
-                tx.clone(),
             ));
             let mut storer_done = None;
             let end: Option<Status> = loop {
@@ -128,7 +138,9 @@ impl AgentService for AgentSvc {
                         Ok(Ok(Some(m))) => match m.body {
                             Some(Body::Heartbeat(_)) => {
                                 state.alerts.tap.seen(&name, now_ms());
-                                if let Err(error) = seen(&state.store, &name).await {
+                                if let Err(error) = seen(&state.store, &name).await
+                                    && state.store.health().writable()
+                                {
                                     tracing::error!(%error, agent = %name, "cannot record heartbeat");
                                 }
                             }
@@ -200,7 +212,7 @@ impl AgentService for AgentSvc {
                 s.flush()
             })
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         tracing::info!(agent = %name, "certificate renewed");
         Ok(Response::new(v1::RenewResponse {
             cert_pem: issued.cert_pem,
@@ -218,31 +230,86 @@ async fn seen(store: &picket_store::Store, agent: &str) -> Result<(), picket_sto
         .await
 }
 
+/// What a session refuses with when the store failed: UNAVAILABLE with
+/// the reason while it is not writable (the agent keeps its records and
+/// retries), else an internal error.
+fn store_status(store: &picket_store::Store, e: picket_store::StoreError) -> Status {
+    match store.health().why() {
+        Some(why) => Status::unavailable(format!(
+            "the control plane cannot store records now ({why}); the agent keeps them and retries"
+        )),
+        None => store_error(e),
+    }
+}
+
+/// The status that ends a session whose store was reopened.
+fn reopened() -> Status {
+    Status::unavailable(
+        "the control plane reopened its store after a write failure; reconnect to send again what was not acked",
+    )
+}
+
+/// One session's storing side: whose records, and where acks go.
+struct Storing {
+    state: Arc<State>,
+    agent: String,
+    /// The store's epoch when the session began.
+    epoch: u64,
+    tx: mpsc::Sender<Result<v1::ControlMessage, Status>>,
+}
+
+impl Storing {
+    /// Waits for the store to take writes again after `e`; `Err` with the
+    /// status that ends the session (`None`: it just ends) when it cannot
+    /// go on.
+    async fn wait(&self, e: picket_store::StoreError) -> Result<(), Option<Status>> {
+        let store = &self.state.store;
+        if store.health().writable() {
+            return Err(Some(internal(e)));
+        }
+        let gone = async {
+            tokio::select! {
+                _ = self.state.shutdown.cancelled() => {}
+                _ = self.tx.closed() => {}
+            }
+        };
+        match crate::recovery::wait_writable(store, self.epoch, gone).await {
+            Ok(()) => Ok(()),
+            Err(crate::recovery::Stop::Reopened) => Err(Some(reopened())),
+            Err(crate::recovery::Stop::Gone) => Err(self
+                .state
+                .shutdown
+                .is_cancelled()
+                .then(|| Status::unavailable("control plane shutting down"))),
+        }
+    }
+}
+
 /// At most about this many records are stored in one go.
 const GROUP_RECORDS: usize = 16_384;
 
 /// Stores `agent`'s batches in order. Durability runs beside it: a flusher
 /// flushes whatever has been stored and acks up to there, while the next
-/// batch is written (group commit). Returns the status that should end
-/// the session, if storing failed.
+/// batch is written (group commit). A batch the store refuses (a full
+/// disk) is held and stored again once the store is writable. Returns the
+/// status that should end the session, if storing failed.
 async fn store_batches(
-    state: Arc<State>,
-    agent: String,
+    s: Storing,
     mut acked: u64,
     mut queue: mpsc::Receiver<v1::RecordBatch>,
-    tx: mpsc::Sender<Result<v1::ControlMessage, Status>>,
 ) -> Option<Status> {
+    let state = s.state.clone();
     let sinks = crate::ingest::Sinks {
         feed: state.feed.clone(),
         fleet: state.fleet.clone(),
         counters: state.counters.clone(),
         alerts: state.alerts.tap.clone(),
     };
+    let s = Arc::new(s);
     let (stored, to_flush) = watch::channel(acked);
-    let mut flusher = state
-        .tasks
-        .spawn(flush_and_ack(state.clone(), to_flush, tx));
-    while let Some(mut batch) = queue.recv().await {
+    let mut flusher = state.tasks.spawn(flush_and_ack(s.clone(), to_flush));
+    let mut end = None;
+    'batches: while let Some(mut batch) = queue.recv().await {
         // Batches that queued up while the last one was written are
         // stored with this one.
         while batch.records.len() < GROUP_RECORDS {
@@ -251,17 +318,28 @@ async fn store_batches(
                 Err(_) => break,
             }
         }
-        let (to, name) = (sinks.clone(), agent.clone());
-        let r = tokio::task::spawn_blocking(move || crate::ingest::apply(&to, &name, acked, batch))
-            .await;
-        match r {
-            Ok(Ok(new_acked)) => {
-                acked = new_acked;
-                stored.send_replace(acked);
+        let batch = Arc::new(batch);
+        loop {
+            let (to, name, b) = (sinks.clone(), s.agent.clone(), batch.clone());
+            let r =
+                tokio::task::spawn_blocking(move || crate::ingest::apply(&to, &name, acked, &b))
+                    .await;
+            match r {
+                Ok(Ok(new_acked)) => {
+                    acked = new_acked;
+                    stored.send_replace(acked);
+                    break;
+                }
+                Ok(Err(crate::ingest::IngestError::Store(e))) => match s.wait(e).await {
+                    Ok(()) => continue,
+                    Err(status) => {
+                        end = status;
+                        break 'batches;
+                    }
+                },
+                Ok(Err(e)) => return Some(Status::invalid_argument(e.to_string())),
+                Err(e) => return Some(internal(e)),
             }
-            Ok(Err(crate::ingest::IngestError::Store(e))) => return Some(internal(e)),
-            Ok(Err(e)) => return Some(Status::invalid_argument(e.to_string())),
-            Err(e) => return Some(internal(e)),
         }
         if flusher.is_finished() {
             break;
@@ -269,26 +347,32 @@ async fn store_batches(
     }
     // The flusher makes the last batches durable and acks them, then ends.
     drop(stored);
-    (&mut flusher).await.unwrap_or_else(|e| Some(internal(e)))
+    let flushed = (&mut flusher).await.unwrap_or_else(|e| Some(internal(e)));
+    end.or(flushed)
 }
 
 /// Flushes the store each time more of the agent's records are stored,
 /// then acks the highest sequence number stored before the flush began
 /// (the records ingest counts are those). Ends when storing does, after a
-/// last flush, or when the agent goes away.
-async fn flush_and_ack(
-    state: Arc<State>,
-    mut stored: watch::Receiver<u64>,
-    tx: mpsc::Sender<Result<v1::ControlMessage, Status>>,
-) -> Option<Status> {
+/// last flush, or when the agent goes away. A flush that fails is tried
+/// again once the store is writable; nothing is acked across a reopen.
+async fn flush_and_ack(s: Arc<Storing>, mut stored: watch::Receiver<u64>) -> Option<Status> {
+    let state = &s.state;
     let mut acked = *stored.borrow();
     loop {
         let more = stored.changed().await;
         let upto = *stored.borrow_and_update();
         if upto > acked {
-            let st = state.clone();
-            if let Err(e) = st.store.blocking(|s| s.flush()).await {
-                return Some(internal(e));
+            loop {
+                match state.store.blocking(|s| s.flush()).await {
+                    Ok(()) if state.store.health().epoch() == s.epoch => break,
+                    Ok(()) => return Some(reopened()),
+                    Err(e) => {
+                        if let Err(status) = s.wait(e).await {
+                            return status;
+                        }
+                    }
+                }
             }
             state
                 .counters
@@ -296,7 +380,7 @@ async fn flush_and_ack(
                 .fetch_add(upto - acked, std::sync::atomic::Ordering::Relaxed);
             acked = upto;
             let ack = control(control_message::Body::Ack(v1::Ack { acked_seq: acked }));
-            if tx.send(Ok(ack)).await.is_err() {
+            if s.tx.send(Ok(ack)).await.is_err() {
                 // The agent went away; what was stored stays stored.
                 return None;
             }

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::admin::AdminSvc;
 use super::auth::require;
-use super::status::internal;
+use super::status::{internal, store_error};
 use crate::alert::driver::{AlertError, Loaded};
 use picket_alert::engine::{Alert, Silence};
 use picket_alert::rules::{Kind, Op, Rule};
@@ -292,7 +292,7 @@ impl AdminSvc {
             .store
             .blocking(|s| s.new_run_id("silence"))
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         let s = Silence {
             id: id.clone(),
             matchers: r.matchers.into_iter().collect(),

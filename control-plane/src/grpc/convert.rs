@@ -115,6 +115,7 @@ pub fn agent(rec: &AgentRecord, online: bool) -> v1::Agent {
         enrolled_unix_ms: rec.enrolled_ms,
         cert_not_after_unix_ms: rec.cert_not_after_ms,
         last_rollout: None,
+        not_stored: false,
     }
 }
 

@@ -22,7 +22,7 @@ use picket_proto::v1::{self, enrollment_server::Enrollment};
 use tonic::{Request, Response, Status};
 
 use super::state::State;
-use super::status::{bad_input, internal};
+use super::status::{bad_input, store_error};
 use crate::audit::Audit;
 use crate::counters::Counters;
 use picket_clock::{now_ms, to_ms};
@@ -82,7 +82,7 @@ impl Enrollment for EnrollService {
         let who = peer.map_or_else(|| "unknown address".to_string(), |a| a.ip().to_string());
         let hash = token::hash(&r.token);
         let now = now_ms();
-        let checked = match s.store.check_token(&hash, now).map_err(internal)? {
+        let checked = match s.store.check_token(&hash, now).map_err(store_error)? {
             Ok(t) => t,
             Err(refusal) => {
                 refused(s, &hash, &EnrollRefusal::Token(refusal), &r.name, &who);
@@ -128,7 +128,7 @@ impl Enrollment for EnrollService {
                 Ok(e)
             })
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         let tok = match enrolled {
             Ok(t) => t,
             Err(refusal) => {

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::admin::{AdminSvc, Stream};
 use super::auth::require;
-use super::status::internal;
+use super::status::{internal, store_error};
 use crate::rollout::driver::{Action, DriverError};
 use picket_rollout::view::{View, wave_state};
 
@@ -93,7 +93,11 @@ impl AdminSvc {
         if r.argv.first().is_none_or(|a| a.is_empty()) {
             return Err(Status::invalid_argument("no command given (after --)"));
         }
-        let agents = st.store.blocking(|s| s.agents()).await.map_err(internal)?;
+        let agents = st
+            .store
+            .blocking(|s| s.agents())
+            .await
+            .map_err(store_error)?;
         let hosts: Vec<String> = agents
             .iter()
             .filter(|a| a.revoked_ms.is_none() && selector.matches_host(&a.name, &a.labels()))
@@ -108,7 +112,7 @@ impl AdminSvc {
             .store
             .blocking(|s| s.new_run_id("run"))
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         st.audit.record(
             &caller.actor(),
             "run",

@@ -52,7 +52,7 @@ const EVENTS_BY_ID: &str = "events_by_id";
 const LOGS_BY_ID: &str = "logs_by_id";
 /// Set once every block has a receive-time index entry (stores written
 /// before retention went by receive time get theirs when first opened).
-const META: &str = "meta";
+use super::META;
 const RECEIVED_INDEXED: &[u8] = b"records.received_index";
 
 mod by_id;
@@ -162,6 +162,20 @@ pub struct Records<'a> {
     pub samples: Vec<Sample>,
     pub events: Vec<Wire<'a>>,
     pub logs: Vec<Wire<'a>>,
+}
+
+impl Records<'_> {
+    /// About how many bytes storing it takes, at most (before packing).
+    pub fn bytes(&self) -> u64 {
+        let payload: usize = self
+            .events
+            .iter()
+            .chain(&self.logs)
+            .map(|w| w.payload.len() + 32)
+            .sum();
+        let points: usize = self.samples.iter().map(|s| s.points.len() * 64).sum();
+        (payload + points) as u64
+    }
 }
 
 impl Records<'static> {
@@ -330,14 +344,27 @@ impl Store {
 
     /// Stores a batch and moves `host`'s acked sequence number, atomically
     /// (block bytes in segments are synced first; see [`segments`]).
+    ///
+    /// Refused while the store is not writable (until [`Store::recover`]
+    /// finds it writable again) or free space is under the floor.
     pub fn put_records(&self, host: &str, r: &Records, acked: u64) -> Result<(), StoreError> {
+        if let Some(why) = self.health.why() {
+            return Err(StoreError::Unwritable(why));
+        }
+        let bytes = r.bytes();
+        self.health.check_space(bytes)?;
         let mut ops = Vec::with_capacity(r.samples.len() + 5);
         sample_ops(host, &r.samples, &mut ops);
         let events = blocks(&r.events);
-        self.block_ops(EVENTS_TABLES, host, events, &mut ops)?;
         let logs = blocks(&r.logs);
-        self.block_ops(LOGS_TABLES, host, logs, &mut ops)?;
-        self.kv.apply(&acked_op(host, acked, ops))
+        let written = self
+            .block_ops(EVENTS_TABLES, host, events, &mut ops)
+            .and_then(|()| self.block_ops(LOGS_TABLES, host, logs, &mut ops));
+        let written = written.and_then(|()| self.kv.apply(&acked_op(host, acked, ops)));
+        if let Err(e) = &written {
+            self.health.failed_batch(e, bytes);
+        }
+        written
     }
 
     /// Adds the writes that store `blocks` of `host` to `ops`: the block

@@ -32,6 +32,11 @@ fn seg_err(tree: &'static str, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// The disk refused a segment write (a full disk, an I/O error).
+fn write_err(e: SegmentError) -> StoreError {
+    StoreError::Write(e.to_string())
+}
+
 fn seg_key(table: &str, id: u64) -> Vec<u8> {
     let mut k = table.as_bytes().to_vec();
     k.push(0);
@@ -129,7 +134,7 @@ impl Segments {
         let mut locs = Vec::with_capacity(blocks.len());
         let mut touched = BTreeMap::new();
         for (time, bytes) in blocks {
-            let at = w.append(bytes).map_err(|e| seg_err(table, e))?;
+            let at = w.append(bytes).map_err(write_err)?;
             if let Some(file) = at.started {
                 s.files
                     .write()
@@ -141,7 +146,7 @@ impl Segments {
             touched.insert(at.loc.seg, *t);
             locs.push(at.loc);
         }
-        w.sync().map_err(|e| seg_err(table, e))?;
+        w.sync().map_err(write_err)?;
         for (id, t) in touched {
             ops.push(Op {
                 tree: SEGMENTS,

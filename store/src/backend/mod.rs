@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+pub mod guarded;
+
 use super::StoreError;
 
 /// An ordered key-value store with named trees (tables).
@@ -33,6 +35,17 @@ pub trait Backend: Send + Sync + 'static {
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
     /// A unique, increasing id (across restarts).
     fn next_id(&self) -> Result<u64, StoreError>;
+    /// Whether the engine refuses writes since one failed, until it is
+    /// reopened (sled does, after an I/O error).
+    fn poisoned(&self) -> bool {
+        false
+    }
+    /// Reopens a poisoned engine: what was written but not flushed before
+    /// the failure may be gone. Engines that recover by themselves keep
+    /// the default.
+    fn reopen(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
     /// Runs `f` on every pair of the store (whole keys, as
@@ -68,13 +81,25 @@ pub type Updater<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
 /// copies every write into per-tree caches before it commits). Ingest
 /// writes thousands of records and their index entries per batch.
 pub struct Sled {
-    db: sled::Db,
-    tree: sled::Tree,
-    /// Writes take it shared; a snapshot takes it alone.
+    path: std::path::PathBuf,
+    /// None only while it is being reopened ([`Backend::recover`]).
+    engine: std::sync::RwLock<Option<Engine>>,
+    /// Writes take it shared; a snapshot and a reopen take it alone.
     gate: std::sync::RwLock<()>,
     /// Added to sled's ids: a restored store goes on past the ids of the
     /// store it was copied from (sled's own counter starts again at 0).
     id_base: u64,
+    /// A write failed: sled refuses every write after an I/O error until
+    /// it is opened again.
+    poisoned: std::sync::atomic::AtomicBool,
+}
+
+/// One open sled database: cheap handles, cloned for each operation (an
+/// iterator keeps its own).
+#[derive(Clone)]
+struct Engine {
+    db: sled::Db,
+    tree: sled::Tree,
 }
 
 /// Where the id base is kept.
@@ -98,8 +123,8 @@ fn table_end(table: &str) -> Vec<u8> {
     k
 }
 
-impl Sled {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+impl Engine {
+    fn open(path: &Path) -> Result<Engine, StoreError> {
         let open_err = |detail: String| StoreError::Open {
             path: path.to_path_buf(),
             detail,
@@ -119,16 +144,51 @@ impl Sled {
             ));
         }
         let tree = db.open_tree(TABLES)?;
-        let id_base = tree
+        Ok(Engine { db, tree })
+    }
+}
+
+impl Sled {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let engine = Engine::open(path)?;
+        let id_base = engine
+            .tree
             .get(ID_BASE_KEY)?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
         Ok(Sled {
-            db,
-            tree,
+            path: path.to_path_buf(),
+            engine: std::sync::RwLock::new(Some(engine)),
             gate: std::sync::RwLock::new(()),
             id_base,
+            poisoned: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The open database's handles.
+    fn engine(&self) -> Result<Engine, StoreError> {
+        let slot = self.engine.read().unwrap_or_else(|p| p.into_inner());
+        slot.clone().ok_or(StoreError::Reopening)
+    }
+
+    fn tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.engine()?.tree)
+    }
+
+    /// Runs a write: shared with other writes, alone against a snapshot
+    /// or a reopen; a failure marks the engine for reopening.
+    fn write<T>(&self, f: impl FnOnce(&Engine) -> sled::Result<T>) -> Result<T, StoreError> {
+        let _w = self.writing();
+        self.marked(f(&self.engine()?))
+    }
+
+    /// Notes a failed write or flush: the engine is to be reopened.
+    fn marked<T>(&self, r: sled::Result<T>) -> Result<T, StoreError> {
+        if r.is_err() {
+            self.poisoned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(r?)
     }
 
     fn writing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
@@ -141,18 +201,18 @@ impl Sled {
         for (k, v) in pairs {
             batch.insert(k, v);
         }
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        self.write(|e| e.tree.apply_batch(batch))
     }
 
     /// Flushes everything (a restore, before the folder is put in place).
     pub fn flush_all(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.flush()
     }
 
-    fn range(&self, table: &str, start: &[u8]) -> sled::Iter {
-        self.tree.range(table_key(table, start)..table_end(table))
+    fn range(&self, table: &str, start: &[u8]) -> Result<sled::Iter, StoreError> {
+        Ok(self
+            .tree()?
+            .range(table_key(table, start)..table_end(table)))
     }
 }
 
@@ -167,25 +227,22 @@ fn strip(table_len: usize, r: sled::Result<(sled::IVec, sled::IVec)>) -> Result<
 
 impl Backend for Sled {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(table_key(tree, key))?.map(|v| v.to_vec()))
+        Ok(self.tree()?.get(table_key(tree, key))?.map(|v| v.to_vec()))
     }
 
     fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        let _w = self.writing();
-        self.tree.insert(table_key(tree, key), value)?;
-        Ok(())
+        self.write(|e| e.tree.insert(table_key(tree, key), value))
+            .map(drop)
     }
 
     fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError> {
-        let _w = self.writing();
-        self.tree.remove(table_key(tree, key))?;
-        Ok(())
+        self.write(|e| e.tree.remove(table_key(tree, key)))
+            .map(drop)
     }
 
     fn update(&self, tree: &str, key: &[u8], f: &mut Updater<'_>) -> Result<(), StoreError> {
-        let _w = self.writing();
-        self.tree.fetch_and_update(table_key(tree, key), f)?;
-        Ok(())
+        self.write(|e| e.tree.fetch_and_update(table_key(tree, key), f))
+            .map(drop)
     }
 
     fn transact(&self, keys: &[(&str, &[u8])], f: &mut Transactor<'_>) -> Result<(), StoreError> {
@@ -194,7 +251,7 @@ impl Backend for Sled {
         let f = std::cell::RefCell::new(f);
         let keys: Vec<Vec<u8>> = keys.iter().map(|(t, k)| table_key(t, k)).collect();
         let _w = self.writing();
-        let r = self.tree.transaction(|tx| {
+        let r = self.tree()?.transaction(|tx| {
             let mut vals = Vec::with_capacity(keys.len());
             for k in &keys {
                 vals.push(tx.get(k)?.map(|v| v.to_vec()));
@@ -211,7 +268,7 @@ impl Backend for Sled {
         });
         match r {
             Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Storage(e)) => self.marked(Err(e)),
             // `f` never aborts: it returns no writes instead.
             Err(TransactionError::Abort(())) => Ok(()),
         }
@@ -220,7 +277,7 @@ impl Backend for Sled {
     fn scan<'a>(&'a self, tree: &str, prefix: &[u8]) -> Result<KvIter<'a>, StoreError> {
         let n = tree.len();
         let it = self
-            .tree
+            .tree()?
             .scan_prefix(table_key(tree, prefix))
             .map(move |r| strip(n, r));
         Ok(Box::new(it))
@@ -228,13 +285,13 @@ impl Backend for Sled {
 
     fn scan_from<'a>(&'a self, tree: &str, start: &[u8]) -> Result<KvIter<'a>, StoreError> {
         let n = tree.len();
-        Ok(Box::new(self.range(tree, start).map(move |r| strip(n, r))))
+        Ok(Box::new(self.range(tree, start)?.map(move |r| strip(n, r))))
     }
 
     fn last_n(&self, tree: &str, n: usize) -> Result<Vec<Kv>, StoreError> {
         let len = tree.len();
         let mut out = self
-            .range(tree, &[])
+            .range(tree, &[])?
             .rev()
             .take(n)
             .map(|r| strip(len, r))
@@ -244,7 +301,6 @@ impl Backend for Sled {
     }
 
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let _w = self.writing();
         let mut batch = sled::Batch::default();
         for op in ops {
             let k = table_key(op.tree, &op.key);
@@ -253,19 +309,36 @@ impl Backend for Sled {
                 None => batch.remove(k),
             }
         }
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        self.write(|e| e.tree.apply_batch(batch))
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()? + self.id_base)
+        Ok(self.write(|e| e.db.generate_id())? + self.id_base)
+    }
+
+    fn poisoned(&self) -> bool {
+        self.poisoned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.engine.write().unwrap_or_else(|p| p.into_inner());
+        // The old database lets go of its file lock once dropped (and its
+        // threads are done: `open_index` waits for that); an iterator still
+        // held elsewhere keeps it, and this fails until the next call
+        // (reads fail meanwhile too).
+        drop(slot.take());
+        *slot = Some(Engine::open(&self.path)?);
+        self.poisoned
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     fn frozen(&self, f: &mut Frozen<'_>) -> Result<(), StoreError> {
         let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        let base = self.next_id()? + 1;
+        let base = self.engine()?.db.generate_id()? + self.id_base + 1;
         let pairs = self
-            .tree
+            .tree()?
             .iter()
             .filter(|r| !matches!(r, Ok((k, _)) if k.as_ref() == ID_BASE_KEY))
             .map(|r| {
@@ -280,7 +353,7 @@ impl Backend for Sled {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        // Not behind the gate: a snapshot's dump does not hold it up.
+        self.marked(self.engine()?.db.flush()).map(drop)
     }
 }
