@@ -88,14 +88,14 @@ impl Identity {
         (*self.current().config).clone()
     }
 
-    /// When to renew: two thirds into the certificate's life.
+    /// When to renew: two thirds into the certificate's life from its
+    /// issue (its start is backdated: picket_tls::skew), by the control
+    /// plane's clock.
     pub fn renew_at(&self) -> SystemTime {
         let c = self.current();
-        let life = c
-            .not_after
-            .duration_since(c.not_before)
-            .unwrap_or(Duration::ZERO);
-        c.not_before + life * 2 / 3
+        let issued = picket_tls::skew::issued(c.not_before, c.not_after);
+        let life = c.not_after.duration_since(issued).unwrap_or(Duration::ZERO);
+        issued + life * 2 / 3
     }
 
     pub fn not_after(&self) -> SystemTime {

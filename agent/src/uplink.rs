@@ -121,12 +121,13 @@ async fn session(
         Ok(s) => s,
         Err(s) => return refused_or_failed(s),
     };
-    let (heartbeat, acked) = match inbound.message().await {
+    let (heartbeat, acked, server_ms) = match inbound.message().await {
         Ok(Some(v1::ControlMessage {
             body: Some(control_message::Body::Welcome(w)),
         })) => (
             Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(100))),
             w.acked_seq,
+            w.server_unix_ms,
         ),
         Ok(_) => {
             return Ok(End::Failed(
@@ -148,9 +149,12 @@ async fn session(
 
     let mut tick = tokio::time::interval(heartbeat);
     tick.tick().await;
+    // Renewal is timed by the control plane's clock, which issued the
+    // certificate: a clock behind would renew after it expired.
+    let server_now = server_clock(server_ms);
     let renew_in = identity
         .renew_at()
-        .duration_since(picket_clock::now())
+        .duration_since(server_now)
         .unwrap_or(Duration::ZERO);
     let renew = tokio::time::sleep(renew_in);
     tokio::pin!(renew);
@@ -192,6 +196,28 @@ async fn session(
             }
         }
     }
+}
+
+/// Clocks further apart than this are worth a warning.
+const CLOCK_WARN_MS: i64 = 2_000;
+
+/// The control plane's time now, from the time it wrote in Welcome (0:
+/// a control plane that does not send it; ours is taken).
+fn server_clock(server_ms: i64) -> std::time::SystemTime {
+    let now = picket_clock::now_ms();
+    if server_ms <= 0 {
+        return picket_clock::now();
+    }
+    let ahead = server_ms - now;
+    if ahead.abs() > CLOCK_WARN_MS {
+        tracing::warn!(
+            offset_ms = -ahead,
+            "this host's clock is {:.1}s {} the control plane's; fix NTP here (certificates are renewed by the control plane's clock)",
+            ahead.abs() as f64 / 1000.0,
+            if ahead > 0 { "behind" } else { "ahead of" }
+        );
+    }
+    picket_clock::from_ms(server_ms)
 }
 
 /// Trims the buffer up to `seq`, off the runtime (it may delete segment

@@ -63,12 +63,33 @@ pub fn status_str(code: i32) -> &'static str {
 /// An agent's state in a table: its status, and whether the control plane
 /// can store what it sends now.
 pub fn agent_state(a: &v1::Agent) -> String {
-    let s = status_str(a.status);
+    let mut notes = Vec::new();
     if a.not_stored {
-        format!("{s} (not stored)")
-    } else {
-        s.to_string()
+        notes.push("not stored".to_string());
     }
+    if let Some(ms) = a.clock_offset_ms.filter(|ms| ms.abs() > CLOCK_FLAG_MS) {
+        notes.push(format!("clock {}", clock_offset(ms)));
+    }
+    let s = status_str(a.status);
+    if notes.is_empty() {
+        s.to_string()
+    } else {
+        format!("{s} ({})", notes.join(", "))
+    }
+}
+
+/// A host whose clock is further off than this is flagged in tables.
+const CLOCK_FLAG_MS: i64 = 1_000;
+
+/// `12s ahead`, `10m3s behind`, `2h0m ahead`.
+pub fn clock_offset(ms: i64) -> String {
+    let s = ms.unsigned_abs().div_ceil(1000);
+    let size = match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, s % 3600 / 60),
+    };
+    format!("{size} {}", if ms < 0 { "behind" } else { "ahead" })
 }
 
 pub fn agent_json(a: &v1::Agent) -> Value {
@@ -78,6 +99,7 @@ pub fn agent_json(a: &v1::Agent) -> Value {
         "labels": a.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "status": status_str(a.status),
         "not_stored": a.not_stored,
+        "clock_offset_ms": a.clock_offset_ms,
         "last_seen": time(a.last_seen_unix_ms),
         "version": inv.agent_version,
         "os": inv.os,
@@ -163,6 +185,22 @@ mod tests {
         );
         assert_eq!(ago(1000, 6000), "5s ago");
         assert_eq!(ago(0, 6000), "never");
+    }
+
+    #[test]
+    fn agent_states_flag_a_store_that_refuses_and_a_clock_off() {
+        let mut a = v1::Agent {
+            status: v1::AgentStatus::Online as i32,
+            clock_offset_ms: Some(400),
+            ..Default::default()
+        };
+        assert_eq!(agent_state(&a), "online", "within a second");
+        a.clock_offset_ms = Some(-600_200);
+        assert_eq!(agent_state(&a), "online (clock 10m1s behind)");
+        a.not_stored = true;
+        a.clock_offset_ms = Some(7_200_000);
+        assert_eq!(agent_state(&a), "online (not stored, clock 2h0m ahead)");
+        assert_eq!(clock_offset(1_500), "2s ahead");
     }
 
     #[test]

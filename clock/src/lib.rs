@@ -27,6 +27,16 @@ pub fn to_ms(t: SystemTime) -> i64 {
     }
 }
 
+/// Unix milliseconds as a `SystemTime`.
+pub fn from_ms(ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,6 +45,8 @@ mod tests {
     fn milliseconds_on_both_sides_of_the_epoch() {
         assert_eq!(to_ms(UNIX_EPOCH + Duration::from_millis(1500)), 1500);
         assert_eq!(to_ms(UNIX_EPOCH - Duration::from_millis(20)), -20);
+        assert_eq!(to_ms(from_ms(-20)), -20);
+        assert_eq!(to_ms(from_ms(1_700_000_000_123)), 1_700_000_000_123);
         assert!(ago_ms(Duration::from_secs(60)) <= now_ms() - 60_000);
         assert_eq!(ago_ms(Duration::from_secs(u64::MAX / 4)), 0);
     }

@@ -150,6 +150,7 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
     let agents = state.store.agents()?;
 
     let up = Family::<Labels, Gauge>::default();
+    let clock = HostGauges::default();
     let mut host: BTreeMap<String, HostGauges> = BTreeMap::new();
     let (mut enrolled, mut revoked) = (0i64, 0i64);
     for a in &agents {
@@ -161,6 +162,9 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
         let base = host_labels(&a.name, &a.labels());
         let online = state.sessions.is_online(&a.name);
         up.get_or_create(&base).set(i64::from(online));
+        if let Some(ms) = state.sessions.clock_offset_ms(&a.name).filter(|_| online) {
+            clock.get_or_create(&base).set(ms as f64 / 1000.0);
+        }
         // Values of a host that is gone are not exported: Prometheus then
         // marks its series stale instead of repeating a frozen value.
         let Some(sample) = state.fleet.latest(&a.name).filter(|_| online) else {
@@ -188,6 +192,11 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
         "picket_agent_up",
         "1 if the agent has a live session, else 0",
         up,
+    );
+    reg.register(
+        "picket_agent_clock_offset_seconds",
+        "How far the host's clock is ahead of the control plane's (behind: negative), from its heartbeats",
+        clock,
     );
     for (name, family) in host {
         let h = help(&name);

@@ -44,6 +44,33 @@ struct Entry {
     id: u64,
     cancel: CancellationToken,
     tx: Outbound,
+    /// The agent's clock minus ours, from its last heartbeats.
+    clock: Clock,
+}
+
+/// How many heartbeats the clock offset is taken over.
+const CLOCK_SAMPLES: usize = 6;
+
+/// An agent's clock offset, measured on its heartbeats: the time it wrote
+/// in each minus when it arrived. A heartbeat held up on the way (behind
+/// records, by a slow link) only lowers that, so the offset is the highest
+/// of the last few.
+#[derive(Default)]
+struct Clock {
+    samples: std::collections::VecDeque<i64>,
+}
+
+impl Clock {
+    fn add(&mut self, offset_ms: i64) {
+        if self.samples.len() == CLOCK_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(offset_ms);
+    }
+
+    fn offset_ms(&self) -> Option<i64> {
+        self.samples.iter().copied().max()
+    }
 }
 
 /// How long a message waits for room in a session's queue.
@@ -55,6 +82,18 @@ pub struct SessionGuard {
     sessions: Arc<Sessions>,
     name: String,
     id: u64,
+}
+
+impl SessionGuard {
+    /// Notes a heartbeat the agent wrote at `sent_ms` (its clock) that
+    /// arrived at `now_ms` (ours).
+    pub fn heartbeat(&self, sent_ms: i64, now_ms: i64) {
+        if let Ok(mut live) = self.sessions.live.lock()
+            && let Some(e) = live.get_mut(&self.name).filter(|e| e.id == self.id)
+        {
+            e.clock.add(sent_ms.saturating_sub(now_ms));
+        }
+    }
 }
 
 impl Drop for SessionGuard {
@@ -83,6 +122,7 @@ impl Sessions {
                 id,
                 cancel: cancel.clone(),
                 tx,
+                clock: Clock::default(),
             };
             if let Some(old) = live.insert(name.to_string(), entry) {
                 old.cancel.cancel();
@@ -123,6 +163,15 @@ impl Sessions {
 
     pub fn is_online(&self, name: &str) -> bool {
         self.live.lock().is_ok_and(|l| l.contains_key(name))
+    }
+
+    /// How far the agent's clock is ahead of ours (behind: negative), once
+    /// it has sent a heartbeat on its current stream.
+    pub fn clock_offset_ms(&self, name: &str) -> Option<i64> {
+        self.live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(name).and_then(|e| e.clock.offset_ms()))
     }
 
     pub fn online_count(&self) -> usize {
@@ -169,6 +218,23 @@ mod tests {
                 Presence::Disconnected(a())
             ]
         );
+    }
+
+    #[test]
+    fn the_clock_offset_is_the_least_delayed_of_the_last_heartbeats() {
+        let s = Arc::new(Sessions::default());
+        let (g, _c) = s.open("a", tx());
+        assert_eq!(s.clock_offset_ms("a"), None, "no heartbeat yet");
+        // 600 s behind; one heartbeat held up 3 s on the way.
+        g.heartbeat(400_000, 1_000_000);
+        g.heartbeat(402_000, 1_005_000);
+        assert_eq!(s.clock_offset_ms("a"), Some(-600_000));
+        for i in 0..CLOCK_SAMPLES as i64 {
+            g.heartbeat(1_000_000 + i, 1_000_000 + i);
+        }
+        assert_eq!(s.clock_offset_ms("a"), Some(0), "old samples age out");
+        drop(g);
+        assert_eq!(s.clock_offset_ms("a"), None);
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub struct InitReport {
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86400);
 const ADMIN_LIFETIME: Duration = Duration::from_secs(365 * 86400);
 /// Allowance for clocks that run behind the control plane's.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+use picket_tls::skew::BACKDATE;
 
 pub(super) fn dn(cn: &str, unit: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();

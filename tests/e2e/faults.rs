@@ -211,3 +211,123 @@ fn a_full_disk_refuses_records_until_it_is_grown_then_every_line_arrives_once() 
     assert_eq!(cp.proc.pid(), pid, "no restart");
     Ok(())
 }
+
+/// `faketime` with the multi-threaded library, shifting the wall clock
+/// only (tokio's timers run on the monotonic one).
+fn faketime(offset: &str) -> Result<[String; 4]> {
+    let ft = tool("faketime", "faketime")?;
+    Ok([
+        ft.display().to_string(),
+        "-m".into(),
+        "-f".into(),
+        offset.into(),
+    ])
+}
+
+#[test]
+fn agents_ten_minutes_behind_and_two_hours_ahead_enroll_stream_renew_and_show_their_offset()
+-> Result<()> {
+    let w = World::new()?;
+    // Certificates of 12 s: renewed by the control plane's clock at 8 s.
+    let fp = w.init(
+        "cp",
+        "agent_cert_ttl = \"12s\"\nheartbeat_interval = \"1s\"",
+    )?;
+    let cp = Control::start(&w, "cp")?;
+    let admin = cp.admin_flags();
+    let mut agents_run = Vec::new();
+    for (name, offset) in [("late", "-10m"), ("early", "+2h")] {
+        let wrapper = faketime(offset)?;
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let tok = token(&w, &cp, &[])?;
+        let state = w.path(&format!("agents/{name}"));
+        let out = w
+            .cmd_under(&wrapper, "picket-agent")
+            .args(["enroll", "--server", &cp.grpc, "--token", &tok])
+            .args(["--ca-fingerprint", &fp, "--name", name])
+            .arg("--state-dir")
+            .arg(&state)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{name} enrolls: {}", stderr(&out));
+        let log = w.path(&format!("{name}.log"));
+        std::fs::write(&log, format!("line 1 from {name}\n"))?;
+        let cfg = state.join("agent.toml");
+        let mut text = std::fs::read_to_string(&cfg)?;
+        text.push_str(&format!(
+            "\n[[source]]\nkind = \"raw\"\npath = \"{}\"\nfrom_start = true\n",
+            log.display()
+        ));
+        std::fs::write(&cfg, text)?;
+        let mut c = w.cmd_under(&wrapper, "picket-agent");
+        c.args(["run", "--config"])
+            .arg(&cfg)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        agents_run.push((name, Proc::spawn(c)?, state));
+    }
+    // Both stream, and show how far off their clocks are.
+    for (name, ms) in [("late", -600_000.0), ("early", 7_200_000.0)] {
+        let a = wait_for(
+            &format!("{name} online with its offset"),
+            Duration::from_secs(30),
+            || {
+                let a = agents(&w, &admin).ok()?.get(name)?.clone();
+                (a["status"] == "online" && a["clock_offset_ms"].is_i64()).then_some(a)
+            },
+        )?;
+        let off = a["clock_offset_ms"].as_f64().unwrap_or(0.0);
+        assert!((off - ms).abs() < 5_000.0, "{name}: {off} ms");
+        let lines = ctl(&w, &admin, &["logs", "--host", name, "-o", "json"])?;
+        wait_for(
+            &format!("{name}'s line stored"),
+            Duration::from_secs(20),
+            || {
+                let out = ctl(&w, &admin, &["logs", "--host", name, "-o", "json"]).ok()?;
+                String::from_utf8_lossy(&out.stdout)
+                    .contains(&format!("line 1 from {name}"))
+                    .then_some(())
+            },
+        )
+        .with_context(|| String::from_utf8_lossy(&lines.stdout).into_owned())?;
+    }
+    let table = ctl(&w, &admin, &["agents", "list"])?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("online (clock 10m"), "{table}");
+    assert!(table.contains("behind"), "{table}");
+    assert!(table.contains("online (clock 2h0m ahead)"), "{table}");
+    let (_, metrics) = http_get(&cp.http, "/metrics")?;
+    let exported = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("picket_agent_clock_offset_seconds{") && l.contains("host=\"late\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(
+        exported.is_some_and(|s| (s + 600.0).abs() < 5.0),
+        "{metrics}"
+    );
+    // Both renew (by the control plane's clock, not their own) and are
+    // still online past their first certificate's end.
+    for (name, _, state) in &agents_run {
+        let first = std::fs::read_to_string(state.join("agent.crt"))?;
+        wait_for(&format!("{name} renewed"), Duration::from_secs(30), || {
+            let now = std::fs::read_to_string(state.join("agent.crt")).ok()?;
+            (now != first).then_some(())
+        })?;
+    }
+    std::thread::sleep(Duration::from_secs(13));
+    for (name, proc, _) in &agents_run {
+        wait_for(
+            &format!("{name} online after renewals"),
+            Duration::from_secs(10),
+            || (status_of(&w, &admin, name)? == "online").then_some(()),
+        )
+        .with_context(|| proc.stderr())?;
+        assert!(
+            proc.stderr().contains("this host's clock is"),
+            "the agent warns of its clock: {}",
+            proc.stderr()
+        );
+    }
+    Ok(())
+}

@@ -7,6 +7,8 @@
 //!   and a tonic `Channel` over them.
 //! - [`server`] — the control plane's rustls config (client certificates
 //!   verified against the CA, optional for enrollment).
+//! - [`skew`] — certificates that start a little after a client's clock
+//!   (one behind the control plane's) are accepted.
 //!
 //! Everything here uses rustls with the ring provider; there is no OpenSSL.
 
@@ -15,6 +17,7 @@ pub mod csr;
 pub mod files;
 pub mod fingerprint;
 pub mod server;
+pub mod skew;
 
 /// The rustls crypto provider every Picket binary uses.
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

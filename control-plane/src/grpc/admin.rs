@@ -50,6 +50,7 @@ impl AdminSvc {
         let online = self.state.sessions.is_online(&rec.name);
         let mut a = convert::agent(rec, online);
         a.not_stored = online && !self.state.store.health().writable();
+        a.clock_offset_ms = self.state.sessions.clock_offset_ms(&rec.name);
         a
     }
 }

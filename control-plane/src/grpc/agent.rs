@@ -81,6 +81,7 @@ impl AgentService for AgentSvc {
         let welcome = control(control_message::Body::Welcome(v1::Welcome {
             acked_seq: acked,
             heartbeat_interval_ms: u32::try_from(heartbeat.as_millis()).unwrap_or(u32::MAX),
+            server_unix_ms: now_ms(),
         }));
         tx.send(Ok(welcome))
             .await
@@ -92,7 +93,6 @@ impl AgentService for AgentSvc {
 
         let state = self.state.clone();
         self.state.tasks.spawn(async move {
-            let _guard = guard;
             let silence = heartbeat * 3;
             // Batches are stored (and acked) by a task of their own, so the
             // next batch is decoded while the previous one is written; the
@@ -136,8 +136,10 @@ impl AgentService for AgentSvc {
                             break Some(Status::deadline_exceeded("no heartbeat"));
                         }
                         Ok(Ok(Some(m))) => match m.body {
-                            Some(Body::Heartbeat(_)) => {
-                                state.alerts.tap.seen(&name, now_ms());
+                            Some(Body::Heartbeat(h)) => {
+                                let now = now_ms();
+                                guard.heartbeat(h.sent_unix_ms, now);
+                                state.alerts.tap.seen(&name, now);
                                 if let Err(error) = seen(&state.store, &name).await
                                     && state.store.health().writable()
                                 {

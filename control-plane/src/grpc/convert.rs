@@ -116,6 +116,7 @@ pub fn agent(rec: &AgentRecord, online: bool) -> v1::Agent {
         cert_not_after_unix_ms: rec.cert_not_after_ms,
         last_rollout: None,
         not_stored: false,
+        clock_offset_ms: None,
     }
 }
 
