@@ -29,7 +29,7 @@ pub fn collect(labels: &Labels) -> v1::Inventory {
         kernel: System::kernel_version().unwrap_or_default(),
         cpu_count: u32::try_from(sys.cpus().len()).unwrap_or(u32::MAX),
         memory_bytes: sys.total_memory(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_version: env!("PICKET_VERSION").to_string(),
         labels: labels.clone().into_iter().collect(),
         addresses,
     }

@@ -12,7 +12,7 @@ use picket_model::{Labels, parse_label};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "picket-agent", version, about = "Picket host agent")]
+#[command(name = "picket-agent", version = env!("PICKET_VERSION"), about = "Picket host agent")]
 struct Cli {
     #[command(flatten)]
     log: picket_log::LogArgs,

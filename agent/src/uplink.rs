@@ -113,6 +113,7 @@ async fn session(
     let hello = msg(Body::Hello(v1::Hello {
         inventory: Some(crate::inventory::collect(&cfg.labels)),
         next_seq: buffer.next_seq(),
+        capabilities: Some(picket_proto::capability::ours()),
     }));
     if tx.send(hello).await.is_err() {
         return Ok(End::Failed("stream closed before Hello".into()));

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use picket_model::{Role, parse_label};
 
 #[derive(Parser)]
-#[command(name = "picketctl", version, about = "Picket admin CLI")]
+#[command(name = "picketctl", version = env!("PICKET_VERSION"), about = "Picket admin CLI")]
 pub struct Cli {
     /// Control plane address, HOST:PORT.
     #[arg(long, global = true, env = "PICKET_SERVER")]

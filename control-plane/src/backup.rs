@@ -112,7 +112,7 @@ pub fn backup(config: &Path, out: &Path, force: bool) -> anyhow::Result<BackupRe
     let header = Header {
         format: FORMAT,
         created_unix_ms: picket_clock::now_ms(),
-        picket_version: env!("CARGO_PKG_VERSION").into(),
+        picket_version: env!("PICKET_VERSION").into(),
         data_dir: data.clone(),
     };
     w.bytes(HEADER, &serde_json::to_vec_pretty(&header)?)?;

@@ -203,6 +203,18 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
         reg.register(format!("picket_host_{name}"), h, family);
     }
 
+    let build = Family::<Labels, Gauge>::default();
+    build
+        .get_or_create(&vec![(
+            "version".to_string(),
+            env!("PICKET_VERSION").to_string(),
+        )])
+        .set(1);
+    reg.register(
+        "picket_control_build_info",
+        "The control plane's build: release and commit, in the version label",
+        build,
+    );
     gauge(
         &mut reg,
         "picket_control_agents_connected",

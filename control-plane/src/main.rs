@@ -13,7 +13,7 @@ use picket_control::server::{self, Listeners};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "picket-control", version, about = "Picket control plane")]
+#[command(name = "picket-control", version = env!("PICKET_VERSION"), about = "Picket control plane")]
 struct Cli {
     #[command(flatten)]
     log: picket_log::LogArgs,

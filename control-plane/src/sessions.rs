@@ -40,10 +40,29 @@ impl Default for Sessions {
     }
 }
 
+/// What the agent said of itself in `Hello`.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub version: String,
+    /// None: an agent from before capabilities (protocol revision 1).
+    pub caps: Option<v1::Capabilities>,
+}
+
+impl Peer {
+    /// An agent of this very build.
+    pub fn current() -> Peer {
+        Peer {
+            version: env!("PICKET_VERSION").to_string(),
+            caps: Some(picket_proto::capability::ours()),
+        }
+    }
+}
+
 struct Entry {
     id: u64,
     cancel: CancellationToken,
     tx: Outbound,
+    peer: Peer,
     /// The agent's clock minus ours, from its last heartbeats.
     clock: Clock,
 }
@@ -115,6 +134,16 @@ impl Sessions {
     /// network blip the newest connection is the real one.
     /// `tx` is the stream's outbound queue: what [`Sessions::send`] uses.
     pub fn open(self: &Arc<Self>, name: &str, tx: Outbound) -> (SessionGuard, CancellationToken) {
+        self.open_as(name, tx, Peer::current())
+    }
+
+    /// [`Sessions::open`] for an agent that described itself as `peer`.
+    pub fn open_as(
+        self: &Arc<Self>,
+        name: &str,
+        tx: Outbound,
+        peer: Peer,
+    ) -> (SessionGuard, CancellationToken) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
         if let Ok(mut live) = self.live.lock() {
@@ -122,6 +151,7 @@ impl Sessions {
                 id,
                 cancel: cancel.clone(),
                 tx,
+                peer,
                 clock: Clock::default(),
             };
             if let Some(old) = live.insert(name.to_string(), entry) {
@@ -163,6 +193,14 @@ impl Sessions {
 
     pub fn is_online(&self, name: &str) -> bool {
         self.live.lock().is_ok_and(|l| l.contains_key(name))
+    }
+
+    /// What the agent connected now said of itself.
+    pub fn peer(&self, name: &str) -> Option<Peer> {
+        self.live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(name).map(|e| e.peer.clone()))
     }
 
     /// How far the agent's clock is ahead of ours (behind: negative), once

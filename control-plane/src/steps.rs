@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use picket_proto::capability;
 use picket_proto::v1::{self, control_message, step_update};
 use tokio::sync::mpsc;
 
@@ -52,8 +53,37 @@ impl Steps {
         }
     }
 
-    /// Sends the step to `host`; `false` when it has no session now.
+    /// Sends the step to `host`; `false` when it has no session now. A
+    /// step its agent cannot run (an older agent) is not sent: its owner
+    /// gets a failed result at once, saying why.
     pub async fn dispatch(&self, host: &str, key: v1::StepKey, step: v1::Step) -> bool {
+        let Some(peer) = self.sessions.peer(host) else {
+            return false;
+        };
+        if let Some(why) = capability::refusal(&peer.version, peer.caps.as_ref(), &step) {
+            tracing::warn!(agent = %host, run = %key.run, "{why}");
+            let result = step_update::Body::Result(v1::StepResult {
+                state: v1::StepState::Failed as i32,
+                exit_code: None,
+                duration_ms: 0,
+                output: format!("[picket] {why}\n"),
+            });
+            // Handed over by a task: the owner may be the caller itself.
+            let tx = self
+                .routes
+                .lock()
+                .ok()
+                .and_then(|r| r.get(&key.run).cloned());
+            if let Some(tx) = tx {
+                let news = StepNews {
+                    host: host.to_string(),
+                    key,
+                    body: result,
+                };
+                tokio::spawn(async move { tx.send(news).await });
+            }
+            return true;
+        }
         let body = control_message::Body::Dispatch(v1::StepDispatch {
             key: Some(key),
             step: Some(step),

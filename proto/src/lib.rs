@@ -13,6 +13,7 @@ mod generated {
     tonic::include_proto!("picket.v1");
 }
 
+pub mod capability;
 pub mod convert;
 pub mod frame;
 pub mod scan;

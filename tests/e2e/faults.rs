@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use picket_tests::lines::numbered_lines;
 use picket_tests::*;
 
@@ -329,5 +329,217 @@ fn agents_ten_minutes_behind_and_two_hours_ahead_enroll_stream_renew_and_show_th
             proc.stderr()
         );
     }
+    Ok(())
+}
+
+/// What an agent from before protocol revision 2 sends: a `Hello` without
+/// capabilities (the bytes such a build encodes are these, less the new
+/// field), then records and heartbeats, as it always has.
+fn old_hello() -> picket_proto::v1::AgentMessage {
+    use picket_proto::v1::{self, agent_message::Body};
+    v1::AgentMessage {
+        body: Some(Body::Hello(v1::Hello {
+            inventory: Some(v1::Inventory {
+                hostname: "old".into(),
+                os: "Ubuntu 22.04".into(),
+                kernel: "5.15".into(),
+                cpu_count: 2,
+                memory_bytes: 1 << 30,
+                agent_version: "0.1.0".into(),
+                ..Default::default()
+            }),
+            next_seq: 1,
+            capabilities: None,
+        })),
+    }
+}
+
+#[test]
+fn an_agent_of_the_previous_protocol_streams_and_is_refused_steps_at_once() -> Result<()> {
+    use picket_proto::v1::{
+        self, agent_message::Body, agent_service_client::AgentServiceClient, control_message,
+    };
+    let w = World::new()?;
+    let fp = w.init("cp", "heartbeat_interval = \"1s\"")?;
+    let cp = Control::start(&w, "cp")?;
+    let admin = cp.admin_flags();
+    let tok = token(&w, &cp, &[])?;
+    let out = enroll(&w, &cp, &fp, &tok, "old", &[])?;
+    anyhow::ensure!(out.status.success(), "{}", stderr(&out));
+    // A current agent beside it, for the version counts.
+    let tok = token(&w, &cp, &[])?;
+    let out = enroll(&w, &cp, &fp, &tok, "new", &[])?;
+    anyhow::ensure!(out.status.success(), "{}", stderr(&out));
+    let _new = run_agent(&w, "new")?;
+    let state = w.path("agents/old");
+    let rt = tokio::runtime::Runtime::new()?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<v1::AgentMessage>(16);
+    let mut inbound = rt.block_on(async {
+        let cfg = picket_tls::client::mtls_config(
+            &picket_tls::files::read_certs(&state.join("ca.crt"))?,
+            picket_tls::files::read_certs(&state.join("agent.crt"))?,
+            picket_tls::files::read_key(&state.join("agent.key"))?,
+        )?;
+        let ch = picket_tls::client::connect(&cp.grpc, cfg).await?;
+        tx.send(old_hello()).await?;
+        let mut client = AgentServiceClient::new(ch);
+        let s = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?;
+        anyhow::Ok(s.into_inner())
+    })?;
+    let next = |inbound: &mut tonic::Streaming<v1::ControlMessage>| {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), inbound.message())
+                .await
+                .context("nothing from the control plane")?
+                .context("the stream failed")?
+                .and_then(|m| m.body)
+                .context("the stream ended")
+        })
+    };
+    let Some(control_message::Body::Welcome(welcome)) = Some(next(&mut inbound)?) else {
+        bail!("no Welcome");
+    };
+    assert_eq!(welcome.acked_seq, 0);
+    // It streams: a log line, an event and a sample are stored and acked.
+    let now = picket_clock::now_ms();
+    let records = [
+        v1::record::Payload::Log(v1::LogLine {
+            source: "raw".into(),
+            path: "/var/log/app.log".into(),
+            line: "hello from an old agent".into(),
+            read_unix_ms: now,
+            ..Default::default()
+        }),
+        v1::record::Payload::Event(v1::Event {
+            source: "sshd".into(),
+            kind: "auth_failure".into(),
+            severity: v1::Severity::Medium as i32,
+            message: "Failed password for root".into(),
+            time_unix_ms: now,
+            ..Default::default()
+        }),
+        v1::record::Payload::Metrics(v1::MetricSample {
+            time_unix_ms: now,
+            gauges: vec![v1::Gauge {
+                name: "load1".into(),
+                value: 0.5,
+                ..Default::default()
+            }],
+        }),
+    ];
+    let records: Vec<v1::Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| v1::Record {
+            seq: i as u64 + 1,
+            payload: Some(p),
+        })
+        .collect();
+    let batch = picket_proto::frame::batch_of(&records);
+    rt.block_on(tx.send(v1::AgentMessage {
+        body: Some(Body::Records(batch)),
+    }))?;
+    loop {
+        match next(&mut inbound)? {
+            control_message::Body::Ack(a) if a.acked_seq == 3 => break,
+            control_message::Body::Ack(_) => {}
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    // Heartbeats keep its session while the rest is checked.
+    let beat = tx.clone();
+    rt.spawn(async move {
+        loop {
+            let hb = v1::AgentMessage {
+                body: Some(Body::Heartbeat(v1::Heartbeat {
+                    sent_unix_ms: picket_clock::now_ms(),
+                })),
+            };
+            if beat.send(hb).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let logs = ctl(&w, &admin, &["logs", "--host", "old"])?;
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("hello from an old agent"),
+        "{}",
+        stderr(&logs)
+    );
+    let events = ctl(&w, &admin, &["events", "--host", "old", "-o", "json"])?;
+    assert!(
+        String::from_utf8_lossy(&events.stdout).contains("Failed password"),
+        "{} {} {}",
+        String::from_utf8_lossy(&events.stdout),
+        stderr(&events),
+        cp.proc.stderr()
+    );
+
+    // A step it could not run is refused at once, saying why; the current
+    // agent runs it.
+    wait_for("new online", Duration::from_secs(20), || {
+        (status_of(&w, &admin, "new")? == "online").then_some(())
+    })?;
+    let started = std::time::Instant::now();
+    let out = ctl(
+        &w,
+        &admin,
+        &[
+            "run",
+            "--selector",
+            "name in (old,new)",
+            "-o",
+            "json",
+            "--",
+            "true",
+        ],
+    )?;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let results: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let of = |h: &str| results.iter().find(|r| r["host"] == h).cloned();
+    let old = of("old").context("a result for old")?;
+    assert_eq!(old["state"], "failed");
+    let why = old["output"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("agent 0.1.0 cannot run steps") && why.contains("upgrade it"),
+        "{why}"
+    );
+    assert_eq!(of("new").context("a result for new")?["state"], "succeeded");
+    assert!(
+        took < Duration::from_secs(60),
+        "refused at once, not after the step timeout"
+    );
+    // Nothing was sent to it: the old agent's stream carried no dispatch.
+    while let Ok(Ok(Some(m))) = rt.block_on(async {
+        tokio::time::timeout(Duration::from_millis(200), inbound.message()).await
+    }) {
+        assert!(
+            !matches!(m.body, Some(control_message::Body::Dispatch(_))),
+            "a step was sent to an agent that cannot run it"
+        );
+    }
+
+    // Hosts by version.
+    let status = ctl(&w, &admin, &["status", "-o", "json"])?;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(status["agent_versions"]["0.1.0"], 1, "{status}");
+    let current = status["agent_versions"]
+        .as_object()
+        .and_then(|v| v.keys().find(|k| k.starts_with("0.1.0+")).cloned())
+        .context("the current agent's version carries its commit")?;
+    assert_eq!(status["agent_versions"][&current], 1, "{status}");
+    let v = w.run("picket-agent", &["--version"])?;
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains(&current),
+        "--version says the same as the agent reports"
+    );
+    drop(tx);
     Ok(())
 }

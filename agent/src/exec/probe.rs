@@ -143,7 +143,7 @@ mod http {
             .header(hyper::header::HOST, authority)
             .header(
                 hyper::header::USER_AGENT,
-                concat!("picket-agent/", env!("CARGO_PKG_VERSION")),
+                concat!("picket-agent/", env!("PICKET_VERSION")),
             )
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;

@@ -25,6 +25,7 @@ pub async fn status(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> any
                 "hosts": {"up": s.agents_online, "down": s.agents_offline, "revoked": s.agents_revoked},
                 "alerts_firing": s.alerts_firing,
                 "rollouts_running": s.rollouts_running,
+                "agent_versions": s.agent_versions,
             }),
         )?,
         Format::Table => {
@@ -36,9 +37,32 @@ pub async fn status(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> any
             )?;
             writeln!(out, "alerts         {} firing", s.alerts_firing)?;
             writeln!(out, "rollouts       {} running", s.rollouts_running)?;
+            writeln!(out, "agents         {}", by_version(&s.agent_versions))?;
         }
     }
     Ok(())
+}
+
+/// `0.1.0+1a2b3c4d (4), 0.1.0+0f9e8d7c (1)`: the largest count first.
+fn by_version(v: &std::collections::BTreeMap<String, u32>) -> String {
+    let mut v: Vec<(&String, &u32)> = v.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = v
+        .iter()
+        .map(|(version, n)| {
+            let version = if version.is_empty() {
+                "never connected"
+            } else {
+                version
+            };
+            format!("{version} ({n})")
+        })
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 pub async fn whoami(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> anyhow::Result<()> {

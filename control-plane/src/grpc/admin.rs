@@ -487,10 +487,14 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<v1::StatusResponse>, Status> {
         require(&req, &self.state.audit, Role::Viewer, "status", "")?;
         let mut out = v1::StatusResponse {
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: env!("PICKET_VERSION").to_string(),
             ..Default::default()
         };
         for a in self.state.store.agents().map_err(store_error)? {
+            if a.revoked_ms.is_none() {
+                let v = a.inventory.map(|i| i.agent_version).unwrap_or_default();
+                *out.agent_versions.entry(v).or_default() += 1;
+            }
             if a.revoked_ms.is_some() {
                 out.agents_revoked += 1;
             } else if self.state.sessions.is_online(&a.name) {

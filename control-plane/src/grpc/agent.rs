@@ -88,7 +88,11 @@ impl AgentService for AgentSvc {
             .map_err(|_| Status::cancelled("agent went away"))?;
         // Registered after Welcome: whatever is sent to the agent (steps)
         // comes after it on the stream.
-        let (guard, cancel) = st.sessions.open(&name, tx.clone());
+        let peer = crate::sessions::Peer {
+            version: inv.agent_version.clone(),
+            caps: hello.capabilities,
+        };
+        let (guard, cancel) = st.sessions.open_as(&name, tx.clone(), peer);
         tracing::info!(agent = %name, version = %inv.agent_version, "agent connected");
 
         let state = self.state.clone();
