@@ -76,6 +76,13 @@ pub enum Input {
     },
     /// `host` is no longer part of the fleet (revoked).
     Forget(String),
+    /// Whether the control plane (`host`) can store records now, and why
+    /// not; said when it changes.
+    Store {
+        host: String,
+        writable: bool,
+        why: String,
+    },
     /// New rules (a reload): alerts of rules that are gone resolve.
     Reload(Rules),
     Silence(Silence),
@@ -275,6 +282,11 @@ impl Engine {
             }
             Input::Seen { host, host_labels } => self.seen(&host, &host_labels, now, &mut out),
             Input::Forget(host) => self.forget(&host, now, &mut out),
+            Input::Store {
+                host,
+                writable,
+                why,
+            } => self.store(&host, writable, why, now, &mut out),
             Input::Reload(rules) => self.reload(rules, now, &mut out),
             Input::Silence(s) => {
                 self.p.silences.retain(|x| x.id != s.id);
@@ -305,7 +317,10 @@ impl Engine {
                 continue;
             };
             match (&rule.kind, a.state) {
-                (Kind::Threshold { hold, .. }, AlertState::Pending) => {
+                (
+                    Kind::Threshold { hold, .. } | Kind::StoreUnwritable { after: hold },
+                    AlertState::Pending,
+                ) => {
                     at.push(a.active_ms.saturating_add(ms(*hold)));
                 }
                 (
@@ -363,7 +378,7 @@ impl Engine {
     ) -> bool {
         let fp = fingerprint(&labels);
         let hold = match rule.kind {
-            Kind::Threshold { hold, .. } => ms(hold),
+            Kind::Threshold { hold, .. } | Kind::StoreUnwritable { after: hold } => ms(hold),
             _ => 0,
         };
         let existing = self.p.alerts.get(&fp).map(|a| a.state);

@@ -61,7 +61,7 @@ pub struct RawRule {
     pub count: Option<i64>,
     pub window: Option<String>,
     pub resolve_after: Option<String>,
-    // host_silent
+    // host_silent, store_unwritable
     pub after: Option<String>,
 }
 
@@ -185,6 +185,11 @@ pub enum Kind {
         resolve_after: Duration,
     },
     HostSilent {
+        after: Duration,
+    },
+    /// The control plane's store has refused records this long (a full or
+    /// failing disk); its host is the control plane.
+    StoreUnwritable {
         after: Duration,
     },
     /// The control plane's own `rollout_failed` / `rollout_rolled_back`

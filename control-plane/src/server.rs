@@ -123,6 +123,7 @@ pub async fn run(
             store: store.clone(),
             file: cfg.alerts.clone(),
             now: picket_clock::now_ms,
+            name: cfg.name.clone(),
         },
         shutdown.clone(),
         &tasks,

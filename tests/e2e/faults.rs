@@ -48,7 +48,22 @@ fn metric(http: &str, name: &str) -> Option<f64> {
 #[test]
 fn a_full_disk_refuses_records_until_it_is_grown_then_every_line_arrives_once() -> Result<()> {
     let w = World::new()?;
-    let fp = w.init("cp", "heartbeat_interval = \"1s\"\nmin_free_percent = 0")?;
+    let fp = w.init(
+        "cp",
+        "heartbeat_interval = \"1s\"\nmin_free_percent = 0\nalerts = \"alerts.toml\"",
+    )?;
+    // A store_unwritable rule, notified by a webhook: sent while the store
+    // cannot queue anything.
+    let rx = picket_tests::receiver::Receiver::start()?;
+    std::fs::write(
+        w.path("alerts.toml"),
+        format!(
+            "[defaults]\ngroup_wait = \"0s\"\ngroup_interval = \"1s\"\n\n\
+             [[rule]]\nname = \"StoreUnwritable\"\nkind = \"store_unwritable\"\nafter = \"1s\"\nseverity = \"critical\"\nsummary = \"{{{{ host }}}}: {{{{ value }}}}\"\n\n\
+             [[notifier]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n\n[[route]]\nnotifiers = [\"hook\"]\n",
+            rx.url("/webhook")
+        ),
+    )?;
     // The data folder on an 8 MiB tmpfs in the control plane's own mount
     // namespace: it fills while the agent sends.
     let disk = w.path("disk");
@@ -157,6 +172,16 @@ fn a_full_disk_refuses_records_until_it_is_grown_then_every_line_arrives_once() 
     let table = ctl(&w, &admin, &["agents", "list"])?;
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("online (not stored)"), "{table}");
+    let is = |status: &'static str| {
+        move |v: &serde_json::Value| {
+            v["status"] == status && v["alerts"][0]["labels"]["alertname"] == "StoreUnwritable"
+        }
+    };
+    let firing = rx.wait("/webhook", Duration::from_secs(30), is("firing"))?;
+    let summary = firing["alerts"][0]["annotations"]["summary"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(summary.contains("No space left"), "{firing}");
     // Still refusing a while later, and logged once, not per attempt.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(metric(&cp.http, "picket_control_store_writable"), Some(0.0));
@@ -170,6 +195,7 @@ fn a_full_disk_refuses_records_until_it_is_grown_then_every_line_arrives_once() 
     assert_eq!(http_get(&cp.http, "/readyz")?.0, 200);
     assert_eq!(metric(&cp.http, "picket_control_store_writable"), Some(1.0));
     assert_eq!(said("store: writable again"), 1, "{}", cp.proc.stderr());
+    rx.wait("/webhook", Duration::from_secs(30), is("resolved"))?;
     assert!(
         agent.stderr().contains("reopened its store"),
         "the session ended when the store was reopened: {}",

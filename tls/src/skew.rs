@@ -2,7 +2,7 @@
 //! certificates the control plane just issued as not valid yet. Picket
 //! backdates what it issues by 5 minutes (as step-ca and cfssl do); beyond
 //! that, a client accepts a certificate that only starts within the next
-//! hour. Only the start is relaxed: an expired certificate is refused as
+//! 15 minutes. Only the start is relaxed: an expired certificate is refused as
 //! ever, and the issuer, name and signature are checked as before (a
 //! certificate that starts later was still issued by the CA it trusts).
 
@@ -26,8 +26,9 @@ pub fn issued(
     if later < not_after { later } else { not_before }
 }
 
-/// How far ahead of the local clock a certificate may start.
-pub const NOT_BEFORE_ALLOWANCE: Duration = Duration::from_secs(3600);
+/// How far ahead of the local clock a certificate may start: with the
+/// backdate, a clock up to 20 minutes behind the control plane's.
+pub const NOT_BEFORE_ALLOWANCE: Duration = Duration::from_secs(15 * 60);
 
 /// Whether `e` says a certificate is not valid yet.
 pub fn not_yet_valid(e: &rustls::Error) -> bool {

@@ -147,6 +147,32 @@ impl Engine {
         changed
     }
 
+    /// The control plane's store refuses records (or takes them again):
+    /// `store_unwritable` rules go pending, and fire once it has lasted
+    /// their `after`; they resolve when it takes them again.
+    pub(super) fn store(
+        &mut self,
+        host: &str,
+        writable: bool,
+        why: String,
+        now: i64,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let all = self.rules.clone();
+        let mut changed = false;
+        let none = Labels::new();
+        for rule in all
+            .rules
+            .iter()
+            .filter(|r| matches!(r.kind, Kind::StoreUnwritable { .. }))
+        {
+            let ctx = label::Context::host(host);
+            let labels = label::of(rule, Some(host), &none);
+            changed |= self.set(rule, labels, !writable, why.clone(), &ctx, now, out);
+        }
+        changed
+    }
+
     /// `host` is gone (revoked): no longer watched, and its `host_silent`
     /// alerts resolve.
     pub(super) fn forget(&mut self, host: &str, now: i64, out: &mut Vec<Output>) -> bool {
@@ -175,7 +201,8 @@ impl Engine {
         let rules = &all.rules;
         // Pending thresholds whose `for` has passed.
         let due = self.alerts_where(AlertState::Pending, |r, a| {
-            matches!(r.kind, Kind::Threshold { hold, .. } if now >= a.active_ms.saturating_add(ms(hold)))
+            matches!(r.kind, Kind::Threshold { hold, .. } | Kind::StoreUnwritable { after: hold }
+                if now >= a.active_ms.saturating_add(ms(hold)))
         });
         for fp in due {
             self.fire(&fp, now, out);

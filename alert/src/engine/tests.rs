@@ -315,6 +315,44 @@ fn a_silent_host_fires_and_resolves_when_heard_from() {
 }
 
 #[test]
+fn a_store_that_refuses_records_fires_after_its_delay_and_resolves_when_it_takes_them() {
+    let rule = "[[rule]]\nname = \"StoreFull\"\nkind = \"store_unwritable\"\nafter = \"30s\"\nseverity = \"critical\"\nsummary = \"{{ host }}: {{ value }}\"\n";
+    let mut s = Sim::new(rule);
+    let store = |writable: bool| Input::Store {
+        host: "cp".into(),
+        writable,
+        why: if writable {
+            String::new()
+        } else {
+            "writes fail: ENOSPC".into()
+        },
+    };
+    // A refusal shorter than `after` says nothing.
+    s.input(store(false));
+    s.advance(20);
+    s.input(store(true));
+    s.advance(60);
+    assert!(s.said().is_empty(), "{:?}", s.said());
+    // A longer one fires, and resolves when writes go through again.
+    s.input(store(false));
+    s.advance(29);
+    assert!(s.state().iter().all(|a| a.1 == AlertState::Pending));
+    s.advance(1);
+    assert_eq!(s.state()[0].1, AlertState::Firing);
+    assert_eq!(
+        s.e.alerts().next().unwrap().annotations["summary"],
+        "cp: writes fail: ENOSPC"
+    );
+    s.advance(30);
+    s.input(store(true));
+    s.advance(60);
+    assert_eq!(
+        s.said().iter().map(|x| x.1).collect::<Vec<_>>(),
+        ["firing", "resolved"]
+    );
+}
+
+#[test]
 fn a_batch_of_events_decides_as_the_same_events_one_by_one() {
     let rules = "[[rule]]\nname = \"Bans\"\nkind = \"event_count\"\nmatch = { source = \"fail2ban\", kind = \"ban\" }\ncount = 3\nwindow = \"1m\"\n\
                  [[rule]]\nname = \"Ids\"\nkind = \"event\"\nmatch = { source = \"suricata\" }\nresolve_after = \"30s\"\n";

@@ -79,7 +79,12 @@ impl Check {
     }
 }
 
-const KINDS: &str = "threshold, event_count, event, host_silent or rollout_failed";
+/// How long the store refuses records before `store_unwritable` fires,
+/// unless the rule says.
+const STORE_AFTER: Duration = Duration::from_secs(60);
+
+const KINDS: &str =
+    "threshold, event_count, event, host_silent, store_unwritable or rollout_failed";
 const NOTIFIERS: &str = "webhook, slack, discord, pagerduty, alertmanager or email";
 
 /// Keys each rule kind takes, beyond name, kind, severity, selector,
@@ -255,7 +260,7 @@ impl RawFile {
             "threshold" => &["metric", "op", "value", "for"],
             "event_count" => &["match", "count", "window"],
             "event" => &["match", "resolve_after"],
-            "host_silent" => &["after"],
+            "host_silent" | "store_unwritable" => &["after"],
             "rollout_failed" => &["resolve_after"],
             "" => {
                 c.problem(&format!("{at}.kind"), format!("required: {KINDS}"));
@@ -347,6 +352,9 @@ impl RawFile {
                 }
                 Kind::HostSilent { after }
             }
+            "store_unwritable" => Kind::StoreUnwritable {
+                after: c.duration(&format!("{at}.after"), r.after.as_deref(), STORE_AFTER),
+            },
             _ => Kind::RolloutFailed {
                 resolve_after: c.duration(
                     &format!("{at}.resolve_after"),

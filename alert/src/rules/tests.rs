@@ -203,7 +203,7 @@ fn event_matchers_take_fields_and_a_minimum_severity() {
 fn the_documented_seed_file_parses() {
     let text = include_str!("../../../docs/alerts.toml");
     let rules = parse(text).unwrap_or_else(|e| panic!("docs/alerts.toml: {e}"));
-    assert_eq!(rules.rules.len(), 6);
+    assert_eq!(rules.rules.len(), 7);
     assert_eq!(rules.notifiers.len(), 5);
     assert!(rules.warnings.is_empty(), "{:?}", rules.warnings);
 }

@@ -134,6 +134,9 @@ pub struct Parts {
     /// `alerts` of control.toml, resolved; `None`: no rules.
     pub file: Option<PathBuf>,
     pub now: fn() -> i64,
+    /// The control plane's own host name: the host of `store_unwritable`
+    /// alerts.
+    pub name: String,
 }
 
 /// Reads and checks the alert file (no file: no rules).
@@ -227,6 +230,8 @@ pub async fn start(
         dirty: false,
         held: Held::default(),
         now: parts.now,
+        name: parts.name,
+        store_writable: true,
     };
     tasks.spawn(outbox.clone().run(shutdown.clone()));
     tasks.spawn(driver.run(heard, cmds, shutdown));
@@ -255,6 +260,9 @@ struct Driver {
     /// write, never dropped, and never handed to the outbox before it.
     held: Held<(String, Message)>,
     now: fn() -> i64,
+    name: String,
+    /// What the engine was last told of the store.
+    store_writable: bool,
 }
 
 /// Messages from ingest handled before one write.
@@ -310,6 +318,7 @@ impl Driver {
                     continue;
                 }
                 _ = lazy.tick() => {
+                    self.watch_store().await;
                     if self.dirty || self.held.is_waiting() {
                         self.write(Vec::new()).await;
                     }
@@ -478,6 +487,24 @@ impl Driver {
         self.commit(outs).await;
     }
 
+    /// Tells the engine when the store starts or stops refusing records.
+    async fn watch_store(&mut self) {
+        let health = self.store.health();
+        let writable = health.writable();
+        if writable == self.store_writable {
+            return;
+        }
+        self.store_writable = writable;
+        let why = health.why().map(|w| w.to_string()).unwrap_or_default();
+        let input = Input::Store {
+            host: self.name.clone(),
+            writable,
+            why,
+        };
+        let outs = self.engine.handle(input, (self.now)());
+        self.commit(outs).await;
+    }
+
     /// Carries out what the engine decided: writes at once when it
     /// decided something (a transition, a notification), else within a
     /// second.
@@ -498,7 +525,12 @@ impl Driver {
                 }
                 Output::Notify(n) => {
                     decided = true;
-                    jobs.push((n.notifier.clone(), Message::of(&n, now)));
+                    let msg = Message::of(&n, now);
+                    if super::unqueued::is_for(&self.loaded.rules, &n) {
+                        super::unqueued::send(self.outbox.clone(), n.notifier.clone(), msg);
+                    } else {
+                        jobs.push((n.notifier.clone(), msg));
+                    }
                 }
             }
         }

@@ -79,6 +79,8 @@ impl Interest {
                     i.seen = true;
                     continue;
                 }
+                // Fed by the driver, from the store's health: not ingest.
+                Kind::StoreUnwritable { .. } => continue,
                 Kind::EventCount { matcher, .. } | Kind::Event { matcher, .. } => {
                     i.events.push(matcher.clone());
                     names.extend(matcher.fields.keys().cloned());

@@ -96,6 +96,10 @@ fn condition(r: &Rule) -> (&'static str, String) {
             format!("{matcher}, resolves after {}", human(*resolve_after)),
         ),
         Kind::HostSilent { after } => ("host_silent", format!("nothing for {}", human(*after))),
+        Kind::StoreUnwritable { after } => (
+            "store_unwritable",
+            format!("the store refuses records for {}", human(*after)),
+        ),
         Kind::RolloutFailed { resolve_after } => (
             "rollout_failed",
             format!(
