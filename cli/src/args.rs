@@ -189,6 +189,15 @@ pub enum AgentsCmd {
         /// The agent's name.
         name: String,
     },
+    /// Set (k=v) and remove (k-) a host's labels: with those fixed at
+    /// enrollment, the only ones selectors match (admin).
+    Label {
+        /// The agent's name.
+        name: String,
+        /// `k=v` to set, `k-` to remove.
+        #[arg(required = true, value_name = "k=v|k-")]
+        changes: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -97,6 +97,7 @@ pub fn agent_json(a: &v1::Agent) -> Value {
     json!({
         "name": a.name,
         "labels": a.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "reported_labels": inv.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "status": status_str(a.status),
         "not_stored": a.not_stored,
         "clock_offset_ms": a.clock_offset_ms,

@@ -58,10 +58,12 @@ const PROBE: &[u8] = b"health.probe";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AgentRecord {
     pub name: String,
-    /// Labels fixed at enrollment by the token; the agent cannot change them.
+    /// The host's labels (SPEC §4): fixed at enrollment (the token's, then
+    /// the enrolling command's), changed since only by an admin (`agents
+    /// label`). The agent cannot change them.
     pub pinned_labels: Labels,
-    /// Labels as last reported by the agent (its config), merged under
-    /// `pinned_labels` when shown.
+    /// Labels the agent reported on its last connect (its config): shown,
+    /// never matched by a selector.
     #[serde(default)]
     pub reported_labels: Labels,
     pub enrolled_ms: i64,
@@ -81,11 +83,11 @@ pub struct AgentRecord {
 }
 
 impl AgentRecord {
-    /// The labels in force: reported ones, overridden by pinned ones.
+    /// The labels selectors match, alert routes use and `/metrics` exports:
+    /// the assigned ones only. What the host reports is not among them, so
+    /// a compromised host cannot move itself into another group.
     pub fn labels(&self) -> Labels {
-        let mut l = self.reported_labels.clone();
-        l.extend(self.pinned_labels.clone());
-        l
+        self.pinned_labels.clone()
     }
 }
 

@@ -22,3 +22,4 @@ mod refusals;
 mod rollouts;
 mod run;
 mod systemd;
+mod trust;

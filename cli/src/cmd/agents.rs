@@ -1,4 +1,4 @@
-//! `picketctl agents list|show|revoke|forget`.
+//! `picketctl agents list|show|label|revoke|forget`.
 
 use std::io::Write;
 
@@ -49,6 +49,23 @@ pub async fn run(
                 .map_err(rpc)?
                 .into_inner(),
         ],
+        AgentsCmd::Label { name, changes } => {
+            let mut req = v1::LabelAgentRequest {
+                name,
+                ..Default::default()
+            };
+            for c in changes {
+                match c.strip_suffix('-').filter(|k| !k.contains('=')) {
+                    Some(k) => req.remove.push(k.to_string()),
+                    None => {
+                        let (k, v) = picket_model::parse_label(&c)
+                            .map_err(|e| crate::BadConfig(anyhow::anyhow!("{c}: {e}")))?;
+                        req.set.insert(k, v);
+                    }
+                }
+            }
+            vec![admin.label_agent(req).await.map_err(rpc)?.into_inner()]
+        }
         AgentsCmd::Revoke { name } => vec![
             admin
                 .revoke_agent(v1::RevokeAgentRequest { name })

@@ -34,7 +34,7 @@ impl AdminSvc {
         r.map(|s| self.state.user_streams.guard(caller, s))
     }
 
-    fn agent_view(&self, name: &str) -> Result<v1::Agent, Status> {
+    pub(super) fn agent_view(&self, name: &str) -> Result<v1::Agent, Status> {
         let rec = self
             .state
             .store
@@ -443,6 +443,13 @@ impl AdminService for AdminSvc {
             })
             .collect();
         Ok(Response::new(v1::ListUsersResponse { users }))
+    }
+
+    async fn label_agent(
+        &self,
+        req: Request<v1::LabelAgentRequest>,
+    ) -> Result<Response<v1::Agent>, Status> {
+        super::labels::label(self, req).await
     }
 
     async fn forget_agent(
