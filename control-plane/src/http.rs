@@ -126,10 +126,28 @@ fn sanitize(s: &str) -> String {
     out
 }
 
+/// A label value as the text exposition writes it between quotes:
+/// prometheus-client writes values as given, so `\`, `"` and newlines are
+/// escaped here, or one host's label value could end the quote, add
+/// labels and break the scrape for the whole fleet.
+fn value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Agent labels as Prometheus labels; keys that would clash with ours or
-/// with reserved names get a `label_` prefix.
+/// with reserved names get a `label_` prefix, and of two keys that come
+/// out the same (`team.name`, `team_name`) the first is kept.
 fn host_labels(host: &str, labels: &picket_model::Labels) -> Labels {
-    let mut out = vec![("host".to_string(), host.to_string())];
+    let mut out = vec![("host".to_string(), value(host))];
     for (k, v) in labels {
         let mut k = sanitize(k);
         if matches!(
@@ -140,7 +158,9 @@ fn host_labels(host: &str, labels: &picket_model::Labels) -> Labels {
         {
             k = format!("label_{k}");
         }
-        out.push((k, v.clone()));
+        if !out.iter().any(|(x, _)| *x == k) {
+            out.push((k, value(v)));
+        }
     }
     out
 }
@@ -179,7 +199,7 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
             for (k, v) in &p.labels {
                 let k = sanitize(k);
                 if !labels.iter().any(|(x, _)| *x == k) {
-                    labels.push((k, v.clone()));
+                    labels.push((k, value(v)));
                 }
             }
             host.entry(name)
@@ -207,7 +227,7 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
     build
         .get_or_create(&vec![(
             "version".to_string(),
-            env!("PICKET_VERSION").to_string(),
+            value(env!("PICKET_VERSION")),
         )])
         .set(1);
     reg.register(
@@ -428,5 +448,18 @@ mod tests {
         assert_eq!(l[0], ("host".into(), "vm".into()));
         assert!(l.contains(&("label_host".into(), "x".into())));
         assert!(l.contains(&("team_a".into(), "y".into())));
+        let l = host_labels(
+            "vm",
+            &[
+                ("owner".into(), "x\",host=\"db1\\".into()),
+                ("owner_".into(), "a\nb".into()),
+                ("team.a".into(), "1".into()),
+                ("team_a".into(), "2".into()),
+            ]
+            .into(),
+        );
+        assert!(l.contains(&("owner".into(), r#"x\",host=\"db1\\"#.into())));
+        assert!(l.contains(&("owner_".into(), r"a\nb".into())));
+        assert_eq!(l.iter().filter(|(k, _)| k == "team_a").count(), 1);
     }
 }

@@ -8,11 +8,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use picket_tests::*;
 
+const HOSTILE: &str = r#"owner=x",host="db1\"#;
+
 fn enrolled_fleet(w: &World, cp: &Control, fp: &str, names: &[&str]) -> Result<Vec<Proc>> {
     let tok = token(w, cp, &["--uses", &names.len().to_string()])?;
     let mut procs = Vec::new();
     for n in names {
-        let out = enroll(w, cp, fp, &tok, n, &["role=web", "team.name=ops"])?;
+        // A label value that would end the quote and add labels if it
+        // were written unescaped (one host blinding Prometheus).
+        let out = enroll(w, cp, fp, &tok, n, &["role=web", "team.name=ops", HOSTILE])?;
         if !out.status.success() {
             bail!("enroll {n}: {}", stderr(&out));
         }
@@ -137,6 +141,11 @@ fn prometheus_scrapes_every_host_and_promtool_accepts_the_exposition() -> Result
     assert_eq!(
         series["role"], "web",
         "agent labels become Prometheus labels: {series}"
+    );
+    assert_eq!(
+        series["owner"],
+        HOSTILE.trim_start_matches("owner="),
+        "a value with quotes and a backslash arrives whole: {series}"
     );
     assert_eq!(
         series["team_name"], "ops",
