@@ -112,6 +112,10 @@ TOML
     install -d -m 0700 "$state"
     install -d -m 0755 "$root/etc/picket"
     [ ${#sources[@]} -gt 0 ] || sources=(sshd:/var/log/auth.log fail2ban:/var/log/fail2ban.log)
+    # Deploy steps run as a plain `deploy` user, never root unless told.
+    if [ -z "$root" ]; then
+      id deploy >/dev/null 2>&1 || useradd --create-home --shell /bin/bash deploy
+    fi
     {
       echo "# Picket agent configuration (written by provisioning/install.sh)."
       echo "# Every key is in docs/reference.md."
@@ -120,6 +124,7 @@ TOML
       echo "name = \"$name\""
       echo 'metrics_interval = "10s"'
       if [ -n "$role" ]; then printf '\n[labels]\nrole = "%s"\n' "$role"; fi
+      printf '\n[exec]\ndefault_user = "deploy"\nusers = []\n'
       for s in "${sources[@]}"; do
         printf '\n[[source]]\nkind = "%s"\npath = "%s%s"\n' "${s%%:*}" "$root" "${s#*:}"
       done

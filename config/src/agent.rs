@@ -53,10 +53,14 @@ pub struct ExecConfig {
     /// `false`: every step is refused with a clear error.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// The users a step's `user` may name; a step without `user` runs as
-    /// the agent's own user.
+    /// The users a step's `user` may name (the caller must be granted the
+    /// name too: SPEC §4).
     #[serde(default)]
     pub users: Vec<String>,
+    /// Who runs a step that names no user. Absent: `nobody` when the agent
+    /// runs as root (root is never implied), else the agent's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_user: Option<String>,
 }
 
 impl Default for ExecConfig {
@@ -64,6 +68,7 @@ impl Default for ExecConfig {
         ExecConfig {
             enabled: true,
             users: Vec::new(),
+            default_user: None,
         }
     }
 }
@@ -161,11 +166,14 @@ impl AgentConfig {
              # kind = \"sshd\"\n\
              # path = \"/var/log/auth.log\"\n\
              #\n\
-             # Deploy steps run as this agent's user; a step's `user` must be\n\
-             # listed here, and `enabled = false` refuses every step:\n\
+             # Deploy steps run as default_user (absent: `nobody` when the\n\
+             # agent runs as root, else the agent's own user); a step's `user`\n\
+             # must be listed in users (and granted to the caller), and\n\
+             # `enabled = false` refuses every step:\n\
              #\n\
              # [exec]\n\
              # enabled = true\n\
+             # default_user = \"deploy\"\n\
              # users = [\"deploy\"]\n\n{body}"
         )
     }

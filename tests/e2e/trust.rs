@@ -104,3 +104,94 @@ fn a_host_that_relabels_itself_is_not_selected_until_an_admin_labels_it() -> Res
     );
     Ok(())
 }
+
+#[test]
+fn steps_run_as_nobody_by_default_with_a_clean_environment_and_enter_their_folder_as_their_user()
+-> Result<()> {
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs its agent as root, as the shipped unit does (CI runs as root)"
+    );
+    let w = World::new()?;
+    let fp = w.init("cp", "heartbeat_interval = \"1s\"")?;
+    let cp = Control::start(&w, "cp")?;
+    let admin = cp.admin_flags();
+    let tok = token(&w, &cp, &[])?;
+    let out = enroll(&w, &cp, &fp, &tok, "box", &[])?;
+    anyhow::ensure!(out.status.success(), "{}", stderr(&out));
+    // The agent's own environment holds a secret no step may see.
+    let mut c = w.cmd("picket-agent");
+    c.args(["run", "--config"])
+        .arg(w.path("agents/box/agent.toml"))
+        .env("AGENT_SECRET", "hunter2");
+    let _agent = Proc::spawn(c)?;
+    wait_for("box online", Duration::from_secs(20), || {
+        (status_of(&w, &admin, "box")? == "online").then_some(())
+    })?;
+    let run = |argv: &[&str]| -> Result<serde_json::Value> {
+        let mut args = vec!["run", "--selector", "name=box", "-o", "json", "--"];
+        args.extend(argv);
+        let out = ctl(&w, &admin, &args)?;
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(serde_json::from_str(
+            line.lines().last().context("a result line")?,
+        )?)
+    };
+    // Root is never implied: no default_user on a root agent is nobody.
+    let r = run(&["id", "-un"])?;
+    assert_eq!(r["output"], "nobody\n", "{r}");
+    assert_eq!(r["state"], "succeeded", "{r}");
+    // The environment is PATH, LANG, HOME and PICKET_*, nothing else.
+    let r = run(&["env"])?;
+    let out = r["output"].as_str().unwrap_or_default();
+    let mut keys: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "HOME",
+            "LANG",
+            "PATH",
+            "PICKET_HOST",
+            "PICKET_ROLLOUT",
+            "PICKET_STEP"
+        ],
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"));
+    // A folder its user may not enter is not entered as root.
+    std::fs::create_dir_all(w.path("private"))?;
+    std::fs::set_permissions(
+        w.path("private"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    let file = w.path("rollout.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"cwd\"\nselector = \"name=box\"\n[[step]]\nexec = [\"pwd\"]\ncwd = \"{}\"\n",
+            w.path("private").display()
+        ),
+    )?;
+    let out = ctl(
+        &w,
+        &admin,
+        &["rollout", "create", "-f", &file.display().to_string()],
+    )?;
+    anyhow::ensure!(out.status.success(), "{}", stderr(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let s = wait_for("the rollout to fail", Duration::from_secs(30), || {
+        let s = ctl_json(&w, &admin, &["rollout", "status", &id])
+            .ok()?
+            .pop()?;
+        (s["state"] == "failed").then_some(s)
+    })?;
+    let step = &s["waves"][0]["hosts"][0]["steps"][0];
+    let output = step["output"].as_str().unwrap_or_default();
+    assert!(output.contains("Permission denied"), "{step}");
+    Ok(())
+}

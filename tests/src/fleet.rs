@@ -19,6 +19,9 @@ pub const FLEET: [(&str, &str); 5] = [
     ("vm-staging", "staging"),
 ];
 
+/// The fleet's `[exec]`: steps that name no user run as root.
+pub const STEPS_AS_ROOT: &str = "[exec]\ndefault_user = \"root\"\n";
+
 pub struct Fleet {
     pub w: World,
     pub fp: String,
@@ -46,7 +49,9 @@ impl Fleet {
         for (name, env) in FLEET {
             let role = format!("role={}", name.trim_start_matches("vm-"));
             let env = format!("env={env}");
-            let p = enroll_with_sources(&f.w, &f.cp, &f.fp, name, &[&role, &env], &[])?;
+            // The steps write marker files into the test's folder: they
+            // run as root, named as the default user (it is never implied).
+            let p = enroll_with(&f.w, &f.cp, &f.fp, name, &[&role, &env], &[], STEPS_AS_ROOT)?;
             f.agents.push(p);
         }
         wait_for("five agents online", Duration::from_secs(30), || {
@@ -56,12 +61,13 @@ impl Fleet {
         Ok(f)
     }
 
-    /// Appends `toml` to agent `i`'s agent.toml and restarts it.
+    /// Merges `toml` into agent `i`'s agent.toml ([`merge_config`]) and
+    /// restarts it.
     pub fn reconfigure(&mut self, i: usize, toml: &str) -> Result<()> {
         let name = FLEET[i].0;
         let cfg = self.w.path(&format!("agents/{name}/agent.toml"));
         let text = std::fs::read_to_string(&cfg)?;
-        std::fs::write(&cfg, format!("{text}\n{toml}\n"))?;
+        std::fs::write(&cfg, merge_config(&text, toml))?;
         self.agents[i].kill9();
         self.agents[i] = run_agent(&self.w, name)?;
         wait_for(&format!("{name} online"), Duration::from_secs(30), || {

@@ -427,6 +427,20 @@ pub fn enroll_with_sources(
     labels: &[&str],
     sources: &[(&str, &Path)],
 ) -> Result<Proc> {
+    enroll_with(w, cp, fp, name, labels, sources, "")
+}
+
+/// [`enroll_with_sources`], with `extra` merged into its agent.toml
+/// ([`merge_config`]) before it starts.
+pub fn enroll_with(
+    w: &World,
+    cp: &Control,
+    fp: &str,
+    name: &str,
+    labels: &[&str],
+    sources: &[(&str, &Path)],
+    extra: &str,
+) -> Result<Proc> {
     let tok = token(w, cp, &[])?;
     let out = enroll(w, cp, fp, &tok, name, labels)?;
     anyhow::ensure!(out.status.success(), "enroll: {}", stderr(&out));
@@ -438,6 +452,7 @@ pub fn enroll_with_sources(
             path.display()
         ));
     }
+    let text = merge_config(&text, extra);
     std::fs::write(&cfg, text)?;
     run_agent(w, name)
 }

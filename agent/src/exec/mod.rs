@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use ledger::{Entry, Key, Ledger, Outcome};
 use picket_config::agent::ExecConfig;
 
+/// Who runs a step that names no user on an agent that is root.
+const NOBODY: &str = "nobody";
+
 /// Live output is sent in chunks of at most this many bytes.
 const CHUNK: usize = 16 * 1024;
 
@@ -216,6 +219,8 @@ impl Executor {
 
     /// The step checked, or why this host will not run it.
     fn refusal(&self, step: &v1::Step) -> Result<Step, String> {
+        // (`[exec] default_user` needs no listing: it is the host's own
+        // choice, not the caller's.)
         if !self.cfg.enabled {
             return Err(format!(
                 "host {} refuses steps: [exec] enabled = false in its agent.toml",
@@ -286,8 +291,19 @@ impl Executor {
             argv,
             env,
             cwd: run.cwd.clone(),
-            user: run.user.clone(),
+            user: self.step_user(run.user.as_deref()),
             timeout: step.timeout,
         }
+    }
+
+    /// Who runs a step (SPEC §4): the user it names (already checked
+    /// against `[exec] users`), else `[exec] default_user`, else `nobody`
+    /// when the agent is root (root is never implied), else the agent's
+    /// own user (`None`).
+    fn step_user(&self, named: Option<&str>) -> Option<String> {
+        named
+            .map(str::to_string)
+            .or_else(|| self.cfg.default_user.clone())
+            .or_else(|| nix::unistd::geteuid().is_root().then(|| NOBODY.to_string()))
     }
 }

@@ -73,12 +73,23 @@ impl Tail {
     }
 }
 
+/// The PATH every step starts with.
+const STEP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The agent's own user's home (a step that runs as the agent's user).
+fn own_home() -> String {
+    User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.dir.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into())
+}
+
 /// Looked up before the fork: the user's ids, groups and home.
 struct RunAs {
     uid: Uid,
     gid: Gid,
     groups: Vec<Gid>,
-    name: String,
     home: String,
 }
 
@@ -93,7 +104,6 @@ fn run_as(name: &str) -> Result<RunAs, String> {
         uid: user.uid,
         gid: user.gid,
         groups,
-        name: name.to_string(),
         home: user.dir.to_string_lossy().into_owned(),
     })
 }
@@ -120,37 +130,59 @@ pub async fn run(s: Spawn, cancel: CancellationToken, mut live: impl FnMut(&[u8]
         Err(e) => return failed(format!("cannot make a pipe: {e}"), started),
     };
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .envs(&s.env)
+    // A clean environment (SPEC §4): PATH, LANG, HOME of the step's user,
+    // its own `env` and PICKET_*; nothing of the agent's.
+    cmd.env_clear()
+        .env("PATH", STEP_PATH)
+        .env(
+            "LANG",
+            std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
+        )
+        .env("HOME", own_home())
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(writer2))
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(dir) = &s.cwd {
-        cmd.current_dir(dir);
-    }
-    if let Some(name) = &s.user {
-        let who = match run_as(name) {
-            Ok(w) => w,
-            Err(e) => return failed(e, started),
-        };
-        cmd.env("USER", &who.name)
-            .env("LOGNAME", &who.name)
-            .env("HOME", &who.home);
-        let (uid, gid, groups) = (who.uid, who.gid, who.groups);
-        // SAFETY: between fork and exec only async-signal-safe calls run:
-        // setgroups, setgid and setuid are single syscalls on data looked
-        // up before the fork (no allocation, no lock).
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::unistd::setgroups(&groups)?;
-                nix::unistd::setgid(gid)?;
-                nix::unistd::setuid(uid)?;
-                Ok(())
-            });
+    match &s.user {
+        None => {
+            if let Some(dir) = &s.cwd {
+                cmd.current_dir(dir);
+            }
+        }
+        Some(name) => {
+            let who = match run_as(name) {
+                Ok(w) => w,
+                Err(e) => return failed(e, started),
+            };
+            let cwd = match s.cwd.as_deref().map(std::ffi::CString::new).transpose() {
+                Ok(c) => c,
+                Err(_) => return failed("bad cwd: it holds a NUL byte".into(), started),
+            };
+            cmd.env("HOME", &who.home);
+            let (uid, gid, groups) = (who.uid, who.gid, who.groups);
+            // SAFETY: between fork and exec only async-signal-safe calls
+            // run: setgroups, setgid, setuid and chdir are single syscalls
+            // on data made before the fork (no allocation, no lock). The
+            // step's folder is entered as its user, so a folder the user
+            // may not enter fails the step rather than being entered as
+            // root.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::unistd::setgroups(&groups)?;
+                    nix::unistd::setgid(gid)?;
+                    nix::unistd::setuid(uid)?;
+                    if let Some(dir) = &cwd {
+                        nix::unistd::chdir(dir.as_c_str())?;
+                    }
+                    Ok(())
+                });
+            }
         }
     }
+    // The step's own `env` and PICKET_* last: they may set any of these.
+    cmd.envs(&s.env);
     let spawned = cmd.spawn();
     // The parent's copies of the write end go with the command, so the
     // pipe ends when the last process of the step closes it.
