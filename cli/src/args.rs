@@ -143,6 +143,11 @@ pub enum Cmd {
         /// Per host; the whole process group is killed after it.
         #[arg(long, default_value = "5m", value_parser = picket_model::parse_duration)]
         timeout: std::time::Duration,
+        /// Run as this host user: listed in the host's [exec] users and
+        /// granted to you (`user add --run-as`). Default: the host's
+        /// [exec] default_user.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
         /// The program and its arguments (after --).
         #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
@@ -348,6 +353,11 @@ pub enum UserCmd {
         /// Folder for the bundle (default: ./picket-NAME).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// A host user whose steps this user may run (`run --user`, a
+        /// step's `user`); repeat for more. Admins may name any. Granting
+        /// root is granting root on every host that lists it.
+        #[arg(long = "run-as", value_name = "USER")]
+        run_as: Vec<String>,
     },
     /// Revoke a user: their next call is refused and their open streams
     /// (follows, watches, runs) end. The name cannot be added again.

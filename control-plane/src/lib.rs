@@ -61,6 +61,7 @@ pub fn init(data_dir: &Path, sans: &[String]) -> anyhow::Result<picket_pki::Init
         role: picket_model::Role::Admin,
         created_ms: picket_clock::now_ms(),
         revoked_ms: None,
+        run_as: Vec::new(),
     })?;
     store.flush()?;
     let cfg_path = data_dir.join("control.toml");

@@ -22,6 +22,8 @@ pub struct RunSpec {
     pub max_parallel: usize,
     pub timeout: Duration,
     pub argv: Vec<String>,
+    /// The host user to run as (`run --user`), already granted.
+    pub user: Option<String>,
 }
 
 /// One host's result (`state` as SPEC §9 spells it).
@@ -81,6 +83,7 @@ async fn drive(
     };
     let step = v1::Step {
         exec: spec.argv.clone(),
+        user: spec.user.clone(),
         timeout: Some(format!("{}ms", spec.timeout.as_millis())),
         ..Default::default()
     };

@@ -120,6 +120,9 @@ pub struct UserRecord {
     /// the name cannot be added again.
     #[serde(default)]
     pub revoked_ms: Option<i64>,
+    /// Host users whose steps this user may run (`user add --run-as`).
+    #[serde(default)]
+    pub run_as: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -183,6 +183,7 @@ fn a_revoked_user_stays_revoked_and_cannot_be_added_again() {
         role: Role::Operator,
         created_ms: 1,
         revoked_ms: None,
+        run_as: vec!["deploy".into()],
     };
     assert_eq!(s.add_user(&alice).unwrap(), Ok(()));
     let bumped = UserRecord {

@@ -195,3 +195,96 @@ fn steps_run_as_nobody_by_default_with_a_clean_environment_and_enter_their_folde
     assert!(output.contains("Permission denied"), "{step}");
     Ok(())
 }
+
+#[test]
+fn a_step_user_must_be_granted_to_the_caller_admins_excepted() -> Result<()> {
+    let w = World::new()?;
+    let fp = w.init("cp", "heartbeat_interval = \"1s\"")?;
+    let cp = Control::start(&w, "cp")?;
+    let admin = cp.admin_flags();
+    let _agent = enroll_with(
+        &w,
+        &cp,
+        &fp,
+        "box",
+        &[],
+        &[],
+        "[exec]\ndefault_user = \"root\"\nusers = [\"nobody\"]",
+    )?;
+    wait_for("box online", Duration::from_secs(20), || {
+        (status_of(&w, &admin, "box")? == "online").then_some(())
+    })?;
+    for (name, grant) in [("ops", None), ("deployer", Some("nobody"))] {
+        let mut args = vec!["user", "add", name, "--role", "operator", "--out", name];
+        if let Some(g) = grant {
+            args.extend(["--run-as", g]);
+        }
+        let out = ctl(&w, &admin, &args)?;
+        anyhow::ensure!(out.status.success(), "{}", stderr(&out));
+    }
+    let flags = |u: &str| cp.flags(&format!("../{u}/{u}.crt"), &format!("../{u}/{u}.key"));
+    let run = |who: &[String], user: Option<&str>| -> Result<std::process::Output> {
+        let mut args = vec!["run", "--selector", "name=box", "-o", "json"];
+        if let Some(u) = user {
+            args.extend(["--user", u]);
+        }
+        args.extend(["--", "id", "-un"]);
+        ctl(&w, who, &args)
+    };
+    // The step's output, from the one JSON result line.
+    let said = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| v["output"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    // The host's default needs no grant; a named user does.
+    let out = run(&flags("ops"), None)?;
+    assert!(
+        out.status.success() && said(&out) == "root\n",
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&flags("ops"), Some("nobody"))?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("may not run steps as \"nobody\""),
+        "{}",
+        stderr(&out)
+    );
+    // Granted, or an admin: runs as that user.
+    for who in [flags("deployer"), admin.clone()] {
+        let out = run(&who, Some("nobody"))?;
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(said(&out) == "nobody\n", "{}", said(&out));
+    }
+    // A rollout naming a user not granted is refused before it starts.
+    let file = w.path("as-root.toml");
+    std::fs::write(
+        &file,
+        "name = \"x\"\nselector = \"name=box\"\n[[step]]\nexec = [\"true\"]\nuser = \"root\"\n",
+    )?;
+    let out = ctl(
+        &w,
+        &flags("deployer"),
+        &["rollout", "create", "-f", &file.display().to_string()],
+    )?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("\"root\""), "{}", stderr(&out));
+    let audit = ctl(&w, &admin, &["audit"])?;
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.contains("denied: run-as nobody not granted"),
+        "{audit}"
+    );
+    assert!(audit.contains("denied: run-as root not granted"), "{audit}");
+    let users = ctl_json(&w, &admin, &["user", "list"])?;
+    let deployer = users.iter().find(|u| u["name"] == "deployer");
+    assert_eq!(
+        deployer.map(|u| u["run_as"].clone()),
+        Some(serde_json::json!(["nobody"]))
+    );
+    Ok(())
+}

@@ -99,6 +99,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             selector,
             max_parallel,
             timeout,
+            user,
             argv,
         } => {
             let r = picket_proto::v1::RunRequest {
@@ -106,6 +107,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 max_parallel,
                 timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                 argv,
+                user,
             };
             run::run(&mut admin, r, fmt).await
         }

@@ -20,8 +20,13 @@ pub async fn run(
     fmt: Format,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let (name, role, dir) = match cmd {
-        UserCmd::Add { name, role, out } => (name, role, out),
+    let (name, role, dir, run_as) = match cmd {
+        UserCmd::Add {
+            name,
+            role,
+            out,
+            run_as,
+        } => (name, role, out, run_as),
         UserCmd::Revoke { name } => return revoke(admin, name, fmt, out).await,
         UserCmd::List => return list(admin, fmt, out).await,
     };
@@ -36,6 +41,7 @@ pub async fn run(
             name: name.clone(),
             role: v1::Role::from(role) as i32,
             csr_pem: kc.csr_pem,
+            run_as: run_as.clone(),
         })
         .await
         .map_err(rpc)?
@@ -49,7 +55,7 @@ pub async fn run(
     match fmt {
         Format::Json => json_line(
             out,
-            &json!({"name": name, "role": role.as_str(), "cert": cert_path, "key": key_path, "ca": ca_path}),
+            &json!({"name": name, "role": role.as_str(), "run_as": run_as, "cert": cert_path, "key": key_path, "ca": ca_path}),
         )?,
         Format::Table => {
             writeln!(
@@ -109,17 +115,25 @@ async fn list(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> anyhow::R
             for u in &users {
                 json_line(
                     out,
-                    &json!({"name": u.name, "role": role(u.role), "created": crate::output::time(u.created_unix_ms), "revoked": revoked(u.revoked_unix_ms)}),
+                    &json!({"name": u.name, "role": role(u.role), "run_as": u.run_as, "created": crate::output::time(u.created_unix_ms), "revoked": revoked(u.revoked_unix_ms)}),
                 )?;
             }
         }
         Format::Table => {
-            let mut t =
-                crate::output::Table::new(&mut *out, &["NAME", "ROLE", "CREATED", "REVOKED"])?;
+            let mut t = crate::output::Table::new(
+                &mut *out,
+                &["NAME", "ROLE", "RUN-AS", "CREATED", "REVOKED"],
+            )?;
             for u in &users {
+                let run_as = if u.run_as.is_empty() {
+                    "-".to_string()
+                } else {
+                    u.run_as.join(",")
+                };
                 t.row(&[
                     u.name.clone(),
                     role(u.role).to_string(),
+                    run_as,
                     crate::output::time(u.created_unix_ms).unwrap_or_default(),
                     revoked(u.revoked_unix_ms).unwrap_or_else(|| "-".into()),
                 ])?;

@@ -347,6 +347,10 @@ impl AdminService for AdminSvc {
         let r = req.into_inner();
         validate_name(&r.name).map_err(bad_input)?;
         let role = picket_proto::convert::role(r.role).map_err(bad_input)?;
+        for u in &r.run_as {
+            super::grants::valid_user(u)
+                .map_err(|e| Status::invalid_argument(format!("--run-as: {e}")))?;
+        }
         let issued = st
             .ca
             .issue(&r.csr_pem, &r.name, SubjectKind::User, st.cfg.user_cert_ttl)
@@ -356,6 +360,7 @@ impl AdminService for AdminSvc {
             role,
             created_ms: now_ms(),
             revoked_ms: None,
+            run_as: r.run_as.clone(),
         };
         let added = st
             .store
@@ -378,7 +383,11 @@ impl AdminService for AdminSvc {
             &caller.actor(),
             "user.add",
             &target,
-            &format!("ok: role {role}"),
+            &if r.run_as.is_empty() {
+                format!("ok: role {role}")
+            } else {
+                format!("ok: role {role}, run-as {}", r.run_as.join(","))
+            },
         );
         Ok(Response::new(v1::AddUserResponse {
             cert_pem: issued.cert_pem,
@@ -440,6 +449,7 @@ impl AdminService for AdminSvc {
                 role: v1::Role::from(u.role) as i32,
                 created_unix_ms: u.created_ms,
                 revoked_unix_ms: u.revoked_ms.unwrap_or(0),
+                run_as: u.run_as,
             })
             .collect();
         Ok(Response::new(v1::ListUsersResponse { users }))

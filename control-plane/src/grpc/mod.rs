@@ -10,6 +10,7 @@ pub mod auth;
 mod convert;
 pub mod cut;
 mod enroll;
+mod grants;
 mod labels;
 mod rollouts;
 pub mod state;

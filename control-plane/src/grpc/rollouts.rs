@@ -93,6 +93,12 @@ impl AdminSvc {
         if r.argv.first().is_none_or(|a| a.is_empty()) {
             return Err(Status::invalid_argument("no command given (after --)"));
         }
+        if let Some(u) = &r.user {
+            super::grants::valid_user(u)
+                .map_err(|e| Status::invalid_argument(format!("--user: {e}")))?;
+        }
+        let users: Vec<String> = r.user.iter().cloned().collect();
+        super::grants::check(st, &caller, &users, "run", "").await?;
         let agents = st
             .store
             .blocking(|s| s.agents())
@@ -127,6 +133,7 @@ impl AdminSvc {
                 ms => Duration::from_millis(ms),
             },
             argv: r.argv,
+            user: r.user,
         };
         let rx = crate::run::start(st.steps.clone(), id.clone(), hosts, spec, &st.tasks);
         let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |h| {
@@ -150,6 +157,15 @@ impl AdminSvc {
         let caller = require(&req, &st.audit, Role::Operator, "rollout.create", "")?;
         let spec = RawSpec::from(req.into_inner().spec.unwrap_or_default());
         let name = spec.name.clone().unwrap_or_default();
+        let mut users: Vec<String> = spec
+            .step
+            .iter()
+            .chain(&spec.health)
+            .chain(&spec.rollback)
+            .filter_map(|s| s.user.clone())
+            .collect();
+        users.dedup();
+        super::grants::check(st, &caller, &users, "rollout.create", "").await?;
         match st.rollouts.create(spec).await {
             Ok(id) => {
                 st.audit.record(
