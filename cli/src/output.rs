@@ -137,10 +137,13 @@ impl<W: Write> Table<W> {
         Ok(t)
     }
 
+    /// One row; every cell is escaped for the terminal (text from hosts
+    /// and users: names, labels, inventory, audit targets), so that no
+    /// cell can move the cursor, retitle the window or end a column.
     pub fn row<S: AsRef<str>>(&mut self, cells: &[S]) -> io::Result<()> {
         let line: Vec<String> = cells
             .iter()
-            .map(|c| c.as_ref().replace(['\t', '\n'], " "))
+            .map(|c| escape_terminal(&c.as_ref().replace(['\t', '\n'], " ")).into_owned())
             .collect();
         writeln!(self.tw, "{}", line.join("\t"))
     }
@@ -209,10 +212,12 @@ mod tests {
         let mut buf = Vec::new();
         let mut t = Table::new(&mut buf, &["NAME", "STATUS"]).unwrap();
         t.row(&["vm-production", "online"]).unwrap();
+        t.row(&["evil\x1b]0;pwned\x07", "on\rline"]).unwrap();
         t.finish().unwrap();
         let s = String::from_utf8(buf).unwrap();
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines[0].find("STATUS"), lines[1].find("online"));
+        assert_eq!(lines[2], "evil\\x1b]0;pwned\\x07  on\\x0dline");
     }
 }
 

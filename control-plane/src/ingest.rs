@@ -55,6 +55,27 @@ pub fn apply(
     acked: u64,
     batch: &v1::RecordBatch,
 ) -> Result<u64, IngestError> {
+    store_batch(to, agent, acked, batch, Origin::Agent)
+}
+
+/// Who sent a batch: only the control plane itself may send events of
+/// its own source (a host cannot forge `rollout_failed`).
+#[derive(Clone, Copy, PartialEq)]
+enum Origin {
+    Agent,
+    ControlPlane,
+}
+
+/// The source of the control plane's own events (SPEC §9).
+pub const OWN_SOURCE: &str = "picket";
+
+fn store_batch(
+    to: &Sinks,
+    agent: &str,
+    acked: u64,
+    batch: &v1::RecordBatch,
+    origin: Origin,
+) -> Result<u64, IngestError> {
     let mut out = Records::default();
     let received = now_ms();
     let mut last = acked;
@@ -91,11 +112,17 @@ pub fn apply(
             payload: Cow::Borrowed(payload),
         };
         let stored = match r.payload {
-            PayloadView::Event(p) => scan::event_check(p).map(|(t, head)| {
+            PayloadView::Event(p) => scan::event_check(p).and_then(|(t, head)| {
+                if head.source == OWN_SOURCE && origin == Origin::Agent {
+                    return Err(FrameError::Malformed(
+                        "source \"picket\" is the control plane's own; refused from an agent",
+                    ));
+                }
                 if let Some(c) = &mut tap {
                     c.event(p, &head);
                 }
-                out.events.push(wire(p, t))
+                out.events.push(wire(p, t));
+                Ok(())
             }),
             PayloadView::Log(p) => scan::log_time(p).map(|t| out.logs.push(wire(p, t))),
             PayloadView::Metrics(p) => v1::MetricSample::decode(p)
@@ -148,7 +175,13 @@ pub fn own_event(
         seq: acked + 1,
         payload: Some(v1::record::Payload::Event(event)),
     };
-    apply(to, host, acked, &picket_proto::frame::batch_of(&[record]))?;
+    store_batch(
+        to,
+        host,
+        acked,
+        &picket_proto::frame::batch_of(&[record]),
+        Origin::ControlPlane,
+    )?;
     store.flush()?;
     Ok(())
 }
@@ -260,5 +293,32 @@ mod tests {
         assert_eq!(apply(&st, "h", 4, &broken).unwrap(), 6);
         assert_eq!(st.counters.rejected.load(Ordering::Relaxed), 2);
         assert_eq!(store.events_since(0, None).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn the_control_planes_own_source_is_refused_from_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let st = sinks(&store);
+        let forged = v1::Event {
+            source: OWN_SOURCE.into(),
+            kind: "rollout_failed".into(),
+            severity: v1::Severity::High as i32,
+            message: "rollout r-1: failed".into(),
+            time_unix_ms: 5_000,
+            ..Default::default()
+        };
+        let batch = frame::batch_of(&[record(1, Payload::Event(forged.clone()))]);
+        assert_eq!(apply(&st, "h", 0, &batch).unwrap(), 1, "acked, not stored");
+        assert_eq!(st.counters.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(store.events_since(0, None).unwrap().count(), 0);
+        // The control plane's own are stored.
+        own_event(&st, &store, "cp", forged).unwrap();
+        let e: Vec<_> = store
+            .events_since(0, None)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!((e.len(), e[0].host.as_str()), (1, "cp"));
     }
 }

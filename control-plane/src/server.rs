@@ -58,7 +58,7 @@ fn finished_events(
             _ => picket_proto::v1::Severity::High,
         };
         let event = picket_proto::v1::Event {
-            source: "picket".into(),
+            source: crate::ingest::OWN_SOURCE.into(),
             path: String::new(),
             kind: kind.to_string(),
             severity: severity as i32,

@@ -79,6 +79,15 @@ impl Enrollment for EnrollService {
             ));
         }
         let r = req.into_inner();
+        // Checked before anything is written: a request without a token
+        // leaves nothing of its own text behind (not even in the audit).
+        validate_name(&r.name).map_err(bad_input)?;
+        for (k, v) in &r.labels {
+            validate_label(k, v).map_err(bad_input)?;
+        }
+        if r.csr_pem.is_empty() {
+            return Err(Status::invalid_argument("csr_pem is empty"));
+        }
         let who = peer.map_or_else(|| "unknown address".to_string(), |a| a.ip().to_string());
         let hash = token::hash(&r.token);
         let now = now_ms();
@@ -89,13 +98,6 @@ impl Enrollment for EnrollService {
                 return Err(Status::unauthenticated(REFUSED));
             }
         };
-        validate_name(&r.name).map_err(bad_input)?;
-        for (k, v) in &r.labels {
-            validate_label(k, v).map_err(bad_input)?;
-        }
-        if r.csr_pem.is_empty() {
-            return Err(Status::invalid_argument("csr_pem is empty"));
-        }
         // Issued before the token is spent; it leaves only if the
         // enrollment is recorded.
         let issued =
