@@ -3,10 +3,14 @@
 
 use serde_json::{Value, json};
 
-use super::{Message, summary};
+use super::{Message, cut, summary};
 use picket_alert::engine::AlertState;
 
 const MAX_EMBEDS: usize = 10;
+/// Discord's limits: content, an embed's title, its description.
+const CONTENT_CHARS: usize = 2000;
+const TITLE_CHARS: usize = 256;
+const DESCRIPTION_CHARS: usize = 4096;
 const RED: u32 = 0xE0_1E_5A;
 const GREEN: u32 = 0x2E_B6_7D;
 
@@ -18,8 +22,8 @@ pub fn payload(msg: &Message) -> Value {
         .map(|a| {
             let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             json!({
-                "title": a.rule,
-                "description": format!("{}\n`{}`", summary(a), labels.join(" ")),
+                "title": cut(&a.rule, TITLE_CHARS),
+                "description": cut(&format!("{}\n`{}`", summary(a), labels.join(" ")), DESCRIPTION_CHARS),
                 "color": if a.state == AlertState::Firing { RED } else { GREEN },
             })
         })
@@ -31,5 +35,11 @@ pub fn payload(msg: &Message) -> Value {
             msg.alerts.len() - MAX_EMBEDS
         ));
     }
-    json!({ "content": content, "embeds": embeds })
+    // No mention of anyone: `@everyone` or `<@id>` in a host's text is
+    // shown, never pings.
+    json!({
+        "content": cut(&content, CONTENT_CHARS),
+        "embeds": embeds,
+        "allowed_mentions": { "parse": [] },
+    })
 }

@@ -159,6 +159,18 @@ pub fn summary(a: &Alert) -> &str {
         .unwrap_or(&a.rule)
 }
 
+/// `s` cut to at most `max` characters (the receiver's limit), marked
+/// `…`: a receiver refuses a longer text with a 4xx, and a 4xx is not
+/// retried, so the notification would be lost for a long summary.
+pub fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// RFC 3339 in UTC, as Alertmanager writes times.
 pub fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

@@ -108,6 +108,34 @@ fn slack_and_discord_use_their_incoming_webhook_shapes() {
 }
 
 #[test]
+fn text_from_hosts_is_shown_not_obeyed_and_cut_to_each_receivers_limit() {
+    let mut a = alert("IdsAlert", "vm-prod", "high", AlertState::Firing);
+    let hostile = format!(
+        "<!channel> @everyone <http://evil|bank> & {}",
+        "x".repeat(10_000)
+    );
+    a.annotations.insert("summary".into(), hostile);
+    let m = message(vec![a]);
+    let s = slack::payload(&m);
+    let section = s["blocks"][1]["text"]["text"].as_str().unwrap_or_default();
+    assert!(
+        section.contains("&lt;!channel&gt;") && section.contains("&amp;"),
+        "{section}"
+    );
+    assert!(!section.contains("<!channel>") && !section.contains("<http"));
+    assert!(section.chars().count() <= 3000 && section.ends_with('…'));
+    assert!(
+        s["text"]
+            .as_str()
+            .is_some_and(|t| t.chars().count() <= 4000 && !t.contains('<'))
+    );
+    let d = discord::payload(&m);
+    assert_eq!(d["allowed_mentions"]["parse"], serde_json::json!([]));
+    let desc = d["embeds"][0]["description"].as_str().unwrap_or_default();
+    assert!(desc.chars().count() <= 4096 && desc.ends_with('…'));
+}
+
+#[test]
 fn pagerduty_triggers_and_resolves_by_fingerprint_with_mapped_severities() {
     let m = message(vec![
         alert("A", "h1", "critical", AlertState::Firing),
