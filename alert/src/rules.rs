@@ -337,9 +337,25 @@ pub fn check_file(file: &str, text: &str) -> (Option<Rules>, Vec<Finding>) {
 
 /// Reads and checks an alert file's text.
 pub fn parse(text: &str) -> Result<Rules, RulesError> {
-    let raw: RawFile = toml::from_str(text)
-        .map_err(|e| RulesError(vec![e.to_string().trim().replace('\n', " ")]))?;
+    let raw: RawFile = toml::from_str(text).map_err(|e| RulesError(vec![syntax(text, &e)]))?;
     raw.check()
+}
+
+/// A TOML error as one line that names where, without quoting the source:
+/// the line may hold a secret (a webhook URL or routing key typed under the
+/// wrong key), and this text goes to the log and the audit that viewers
+/// read.
+fn syntax(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
 }
 
 mod check;

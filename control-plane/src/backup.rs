@@ -13,6 +13,7 @@
 //! A running control plane is asked for a snapshot over its local socket
 //! ([`crate::local`]); a stopped one's store is opened here.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -81,6 +82,7 @@ pub fn backup(config: &Path, out: &Path, force: bool) -> anyhow::Result<BackupRe
                 let path = reply
                     .path
                     .context("the control plane sent no snapshot folder")?;
+                let path = confined(data, &path, &reply.segments)?;
                 (path, reply.segments, Some(reply.frozen_ms))
             }
             None => {
@@ -152,6 +154,39 @@ fn partial_path(out: &Path) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
     out.with_file_name(name)
+}
+
+/// The snapshot folder the socket named, once it is known to be inside the
+/// data folder's snapshots, with every segment path relative and inside
+/// it: the backup runs as root and reads whatever it is pointed at, and
+/// the socket's answer is not to be trusted further than that.
+fn confined(
+    data: &Path,
+    path: &Path,
+    segments: &BTreeMap<PathBuf, u64>,
+) -> anyhow::Result<PathBuf> {
+    let base = data
+        .join(local::SNAPSHOTS)
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", data.join(local::SNAPSHOTS).display()))?;
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("the snapshot folder {} is not there", path.display()))?;
+    if !real.starts_with(&base) || real == base {
+        bail!(
+            "the control plane named {} as its snapshot, outside {}; refusing to read it",
+            path.display(),
+            base.display()
+        );
+    }
+    let plain = |p: &Path| p.components().all(|c| matches!(c, Component::Normal(_)));
+    if let Some(bad) = segments.keys().find(|p| !plain(p)) {
+        bail!(
+            "the control plane named a segment {} outside its snapshot; refusing to read it",
+            bad.display()
+        );
+    }
+    Ok(real)
 }
 
 /// Deletes a file or folder when dropped, unless disarmed: what a failed
@@ -545,5 +580,24 @@ mod tests {
             assert!(safe_path(bad).is_err(), "{bad}");
         }
         assert!(safe_path("blocks/events/0000000000000001.seg").is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_named_outside_the_data_folder_is_not_read() {
+        let data = tempfile::tempdir().unwrap();
+        let snaps = data.path().join(local::SNAPSHOTS);
+        std::fs::create_dir_all(snaps.join("s1")).unwrap();
+        let none = BTreeMap::new();
+        assert!(confined(data.path(), &snaps.join("s1"), &none).is_ok());
+        for outside in [PathBuf::from("/etc"), snaps.join("../.."), snaps.clone()] {
+            let e = confined(data.path(), &outside, &none).unwrap_err();
+            assert!(
+                e.to_string().contains("refusing") || e.to_string().contains("outside"),
+                "{e}"
+            );
+        }
+        let sneaky = BTreeMap::from([(PathBuf::from("../../../etc/shadow"), 1)]);
+        let e = confined(data.path(), &snaps.join("s1"), &sneaky).unwrap_err();
+        assert!(e.to_string().contains("segment"), "{e}");
     }
 }

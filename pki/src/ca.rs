@@ -4,6 +4,7 @@
 //! CA, so that agents can pin the CA), `server.key` (0600), `admin.crt`,
 //! `admin.key` (0600). Keys are ECDSA P-256.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -127,10 +128,16 @@ pub(super) fn validity(params: &mut CertificateParams, lifetime: Duration) -> Sy
 /// Creates the CA, the server certificate and the first admin bundle in
 /// `dir`. Refuses if a CA is already there.
 pub fn init(dir: &Path, sans: &[String]) -> Result<InitReport, PkiError> {
-    std::fs::create_dir_all(dir).map_err(|error| PkiError::CreateDir {
-        path: dir.to_path_buf(),
-        error,
-    })?;
+    // 0700: it holds the CA key and the store (outside systemd too, where
+    // no StateDirectoryMode applies).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|error| PkiError::CreateDir {
+            path: dir.to_path_buf(),
+            error,
+        })?;
     for existing in ["ca.crt", "ca.key"] {
         let p = dir.join(existing);
         if p.exists() {
@@ -265,6 +272,11 @@ mod tests {
         }
         let chain = std::fs::read_to_string(dir.path().join("server.crt")).unwrap();
         assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
+        // A data folder init makes is the owner's alone.
+        let fresh = dir.path().join("new/data");
+        init(&fresh, &[]).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
         assert!(matches!(init(dir.path(), &[]), Err(PkiError::Exists(_))));
         let ca = Ca::load(dir.path()).unwrap();
         assert_eq!(ca.fingerprint(), r.fingerprint);

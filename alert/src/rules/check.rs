@@ -451,9 +451,19 @@ fn notifier_kind(c: &mut Check, at: &str, n: &RawNotifier) -> Option<NotifierKin
             if to.is_empty() || to.iter().any(|a| !a.contains('@')) {
                 c.problem(&format!("{at}.to"), "required: one address or more");
             }
+            let starttls = n.starttls.unwrap_or(true);
+            let host = smtp.rsplit_once(':').map_or(smtp.as_str(), |(h, _)| h);
+            let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1");
+            if n.password_file.is_some() && !starttls && !loopback {
+                c.problem(
+                    &format!("{at}.starttls"),
+                    "false with a password_file would send the password in clear to a remote server; \
+                     set starttls = true",
+                );
+            }
             NotifierKind::Email {
                 smtp,
-                starttls: n.starttls.unwrap_or(true),
+                starttls,
                 from,
                 to,
                 username: n.username.clone(),

@@ -207,3 +207,36 @@ fn the_documented_seed_file_parses() {
     assert_eq!(rules.notifiers.len(), 5);
     assert!(rules.warnings.is_empty(), "{:?}", rules.warnings);
 }
+
+#[test]
+fn a_mail_password_is_never_sent_in_clear_to_a_remote_server() {
+    let mail = |smtp: &str, starttls: bool| {
+        format!(
+            "[[notifier]]\nname = \"mail\"\nkind = \"email\"\nsmtp = \"{smtp}\"\nstarttls = {starttls}\n\
+             from = \"p@example.com\"\nto = [\"o@example.com\"]\nusername = \"u\"\npassword_file = \"/etc/picket/pw\"\n"
+        )
+    };
+    let p = problems(&mail("smtp.example.com:25", false));
+    assert!(
+        p.len() == 1 && p[0].starts_with("notifier \"mail\".starttls: false with a password_file"),
+        "{p:?}"
+    );
+    assert!(problems(&mail("smtp.example.com:587", true)).is_empty());
+    assert!(
+        problems(&mail("127.0.0.1:25", false)).is_empty(),
+        "a local relay"
+    );
+}
+
+#[test]
+fn a_secret_under_a_wrong_key_is_not_quoted_in_the_error() {
+    let text =
+        "[[notifier]]\nname = \"pd\"\nkind = \"pagerduty\"\nrouting_ky = \"S3CRET-ROUTING-KEY\"\n";
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("line 4, column 1:") && p[0].contains("routing_ky"),
+        "{p:?}"
+    );
+    assert!(!p[0].contains("S3CRET"), "{p:?}");
+}
