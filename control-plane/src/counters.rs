@@ -12,4 +12,9 @@ pub struct Counters {
     pub rejected: std::sync::atomic::AtomicU64,
     /// Enrollment attempts refused by the per-address rate limit.
     pub enroll_rate_limited: std::sync::atomic::AtomicU64,
+    /// Metric samples dated more than 5 minutes ahead, stored at their
+    /// receive time instead (they would never expire).
+    pub samples_clamped: std::sync::atomic::AtomicU64,
+    /// Certificate renewals refused: too soon after the last one.
+    pub renew_refused: std::sync::atomic::AtomicU64,
 }

@@ -324,6 +324,21 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
             &state.feed.stats.sent,
         ),
         (
+            "picket_control_samples_clamped",
+            "Metric samples dated more than 5 minutes ahead, stored at their receive time, since start",
+            &state.counters.samples_clamped,
+        ),
+        (
+            "picket_control_step_output_cut",
+            "Step results whose output was cut to the 64 KiB the control plane keeps, since start",
+            &state.steps.output_cut,
+        ),
+        (
+            "picket_control_renewals_refused",
+            "Certificate renewals refused for coming too soon after the last one, since start",
+            &state.counters.renew_refused,
+        ),
+        (
             "picket_control_follower_catch_ups",
             "Times a -f follower fell behind its live queue and read what it missed from the store",
             &state.feed.stats.catch_ups,

@@ -66,6 +66,11 @@ enum Origin {
     ControlPlane,
 }
 
+/// A sample dated further ahead than this (a clock hours off, or a
+/// hostile agent) is stored at its receive time: one dated in the future
+/// would outlive every retention.
+const FUTURE_MS: i64 = 5 * 60 * 1000;
+
 /// The source of the control plane's own events (SPEC §9).
 pub const OWN_SOURCE: &str = "picket";
 
@@ -79,7 +84,7 @@ fn store_batch(
     let mut out = Records::default();
     let received = now_ms();
     let mut last = acked;
-    let (mut repeats, mut rejected) = (0u64, 0u64);
+    let (mut repeats, mut rejected, mut clamped) = (0u64, 0u64, 0u64);
     let mut first_error = None;
     let mut tap = to.alerts.collector(agent, received);
     for bytes in &batch.records {
@@ -127,7 +132,11 @@ fn store_batch(
             PayloadView::Log(p) => scan::log_time(p).map(|t| out.logs.push(wire(p, t))),
             PayloadView::Metrics(p) => v1::MetricSample::decode(p)
                 .map(|m| {
-                    let s = sample(m);
+                    let mut s = sample(m);
+                    if s.time_ms > received.saturating_add(FUTURE_MS) {
+                        s.time_ms = received;
+                        clamped += 1;
+                    }
                     if let Some(c) = &mut tap {
                         c.sample(&s.points);
                     }
@@ -155,6 +164,9 @@ fn store_batch(
     }
     let counters = &to.counters;
     counters.duplicates.fetch_add(repeats, Ordering::Relaxed);
+    counters
+        .samples_clamped
+        .fetch_add(clamped, Ordering::Relaxed);
     if let Some((seq, error)) = first_error {
         counters.rejected.fetch_add(rejected, Ordering::Relaxed);
         tracing::warn!(%agent, seq, %error, rejected, "skipped records that do not decode");
@@ -293,6 +305,41 @@ mod tests {
         assert_eq!(apply(&st, "h", 4, &broken).unwrap(), 6);
         assert_eq!(st.counters.rejected.load(Ordering::Relaxed), 2);
         assert_eq!(store.events_since(0, None).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_sample_dated_hours_ahead_is_stored_at_its_receive_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let st = sinks(&store);
+        let now = picket_clock::now_ms();
+        let sample = |t: i64| {
+            Payload::Metrics(v1::MetricSample {
+                time_unix_ms: t,
+                gauges: vec![v1::Gauge {
+                    name: "load1".into(),
+                    value: 1.0,
+                    ..Default::default()
+                }],
+            })
+        };
+        let batch = frame::batch_of(&[
+            record(1, sample(now + 3_600_000)),
+            record(2, sample(now - 1_000)),
+        ]);
+        assert_eq!(apply(&st, "h", 0, &batch).unwrap(), 2);
+        assert_eq!(st.counters.samples_clamped.load(Ordering::Relaxed), 1);
+        let times: Vec<i64> = store
+            .samples("h", 0, i64::MAX)
+            .unwrap()
+            .iter()
+            .map(|s| s.time_ms)
+            .collect();
+        assert_eq!(times.len(), 2);
+        assert!(
+            times.iter().all(|t| *t <= picket_clock::now_ms()),
+            "{times:?}"
+        );
     }
 
     #[test]

@@ -26,6 +26,25 @@ pub struct StepNews {
 pub struct Steps {
     sessions: Arc<Sessions>,
     routes: Mutex<HashMap<String, mpsc::Sender<StepNews>>>,
+    /// Results whose output was cut to [`OUTPUT_BYTES`].
+    pub output_cut: std::sync::atomic::AtomicU64,
+}
+
+/// The most of a step's output the control plane keeps (the newest): what
+/// an agent keeps too, so only a hostile agent sends more.
+pub const OUTPUT_BYTES: usize = 64 * 1024;
+
+/// `output`'s newest [`OUTPUT_BYTES`], cut at a character boundary.
+fn newest(output: &mut String) -> bool {
+    if output.len() <= OUTPUT_BYTES {
+        return false;
+    }
+    let mut at = output.len() - OUTPUT_BYTES;
+    while !output.is_char_boundary(at) {
+        at += 1;
+    }
+    output.drain(..at);
+    true
 }
 
 impl Steps {
@@ -33,6 +52,7 @@ impl Steps {
         Steps {
             sessions,
             routes: Mutex::default(),
+            output_cut: Default::default(),
         }
     }
 
@@ -100,7 +120,7 @@ impl Steps {
 
     /// An update from `host`'s stream, to its run's owner.
     pub async fn deliver(&self, host: &str, update: v1::StepUpdate) {
-        let (Some(key), Some(body)) = (update.key, update.body) else {
+        let (Some(key), Some(mut body)) = (update.key, update.body) else {
             tracing::debug!(agent = %host, "a step update without key or body; ignored");
             return;
         };
@@ -113,6 +133,12 @@ impl Steps {
             tracing::debug!(agent = %host, run = %key.run, "a step update for no live run; ignored");
             return;
         };
+        if let step_update::Body::Result(r) = &mut body
+            && newest(&mut r.output)
+        {
+            self.output_cut
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let news = StepNews {
             host: host.to_string(),
             key,
@@ -126,5 +152,22 @@ impl Steps {
                 let _ = tx.send(news).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_cut_to_its_newest_64_kib_at_a_character() {
+        let mut small = "ok\n".to_string();
+        assert!(!newest(&mut small));
+        let mut big = format!("é{}", "x".repeat(16 << 20));
+        assert!(newest(&mut big));
+        assert_eq!(big.len(), OUTPUT_BYTES);
+        let mut edge = format!("{}é", "x".repeat(OUTPUT_BYTES - 1));
+        assert!(newest(&mut edge));
+        assert!(edge.len() <= OUTPUT_BYTES && edge.ends_with('é'));
     }
 }

@@ -21,9 +21,15 @@ use picket_pki::SubjectKind;
 
 pub struct AgentSvc {
     pub state: Arc<State>,
+    /// When each agent last renewed: a renewal sooner than a quarter of
+    /// the certificate's lifetime after the last is refused.
+    pub renewed: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
 }
 
 type ControlStream = Pin<Box<dyn Stream<Item = Result<v1::ControlMessage, Status>> + Send>>;
+
+/// The most labels an agent may report (each is stored and shown).
+const MAX_REPORTED_LABELS: usize = 64;
 
 /// How long an agent has to say Hello after opening its stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +57,12 @@ impl AgentService for AgentSvc {
         };
         let inv = hello.inventory.unwrap_or_default();
         let reported: picket_model::Labels = inv.labels.clone().into_iter().collect();
+        if reported.len() > MAX_REPORTED_LABELS {
+            return Err(Status::invalid_argument(format!(
+                "{} labels reported; at most {MAX_REPORTED_LABELS}",
+                reported.len()
+            )));
+        }
         for (k, v) in &reported {
             picket_model::validate_label(k, v).map_err(bad_input)?;
         }
@@ -192,11 +204,25 @@ impl AgentService for AgentSvc {
         req: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::RenewResponse>, Status> {
         let name = require_agent(&req)?;
+        let st = &self.state;
+        let gap = st.cfg.agent_cert_ttl / 4;
+        {
+            let mut renewed = self.renewed.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            if renewed.get(&name).is_some_and(|t| now < *t + gap) {
+                st.counters
+                    .renew_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(Status::resource_exhausted(format!(
+                    "agent {name} renewed less than {gap:?} ago; renew later"
+                )));
+            }
+            renewed.insert(name.clone(), now);
+        }
         let presented = req
             .extensions()
             .get::<super::auth::AgentSerial>()
             .map(|s| s.0.clone());
-        let st = &self.state;
         let issued = st
             .ca
             .issue(

@@ -120,14 +120,29 @@ pub fn agent(rec: &AgentRecord, online: bool) -> v1::Agent {
     }
 }
 
+/// The most characters of an inventory text, and the most addresses, the
+/// control plane keeps of what an agent says (it is rewritten on every
+/// connect and shown in every `agents list`).
+const INVENTORY_CHARS: usize = 256;
+const INVENTORY_ADDRESSES: usize = 64;
+
+fn capped(s: &str) -> String {
+    s.chars().take(INVENTORY_CHARS).collect()
+}
+
 pub fn inventory(i: &v1::Inventory) -> Inventory {
     Inventory {
-        hostname: i.hostname.clone(),
-        os: i.os.clone(),
-        kernel: i.kernel.clone(),
+        hostname: capped(&i.hostname),
+        os: capped(&i.os),
+        kernel: capped(&i.kernel),
         cpu_count: i.cpu_count,
         memory_bytes: i.memory_bytes,
-        agent_version: i.agent_version.clone(),
-        addresses: i.addresses.clone(),
+        agent_version: capped(&i.agent_version),
+        addresses: i
+            .addresses
+            .iter()
+            .take(INVENTORY_ADDRESSES)
+            .map(|a| capped(a))
+            .collect(),
     }
 }

@@ -92,6 +92,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) -> Result<(), Serve
         .add_service(InterceptedService::new(
             AgentServiceServer::new(agent::AgentSvc {
                 state: state.clone(),
+                renewed: Default::default(),
             })
             .max_decoding_message_size(MAX_AGENT_MESSAGE),
             auth.clone(),
