@@ -58,9 +58,12 @@ pub enum Cmd {
     Status,
     /// The audit log of changes made through the admin API.
     Audit {
-        /// Show the newest N records.
+        /// Show the newest N records (at most 10000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Only records this recent, e.g. 1h, 7d.
+        #[arg(long, value_parser = picket_model::parse_duration)]
+        since: Option<std::time::Duration>,
     },
     /// Who the control plane thinks you are.
     Whoami,

@@ -47,6 +47,9 @@ pub struct ControlConfig {
     /// How long raw log lines are kept.
     #[serde(default = "default_logs_retention", with = "picket_model::duration")]
     pub logs_retention: Duration,
+    /// How long audit records are kept.
+    #[serde(default = "default_audit_retention", with = "picket_model::duration")]
+    pub audit_retention: Duration,
     /// Free space (percent of the data folder's file system) under which
     /// new records are refused, before the disk is full; 0: no floor.
     #[serde(default = "default_min_free_percent")]
@@ -118,6 +121,9 @@ impl Default for Limits {
 
 fn default_events_retention() -> Duration {
     Duration::from_secs(30 * 86400)
+}
+fn default_audit_retention() -> Duration {
+    Duration::from_secs(400 * 86400)
 }
 fn default_logs_retention() -> Duration {
     Duration::from_secs(7 * 86400)
@@ -287,6 +293,9 @@ metrics_rollup_retention = "30d"
 # Events and raw log lines are kept this long.
 events_retention = "30d"
 logs_retention = "7d"
+
+# Audit records (who changed what) are kept this long.
+audit_retention = "400d"
 
 # Under this much free space (percent of the data folder's file system) new
 # records are refused, before the disk is full: agents keep them and send

@@ -41,6 +41,7 @@ pub struct Retention {
     pub metrics_rollup: Duration,
     pub events: Duration,
     pub logs: Duration,
+    pub audit: Duration,
 }
 
 impl Retention {
@@ -50,6 +51,7 @@ impl Retention {
             metrics_rollup: cfg.metrics_rollup_retention,
             events: cfg.events_retention,
             logs: cfg.logs_retention,
+            audit: cfg.audit_retention,
         }
     }
 }
@@ -103,7 +105,8 @@ pub fn maintain_once(
     );
     let (mut rolled, mut expired) = (
         0,
-        store.expire_records(before(retention.events), before(retention.logs))?,
+        store.expire_records(before(retention.events), before(retention.logs))?
+            + store.expire_audit(before(retention.audit))?,
     );
     for a in store.agents()? {
         rolled += store.roll_up(&a.name, now)?;

@@ -525,6 +525,33 @@ impl Store {
             .map(|(_, v)| decode(AUDIT, &v))
             .collect()
     }
+
+    /// Deletes audit records older than `before_ms` (keyed by an id that
+    /// grows with time, so the old ones come first); returns how many.
+    pub fn expire_audit(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let mut old = Vec::new();
+        for kv in self.kv.scan(AUDIT, &[])? {
+            let (k, v) = kv?;
+            let r: AuditRecord = decode(AUDIT, &v)?;
+            if r.time_ms >= before_ms {
+                break;
+            }
+            old.push(k);
+            if old.len() >= 10_000 {
+                break;
+            }
+        }
+        let ops: Vec<backend::Op> = old
+            .iter()
+            .map(|k| backend::Op {
+                tree: AUDIT,
+                key: k.clone(),
+                value: None,
+            })
+            .collect();
+        self.kv.apply(&ops)?;
+        Ok(ops.len())
+    }
 }
 
 #[cfg(test)]

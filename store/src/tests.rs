@@ -213,3 +213,23 @@ fn a_revoked_user_stays_revoked_and_cannot_be_added_again() {
     assert_eq!(refused.revoked_ms, Some(9));
     assert_eq!(s.user("alice").unwrap().and_then(|u| u.revoked_ms), Some(9));
 }
+
+#[test]
+fn audit_records_past_retention_go_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    for t in [1, 5, 10] {
+        s.append_audit(&AuditRecord {
+            time_ms: t,
+            actor: "user:admin".into(),
+            action: "token.create".into(),
+            target: String::new(),
+            outcome: "ok".into(),
+        })
+        .unwrap();
+    }
+    assert_eq!(s.expire_audit(6).unwrap(), 2);
+    let left = s.audit_tail(10).unwrap();
+    assert_eq!(left.iter().map(|r| r.time_ms).collect::<Vec<_>>(), [10]);
+    assert_eq!(s.expire_audit(6).unwrap(), 0);
+}

@@ -13,11 +13,15 @@ use crate::output::{Table, json_line, time};
 pub async fn run(
     admin: &mut Admin,
     limit: u32,
+    since_unix_ms: i64,
     fmt: Format,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let records = admin
-        .list_audit(v1::ListAuditRequest { limit })
+        .list_audit(v1::ListAuditRequest {
+            limit,
+            since_unix_ms,
+        })
         .await
         .map_err(rpc)?
         .into_inner()

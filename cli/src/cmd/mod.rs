@@ -52,7 +52,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status => status::status(&mut admin, fmt, out).await,
         Cmd::Whoami => status::whoami(&mut admin, fmt, out).await,
         Cmd::Completions { .. } | Cmd::Man { .. } => Ok(()),
-        Cmd::Audit { limit } => audit::run(&mut admin, limit, fmt, out).await,
+        Cmd::Audit { limit, since } => {
+            let since_unix_ms = since.map_or(0, picket_clock::ago_ms);
+            audit::run(&mut admin, limit, since_unix_ms, fmt, out).await
+        }
         Cmd::Events {
             host,
             source,

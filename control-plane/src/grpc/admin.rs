@@ -23,6 +23,8 @@ pub struct AdminSvc {
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86400);
 const MAX_TOKEN_USES: u32 = 10_000;
+/// The most audit records one answer holds (`audit --limit`).
+const MAX_AUDIT_RECORDS: u32 = 10_000;
 
 impl AdminSvc {
     /// A user's stream, ended when the user is revoked.
@@ -539,14 +541,16 @@ impl AdminService for AdminSvc {
         require(&req, &self.state.audit, Role::Viewer, "audit.list", "")?;
         let n = match req.get_ref().limit {
             0 => 100,
-            n => n.min(100_000) as usize,
+            n => n.min(MAX_AUDIT_RECORDS) as usize,
         };
+        let since = req.get_ref().since_unix_ms;
         let records = self
             .state
             .audit
             .tail(n)
             .map_err(store_error)?
             .into_iter()
+            .filter(|r| r.time_ms >= since)
             .map(|r| v1::AuditRecord {
                 time_unix_ms: r.time_ms,
                 actor: r.actor,

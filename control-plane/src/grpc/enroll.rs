@@ -186,6 +186,22 @@ struct Attempts {
 /// More addresses than this and full buckets are dropped.
 const MAX_TRACKED: usize = 4096;
 
+/// Whose bucket an address draws from: an IPv4 address, or an IPv6
+/// address's /64 (one host usually holds a whole /64, and would otherwise
+/// get a fresh burst from each of its addresses).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 impl Attempts {
     fn new(per_minute: u32) -> Self {
         Attempts {
@@ -201,12 +217,16 @@ impl Attempts {
             let secs = now.saturating_duration_since(at).as_secs_f64();
             (tokens + secs * cap / 60.0).min(cap)
         };
-        if b.len() >= MAX_TRACKED {
+        let ip = source(ip);
+        if b.len() >= MAX_TRACKED && !b.contains_key(&ip) {
             b.retain(|_, v| refill(*v) < cap);
-            // Still full (a flood from thousands of addresses, each with
-            // a burst of its own anyway): start afresh rather than grow.
-            if b.len() >= MAX_TRACKED {
-                b.clear();
+            // Still full (a flood from thousands of sources): the one
+            // heard from longest ago goes, not every bucket at once (a
+            // clear would hand each flooding source a new burst).
+            if b.len() >= MAX_TRACKED
+                && let Some(oldest) = b.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k)
+            {
+                b.remove(&oldest);
             }
         }
         let tokens = b.get(&ip).copied().map_or(cap, refill);
@@ -251,5 +271,40 @@ mod tests {
             a.allow(ip, t0);
         }
         assert!(a.buckets.lock().unwrap().len() <= MAX_TRACKED);
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_source_and_a_flood_does_not_reset_others() {
+        let a = Attempts::new(2);
+        let t0 = Instant::now();
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other_in_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert!(a.allow(one, t0) && a.allow(other_in_64, t0));
+        assert!(
+            !a.allow("2001:db8:1:2:abcd::1".parse().unwrap(), t0),
+            "same /64"
+        );
+        assert!(
+            a.allow("2001:db8:1:3::1".parse().unwrap(), t0),
+            "another /64"
+        );
+        // A flood from many sources evicts the oldest buckets one at a
+        // time, never all: the newest limited source stays limited.
+        let late: IpAddr = "2001:db8:9::1".parse().unwrap();
+        for i in 0..(MAX_TRACKED as u32 - 10) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            a.allow(ip, t0 + Duration::from_millis(1));
+        }
+        let t1 = t0 + Duration::from_millis(2);
+        assert!(a.allow(late, t1) && a.allow(late, t1) && !a.allow(late, t1));
+        for i in 0..100u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            a.allow(ip, t1 + Duration::from_millis(1));
+        }
+        assert!(a.buckets.lock().unwrap().len() <= MAX_TRACKED);
+        assert!(
+            !a.allow(late, t1 + Duration::from_millis(2)),
+            "still limited"
+        );
     }
 }
