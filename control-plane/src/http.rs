@@ -126,28 +126,11 @@ fn sanitize(s: &str) -> String {
     out
 }
 
-/// A label value as the text exposition writes it between quotes:
-/// prometheus-client writes values as given, so `\`, `"` and newlines are
-/// escaped here, or one host's label value could end the quote, add
-/// labels and break the scrape for the whole fleet.
-fn value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Agent labels as Prometheus labels; keys that would clash with ours or
 /// with reserved names get a `label_` prefix, and of two keys that come
 /// out the same (`team.name`, `team_name`) the first is kept.
 fn host_labels(host: &str, labels: &picket_model::Labels) -> Labels {
-    let mut out = vec![("host".to_string(), value(host))];
+    let mut out = vec![("host".to_string(), picket_model::exposition_value(host))];
     for (k, v) in labels {
         let mut k = sanitize(k);
         if matches!(
@@ -159,7 +142,7 @@ fn host_labels(host: &str, labels: &picket_model::Labels) -> Labels {
             k = format!("label_{k}");
         }
         if !out.iter().any(|(x, _)| *x == k) {
-            out.push((k, value(v)));
+            out.push((k, picket_model::exposition_value(v)));
         }
     }
     out
@@ -199,7 +182,7 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
             for (k, v) in &p.labels {
                 let k = sanitize(k);
                 if !labels.iter().any(|(x, _)| *x == k) {
-                    labels.push((k, value(v)));
+                    labels.push((k, picket_model::exposition_value(v)));
                 }
             }
             host.entry(name)
@@ -227,7 +210,7 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
     build
         .get_or_create(&vec![(
             "version".to_string(),
-            value(env!("PICKET_VERSION")),
+            picket_model::exposition_value(env!("PICKET_VERSION")),
         )])
         .set(1);
     reg.register(

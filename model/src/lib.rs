@@ -213,6 +213,23 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), LabelError> {
     Ok(())
 }
 
+/// A label value as the Prometheus text exposition writes it between
+/// quotes: `\\`, `"` and newlines escaped (prometheus-client writes values
+/// as given, so one host's label value could otherwise end the quote, add
+/// labels and break the scrape for the whole fleet).
+pub fn exposition_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Parses `key=value`, as typed on a command line.
 pub fn parse_label(s: &str) -> Result<(String, String), LabelError> {
     let (k, v) = s
