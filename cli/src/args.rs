@@ -361,6 +361,11 @@ pub enum UserCmd {
         /// root is granting root on every host that lists it.
         #[arg(long = "run-as", value_name = "USER")]
         run_as: Vec<String>,
+        /// Only the hosts this label selector matches: everything host-level
+        /// the user sees or does (agents, events, logs, metrics, alerts,
+        /// run, rollouts). Not for admins, who are never scoped.
+        #[arg(long, value_name = "SELECTOR")]
+        hosts: Option<String>,
     },
     /// Revoke a user: their next call is refused and their open streams
     /// (follows, watches, runs) end. The name cannot be added again.

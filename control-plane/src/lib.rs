@@ -62,6 +62,7 @@ pub fn init(data_dir: &Path, sans: &[String]) -> anyhow::Result<picket_pki::Init
         created_ms: picket_clock::now_ms(),
         revoked_ms: None,
         run_as: Vec::new(),
+        hosts: None,
     })?;
     store.flush()?;
     let cfg_path = data_dir.join("control.toml");

@@ -123,6 +123,10 @@ pub struct UserRecord {
     /// Host users whose steps this user may run (`user add --run-as`).
     #[serde(default)]
     pub run_as: Vec<String>,
+    /// The hosts this user may see and reach (`user add --hosts`, a
+    /// selector); none: every host.
+    #[serde(default)]
+    pub hosts: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -184,6 +184,7 @@ fn a_revoked_user_stays_revoked_and_cannot_be_added_again() {
         created_ms: 1,
         revoked_ms: None,
         run_as: vec!["deploy".into()],
+        hosts: Some("env=staging".into()),
     };
     assert_eq!(s.add_user(&alice).unwrap(), Ok(()));
     let bumped = UserRecord {

@@ -288,3 +288,166 @@ fn a_step_user_must_be_granted_to_the_caller_admins_excepted() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_scoped_user_sees_and_reaches_only_the_hosts_in_scope() -> Result<()> {
+    let w = World::new()?;
+    let fp = w.init("cp", "heartbeat_interval = \"1s\"")?;
+    let cp = Control::start(&w, "cp")?;
+    let admin = cp.admin_flags();
+    let mut procs = Vec::new();
+    for (name, env) in [("stage-1", "staging"), ("prod-1", "prod")] {
+        let log = w.path(&format!("{name}.log"));
+        std::fs::write(&log, format!("line from {name}\n"))?;
+        procs.push(enroll_with(
+            &w,
+            &cp,
+            &fp,
+            name,
+            &[&format!("env={env}")],
+            &[("raw", &log)],
+            "[exec]\ndefault_user = \"root\"",
+        )?);
+    }
+    wait_for("both online", Duration::from_secs(20), || {
+        let a = agents(&w, &admin).ok()?;
+        (a.values().filter(|v| v["status"] == "online").count() == 2).then_some(())
+    })?;
+    wait_for("both lines stored", Duration::from_secs(20), || {
+        let out = ctl(&w, &admin, &["logs", "-o", "json"]).ok()?;
+        (String::from_utf8_lossy(&out.stdout).lines().count() >= 2).then_some(())
+    })?;
+    let out = ctl(
+        &w,
+        &admin,
+        &[
+            "user",
+            "add",
+            "stager",
+            "--role",
+            "operator",
+            "--hosts",
+            "env=staging",
+            "--out",
+            "stager",
+        ],
+    )?;
+    anyhow::ensure!(out.status.success(), "{}", stderr(&out));
+    // Admins are never scoped.
+    let out = ctl(
+        &w,
+        &admin,
+        &[
+            "user",
+            "add",
+            "boss",
+            "--role",
+            "admin",
+            "--hosts",
+            "env=staging",
+            "--out",
+            "boss",
+        ],
+    )?;
+    assert!(
+        !out.status.success() && stderr(&out).contains("never scoped"),
+        "{}",
+        stderr(&out)
+    );
+    let me = cp.flags("../stager/stager.crt", "../stager/stager.key");
+
+    // Reads: only hosts in scope.
+    let seen = agents(&w, &me)?;
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["stage-1"]);
+    let out = ctl(&w, &me, &["agents", "show", "prod-1"])?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let logs = ctl(&w, &me, &["logs", "-o", "json"])?;
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.contains("line from stage-1") && !logs.contains("prod-1"),
+        "{logs}"
+    );
+    let out = ctl(&w, &me, &["metrics", "prod-1"])?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let status = ctl_json(&w, &me, &["status"])?;
+    assert_eq!(status[0]["hosts"]["up"], 1, "{status:?}");
+
+    // Run selects among hosts in scope; a selector of hosts outside it
+    // matches nothing.
+    let out = ctl(
+        &w,
+        &me,
+        &[
+            "run",
+            "--selector",
+            "name in (stage-1,prod-1)",
+            "-o",
+            "json",
+            "--",
+            "true",
+        ],
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("stage-1") && !text.contains("prod-1"),
+        "{text}"
+    );
+    let out = ctl(&w, &me, &["run", "--selector", "env=prod", "--", "true"])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("in your scope"), "{}", stderr(&out));
+
+    // A rollout reaching a host outside the scope is refused, audited.
+    let file = w.path("all.toml");
+    std::fs::write(
+        &file,
+        "name = \"all\"\nselector = \"env\"\n[[step]]\nexec = [\"true\"]\n",
+    )?;
+    let out = ctl(
+        &w,
+        &me,
+        &["rollout", "create", "-f", &file.display().to_string()],
+    )?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 host(s) are outside your scope"),
+        "{}",
+        stderr(&out)
+    );
+    let audit = ctl(&w, &admin, &["audit"])?;
+    assert!(String::from_utf8_lossy(&audit.stdout).contains("outside the user's scope"));
+    // The same rollout created by an admin cannot be acted on by the user.
+    let out = ctl(
+        &w,
+        &admin,
+        &["rollout", "create", "-f", &file.display().to_string()],
+    )?;
+    anyhow::ensure!(out.status.success(), "{}", stderr(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = ctl(&w, &me, &["rollout", "abort", &id])?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("outside your scope"),
+        "{}",
+        stderr(&out)
+    );
+    // Within the scope, it works.
+    std::fs::write(
+        &file,
+        "name = \"stage\"\nselector = \"env=staging\"\n[[step]]\nexec = [\"true\"]\n",
+    )?;
+    let out = ctl(
+        &w,
+        &me,
+        &["rollout", "create", "-f", &file.display().to_string()],
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let users = ctl_json(&w, &admin, &["user", "list"])?;
+    let stager = users.iter().find(|u| u["name"] == "stager").cloned();
+    assert_eq!(
+        stager.map(|u| u["hosts"].clone()),
+        Some(serde_json::json!("env=staging"))
+    );
+    drop(procs);
+    Ok(())
+}

@@ -20,13 +20,14 @@ pub async fn run(
     fmt: Format,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let (name, role, dir, run_as) = match cmd {
+    let (name, role, dir, run_as, hosts) = match cmd {
         UserCmd::Add {
             name,
             role,
             out,
             run_as,
-        } => (name, role, out, run_as),
+            hosts,
+        } => (name, role, out, run_as, hosts),
         UserCmd::Revoke { name } => return revoke(admin, name, fmt, out).await,
         UserCmd::List => return list(admin, fmt, out).await,
     };
@@ -42,6 +43,7 @@ pub async fn run(
             role: v1::Role::from(role) as i32,
             csr_pem: kc.csr_pem,
             run_as: run_as.clone(),
+            hosts: hosts.clone().unwrap_or_default(),
         })
         .await
         .map_err(rpc)?
@@ -55,7 +57,7 @@ pub async fn run(
     match fmt {
         Format::Json => json_line(
             out,
-            &json!({"name": name, "role": role.as_str(), "run_as": run_as, "cert": cert_path, "key": key_path, "ca": ca_path}),
+            &json!({"name": name, "role": role.as_str(), "run_as": run_as, "hosts": hosts, "cert": cert_path, "key": key_path, "ca": ca_path}),
         )?,
         Format::Table => {
             writeln!(
@@ -115,14 +117,14 @@ async fn list(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> anyhow::R
             for u in &users {
                 json_line(
                     out,
-                    &json!({"name": u.name, "role": role(u.role), "run_as": u.run_as, "created": crate::output::time(u.created_unix_ms), "revoked": revoked(u.revoked_unix_ms)}),
+                    &json!({"name": u.name, "role": role(u.role), "hosts": (!u.hosts.is_empty()).then_some(&u.hosts), "run_as": u.run_as, "created": crate::output::time(u.created_unix_ms), "revoked": revoked(u.revoked_unix_ms)}),
                 )?;
             }
         }
         Format::Table => {
             let mut t = crate::output::Table::new(
                 &mut *out,
-                &["NAME", "ROLE", "RUN-AS", "CREATED", "REVOKED"],
+                &["NAME", "ROLE", "HOSTS", "RUN-AS", "CREATED", "REVOKED"],
             )?;
             for u in &users {
                 let run_as = if u.run_as.is_empty() {
@@ -130,9 +132,15 @@ async fn list(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> anyhow::R
                 } else {
                     u.run_as.join(",")
                 };
+                let hosts = if u.hosts.is_empty() {
+                    "all".to_string()
+                } else {
+                    u.hosts.clone()
+                };
                 t.row(&[
                     u.name.clone(),
                     role(u.role).to_string(),
+                    hosts,
                     run_as,
                     crate::output::time(u.created_unix_ms).unwrap_or_default(),
                     revoked(u.revoked_unix_ms).unwrap_or_else(|| "-".into()),

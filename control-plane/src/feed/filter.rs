@@ -6,8 +6,13 @@ use regex::Regex;
 
 use picket_store::records::{EventRecord, LogRecord, Timed};
 
+/// The hosts a scoped user may see (SPEC §4), as they were when the
+/// query began; `None`: every host.
+pub type InScope = Option<std::sync::Arc<std::collections::HashSet<String>>>;
+
 /// What to show of events.
 pub struct EventFilter {
+    pub scope: InScope,
     pub host: String,
     pub source: String,
     pub min_severity: Option<Severity>,
@@ -18,6 +23,7 @@ pub struct EventFilter {
 impl EventFilter {
     fn keep(&self, e: &EventRecord) -> bool {
         (self.host.is_empty() || e.host == self.host)
+            && self.scope.as_ref().is_none_or(|s| s.contains(&e.host))
             && (self.source.is_empty() || e.source == self.source)
             && self.min_severity.is_none_or(|m| e.severity >= m)
             && e.time_ms >= self.since
@@ -26,6 +32,7 @@ impl EventFilter {
 }
 
 pub struct LogFilter {
+    pub scope: InScope,
     pub host: String,
     pub source: String,
     pub since: i64,
@@ -35,6 +42,7 @@ pub struct LogFilter {
 impl LogFilter {
     fn keep(&self, l: &LogRecord) -> bool {
         (self.host.is_empty() || l.host == self.host)
+            && self.scope.as_ref().is_none_or(|s| s.contains(&l.host))
             && (self.source.is_empty() || l.source == self.source)
             && l.time_ms >= self.since
             && self.grep.as_ref().is_none_or(|g| g.is_match(&l.line))

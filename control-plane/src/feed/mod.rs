@@ -667,6 +667,7 @@ mod tests {
 
     fn all_logs() -> LogFilter {
         LogFilter {
+            scope: None,
             host: String::new(),
             source: String::new(),
             since: 0,

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, Caller, require};
 use super::convert;
+use super::scope::Scope;
 use super::state::State;
 use super::status::{bad_input, internal, store_error};
 use picket_clock::{now_ms, to_ms};
@@ -185,7 +186,9 @@ impl AdminService for AdminSvc {
             0 => None,
             s => Some(picket_proto::convert::severity(s).map_err(bad_input)?),
         };
+        let scope = Scope::of(&self.state, &caller)?.hosts(&self.state)?;
         let filter = crate::feed::EventFilter {
+            scope: scope.map(std::sync::Arc::new),
             host: q.host,
             source: q.source,
             min_severity,
@@ -209,7 +212,9 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
         let caller = require(&req, &self.state.audit, Role::Viewer, "logs.list", "")?;
         let q = req.into_inner();
+        let scope = Scope::of(&self.state, &caller)?.hosts(&self.state)?;
         let filter = crate::feed::LogFilter {
+            scope: scope.map(std::sync::Arc::new),
             host: q.host,
             source: q.source,
             since: q.since_unix_ms,
@@ -230,13 +235,15 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        require(&req, &self.state.audit, Role::Viewer, "agents.list", "")?;
+        let caller = require(&req, &self.state.audit, Role::Viewer, "agents.list", "")?;
+        let scope = Scope::of(&self.state, &caller)?;
         let agents = self
             .state
             .store
             .agents()
             .map_err(store_error)?
             .iter()
+            .filter(|r| scope.holds(r))
             .map(|r| self.view(r))
             .collect();
         Ok(Response::new(v1::ListAgentsResponse { agents }))
@@ -246,8 +253,11 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<v1::GetAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        require(&req, &self.state.audit, Role::Viewer, "agents.show", "")?;
+        let caller = require(&req, &self.state.audit, Role::Viewer, "agents.show", "")?;
         let name = &req.get_ref().name;
+        if !Scope::of(&self.state, &caller)?.admits(&self.state, name)? {
+            return Err(Status::not_found(format!("no agent named {name}")));
+        }
         let mut agent = self.agent_view(name)?;
         agent.last_rollout = self.last_rollout(name).await;
         Ok(Response::new(agent))
@@ -353,6 +363,20 @@ impl AdminService for AdminSvc {
             super::grants::valid_user(u)
                 .map_err(|e| Status::invalid_argument(format!("--run-as: {e}")))?;
         }
+        let hosts = match r.hosts.trim() {
+            "" => None,
+            _ if role == Role::Admin => {
+                return Err(Status::invalid_argument(
+                    "--hosts: admins are never scoped; give the user another role",
+                ));
+            }
+            h => {
+                let sel: picket_model::Selector = h
+                    .parse()
+                    .map_err(|e| Status::invalid_argument(format!("--hosts: {e}")))?;
+                Some(sel.to_string())
+            }
+        };
         let issued = st
             .ca
             .issue(&r.csr_pem, &r.name, SubjectKind::User, st.cfg.user_cert_ttl)
@@ -363,6 +387,7 @@ impl AdminService for AdminSvc {
             created_ms: now_ms(),
             revoked_ms: None,
             run_as: r.run_as.clone(),
+            hosts: hosts.clone(),
         };
         let added = st
             .store
@@ -385,11 +410,15 @@ impl AdminService for AdminSvc {
             &caller.actor(),
             "user.add",
             &target,
-            &if r.run_as.is_empty() {
-                format!("ok: role {role}")
-            } else {
-                format!("ok: role {role}, run-as {}", r.run_as.join(","))
-            },
+            &format!(
+                "ok: role {role}{}{}",
+                if r.run_as.is_empty() {
+                    String::new()
+                } else {
+                    format!(", run-as {}", r.run_as.join(","))
+                },
+                hosts.map(|h| format!(", hosts {h}")).unwrap_or_default()
+            ),
         );
         Ok(Response::new(v1::AddUserResponse {
             cert_pem: issued.cert_pem,
@@ -452,6 +481,7 @@ impl AdminService for AdminSvc {
                 created_unix_ms: u.created_ms,
                 revoked_unix_ms: u.revoked_ms.unwrap_or(0),
                 run_as: u.run_as,
+                hosts: u.hosts.unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(v1::ListUsersResponse { users }))
@@ -504,12 +534,14 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
-        require(&req, &self.state.audit, Role::Viewer, "status", "")?;
+        let caller = require(&req, &self.state.audit, Role::Viewer, "status", "")?;
+        let scope = Scope::of(&self.state, &caller)?;
         let mut out = v1::StatusResponse {
             version: env!("PICKET_VERSION").to_string(),
             ..Default::default()
         };
-        for a in self.state.store.agents().map_err(store_error)? {
+        let agents = self.state.store.agents().map_err(store_error)?;
+        for a in agents.into_iter().filter(|a| scope.holds(a)) {
             if a.revoked_ms.is_none() {
                 let v = a.inventory.map(|i| i.agent_version).unwrap_or_default();
                 *out.agent_versions.entry(v).or_default() += 1;
@@ -566,10 +598,10 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<v1::QueryMetricsRequest>,
     ) -> Result<Response<v1::QueryMetricsResponse>, Status> {
-        require(&req, &self.state.audit, Role::Viewer, "metrics.query", "")?;
+        let caller = require(&req, &self.state.audit, Role::Viewer, "metrics.query", "")?;
         let r = req.into_inner();
         let st = &self.state;
-        if st.store.agent(&r.host).map_err(store_error)?.is_none() {
+        if !Scope::of(st, &caller)?.admits(st, &r.host)? {
             return Err(Status::not_found(format!("no agent named {}", r.host)));
         }
         let now = now_ms();

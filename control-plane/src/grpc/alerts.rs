@@ -165,7 +165,8 @@ impl AdminSvc {
         req: Request<v1::ListAlertsRequest>,
     ) -> Result<Response<v1::ListAlertsResponse>, Status> {
         let st = &self.state;
-        require(&req, &st.audit, Role::Viewer, "alerts.list", "")?;
+        let caller = require(&req, &st.audit, Role::Viewer, "alerts.list", "")?;
+        let scope = super::scope::Scope::of(st, &caller)?.hosts(st)?;
         let want = req.into_inner().state;
         if !matches!(want.as_str(), "" | "pending" | "firing" | "resolved") {
             return Err(Status::invalid_argument(format!(
@@ -179,6 +180,12 @@ impl AdminSvc {
             .map_err(status)?
             .iter()
             .filter(|a| want.is_empty() || a.state.as_str() == want)
+            // A scoped user sees the alerts of hosts in scope only.
+            .filter(|a| {
+                scope
+                    .as_ref()
+                    .is_none_or(|s| a.labels.get("host").is_some_and(|h| s.contains(h)))
+            })
             .map(alert)
             .collect();
         // Newest first, as people read a list of what is wrong.

@@ -13,6 +13,7 @@ mod enroll;
 mod grants;
 mod labels;
 mod rollouts;
+mod scope;
 pub mod state;
 mod status;
 

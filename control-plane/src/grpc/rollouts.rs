@@ -104,14 +104,18 @@ impl AdminSvc {
             .blocking(|s| s.agents())
             .await
             .map_err(store_error)?;
+        // A scoped user selects among the hosts in scope only.
+        let scope = super::scope::Scope::of(st, &caller)?;
         let hosts: Vec<String> = agents
             .iter()
             .filter(|a| a.revoked_ms.is_none() && selector.matches_host(&a.name, &a.labels()))
+            .filter(|a| scope.holds(a))
             .map(|a| a.name.clone())
             .collect();
         if hosts.is_empty() {
+            let yours = if scope.is_all() { "" } else { " in your scope" };
             return Err(Status::invalid_argument(format!(
-                "--selector {selector} matches no host"
+                "--selector {selector} matches no host{yours}"
             )));
         }
         let id = st
@@ -157,6 +161,13 @@ impl AdminSvc {
         let caller = require(&req, &st.audit, Role::Operator, "rollout.create", "")?;
         let spec = RawSpec::from(req.into_inner().spec.unwrap_or_default());
         let name = spec.name.clone().unwrap_or_default();
+        // A rollout that would reach a host outside the caller's scope is
+        // refused whole.
+        let scope = super::scope::Scope::of(st, &caller)?;
+        if !scope.is_all() {
+            let reached = selected(st, &spec)?;
+            scope.confine(st, &caller, &reached, "rollout.create", "")?;
+        }
         let mut users: Vec<String> = spec
             .step
             .iter()
@@ -205,6 +216,14 @@ impl AdminSvc {
         };
         let id = r.id.clone();
         let caller = require(&req, &st.audit, Role::Operator, verb, &id)?;
+        // Acting on a rollout (approving a wave above all) is confined as
+        // creating it is.
+        let scope = super::scope::Scope::of(st, &caller)?;
+        if !scope.is_all() {
+            let v = st.rollouts.get(id.clone()).await.map_err(status)?;
+            let hosts: Vec<String> = v.p.hosts.iter().map(|h| h.name.clone()).collect();
+            scope.confine(st, &caller, &hosts, verb, &id)?;
+        }
         match st.rollouts.act(id.clone(), action).await {
             Ok(v) => {
                 st.audit.record(&caller.actor(), verb, &id, "ok");
@@ -297,4 +316,20 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(f(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The hosts a rollout's selector reaches now (enrolled, not revoked).
+fn selected(st: &super::state::State, spec: &RawSpec) -> Result<Vec<String>, Status> {
+    let text = spec.selector.clone().unwrap_or_default();
+    let selector: Selector = text
+        .parse()
+        .map_err(|e| Status::invalid_argument(format!("selector: {e}")))?;
+    Ok(st
+        .store
+        .agents()
+        .map_err(store_error)?
+        .iter()
+        .filter(|a| a.revoked_ms.is_none() && selector.matches_host(&a.name, &a.labels()))
+        .map(|a| a.name.clone())
+        .collect())
 }
