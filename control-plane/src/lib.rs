@@ -16,8 +16,9 @@
 //! - [`grpc`] — the tonic edge (auth interceptor, services).
 //! - [`http`] — `/metrics`, `/healthz`, `/readyz`.
 //! - [`lifecycle`] — signals and systemd notification.
-//! - [`local`] — the local admin socket (snapshots for backups).
-//! - [`backup`] — `backup` and `restore` archives.
+//! - [`local`] — the local admin socket (snapshots for backups), and
+//!   [`backup`] — `backup` and `restore` archives: both in the crate
+//!   `picket-backup`, re-exported here.
 //! - [`rollout`] — the rollout engine's driver (the engine is `picket_rollout`).
 //! - [`run`] — `picketctl run`: one command on many hosts.
 //! - [`steps`] — steps in flight to agents, and their updates back.
@@ -25,7 +26,7 @@
 
 pub mod alert;
 pub mod audit;
-pub mod backup;
+pub use picket_backup as backup;
 pub mod blocking;
 pub mod counters;
 pub mod dev;
@@ -37,7 +38,7 @@ pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod lifecycle;
-pub mod local;
+pub use picket_backup::local;
 pub mod recovery;
 pub mod rollout;
 pub mod run;

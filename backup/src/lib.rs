@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::local;
+pub mod local;
 use picket_config::control::ControlConfig;
 use picket_store::Store;
 use picket_store::snapshot::{self, KV_FILE};
