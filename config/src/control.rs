@@ -100,6 +100,14 @@ pub struct Limits {
     /// follower; one that falls further behind reads what it missed from
     /// the store instead, then goes on live (nothing is lost or repeated).
     pub follower_queue_bytes: usize,
+    /// The most labels an agent may report on connect (more: refused).
+    pub reported_labels: usize,
+    /// The most of a step's output the control plane keeps (the newest).
+    pub step_output_bytes: usize,
+    /// A metric sample dated further ahead than this is stored at its
+    /// receive time.
+    #[serde(with = "picket_model::duration")]
+    pub sample_ahead: Duration,
 }
 
 impl Default for Limits {
@@ -115,6 +123,9 @@ impl Default for Limits {
             keepalive_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             follower_queue_bytes: 16 * 1024 * 1024,
+            reported_labels: 64,
+            step_output_bytes: 64 * 1024,
+            sample_ahead: Duration::from_secs(300),
         }
     }
 }
@@ -247,6 +258,9 @@ impl ControlConfig {
         if !(0.0..=50.0).contains(&self.min_free_percent) {
             bad("min_free_percent", "must be from 0 to 50");
         }
+        if l.step_output_bytes < 1024 {
+            bad("limits.step_output_bytes", "must be at least 1024");
+        }
         if l.follower_queue_bytes < 4096 {
             bad("limits.follower_queue_bytes", "must be at least 4096");
         }
@@ -324,6 +338,13 @@ keepalive_interval = "30s"
 keepalive_timeout = "10s"
 # A call must be answered (a reply, or the start of a stream) within this.
 request_timeout = "60s"
+# What one agent may make the control plane keep: labels it reports on
+# connect (more: refused), the newest bytes of a step's output, and how far
+# ahead a metric sample may be dated (later ones are stored at their
+# receive time). Each cut is counted on /metrics.
+reported_labels = 64
+step_output_bytes = 65536
+sample_ahead = "5m"
 "#,
             data_dir = data_dir.display()
         )

@@ -35,6 +35,10 @@ pub enum IngestError {
 /// host's newest sample, and the counters.
 #[derive(Clone)]
 pub struct Sinks {
+    /// A sample dated further ahead than this (`[limits] sample_ahead`) is
+    /// stored at its receive time: one dated in the future would outlive
+    /// every retention.
+    pub sample_ahead_ms: i64,
     pub feed: Arc<Feed>,
     pub fleet: Arc<Fleet>,
     pub counters: Arc<Counters>,
@@ -66,10 +70,10 @@ enum Origin {
     ControlPlane,
 }
 
-/// A sample dated further ahead than this (a clock hours off, or a
-/// hostile agent) is stored at its receive time: one dated in the future
-/// would outlive every retention.
-const FUTURE_MS: i64 = 5 * 60 * 1000;
+/// A duration as milliseconds, saturating.
+pub fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// The source of the control plane's own events (SPEC §9).
 pub const OWN_SOURCE: &str = "picket";
@@ -133,7 +137,7 @@ fn store_batch(
             PayloadView::Metrics(p) => v1::MetricSample::decode(p)
                 .map(|m| {
                     let mut s = sample(m);
-                    if s.time_ms > received.saturating_add(FUTURE_MS) {
+                    if s.time_ms > received.saturating_add(to.sample_ahead_ms) {
                         s.time_ms = received;
                         clamped += 1;
                     }
@@ -225,6 +229,7 @@ mod tests {
 
     fn sinks(store: &Store) -> Sinks {
         Sinks {
+            sample_ahead_ms: 300_000,
             feed: Arc::new(
                 Feed::new(store.clone(), Default::default(), Default::default()).unwrap(),
             ),

@@ -108,8 +108,11 @@ pub async fn run(
     );
     let tasks = tokio_util::task::TaskTracker::new();
     let sessions = Arc::new(Sessions::default());
-    let steps = Arc::new(crate::steps::Steps::new(sessions.clone()));
+    let steps = Arc::new(
+        crate::steps::Steps::new(sessions.clone()).with_output_limit(cfg.limits.step_output_bytes),
+    );
     let sinks = crate::ingest::Sinks {
+        sample_ahead_ms: crate::ingest::ms(cfg.limits.sample_ahead),
         feed: Arc::new(
             crate::feed::Feed::new(store.clone(), shutdown.clone(), tasks.clone())?
                 .with_follower_budget(cfg.limits.follower_queue_bytes),

@@ -26,20 +26,23 @@ pub struct StepNews {
 pub struct Steps {
     sessions: Arc<Sessions>,
     routes: Mutex<HashMap<String, mpsc::Sender<StepNews>>>,
-    /// Results whose output was cut to [`OUTPUT_BYTES`].
+    /// Results whose output was cut to `output_bytes`.
     pub output_cut: std::sync::atomic::AtomicU64,
+    /// The most of a step's output kept (the newest; `[limits]
+    /// step_output_bytes`): an agent keeps 64 KiB, so only a hostile agent
+    /// sends more.
+    output_bytes: usize,
 }
 
-/// The most of a step's output the control plane keeps (the newest): what
-/// an agent keeps too, so only a hostile agent sends more.
+/// An agent's own bound on a step's output.
 pub const OUTPUT_BYTES: usize = 64 * 1024;
 
-/// `output`'s newest [`OUTPUT_BYTES`], cut at a character boundary.
-fn newest(output: &mut String) -> bool {
-    if output.len() <= OUTPUT_BYTES {
+/// `output`'s newest `most` bytes, cut at a character boundary.
+fn newest(output: &mut String, most: usize) -> bool {
+    if output.len() <= most {
         return false;
     }
-    let mut at = output.len() - OUTPUT_BYTES;
+    let mut at = output.len() - most;
     while !output.is_char_boundary(at) {
         at += 1;
     }
@@ -53,7 +56,14 @@ impl Steps {
             sessions,
             routes: Mutex::default(),
             output_cut: Default::default(),
+            output_bytes: OUTPUT_BYTES,
         }
+    }
+
+    /// Keeps at most `bytes` of a step's output.
+    pub fn with_output_limit(mut self, bytes: usize) -> Self {
+        self.output_bytes = bytes;
+        self
     }
 
     pub fn sessions(&self) -> &Arc<Sessions> {
@@ -134,7 +144,7 @@ impl Steps {
             return;
         };
         if let step_update::Body::Result(r) = &mut body
-            && newest(&mut r.output)
+            && newest(&mut r.output, self.output_bytes)
         {
             self.output_cut
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -162,12 +172,12 @@ mod tests {
     #[test]
     fn output_is_cut_to_its_newest_64_kib_at_a_character() {
         let mut small = "ok\n".to_string();
-        assert!(!newest(&mut small));
+        assert!(!newest(&mut small, OUTPUT_BYTES));
         let mut big = format!("é{}", "x".repeat(16 << 20));
-        assert!(newest(&mut big));
+        assert!(newest(&mut big, OUTPUT_BYTES));
         assert_eq!(big.len(), OUTPUT_BYTES);
         let mut edge = format!("{}é", "x".repeat(OUTPUT_BYTES - 1));
-        assert!(newest(&mut edge));
+        assert!(newest(&mut edge, OUTPUT_BYTES));
         assert!(edge.len() <= OUTPUT_BYTES && edge.ends_with('é'));
     }
 }

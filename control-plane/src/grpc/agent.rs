@@ -28,9 +28,6 @@ pub struct AgentSvc {
 
 type ControlStream = Pin<Box<dyn Stream<Item = Result<v1::ControlMessage, Status>> + Send>>;
 
-/// The most labels an agent may report (each is stored and shown).
-const MAX_REPORTED_LABELS: usize = 64;
-
 /// How long an agent has to say Hello after opening its stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -57,9 +54,10 @@ impl AgentService for AgentSvc {
         };
         let inv = hello.inventory.unwrap_or_default();
         let reported: picket_model::Labels = inv.labels.clone().into_iter().collect();
-        if reported.len() > MAX_REPORTED_LABELS {
+        let most = self.state.cfg.limits.reported_labels;
+        if reported.len() > most {
             return Err(Status::invalid_argument(format!(
-                "{} labels reported; at most {MAX_REPORTED_LABELS}",
+                "{} labels reported; at most {most} ([limits] reported_labels)",
                 reported.len()
             )));
         }
@@ -68,6 +66,8 @@ impl AgentService for AgentSvc {
         }
         let st = &self.state;
         let (n, inventory) = (name.clone(), convert::inventory(&inv));
+        // As kept: capped, control characters written out (it is logged).
+        let version = inventory.agent_version.clone();
         // The epoch before the acked number is read: a reopen after it
         // ends the session (what it stored since may be gone).
         let epoch = st.store.health().epoch();
@@ -101,11 +101,11 @@ impl AgentService for AgentSvc {
         // Registered after Welcome: whatever is sent to the agent (steps)
         // comes after it on the stream.
         let peer = crate::sessions::Peer {
-            version: inv.agent_version.clone(),
+            version: version.clone(),
             caps: hello.capabilities,
         };
         let (guard, cancel) = st.sessions.open_as(&name, tx.clone(), peer);
-        tracing::info!(agent = %name, version = %inv.agent_version, "agent connected");
+        tracing::info!(agent = %name, %version, "agent connected");
 
         let state = self.state.clone();
         self.state.tasks.spawn(async move {
@@ -332,6 +332,7 @@ async fn store_batches(
 ) -> Option<Status> {
     let state = s.state.clone();
     let sinks = crate::ingest::Sinks {
+        sample_ahead_ms: crate::ingest::ms(state.cfg.limits.sample_ahead),
         feed: state.feed.clone(),
         fleet: state.fleet.clone(),
         counters: state.counters.clone(),

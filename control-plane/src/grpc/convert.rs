@@ -126,8 +126,19 @@ pub fn agent(rec: &AgentRecord, online: bool) -> v1::Agent {
 const INVENTORY_CHARS: usize = 256;
 const INVENTORY_ADDRESSES: usize = 64;
 
+/// An inventory text as kept: at most [`INVENTORY_CHARS`], control
+/// characters written `\xNN` (it reaches the control plane's log and
+/// every terminal that lists agents).
 fn capped(s: &str) -> String {
-    s.chars().take(INVENTORY_CHARS).collect()
+    let mut out = String::new();
+    for c in s.chars().take(INVENTORY_CHARS) {
+        if c.is_control() {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub fn inventory(i: &v1::Inventory) -> Inventory {
