@@ -191,9 +191,7 @@ pub struct Engine {
 
 const VERSION: u32 = 1;
 
-fn ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+use picket_model::millis as ms;
 
 impl Engine {
     pub fn new(rules: Rules) -> Self {

@@ -11,17 +11,9 @@ const FIELD_CHARS: usize = 256;
 /// A field as recorded: control characters written `\xNN` (they would act
 /// on the terminal of whoever reads the log) and at most [`FIELD_CHARS`].
 fn clean(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(FIELD_CHARS + 4));
-    for (i, c) in s.chars().enumerate() {
-        if i == FIELD_CHARS {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.push_str(&format!("\\x{:02x}", c as u32));
-        } else {
-            out.push(c);
-        }
+    let (mut out, cut) = picket_model::escape_controls(s, FIELD_CHARS);
+    if cut {
+        out.push('…');
     }
     out
 }

@@ -98,7 +98,7 @@ pub fn maintain_once(
     retention: &Retention,
     now: i64,
 ) -> Result<(usize, usize), StoreError> {
-    let before = |d: Duration| now - i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let before = |d: Duration| now - picket_model::millis(d);
     let (raw_before, rollup_before) = (
         before(retention.metrics_raw),
         before(retention.metrics_rollup),

@@ -70,11 +70,6 @@ enum Origin {
     ControlPlane,
 }
 
-/// A duration as milliseconds, saturating.
-pub fn ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// The source of the control plane's own events (SPEC §9).
 pub const OWN_SOURCE: &str = "picket";
 

@@ -112,7 +112,7 @@ pub async fn run(
         crate::steps::Steps::new(sessions.clone()).with_output_limit(cfg.limits.step_output_bytes),
     );
     let sinks = crate::ingest::Sinks {
-        sample_ahead_ms: crate::ingest::ms(cfg.limits.sample_ahead),
+        sample_ahead_ms: picket_model::millis(cfg.limits.sample_ahead),
         feed: Arc::new(
             crate::feed::Feed::new(store.clone(), shutdown.clone(), tasks.clone())?
                 .with_follower_budget(cfg.limits.follower_queue_bytes),

@@ -77,6 +77,11 @@ impl Steps {
         }
     }
 
+    /// Where updates of run `run` go, if it is live.
+    fn owner(&self, run: &str) -> Option<mpsc::Sender<StepNews>> {
+        self.routes.lock().ok().and_then(|r| r.get(run).cloned())
+    }
+
     pub fn unroute(&self, run: &str) {
         if let Ok(mut r) = self.routes.lock() {
             r.remove(run);
@@ -99,12 +104,7 @@ impl Steps {
                 output: format!("[picket] {why}\n"),
             });
             // Handed over by a task: the owner may be the caller itself.
-            let tx = self
-                .routes
-                .lock()
-                .ok()
-                .and_then(|r| r.get(&key.run).cloned());
-            if let Some(tx) = tx {
+            if let Some(tx) = self.owner(&key.run) {
                 let news = StepNews {
                     host: host.to_string(),
                     key,
@@ -134,12 +134,7 @@ impl Steps {
             tracing::debug!(agent = %host, "a step update without key or body; ignored");
             return;
         };
-        let Some(tx) = self
-            .routes
-            .lock()
-            .ok()
-            .and_then(|r| r.get(&key.run).cloned())
-        else {
+        let Some(tx) = self.owner(&key.run) else {
             tracing::debug!(agent = %host, run = %key.run, "a step update for no live run; ignored");
             return;
         };

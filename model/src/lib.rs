@@ -230,6 +230,30 @@ pub fn exposition_value(v: &str) -> String {
     out
 }
 
+/// Text from a host or a caller as the control plane keeps it: at most
+/// `max_chars` characters, control characters written `\xNN` (they would
+/// act on the terminal of whoever reads a log or a listing). `true` when
+/// it was cut.
+pub fn escape_controls(s: &str, max_chars: usize) -> (String, bool) {
+    let mut out = String::with_capacity(s.len().min(max_chars + 4));
+    for (i, c) in s.chars().enumerate() {
+        if i == max_chars {
+            return (out, true);
+        }
+        if c.is_control() {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    (out, false)
+}
+
+/// A duration as milliseconds, saturating.
+pub fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Parses `key=value`, as typed on a command line.
 pub fn parse_label(s: &str) -> Result<(String, String), LabelError> {
     let (k, v) = s

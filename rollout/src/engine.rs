@@ -167,7 +167,7 @@ impl Engine {
     /// nothing to do.
     fn away_deadline(&self, h: &HostRun) -> Option<i64> {
         let since = h.away_since?;
-        let timeout = i64::try_from(self.spec.host_timeout.as_millis()).unwrap_or(i64::MAX);
+        let timeout = picket_model::millis(self.spec.host_timeout);
         let rollback = h.current.is_some_and(|c| c.phase == Phase::Rollback);
         let from = if rollback {
             since
@@ -348,7 +348,7 @@ impl Engine {
         );
         let ok = result.state == StepState::Succeeded;
         let next = if ok { self.next_step(at) } else { None };
-        let min_healthy = i64::try_from(self.spec.min_healthy_time.as_millis()).unwrap_or(i64::MAX);
+        let min_healthy = picket_model::millis(self.spec.min_healthy_time);
         let dispatch_next = next.and_then(|n| self.step_at(n).map(|s| (n, s.clone())));
         let h = &mut self.p.hosts[i];
         h.steps.push(StepRecord {

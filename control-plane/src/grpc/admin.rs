@@ -610,8 +610,7 @@ impl AdminService for AdminSvc {
         } else {
             now - 3_600_000
         };
-        let raw_from =
-            now - i64::try_from(st.cfg.metrics_raw_retention.as_millis()).unwrap_or(i64::MAX);
+        let raw_from = now - picket_model::millis(st.cfg.metrics_raw_retention);
         let st2 = st.clone();
         let host = r.host.clone();
         let use_raw = since >= raw_from;

@@ -332,7 +332,7 @@ async fn store_batches(
 ) -> Option<Status> {
     let state = s.state.clone();
     let sinks = crate::ingest::Sinks {
-        sample_ahead_ms: crate::ingest::ms(state.cfg.limits.sample_ahead),
+        sample_ahead_ms: picket_model::millis(state.cfg.limits.sample_ahead),
         feed: state.feed.clone(),
         fleet: state.fleet.clone(),
         counters: state.counters.clone(),

@@ -130,15 +130,7 @@ const INVENTORY_ADDRESSES: usize = 64;
 /// characters written `\xNN` (it reaches the control plane's log and
 /// every terminal that lists agents).
 fn capped(s: &str) -> String {
-    let mut out = String::new();
-    for c in s.chars().take(INVENTORY_CHARS) {
-        if c.is_control() {
-            out.push_str(&format!("\\x{:02x}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    picket_model::escape_controls(s, INVENTORY_CHARS).0
 }
 
 pub fn inventory(i: &v1::Inventory) -> Inventory {

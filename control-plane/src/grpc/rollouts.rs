@@ -106,9 +106,7 @@ impl AdminSvc {
             .map_err(store_error)?;
         // A scoped user selects among the hosts in scope only.
         let scope = super::scope::Scope::of(st, &caller)?;
-        let hosts: Vec<String> = agents
-            .iter()
-            .filter(|a| a.revoked_ms.is_none() && selector.matches_host(&a.name, &a.labels()))
+        let hosts: Vec<String> = selected(&agents, &selector)
             .filter(|a| scope.holds(a))
             .map(|a| a.name.clone())
             .collect();
@@ -165,7 +163,16 @@ impl AdminSvc {
         // refused whole.
         let scope = super::scope::Scope::of(st, &caller)?;
         if !scope.is_all() {
-            let reached = selected(st, &spec)?;
+            let selector: Selector = spec
+                .selector
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| Status::invalid_argument(format!("selector: {e}")))?;
+            let agents = st.store.agents().map_err(store_error)?;
+            let reached: Vec<String> = selected(&agents, &selector)
+                .map(|a| a.name.clone())
+                .collect();
             scope.confine(st, &caller, &reached, "rollout.create", "")?;
         }
         let mut users: Vec<String> = spec
@@ -318,18 +325,13 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// The hosts a rollout's selector reaches now (enrolled, not revoked).
-fn selected(st: &super::state::State, spec: &RawSpec) -> Result<Vec<String>, Status> {
-    let text = spec.selector.clone().unwrap_or_default();
-    let selector: Selector = text
-        .parse()
-        .map_err(|e| Status::invalid_argument(format!("selector: {e}")))?;
-    Ok(st
-        .store
-        .agents()
-        .map_err(store_error)?
+/// The hosts `selector` reaches now: enrolled, not revoked, matched by
+/// their assigned labels and name (`run`, and a rollout's scope check).
+fn selected<'a>(
+    agents: &'a [picket_store::AgentRecord],
+    selector: &'a Selector,
+) -> impl Iterator<Item = &'a picket_store::AgentRecord> {
+    agents
         .iter()
         .filter(|a| a.revoked_ms.is_none() && selector.matches_host(&a.name, &a.labels()))
-        .map(|a| a.name.clone())
-        .collect())
 }

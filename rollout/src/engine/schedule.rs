@@ -146,7 +146,7 @@ impl Engine {
                     return;
                 }
                 Pause::Wait(d) if !d.is_zero() => {
-                    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                    let ms = picket_model::millis(d);
                     self.p.pause_until = Some(now.saturating_add(ms));
                     return;
                 }

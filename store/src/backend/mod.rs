@@ -82,7 +82,7 @@ pub type Updater<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
 /// writes thousands of records and their index entries per batch.
 pub struct Sled {
     path: std::path::PathBuf,
-    /// None only while it is being reopened ([`Backend::recover`]).
+    /// None only while it is being reopened ([`Backend::reopen`]).
     engine: std::sync::RwLock<Option<Engine>>,
     /// Writes take it shared; a snapshot and a reopen take it alone.
     gate: std::sync::RwLock<()>,

@@ -125,7 +125,6 @@ impl Health {
         self.why.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Notes a failed write.
     /// Notes a failed write of a batch of about `bytes` (the engine's
     /// own failures are already noted by [`Watch`]).
     pub(crate) fn failed_batch(&self, e: &StoreError, bytes: u64) {

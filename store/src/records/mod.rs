@@ -348,7 +348,10 @@ impl Store {
     /// Refused while the store is not writable (until [`Store::recover`]
     /// finds it writable again) or free space is under the floor.
     pub fn put_records(&self, host: &str, r: &Records, acked: u64) -> Result<(), StoreError> {
-        if let Some(why) = self.health.why() {
+        // The atomic first: `why` takes a lock, and this runs per batch.
+        if !self.health.writable()
+            && let Some(why) = self.health.why()
+        {
             return Err(StoreError::Unwritable(why));
         }
         let bytes = r.bytes();
