@@ -74,10 +74,21 @@ def written_mb(pid):
         return int(re.search(r"^wchar: (\d+)", f.read(), re.M).group(1)) / 1e6
 
 
-def ingested(http):
+def metric(http, name):
+    """A single-value gauge of the control plane's /metrics (0 if absent)."""
     body = urllib.request.urlopen(f"http://{http}/metrics").read().decode()
-    m = re.search(r"^picket_control_records_ingested (\d+)", body, re.M)
+    m = re.search(rf"^{name} (\d+)", body, re.M)
     return int(m.group(1)) if m else 0
+
+
+def ingested(http):
+    return metric(http, "picket_control_records_ingested")
+
+
+def status_kib(pid, field):
+    """A /proc/PID/status field in KiB (VmRSS, VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+)", f.read(), re.M).group(1))
 
 
 class Fleet:

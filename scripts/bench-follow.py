@@ -14,7 +14,7 @@ RSS before, and how many times a follower caught up from the store.
 
 BENCH_NO_BUILD=1 reuses the release binaries as they are.
 """
-import argparse, importlib.util, os, re, subprocess, threading, time, urllib.request
+import argparse, importlib.util, os, re, subprocess, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("bench_events", os.path.join(ROOT, "scripts", "bench-events.py"))
@@ -23,15 +23,7 @@ spec.loader.exec_module(ev)
 REL = ev.REL
 
 
-def status_kib(pid, field):
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+)", f.read(), re.M).group(1))
-
-
-def metric(http, name):
-    body = urllib.request.urlopen(f"http://{http}/metrics").read().decode()
-    m = re.search(rf"^{name} (\d+)", body, re.M)
-    return int(m.group(1)) if m else 0
+status_kib, metric = ev.status_kib, ev.metric
 
 
 class Reader(threading.Thread):

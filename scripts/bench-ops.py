@@ -35,8 +35,7 @@ def du(path):
 
 
 def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"^VmRSS:\s+(\d+)", f.read(), re.M).group(1))
+    return ev.status_kib(pid, "VmRSS")
 
 
 def append(f, kind, start, n):

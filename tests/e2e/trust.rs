@@ -27,6 +27,17 @@ fn report_label(w: &World, name: &str, k: &str, v: &str) -> Result<()> {
     Ok(())
 }
 
+/// `rollout create` of `toml` as the user of `flags`.
+fn create_rollout(w: &World, flags: &[String], toml: &str) -> Result<std::process::Output> {
+    let file = w.path("rollout.toml");
+    std::fs::write(&file, toml)?;
+    ctl(
+        w,
+        flags,
+        &["rollout", "create", "-f", &file.display().to_string()],
+    )
+}
+
 #[test]
 fn a_host_that_relabels_itself_is_not_selected_until_an_admin_labels_it() -> Result<()> {
     let w = World::new()?;
@@ -169,19 +180,11 @@ fn steps_run_as_nobody_by_default_with_a_clean_environment_and_enter_their_folde
         w.path("private"),
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )?;
-    let file = w.path("rollout.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"cwd\"\nselector = \"name=box\"\n[[step]]\nexec = [\"pwd\"]\ncwd = \"{}\"\n",
-            w.path("private").display()
-        ),
-    )?;
-    let out = ctl(
-        &w,
-        &admin,
-        &["rollout", "create", "-f", &file.display().to_string()],
-    )?;
+    let toml = format!(
+        "name = \"cwd\"\nselector = \"name=box\"\n[[step]]\nexec = [\"pwd\"]\ncwd = \"{}\"\n",
+        w.path("private").display()
+    );
+    let out = create_rollout(&w, &admin, &toml)?;
     anyhow::ensure!(out.status.success(), "{}", stderr(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let s = wait_for("the rollout to fail", Duration::from_secs(30), || {
@@ -261,15 +264,10 @@ fn a_step_user_must_be_granted_to_the_caller_admins_excepted() -> Result<()> {
         assert!(said(&out) == "nobody\n", "{}", said(&out));
     }
     // A rollout naming a user not granted is refused before it starts.
-    let file = w.path("as-root.toml");
-    std::fs::write(
-        &file,
-        "name = \"x\"\nselector = \"name=box\"\n[[step]]\nexec = [\"true\"]\nuser = \"root\"\n",
-    )?;
-    let out = ctl(
+    let out = create_rollout(
         &w,
         &flags("deployer"),
-        &["rollout", "create", "-f", &file.display().to_string()],
+        "name = \"x\"\nselector = \"name=box\"\n[[step]]\nexec = [\"true\"]\nuser = \"root\"\n",
     )?;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("\"root\""), "{}", stderr(&out));
@@ -398,16 +396,8 @@ fn a_scoped_user_sees_and_reaches_only_the_hosts_in_scope() -> Result<()> {
     assert!(stderr(&out).contains("in your scope"), "{}", stderr(&out));
 
     // A rollout reaching a host outside the scope is refused, audited.
-    let file = w.path("all.toml");
-    std::fs::write(
-        &file,
-        "name = \"all\"\nselector = \"env\"\n[[step]]\nexec = [\"true\"]\n",
-    )?;
-    let out = ctl(
-        &w,
-        &me,
-        &["rollout", "create", "-f", &file.display().to_string()],
-    )?;
+    let all = "name = \"all\"\nselector = \"env\"\n[[step]]\nexec = [\"true\"]\n";
+    let out = create_rollout(&w, &me, all)?;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("1 host(s) are outside your scope"),
@@ -417,11 +407,7 @@ fn a_scoped_user_sees_and_reaches_only_the_hosts_in_scope() -> Result<()> {
     let audit = ctl(&w, &admin, &["audit"])?;
     assert!(String::from_utf8_lossy(&audit.stdout).contains("outside the user's scope"));
     // The same rollout created by an admin cannot be acted on by the user.
-    let out = ctl(
-        &w,
-        &admin,
-        &["rollout", "create", "-f", &file.display().to_string()],
-    )?;
+    let out = create_rollout(&w, &admin, all)?;
     anyhow::ensure!(out.status.success(), "{}", stderr(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let out = ctl(&w, &me, &["rollout", "abort", &id])?;
@@ -432,14 +418,10 @@ fn a_scoped_user_sees_and_reaches_only_the_hosts_in_scope() -> Result<()> {
         stderr(&out)
     );
     // Within the scope, it works.
-    std::fs::write(
-        &file,
-        "name = \"stage\"\nselector = \"env=staging\"\n[[step]]\nexec = [\"true\"]\n",
-    )?;
-    let out = ctl(
+    let out = create_rollout(
         &w,
         &me,
-        &["rollout", "create", "-f", &file.display().to_string()],
+        "name = \"stage\"\nselector = \"env=staging\"\n[[step]]\nexec = [\"true\"]\n",
     )?;
     assert!(out.status.success(), "{}", stderr(&out));
     let users = ctl_json(&w, &admin, &["user", "list"])?;
