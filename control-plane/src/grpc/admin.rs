@@ -15,7 +15,7 @@ use super::state::State;
 use super::status::{bad_input, internal, store_error};
 use picket_clock::{now_ms, to_ms};
 use picket_pki::{SubjectKind, token};
-use picket_store::{Forget, TokenRecord, UserRecord};
+use picket_store::{TokenRecord, UserRecord};
 
 pub struct AdminSvc {
     pub state: Arc<State>,
@@ -35,26 +35,6 @@ impl AdminSvc {
         r: Response<Stream<T>>,
     ) -> Response<Stream<T>> {
         r.map(|s| self.state.user_streams.guard(caller, s))
-    }
-
-    pub(super) fn agent_view(&self, name: &str) -> Result<v1::Agent, Status> {
-        let rec = self
-            .state
-            .store
-            .agent(name)
-            .map_err(store_error)?
-            .ok_or_else(|| Status::not_found(format!("no agent named {name}")))?;
-        Ok(self.view(&rec))
-    }
-
-    /// An agent as shown: whether it is connected, and whether what it
-    /// sends can be stored now.
-    fn view(&self, rec: &picket_store::AgentRecord) -> v1::Agent {
-        let online = self.state.sessions.is_online(&rec.name);
-        let mut a = convert::agent(rec, online);
-        a.not_stored = online && !self.state.store.health().writable();
-        a.clock_offset_ms = self.state.sessions.clock_offset_ms(&rec.name);
-        a
     }
 }
 
@@ -235,63 +215,21 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        let caller = require(&req, &self.state.audit, Role::Viewer, "agents.list", "")?;
-        let scope = Scope::of(&self.state, &caller)?;
-        let agents = self
-            .state
-            .store
-            .agents()
-            .map_err(store_error)?
-            .iter()
-            .filter(|r| scope.holds(r))
-            .map(|r| self.view(r))
-            .collect();
-        Ok(Response::new(v1::ListAgentsResponse { agents }))
+        self.do_list_agents(req).await
     }
 
     async fn get_agent(
         &self,
         req: Request<v1::GetAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        let caller = require(&req, &self.state.audit, Role::Viewer, "agents.show", "")?;
-        let name = &req.get_ref().name;
-        if !Scope::of(&self.state, &caller)?.admits(&self.state, name)? {
-            return Err(Status::not_found(format!("no agent named {name}")));
-        }
-        let mut agent = self.agent_view(name)?;
-        agent.last_rollout = self.last_rollout(name).await;
-        Ok(Response::new(agent))
+        self.do_get_agent(req).await
     }
 
     async fn revoke_agent(
         &self,
         req: Request<v1::RevokeAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        let name = req.get_ref().name.clone();
-        let st = &self.state;
-        let caller = require(&req, &st.audit, Role::Admin, "agents.revoke", &name)?;
-        let n = name.clone();
-        let updated = st
-            .store
-            .blocking(move |s| {
-                let updated = s.update_agent(&n, |r| {
-                    r.revoked_ms.get_or_insert_with(now_ms);
-                })?;
-                s.flush()?;
-                Ok(updated)
-            })
-            .await
-            .map_err(store_error)?;
-        if updated.is_none() {
-            st.audit
-                .record(&caller.actor(), "agents.revoke", &name, "error: not found");
-            return Err(Status::not_found(format!("no agent named {name}")));
-        }
-        st.sessions.close(&name);
-        st.alerts.forget(name.clone()).await;
-        st.audit
-            .record(&caller.actor(), "agents.revoke", &name, "ok");
-        Ok(Response::new(self.agent_view(&name)?))
+        self.do_revoke_agent(req).await
     }
 
     async fn create_token(
@@ -491,43 +429,14 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<v1::LabelAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        super::labels::label(self, req).await
+        self.do_label_agent(req).await
     }
 
     async fn forget_agent(
         &self,
         req: Request<v1::ForgetAgentRequest>,
     ) -> Result<Response<v1::ForgetAgentResponse>, Status> {
-        let st = &self.state;
-        let name = req.get_ref().name.clone();
-        let caller = require(&req, &st.audit, Role::Admin, "agents.forget", &name)?;
-        let n = name.clone();
-        let outcome = st
-            .store
-            .blocking(move |s| {
-                let o = s.forget_agent(&n)?;
-                s.flush()?;
-                Ok(o)
-            })
-            .await
-            .map_err(store_error)?;
-        let refusal = match outcome {
-            Forget::Forgotten => None,
-            Forget::NotFound => Some(Status::not_found(format!("no agent named {name}"))),
-            Forget::NotRevoked => Some(Status::failed_precondition(format!(
-                "agent {name} is not revoked; run `picketctl agents revoke {name}` first"
-            ))),
-        };
-        if let Some(status) = refusal {
-            let outcome = format!("error: {}", status.message());
-            st.audit
-                .record(&caller.actor(), "agents.forget", &name, &outcome);
-            return Err(status);
-        }
-        st.alerts.forget(name.clone()).await;
-        st.audit
-            .record(&caller.actor(), "agents.forget", &name, "ok");
-        Ok(Response::new(v1::ForgetAgentResponse { name }))
+        self.do_forget_agent(req).await
     }
 
     async fn status(

@@ -5,13 +5,13 @@
 pub mod accept;
 mod admin;
 mod agent;
+mod agents;
 mod alerts;
 pub mod auth;
 mod convert;
 pub mod cut;
 mod enroll;
 mod grants;
-mod labels;
 mod rollouts;
 mod scope;
 pub mod state;

@@ -182,6 +182,7 @@ impl AdminSvc {
             .chain(&spec.rollback)
             .filter_map(|s| s.user.clone())
             .collect();
+        users.sort_unstable();
         users.dedup();
         super::grants::check(st, &caller, &users, "rollout.create", "").await?;
         match st.rollouts.create(spec).await {
