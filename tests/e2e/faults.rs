@@ -238,16 +238,22 @@ fn a_full_disk_refuses_records_until_it_is_grown_then_every_line_arrives_once() 
     Ok(())
 }
 
-/// `faketime` with the multi-threaded library, shifting the wall clock
-/// only (tokio's timers run on the monotonic one).
-fn faketime(offset: &str) -> Result<[String; 4]> {
-    let ft = tool("faketime", "faketime")?;
-    Ok([
-        ft.display().to_string(),
-        "-m".into(),
-        "-f".into(),
-        offset.into(),
-    ])
+/// Runs `c` with its wall clock shifted by `offset` (Debian's `faketime`
+/// package, its multi-threaded library preloaded as `faketime -m -f`
+/// would; the monotonic clock, tokio's timers, untouched). Preloaded
+/// directly rather than through the `faketime` program, which forks: a
+/// test's kill of it would leave the agent running.
+fn faketime(c: &mut Command, offset: &str) -> Result<()> {
+    tool("faketime", "faketime")?;
+    let lib = std::fs::read_dir("/usr/lib")?
+        .filter_map(|d| d.ok())
+        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists())
+        .context("libfaketimeMT.so.1 (Debian package libfaketime) not found under /usr/lib")?;
+    c.env("LD_PRELOAD", lib)
+        .env("FAKETIME", offset)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    Ok(())
 }
 
 #[test]
@@ -263,18 +269,15 @@ fn agents_ten_minutes_behind_and_two_hours_ahead_enroll_stream_renew_and_show_th
     let admin = cp.admin_flags();
     let mut agents_run = Vec::new();
     for (name, offset) in [("late", "-10m"), ("early", "+2h")] {
-        let wrapper = faketime(offset)?;
-        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
         let tok = token(&w, &cp, &[])?;
         let state = w.path(&format!("agents/{name}"));
-        let out = w
-            .cmd_under(&wrapper, "picket-agent")
-            .args(["enroll", "--server", &cp.grpc, "--token", &tok])
+        let mut c = w.cmd("picket-agent");
+        c.args(["enroll", "--server", &cp.grpc, "--token", &tok])
             .args(["--ca-fingerprint", &fp, "--name", name])
             .arg("--state-dir")
-            .arg(&state)
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-            .output()?;
+            .arg(&state);
+        faketime(&mut c, offset)?;
+        let out = c.output()?;
         anyhow::ensure!(out.status.success(), "{name} enrolls: {}", stderr(&out));
         let log = w.path(&format!("{name}.log"));
         std::fs::write(&log, format!("line 1 from {name}\n"))?;
@@ -285,10 +288,9 @@ fn agents_ten_minutes_behind_and_two_hours_ahead_enroll_stream_renew_and_show_th
             log.display()
         ));
         std::fs::write(&cfg, text)?;
-        let mut c = w.cmd_under(&wrapper, "picket-agent");
-        c.args(["run", "--config"])
-            .arg(&cfg)
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        let mut c = w.cmd("picket-agent");
+        c.args(["run", "--config"]).arg(&cfg);
+        faketime(&mut c, offset)?;
         agents_run.push((name, Proc::spawn(c)?, state));
     }
     // Both stream, and show how far off their clocks are.

@@ -159,15 +159,8 @@ impl World {
 
     /// [`World::cmd`] inside the network namespace `ns` (`ip netns exec`).
     pub fn cmd_in(&self, ns: &str, name: &str) -> Command {
-        self.cmd_under(&["ip", "netns", "exec", ns], name)
-    }
-
-    /// [`World::cmd`] run by `wrapper` (a program and its arguments, as
-    /// `faketime -f -10m`).
-    pub fn cmd_under(&self, wrapper: &[&str], name: &str) -> Command {
-        let (program, args) = wrapper.split_first().unwrap_or((&"env", &[]));
-        let mut c = Command::new(program);
-        c.args(args).arg(bin(name));
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).arg(bin(name));
         self.setup(c)
     }
 
