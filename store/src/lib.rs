@@ -216,6 +216,7 @@ impl Store {
         };
         store.index_received(picket_clock::now_ms())?;
         store.start_by_id_index()?;
+        store.index_latest()?;
         Ok(store)
     }
 

@@ -4,7 +4,27 @@
 use picket_model::Severity;
 use regex::Regex;
 
-use picket_store::records::{EventRecord, LogRecord, Timed};
+use picket_store::records::{EventRecord, LogRecord, Needles, Timed};
+
+/// A `--grep` pattern, with the literals one of which starts every match:
+/// the store skips blocks and records without any ([`Needles`]).
+pub struct Grep {
+    regex: Regex,
+    needles: Option<Needles>,
+}
+
+impl Grep {
+    pub fn new(pattern: &str) -> Result<Grep, regex::Error> {
+        Ok(Grep {
+            regex: Regex::new(pattern)?,
+            needles: Needles::of(pattern),
+        })
+    }
+
+    pub fn is_match(&self, text: &str) -> bool {
+        self.regex.is_match(text)
+    }
+}
 
 /// The hosts a scoped user may see (SPEC §4), as they were when the
 /// query began; `None`: every host.
@@ -17,7 +37,7 @@ pub struct EventFilter {
     pub source: String,
     pub min_severity: Option<Severity>,
     pub since: i64,
-    pub grep: Option<Regex>,
+    pub grep: Option<Grep>,
 }
 
 impl EventFilter {
@@ -36,7 +56,7 @@ pub struct LogFilter {
     pub host: String,
     pub source: String,
     pub since: i64,
-    pub grep: Option<Regex>,
+    pub grep: Option<Grep>,
 }
 
 impl LogFilter {
@@ -88,6 +108,8 @@ pub trait Filter<T>: Send + Sync + 'static {
     fn since(&self) -> i64;
     fn host(&self) -> Option<&str>;
     fn keep(&self, r: &T) -> bool;
+    /// What a record must hold to be kept, if anything is known.
+    fn needles(&self) -> Option<&Needles>;
 }
 
 impl Filter<EventRecord> for EventFilter {
@@ -100,6 +122,9 @@ impl Filter<EventRecord> for EventFilter {
     fn keep(&self, e: &EventRecord) -> bool {
         EventFilter::keep(self, e)
     }
+    fn needles(&self) -> Option<&Needles> {
+        self.grep.as_ref().and_then(|g| g.needles.as_ref())
+    }
 }
 
 impl Filter<LogRecord> for LogFilter {
@@ -111,5 +136,20 @@ impl Filter<LogRecord> for LogFilter {
     }
     fn keep(&self, l: &LogRecord) -> bool {
         LogFilter::keep(self, l)
+    }
+    fn needles(&self) -> Option<&Needles> {
+        self.grep.as_ref().and_then(|g| g.needles.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Grep;
+
+    #[test]
+    fn grep_is_case_blind_on_request() {
+        let g = Grep::new("(?i)rare").unwrap();
+        assert!(g.is_match("a RaRe one"));
+        assert!(g.needles.is_some());
     }
 }

@@ -9,8 +9,8 @@
 //! is published with id > snapshot.
 //!
 //! Memory is bounded against any viewer: a `--limit`/`--tail N` backlog is
-//! read twice (a count, then the records past the first `count - N`)
-//! instead of held, and each follower's live queue is bounded by bytes
+//! never held (it is found newest first, then sent forward: [`backlog`]),
+//! and each follower's live queue is bounded by bytes
 //! ([`FOLLOWER_BYTES`] unless `[limits] follower_queue_bytes` says
 //! otherwise); one that falls further behind is not cut off: it reads
 //! what it missed from the store, where every record is, then goes on
@@ -23,11 +23,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use picket_store::records::{EventRecord, Kind, LogRecord, Records, Timed, Wire};
+use picket_store::records::{EventRecord, Kind, LogRecord, Read, Records, Wire};
 use picket_store::{Store, StoreError};
 
+mod backlog;
 mod filter;
-pub use filter::{EventFilter, Filter, LogFilter, Stored};
+use backlog::read;
+pub use filter::{EventFilter, Filter, Grep, LogFilter, Stored};
 
 /// How many bytes of records may wait for one follower, by default, before
 /// it catches up from the store instead (about 30,000 Suricata lines).
@@ -237,19 +239,17 @@ impl Feed {
     }
 }
 
-/// A store scan of one kind of record: from a time, or from an id on.
-type Scan<T, From> =
+/// A store read of one kind of record.
+type Scan<T> =
     for<'a> fn(
         &'a Store,
-        From,
-        Option<&'a str>,
+        Read<'a>,
     ) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>, StoreError>;
 
 /// Where a kind of record is read: its store scans, and its live followers.
 struct Source<T> {
     kind: Kind,
-    since: Scan<T, i64>,
-    after: Scan<T, u64>,
+    read: Scan<T>,
     live: fn(&Feed) -> &Live<T>,
 }
 
@@ -280,8 +280,7 @@ impl Feed {
             (after, snapshot),
             Source {
                 kind: Kind::Events,
-                since: |s, since, host| s.events_since(since, host),
-                after: |s, after, host| s.events_after(after, host),
+                read: |s, r| s.events(r),
                 live: |f| &f.events,
             },
             limit,
@@ -305,8 +304,7 @@ impl Feed {
             (after, snapshot),
             Source {
                 kind: Kind::Logs,
-                since: |s, since, host| s.logs_since(since, host),
-                after: |s, after, host| s.logs_after(after, host),
+                read: |s, r| s.logs(r),
                 live: |f| &f.logs,
             },
             tail,
@@ -376,72 +374,6 @@ impl Feed {
     }
 }
 
-/// Sends the stored records with ids in `(above, upto]` that `f` keeps
-/// (the last `last_n` of them, if non-zero); false when the stream ended.
-/// Above an id (`above > 0`) they are read by id, and retention is
-/// checked before and after: a reader must learn that records it had not
-/// been sent were deleted ([`End::Expired`]), and where to resume so that
-/// it gets nothing twice.
-fn read<T: Stored, F: Filter<T>>(
-    store: &Store,
-    source: Source<T>,
-    f: &F,
-    (above, upto): (u64, u64),
-    last_n: usize,
-    tx: &mpsc::Sender<Item<T>>,
-    sent: &AtomicU64,
-) -> bool {
-    let end = |e: End| {
-        let _ = tx.blocking_send(Err(e));
-        false
-    };
-    let by_id = above > 0;
-    let before = if by_id {
-        match store.expired_through(source.kind) {
-            Ok(through) if through > above => {
-                return end(End::Expired {
-                    sent: above,
-                    through,
-                });
-            }
-            Ok(through) => through,
-            Err(e) => return end(End::Store(e)),
-        }
-    } else {
-        0
-    };
-    let scan = || {
-        let items = if by_id {
-            (source.after)(store, above, f.host())?
-        } else {
-            (source.since)(store, f.since(), f.host())?
-        };
-        Ok(items.filter(|r| {
-            r.as_ref()
-                .map_or(true, |x| x.id() > above && x.id() <= upto && f.keep(x))
-        }))
-    };
-    let Some(last_sent) = send_backlog(scan, last_n, tx, sent) else {
-        return false;
-    };
-    if by_id {
-        // Retention ran during the read: blocks it took before the read
-        // got to them are a gap. Resume past everything sent, so that
-        // nothing comes twice.
-        match store.expired_through(source.kind) {
-            Ok(through) if through > before && through > above => {
-                return end(End::Expired {
-                    sent: above,
-                    through: through.max(last_sent),
-                });
-            }
-            Ok(_) => {}
-            Err(e) => return end(End::Store(e)),
-        }
-    }
-    true
-}
-
 /// The cursor of the record with ingest id `id`: what `after` takes to
 /// resume exactly after it. Opaque to clients (`i` and the id today).
 pub fn cursor(id: u64) -> String {
@@ -486,59 +418,6 @@ impl Drop for Gauge {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Sends the backlog: everything as it is read, or, with `last_n`, only
-/// the last N. Those are found by reading twice (a count, then a skip of
-/// all but N), so that no N records are ever held. Returns the highest id
-/// sent (0: none), or None when the receiver left or the store failed.
-fn send_backlog<T: Timed, I>(
-    read: impl Fn() -> Result<I, StoreError>,
-    last_n: usize,
-    tx: &mpsc::Sender<Item<T>>,
-    sent: &AtomicU64,
-) -> Option<u64>
-where
-    I: Iterator<Item = Result<T, StoreError>>,
-{
-    let fail = |e: StoreError| {
-        let _ = tx.blocking_send(Err(End::Store(e)));
-        None
-    };
-    let mut skip = 0;
-    if last_n > 0 {
-        let items = match read() {
-            Ok(it) => it,
-            Err(e) => return fail(e),
-        };
-        let mut n = 0usize;
-        for item in items {
-            if let Err(e) = item {
-                return fail(e);
-            }
-            n += 1;
-        }
-        skip = n.saturating_sub(last_n);
-    }
-    let items = match read() {
-        Ok(it) => it,
-        Err(e) => return fail(e),
-    };
-    let mut last = 0;
-    for item in items.skip(skip) {
-        match item {
-            Err(e) => return fail(e),
-            Ok(x) => {
-                let id = x.id();
-                if tx.blocking_send(Ok(Arc::new(x))).is_err() {
-                    return None;
-                }
-                last = last.max(id);
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    Some(last)
 }
 
 /// How following the live queue ended.
@@ -591,7 +470,7 @@ mod tests {
     use super::*;
     use picket_store::records::FromWire;
 
-    fn line(id: u64, text: &str) -> LogRecord {
+    pub(super) fn line(id: u64, text: &str) -> LogRecord {
         LogRecord {
             id,
             host: "h".into(),
@@ -635,29 +514,6 @@ mod tests {
         assert_eq!(quick.queue.bytes.load(Ordering::Relaxed), 0);
     }
 
-    #[test]
-    fn the_last_n_are_sent_without_holding_them() {
-        let (tx, mut rx) = mpsc::channel(64);
-        let all: Vec<LogRecord> = (1..=10).map(|i| line(i, "l")).collect();
-        let reads = std::cell::Cell::new(0);
-        let read = || {
-            reads.set(reads.get() + 1);
-            Ok::<_, StoreError>(all.clone().into_iter().map(Ok))
-        };
-        assert_eq!(send_backlog(read, 3, &tx, &AtomicU64::new(0)), Some(10));
-        assert_eq!(reads.get(), 2);
-        let mut ids = Vec::new();
-        while let Ok(Ok(x)) = rx.try_recv() {
-            ids.push(x.id);
-        }
-        assert_eq!(ids, [8, 9, 10]);
-        assert!(send_backlog(read, 0, &tx, &AtomicU64::new(0)).is_some());
-        assert_eq!(reads.get(), 3, "no count without a limit");
-        assert!(send_backlog(read, 50, &tx, &AtomicU64::new(0)).is_some());
-        let n = std::iter::from_fn(|| rx.try_recv().ok()).count();
-        assert_eq!(n, 20);
-    }
-
     /// A feed over a real store in `dir`, queues of `budget` bytes.
     fn feed(dir: &std::path::Path, budget: usize) -> Arc<Feed> {
         let store = Store::open(dir).unwrap();
@@ -696,6 +552,81 @@ mod tests {
             }
         }
         seqs
+    }
+
+    /// Every record a non-following query sends, by seq.
+    async fn ask(feed: &Arc<Feed>, f: LogFilter, tail: usize) -> Vec<u64> {
+        let (tx, mut rx) = mpsc::channel(16);
+        feed.logs(f, tail, false, 0, tx);
+        let mut seqs = Vec::new();
+        while let Some(item) = rx.recv().await {
+            seqs.push(item.unwrap().seq);
+        }
+        seqs
+    }
+
+    /// `--tail N` (read newest first, then sent forward): the last N
+    /// lines kept, oldest first, with a grep and a since; all of them
+    /// when fewer are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_tail_is_the_last_n_kept_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = feed(dir.path(), FOLLOWER_BYTES);
+        // 3,000 lines over 30 s, several blocks a second, out of order
+        // within each batch; every 7th is RARE.
+        for b in 0..300u64 {
+            let lines: Vec<LogRecord> = (0..10)
+                .map(|i| {
+                    let seq = b * 10 + i + 1;
+                    let text = if seq % 7 == 0 {
+                        "a RARE line"
+                    } else {
+                        "a line"
+                    };
+                    LogRecord {
+                        time_ms: 1_000 + (seq as i64) * 10 - (i as i64 % 3) * 15,
+                        ..line(seq, text)
+                    }
+                })
+                .collect();
+            let acked = lines.last().map(|l| l.seq).unwrap_or(0);
+            feed.store("h", Records::of(vec![], &[], &lines), acked)
+                .unwrap();
+        }
+        let mut by_time: Vec<(i64, u64, bool)> = (1..=3_000u64)
+            .map(|seq| {
+                let i = (seq - 1) % 10;
+                (
+                    1_000 + seq as i64 * 10 - (i as i64 % 3) * 15,
+                    seq,
+                    seq % 7 == 0,
+                )
+            })
+            .collect();
+        by_time.sort();
+        let last = |n: usize, rare: bool, since: i64| -> Vec<u64> {
+            let kept: Vec<u64> = by_time
+                .iter()
+                .filter(|(t, _, r)| (!rare || *r) && *t >= since)
+                .map(|(_, s, _)| *s)
+                .collect();
+            kept[kept.len().saturating_sub(n)..].to_vec()
+        };
+        assert_eq!(ask(&feed, all_logs(), 5).await, last(5, false, 0));
+        assert_eq!(ask(&feed, all_logs(), 2_500).await, last(2_500, false, 0));
+        let rare = || LogFilter {
+            grep: Some(Grep::new("RARE").unwrap()),
+            ..all_logs()
+        };
+        assert_eq!(ask(&feed, rare(), 10).await, last(10, true, 0));
+        let since = LogFilter {
+            since: 30_000,
+            ..rare()
+        };
+        let n = last(10_000, true, 30_000).len();
+        assert!(n > 0 && n < 429);
+        assert_eq!(ask(&feed, since, 10_000).await, last(10_000, true, 30_000));
+        assert_eq!(ask(&feed, all_logs(), 0).await.len(), 3_000);
     }
 
     /// A follower that stops reading while 200 lines (100 KB, 25 times its

@@ -41,11 +41,11 @@ impl AdminSvc {
 pub(super) type Stream<T> =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
-fn grep(pattern: &str) -> Result<Option<regex::Regex>, Status> {
+fn grep(pattern: &str) -> Result<Option<crate::feed::Grep>, Status> {
     if pattern.is_empty() {
         return Ok(None);
     }
-    regex::Regex::new(pattern)
+    crate::feed::Grep::new(pattern)
         .map(Some)
         .map_err(|e| Status::invalid_argument(format!("--grep: {e}")))
 }

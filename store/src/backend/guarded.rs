@@ -57,6 +57,9 @@ impl<P: WritePolicy> Backend for Guarded<P> {
     fn scan_from<'a>(&'a self, tree: &str, start: &[u8]) -> Result<KvIter<'a>, StoreError> {
         self.inner.scan_from(tree, start)
     }
+    fn scan_back<'a>(&'a self, tree: &str, end: Option<&[u8]>) -> Result<KvIter<'a>, StoreError> {
+        self.inner.scan_back(tree, end)
+    }
     fn last_n(&self, tree: &str, n: usize) -> Result<Vec<Kv>, StoreError> {
         self.inner.last_n(tree, n)
     }

@@ -29,6 +29,9 @@ pub trait Backend: Send + Sync + 'static {
     fn scan<'a>(&'a self, tree: &str, prefix: &[u8]) -> Result<KvIter<'a>, StoreError>;
     /// Pairs with keys at or after `start`, in key order.
     fn scan_from<'a>(&'a self, tree: &str, start: &[u8]) -> Result<KvIter<'a>, StoreError>;
+    /// Pairs with keys before `end` (all, without one), newest key first:
+    /// in reverse key order.
+    fn scan_back<'a>(&'a self, tree: &str, end: Option<&[u8]>) -> Result<KvIter<'a>, StoreError>;
     /// The last `n` pairs of a tree, in key order.
     fn last_n(&self, tree: &str, n: usize) -> Result<Vec<Kv>, StoreError>;
     /// Applies every write in `ops` atomically, across trees: all or none.
@@ -286,6 +289,13 @@ impl Backend for Sled {
     fn scan_from<'a>(&'a self, tree: &str, start: &[u8]) -> Result<KvIter<'a>, StoreError> {
         let n = tree.len();
         Ok(Box::new(self.range(tree, start)?.map(move |r| strip(n, r))))
+    }
+
+    fn scan_back<'a>(&'a self, tree: &str, end: Option<&[u8]>) -> Result<KvIter<'a>, StoreError> {
+        let n = tree.len();
+        let end = end.map_or_else(|| table_end(tree), |k| table_key(tree, k));
+        let it = self.tree()?.range(table_key(tree, &[])..end).rev();
+        Ok(Box::new(it.map(move |r| strip(n, r))))
     }
 
     fn last_n(&self, tree: &str, n: usize) -> Result<Vec<Kv>, StoreError> {

@@ -14,7 +14,9 @@
 //! records to retention, and is told so rather than given a silent gap.
 
 use super::super::backend::{KvIter, Op};
-use super::{EVENTS_TABLES, EventRecord, LOGS_TABLES, LogRecord, META, Tables, Timed};
+use super::{
+    EVENTS_TABLES, EventRecord, LOGS_TABLES, LogRecord, META, Needles, Read, Start, Tables, Timed,
+};
 use crate::{Store, StoreError};
 
 /// The first id the by-id index holds (u64 BE); set when a store is
@@ -117,31 +119,32 @@ impl Store {
     pub fn events_after<'a>(
         &'a self,
         after: u64,
-        host: Option<&str>,
+        host: Option<&'a str>,
     ) -> Result<Box<dyn Iterator<Item = Result<EventRecord, StoreError>> + 'a>, StoreError> {
-        self.records_after(EVENTS_TABLES, after, host)
+        self.events(Read::new(Start::After(after), host))
     }
 
     /// Log lines with an id above `after`, as [`Store::events_after`].
     pub fn logs_after<'a>(
         &'a self,
         after: u64,
-        host: Option<&str>,
+        host: Option<&'a str>,
     ) -> Result<Box<dyn Iterator<Item = Result<LogRecord, StoreError>> + 'a>, StoreError> {
-        self.records_after(LOGS_TABLES, after, host)
+        self.logs(Read::new(Start::After(after), host))
     }
 
-    fn records_after<'a, T: Timed + 'a>(
+    pub(super) fn records_after<'a, T: Timed + 'a>(
         &'a self,
         t: Tables,
         after: u64,
         host: Option<&str>,
+        needles: Option<&'a Needles>,
     ) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>, StoreError> {
         let keep = move |r: &Result<T, StoreError>| r.as_ref().map_or(true, |r| r.id() > after);
         if after.saturating_add(1) < self.by_id_from()? {
             // Some of what is asked predates the index.
             return Ok(Box::new(
-                self.records_since(t, i64::MIN, host)?.filter(keep),
+                self.records_since(t, i64::MIN, host, needles)?.filter(keep),
             ));
         }
         let host = host.map(|h| {
@@ -163,7 +166,7 @@ impl Store {
             match self.kv.get(t.blocks, block_key) {
                 // Retention took it meanwhile.
                 Ok(None) => None,
-                Ok(Some(value)) => Some(self.decode_block::<T>(t.blocks, &value)),
+                Ok(Some(value)) => Some(self.decode_block::<T>(t.blocks, &value, needles)),
                 Err(e) => Some(Err(e)),
             }
         });

@@ -50,16 +50,21 @@ const EVENTS_RECEIVED: &str = "events_received";
 const LOGS_RECEIVED: &str = "logs_received";
 const EVENTS_BY_ID: &str = "events_by_id";
 const LOGS_BY_ID: &str = "logs_by_id";
+const EVENTS_LATEST: &str = "events_latest";
+const LOGS_LATEST: &str = "logs_latest";
 /// Set once every block has a receive-time index entry (stores written
 /// before retention went by receive time get theirs when first opened).
 use super::META;
 const RECEIVED_INDEXED: &[u8] = b"records.received_index";
 
 mod by_id;
+mod latest;
+mod read;
 mod retention;
 mod segments;
 pub use by_id::Kind;
 use by_id::{by_id_key, by_id_value};
+pub use read::{Needles, Read, Start};
 mod wire;
 use retention::received_key;
 pub(crate) use segments::Segments;
@@ -197,6 +202,8 @@ struct Block {
     received: i64,
     /// The highest ingest id among them.
     max_id: u64,
+    /// The latest record time among them.
+    latest: i64,
     /// The records' entries ([`wire`]).
     bytes: Vec<u8>,
 }
@@ -219,6 +226,7 @@ fn blocks(recs: &[Wire<'_>]) -> Vec<Block> {
         let size: usize = block.iter().map(|r| r.size_hint()).sum();
         let received = block.iter().map(|r| r.received_ms).max().unwrap_or(0);
         let max_id = block.iter().map(|r| r.id).max().unwrap_or(0);
+        let latest = block.last().map_or(min, |r| r.time_ms);
         let mut bytes = Vec::with_capacity(size);
         for r in block {
             r.put(&mut bytes);
@@ -227,6 +235,7 @@ fn blocks(recs: &[Wire<'_>]) -> Vec<Block> {
             key: key(min, first.id),
             received,
             max_id,
+            latest,
             bytes,
         });
     }
@@ -274,6 +283,7 @@ struct Merge<'a, T> {
     blocks: Peekable<BlockKeys<'a>>,
     heap: BinaryHeap<Reverse<Entry<T>>>,
     since: i64,
+    needles: Option<&'a Needles>,
 }
 
 impl<T: Timed> Merge<'_, T> {
@@ -290,7 +300,7 @@ impl<T: Timed> Merge<'_, T> {
                 None => return Ok(()),
             },
         };
-        let recs: Vec<T> = self.store.decode_block(self.table, &value)?;
+        let recs: Vec<T> = self.store.decode_block(self.table, &value, self.needles)?;
         self.heap.extend(
             recs.into_iter()
                 .filter(|r| r.time_ms() >= self.since)
@@ -416,9 +426,15 @@ impl Store {
                 key: by_id_key(b.max_id),
                 value: Some(by_id_value(host, &b.key)),
             });
+            ops.push(Op {
+                tree: t.latest,
+                key: latest::latest_key(b.latest, &b.key),
+                value: Some(host.as_bytes().to_vec()),
+            });
             let mut received = host.as_bytes().to_vec();
             received.push(0);
             received.extend_from_slice(&b.max_id.to_be_bytes());
+            received.extend_from_slice(&b.latest.to_be_bytes());
             ops.push(Op {
                 tree: t.received,
                 key: received_key(b.received, &b.key),
@@ -434,11 +450,12 @@ impl Store {
     }
 
     /// A stored block's records (none when retention took its segment
-    /// meanwhile).
+    /// meanwhile), leaving out those whose bytes hold none of `needles`.
     fn decode_block<T: Timed>(
         &self,
         table: &'static str,
         value: &[u8],
+        needles: Option<&Needles>,
     ) -> Result<Vec<T>, StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt {
             tree: table,
@@ -453,7 +470,14 @@ impl Store {
         let postcard =
             |bytes: &[u8]| postcard::from_bytes(bytes).map_err(|e| corrupt(e.to_string()));
         let wire = |bytes: &[u8]| -> Result<Vec<T>, StoreError> {
+            if needles.is_some_and(|n| !n.in_bytes(bytes)) {
+                return Ok(Vec::new());
+            }
             wire::entries(bytes)
+                .filter(|w| match (w, needles) {
+                    (Ok(w), Some(n)) => n.in_bytes(&w.payload),
+                    _ => true,
+                })
                 .map(|w| {
                     let w = w.map_err(|e| corrupt(e.to_string()))?;
                     T::from_wire(host, &w).map_err(|e| corrupt(e.to_string()))
@@ -490,9 +514,9 @@ impl Store {
     pub fn events_since<'a>(
         &'a self,
         since: i64,
-        host: Option<&str>,
+        host: Option<&'a str>,
     ) -> Result<Box<dyn Iterator<Item = Result<EventRecord, StoreError>> + 'a>, StoreError> {
-        self.records_since(EVENTS_TABLES, since, host)
+        self.events(Read::new(Start::Since(since), host))
     }
 
     /// Log lines with `time >= since` (of `host` only, if given), oldest
@@ -500,9 +524,42 @@ impl Store {
     pub fn logs_since<'a>(
         &'a self,
         since: i64,
-        host: Option<&str>,
+        host: Option<&'a str>,
     ) -> Result<Box<dyn Iterator<Item = Result<LogRecord, StoreError>> + 'a>, StoreError> {
-        self.records_since(LOGS_TABLES, since, host)
+        self.logs(Read::new(Start::Since(since), host))
+    }
+
+    /// The keys of the blocks (of `host`, if given) that start before
+    /// `since` and end at or after it, in key order: found through the
+    /// latest-time index among blocks ending within [`SPAN_MS`] of it, so
+    /// that a read from `since` on starts at `since`, not a span before
+    /// (in a burst, a second's blocks).
+    fn straddling(
+        &self,
+        t: Tables,
+        since: i64,
+        host: Option<&str>,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        if since <= 0 {
+            return Ok(Vec::new());
+        }
+        let end = since.saturating_add(SPAN_MS);
+        let mut keys = Vec::new();
+        for kv in self
+            .kv
+            .scan_from(t.latest, &latest::latest_key(since, &[]))?
+        {
+            let (k, v) = kv?;
+            if time_of(&k) > end {
+                break;
+            }
+            let block = k.get(8..).unwrap_or_default();
+            if time_of(block) < since && host.is_none_or(|h| h.as_bytes() == v) {
+                keys.push(block.to_vec());
+            }
+        }
+        keys.sort();
+        Ok(keys)
     }
 
     fn records_since<'a, T: Timed + 'a>(
@@ -510,9 +567,11 @@ impl Store {
         t: Tables,
         since: i64,
         host: Option<&str>,
+        needles: Option<&'a Needles>,
     ) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>, StoreError> {
         let (table, index) = (t.blocks, t.by_host);
-        let start = key(since.saturating_sub(SPAN_MS), 0);
+        let start = key(since, 0);
+        let straddling = self.straddling(t, since, host)?;
         let blocks: BlockKeys<'a> = match host {
             None => Box::new(
                 self.kv
@@ -533,12 +592,16 @@ impl Store {
                 )
             }
         };
+        // Every block that starts before `since` sorts before every block
+        // that starts at or after it.
+        let blocks = straddling.into_iter().map(|k| Ok((k, None))).chain(blocks);
         Ok(Box::new(Merge {
             store: self,
             table,
-            blocks: blocks.peekable(),
+            blocks: (Box::new(blocks) as BlockKeys<'a>).peekable(),
             heap: BinaryHeap::new(),
             since,
+            needles,
         }))
     }
 }
@@ -550,6 +613,7 @@ struct Tables {
     by_host: &'static str,
     received: &'static str,
     by_id: &'static str,
+    latest: &'static str,
 }
 
 const EVENTS_TABLES: Tables = Tables {
@@ -557,6 +621,7 @@ const EVENTS_TABLES: Tables = Tables {
     by_host: EVENTS_BY_HOST,
     received: EVENTS_RECEIVED,
     by_id: EVENTS_BY_ID,
+    latest: EVENTS_LATEST,
 };
 
 const LOGS_TABLES: Tables = Tables {
@@ -564,6 +629,7 @@ const LOGS_TABLES: Tables = Tables {
     by_host: LOGS_BY_HOST,
     received: LOGS_RECEIVED,
     by_id: LOGS_BY_ID,
+    latest: LOGS_LATEST,
 };
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! newest block in them was received before the cut-off.
 
 use super::super::backend::Op;
-use super::{EVENTS_TABLES, LOGS_TABLES, META, RECEIVED_INDEXED, host_key, time_of};
+use super::{
+    EVENTS_TABLES, LOGS_TABLES, META, RECEIVED_INDEXED, Tables, host_key, latest, time_of,
+};
 use crate::{Store, StoreError};
 
 /// A receive-time index entry's key: when the block was received, then
@@ -39,15 +41,22 @@ impl Store {
                     break;
                 }
                 n += old.len();
-                let mut ops = Vec::with_capacity(old.len() * 4 + 1);
+                let mut ops = Vec::with_capacity(old.len() * 5 + 1);
                 let (mut through, mut unknown) = (0, false);
                 for (rk, value) in old {
                     let block = rk.get(8..).unwrap_or_default();
-                    // `host \0 highest id`, or the host alone (a block
-                    // stored before the by-id index).
+                    // `host \0 highest id ‖ latest time`, without the
+                    // time (a block stored before the latest-time index),
+                    // or the host alone (before the by-id index).
                     let mut parts = value.splitn(2, |b| *b == 0);
                     let host = parts.next().unwrap_or_default().to_vec();
-                    match parts.next().and_then(|id| <[u8; 8]>::try_from(id).ok()) {
+                    let rest = parts.next().unwrap_or_default();
+                    let latest = rest
+                        .get(8..16)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(i64::from_be_bytes);
+                    ops.push(latest::delete_op(t, block, latest));
+                    match rest.get(..8).and_then(|id| <[u8; 8]>::try_from(id).ok()) {
                         Some(id) => {
                             through = through.max(u64::from_be_bytes(id));
                             ops.push(Op {
@@ -93,32 +102,42 @@ impl Store {
             return Ok(());
         }
         for t in [EVENTS_TABLES, LOGS_TABLES] {
-            let mut start = Vec::new();
-            loop {
-                let page: Vec<(Vec<u8>, Vec<u8>)> = self
-                    .kv
-                    .scan_from(t.blocks, &start)?
-                    .take(1_024)
-                    .collect::<Result<_, _>>()?;
-                let Some((last, _)) = page.last() else {
-                    break;
-                };
-                start = last.clone();
-                start.push(0);
-                let ops: Vec<Op> = page
-                    .into_iter()
-                    .map(|(k, v)| Op {
-                        tree: t.received,
-                        key: received_key(now_ms, &k),
-                        value: Some(v.split(|b| *b == 0).next().unwrap_or_default().to_vec()),
-                    })
-                    .collect();
-                self.kv.apply(&ops)?;
-            }
+            self.index_every_block(t, |k, host| Op {
+                tree: t.received,
+                key: received_key(now_ms, k),
+                value: Some(host.to_vec()),
+            })?;
             if let Some(seg) = &self.segments {
                 seg.received_by(t.blocks, now_ms, self.kv.as_ref())?;
             }
         }
         self.kv.put(META, RECEIVED_INDEXED, b"1")
+    }
+
+    /// Writes `op(block key, host)` for every block of `t`'s, a page at a
+    /// time (an index added to stores written without it).
+    pub(super) fn index_every_block(
+        &self,
+        t: Tables,
+        op: impl Fn(&[u8], &[u8]) -> Op,
+    ) -> Result<(), StoreError> {
+        let mut start = Vec::new();
+        loop {
+            let page: Vec<(Vec<u8>, Vec<u8>)> = self
+                .kv
+                .scan_from(t.blocks, &start)?
+                .take(1_024)
+                .collect::<Result<_, _>>()?;
+            let Some((last, _)) = page.last() else {
+                return Ok(());
+            };
+            start = last.clone();
+            start.push(0);
+            let ops: Vec<Op> = page
+                .iter()
+                .map(|(k, v)| op(k, v.split(|b| *b == 0).next().unwrap_or_default()))
+                .collect();
+            self.kv.apply(&ops)?;
+        }
     }
 }

@@ -160,7 +160,8 @@ fn merged_blocks_equal_a_sort_of_everything() {
         x ^= x << 17;
         x % n
     };
-    let hosts = ["a", "b", "c"];
+    // "a" and "a-b": one host's name is a prefix of another's.
+    let hosts = ["a", "a-b", "c"];
     let mut all = Vec::new();
     let mut id = 0;
     for batch in 0..60u64 {
@@ -200,6 +201,77 @@ fn merged_blocks_equal_a_sort_of_everything() {
                 .collect();
             assert_eq!(got, want, "since {since} host {host:?}");
         }
+    }
+    // Newest first: the same order, reversed.
+    for host in [None, Some("a"), Some("a-b"), Some("c")] {
+        let mut want: Vec<u64> = all
+            .iter()
+            .filter(|e| host.is_none_or(|h| e.host == h))
+            .map(|e| e.id)
+            .collect();
+        want.reverse();
+        let got: Vec<u64> = s
+            .events(Read::new(Start::Newest, host))
+            .unwrap()
+            .map(|e| e.unwrap().id)
+            .collect();
+        assert_eq!(got, want, "newest first, host {host:?}");
+    }
+}
+
+#[test]
+fn needles_are_what_every_match_starts_with() {
+    let some = |p: &str| Needles::of(p).is_some();
+    for p in [
+        "RARE",
+        "^Failed password",
+        "(?i)rare",
+        "error|warn",
+        r"\bsshd\[\d+\]",
+        "id=[0-9]+",
+    ] {
+        assert!(some(p), "{p}");
+    }
+    // A match may start anywhere, or with nothing at all.
+    for p in [".*x", r"\w+", "a|", "x*", "[^a]", "(unclosed"] {
+        assert!(!some(p), "{p}");
+    }
+    let n = Needles::of("(?i)rare").unwrap();
+    assert!(n.in_bytes(b"..a RaRe one.."));
+    assert!(!n.in_bytes(b"..a common one.."));
+}
+
+/// `--grep`'s needles leave out blocks and records that cannot match, and
+/// nothing that can.
+#[test]
+fn reads_with_needles_keep_every_record_that_can_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let mut id = 0;
+    for batch in 0..20i64 {
+        let evs: Vec<EventRecord> = (0..100)
+            .map(|i| {
+                id += 1;
+                let mut e = ev("h", id, batch * 5_000 + i);
+                if id % 97 == 0 {
+                    e.message = format!("a RARE one, {id}");
+                }
+                e
+            })
+            .collect();
+        put(&s, "h", evs);
+    }
+    let needles = Needles::of("RA(RE|TE)").unwrap();
+    for start in [Start::Since(0), Start::After(0), Start::Newest] {
+        let r = Read {
+            start,
+            host: None,
+            needles: Some(&needles),
+        };
+        let mut got: Vec<u64> = s.events(r).unwrap().map(|e| e.unwrap().id).collect();
+        got.sort();
+        let want: Vec<u64> = (1..=id).filter(|i| i % 97 == 0).collect();
+        assert_eq!(got, want, "{start:?}");
     }
 }
 
@@ -337,7 +409,14 @@ fn retention_counts_from_when_records_were_received() {
     assert_eq!(s.expire_records(now + 1, now + 1).unwrap(), 2);
     assert!(times(&s, None, 0).is_empty());
     assert_eq!(s.logs_since(0, None).unwrap().count(), 0);
-    for t in [EVENTS_RECEIVED, EVENTS_BY_HOST, LOGS_RECEIVED, LOGS_BY_HOST] {
+    for t in [
+        EVENTS_RECEIVED,
+        EVENTS_BY_HOST,
+        EVENTS_LATEST,
+        LOGS_RECEIVED,
+        LOGS_BY_HOST,
+        LOGS_LATEST,
+    ] {
         assert_eq!(s.kv.scan(t, b"").unwrap().count(), 0, "{t} emptied");
     }
 }
@@ -368,6 +447,56 @@ fn blocks_of_older_stores_count_as_received_when_upgraded() {
     assert_eq!(times(&s, None, 0), vec![1_000, 2_000]);
     assert_eq!(s.expire_records(opened + day, opened + day).unwrap(), 2);
     assert!(times(&s, None, 0).is_empty());
+}
+
+fn newest(s: &Store, host: Option<&str>) -> Vec<u64> {
+    s.events(Read::new(Start::Newest, host))
+        .unwrap()
+        .map(|e| e.unwrap().id)
+        .collect()
+}
+
+/// A store written before the latest-time index: its blocks get entries
+/// (at their earliest time plus the span) when it is opened, newest-first
+/// reads see them in order beside new blocks, and retention deletes both
+/// kinds of entry.
+#[test]
+fn blocks_of_older_stores_are_read_newest_first_when_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        // One block spanning 1.0-1.9 s, one inside it at 1.5 s.
+        put(
+            &s,
+            "h",
+            (1..=10).map(|i| ev("h", i, 900 + i as i64 * 100)).collect(),
+        );
+        put(&s, "g", vec![ev("g", 11, 1_500)]);
+        // As an older version left it: no latest-time entries, receive
+        // entries without the time.
+        for kv in s.kv.scan(EVENTS_LATEST, b"").unwrap() {
+            s.kv.remove(EVENTS_LATEST, &kv.unwrap().0).unwrap();
+        }
+        for kv in s.kv.scan(EVENTS_RECEIVED, b"").unwrap() {
+            let (k, v) = kv.unwrap();
+            s.kv.put(EVENTS_RECEIVED, &k, &v[..v.len() - 8]).unwrap();
+        }
+        s.kv.remove(META, b"records.latest_index").unwrap();
+        s.flush().unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.kv.scan(EVENTS_LATEST, b"").unwrap().count(), 2);
+    put(&s, "g", vec![ev("g", 12, 1_550), ev("g", 13, 3_000)]);
+    // By (time, id), newest first: 3000, 1900 … 1600, 1550, 1500 (h's 6
+    // at 1500 and g's 11: 11 first), 1400 …
+    assert_eq!(
+        newest(&s, None),
+        [13, 10, 9, 8, 7, 12, 11, 6, 5, 4, 3, 2, 1]
+    );
+    assert_eq!(newest(&s, Some("g")), [13, 12, 11]);
+    assert_eq!(s.expire_records(i64::MAX, i64::MAX).unwrap(), 4);
+    assert_eq!(s.kv.scan(EVENTS_LATEST, b"").unwrap().count(), 0);
+    assert!(newest(&s, None).is_empty());
 }
 
 fn ids_after(s: &Store, after: u64, host: Option<&str>) -> Vec<u64> {

@@ -1,0 +1,196 @@
+//! Reads of stored records: from a time on, from an id on, or newest
+//! first; of one host or all; skipping what a `--grep` cannot match.
+//!
+//! Newest first ([`Start::Newest`]) serves `--tail N` and `--limit N`: the
+//! blocks are walked by their latest time, descending ([`super::latest`]),
+//! and merged by `(time, id)` descending, so a reader that wants the last
+//! N records reads the last few blocks, not the table.
+//!
+//! [`Needles`] are the literals every match of a `--grep` pattern starts
+//! with. A block whose bytes hold none of them is not decoded, and within
+//! a block neither is a record whose payload holds none (record texts are
+//! protobuf strings, stored verbatim): most of a rare pattern's scan is
+//! one multi-literal search over the unpacked bytes. A pattern with no
+//! such literals (`.*x`, `\w+`) gets no needles and reads everything.
+
+use std::collections::BinaryHeap;
+use std::iter::Peekable;
+
+use aho_corasick::AhoCorasick;
+use regex_syntax::hir::literal::Extractor;
+
+use super::{
+    BlockKeys, EVENTS_TABLES, Entry, EventRecord, LOGS_TABLES, LogRecord, Tables, Timed, time_of,
+};
+use crate::{Store, StoreError};
+
+/// Where a read starts, and which way it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Records with `time >= since`, oldest first.
+    Since(i64),
+    /// Records with an id above this, in the order they were stored.
+    After(u64),
+    /// Every record, newest first by `(time, id)`.
+    Newest,
+}
+
+/// One read of events or log lines.
+#[derive(Clone, Copy)]
+pub struct Read<'q> {
+    pub start: Start,
+    /// Only this host's records.
+    pub host: Option<&'q str>,
+    /// Records whose bytes hold none of these may be left out.
+    pub needles: Option<&'q Needles>,
+}
+
+impl<'q> Read<'q> {
+    pub fn new(start: Start, host: Option<&'q str>) -> Self {
+        Read {
+            start,
+            host,
+            needles: None,
+        }
+    }
+}
+
+/// The literals one of which starts every match of a pattern.
+#[derive(Debug)]
+pub struct Needles(AhoCorasick);
+
+impl Needles {
+    /// The needles of a pattern, parsed as `regex::Regex::new` parses it;
+    /// `None` when a match may start with anything (or the pattern does not
+    /// parse: then nothing is skipped).
+    pub fn of(pattern: &str) -> Option<Needles> {
+        let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
+        let seq = Extractor::new().extract(&hir);
+        let lits = seq.literals()?;
+        if lits.is_empty() || lits.iter().any(|l| l.as_bytes().is_empty()) {
+            return None;
+        }
+        let bytes: Vec<&[u8]> = lits.iter().map(|l| l.as_bytes()).collect();
+        AhoCorasick::new(bytes).ok().map(Needles)
+    }
+
+    /// Whether `bytes` hold one of the needles.
+    pub fn in_bytes(&self, bytes: &[u8]) -> bool {
+        self.0.is_match(bytes)
+    }
+}
+
+impl Store {
+    /// Events as `r` asks, streamed from disk.
+    pub fn events<'a>(
+        &'a self,
+        r: Read<'a>,
+    ) -> Result<Box<dyn Iterator<Item = Result<EventRecord, StoreError>> + 'a>, StoreError> {
+        self.read(EVENTS_TABLES, r)
+    }
+
+    /// Log lines as `r` asks, streamed from disk.
+    pub fn logs<'a>(
+        &'a self,
+        r: Read<'a>,
+    ) -> Result<Box<dyn Iterator<Item = Result<LogRecord, StoreError>> + 'a>, StoreError> {
+        self.read(LOGS_TABLES, r)
+    }
+
+    fn read<'a, T: Timed + 'a>(
+        &'a self,
+        t: Tables,
+        r: Read<'a>,
+    ) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>, StoreError> {
+        match r.start {
+            Start::Since(since) => self.records_since(t, since, r.host, r.needles),
+            Start::After(after) => self.records_after(t, after, r.host, r.needles),
+            Start::Newest => Ok(Box::new(Newest {
+                store: self,
+                table: t.blocks,
+                blocks: self.latest_first(t, r.host)?.peekable(),
+                heap: BinaryHeap::new(),
+                needles: r.needles,
+            })),
+        }
+    }
+
+    /// Blocks by their latest time, newest first (of `host`, if given):
+    /// that time, and the block's key.
+    fn latest_first<'a>(
+        &'a self,
+        t: Tables,
+        host: Option<&str>,
+    ) -> Result<BlockKeys<'a>, StoreError> {
+        let host = host.map(|h| h.as_bytes().to_vec());
+        let it = self.kv.scan_back(t.latest, None)?;
+        Ok(Box::new(it.filter_map(move |kv| match kv {
+            Ok((k, v)) if host.as_ref().is_none_or(|h| *h == v) => Some(Ok((k, None))),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })))
+    }
+}
+
+/// Merges blocks, latest first by their latest time, into one stream,
+/// newest `(time, id)` first. A record with time `t` is given out only once
+/// the next unread block's latest time is below `t`: every block after it
+/// in the index is no later.
+struct Newest<'a, T> {
+    store: &'a Store,
+    table: &'static str,
+    blocks: Peekable<BlockKeys<'a>>,
+    heap: BinaryHeap<Entry<T>>,
+    needles: Option<&'a Needles>,
+}
+
+impl<T: Timed> Newest<'_, T> {
+    fn load_next(&mut self) -> Result<(), StoreError> {
+        let Some(next) = self.blocks.next() else {
+            return Ok(());
+        };
+        let (k, _) = next?;
+        // `latest ‖ block key`; retention may have taken the block since.
+        let Some(value) = self
+            .store
+            .kv
+            .get(self.table, k.get(8..).unwrap_or_default())?
+        else {
+            return Ok(());
+        };
+        let recs: Vec<T> = self.store.decode_block(self.table, &value, self.needles)?;
+        self.heap.extend(recs.into_iter().map(Entry));
+        Ok(())
+    }
+
+    /// The latest time a record of the next unread block can have.
+    fn next_block_latest(&mut self) -> Option<i64> {
+        match self.blocks.peek()? {
+            Ok((k, _)) => Some(time_of(k)),
+            // Surface the error through `load_next`.
+            Err(_) => Some(i64::MAX),
+        }
+    }
+}
+
+impl<T: Timed> Iterator for Newest<'_, T> {
+    type Item = Result<T, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let top = self.heap.peek().map(|e| e.0.time_ms());
+            let must_load = match (top, self.next_block_latest()) {
+                (None, None) => return None,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(t), Some(latest)) => latest >= t,
+            };
+            if !must_load {
+                return self.heap.pop().map(|e| Ok(e.0));
+            }
+            if let Err(e) = self.load_next() {
+                return Some(Err(e));
+            }
+        }
+    }
+}
