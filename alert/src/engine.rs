@@ -31,6 +31,7 @@ use super::rules::{Kind, Rule, Rules};
 
 mod eval;
 mod group;
+mod ident;
 mod label;
 
 pub use group::{Group, Notification, route};
@@ -187,6 +188,7 @@ pub struct Engine {
     /// Shared, so that evaluating an event borrows the rules cheaply
     /// while it changes the alerts.
     rules: std::sync::Arc<Rules>,
+    idents: ident::Idents,
 }
 
 const VERSION: u32 = 1;
@@ -201,6 +203,7 @@ impl Engine {
                 ..Default::default()
             },
             rules: std::sync::Arc::new(rules),
+            idents: ident::Idents::default(),
         }
     }
 
@@ -208,6 +211,7 @@ impl Engine {
         Engine {
             p,
             rules: std::sync::Arc::new(rules),
+            idents: ident::Idents::default(),
         }
     }
 
@@ -360,33 +364,32 @@ impl Engine {
         self.rules.rules.iter().find(|r| r.name == name)
     }
 
-    /// Sets the alert for `labels` of `rule` to its condition: `true`
+    /// Sets the alert with `labels` and their `fp` of `rule` to its condition: `true`
     /// holds it (pending, or firing once `hold` has passed since it began),
     /// `false` resolves it (a pending one just goes).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn set(
         &mut self,
         rule: &Rule,
-        labels: Labels,
+        (labels, fp): (&Labels, &str),
         holds: bool,
         value: String,
         ctx: &label::Context<'_>,
         now: i64,
         out: &mut Vec<Output>,
     ) -> bool {
-        let fp = fingerprint(&labels);
         let hold = match rule.kind {
             Kind::Threshold { hold, .. } | Kind::StoreUnwritable { after: hold } => ms(hold),
             _ => 0,
         };
-        let existing = self.p.alerts.get(&fp).map(|a| a.state);
+        let existing = self.p.alerts.get(fp).map(|a| a.state);
         match (existing, holds) {
             (None | Some(AlertState::Resolved), true) => {
                 let a = Alert {
-                    fingerprint: fp.clone(),
+                    fingerprint: fp.to_string(),
                     rule: rule.name.clone(),
-                    annotations: label::annotations(rule, &labels, ctx, &value),
-                    labels,
+                    annotations: label::annotations(rule, labels, ctx, &value),
+                    labels: labels.clone(),
                     state: AlertState::Pending,
                     active_ms: now,
                     started_ms: None,
@@ -396,12 +399,12 @@ impl Engine {
                     silenced: false,
                     inhibited: false,
                 };
-                self.p.alerts.insert(fp.clone(), a);
+                self.p.alerts.insert(fp.to_string(), a);
                 if hold == 0 {
-                    self.fire(&fp, now, out);
+                    self.fire(fp, now, out);
                 } else {
                     out.push(Output::Transition {
-                        fingerprint: fp,
+                        fingerprint: fp.to_string(),
                         rule: rule.name.clone(),
                         state: AlertState::Pending,
                     });
@@ -412,30 +415,30 @@ impl Engine {
                 let due = self
                     .p
                     .alerts
-                    .get(&fp)
+                    .get(fp)
                     .is_some_and(|a| now >= a.active_ms.saturating_add(hold));
-                if let Some(a) = self.p.alerts.get_mut(&fp) {
+                if let Some(a) = self.p.alerts.get_mut(fp) {
                     a.value = value;
                     a.last_ms = now;
                 }
                 if due {
-                    self.fire(&fp, now, out);
+                    self.fire(fp, now, out);
                 }
                 true
             }
             (Some(AlertState::Firing), true) => {
-                if let Some(a) = self.p.alerts.get_mut(&fp) {
+                if let Some(a) = self.p.alerts.get_mut(fp) {
                     a.value = value;
                     a.last_ms = now;
                 }
                 true
             }
             (Some(AlertState::Pending), false) => {
-                self.p.alerts.remove(&fp);
+                self.p.alerts.remove(fp);
                 true
             }
             (Some(AlertState::Firing), false) => {
-                self.resolve(&fp, now, out);
+                self.resolve(fp, now, out);
                 true
             }
             (None | Some(AlertState::Resolved), false) => false,
@@ -475,6 +478,7 @@ impl Engine {
     /// resolve (notified once); the rest carry on.
     fn reload(&mut self, rules: Rules, now: i64, out: &mut Vec<Output>) -> bool {
         let old = std::mem::replace(&mut self.rules, std::sync::Arc::new(rules));
+        self.idents.clear();
         let gone: Vec<String> = self
             .p
             .alerts

@@ -53,7 +53,9 @@ impl Engine {
                 labels.extend(p.labels.clone());
                 let ctx = label::Context::host(host);
                 let v = format!("{}", p.value);
-                changed |= self.set(rule, labels, op.holds(p.value, *value), v, &ctx, now, out);
+                let fp = fingerprint(&labels);
+                let holds = op.holds(p.value, *value);
+                changed |= self.set(rule, (&labels, &fp), holds, v, &ctx, now, out);
             }
         }
         changed
@@ -68,44 +70,55 @@ impl Engine {
         let mut changed = false;
         let all = self.rules.clone();
         let rules = &all.rules;
-        for rule in rules {
-            if !label::applies(rule, e.host, e.host_labels) {
-                continue;
-            }
-            let ctx = label::Context::event(e);
+        let ctx = label::Context::event(e);
+        for (i, rule) in rules.iter().enumerate() {
+            let ident =
+                |me: &mut Self| me.idents.get((i, rules.len()), rule, e.host, e.host_labels);
             match &rule.kind {
                 Kind::Event { matcher, .. }
                     if matcher.matches(e.source, e.kind, e.severity, e.fields) =>
                 {
-                    let labels = label::of(rule, Some(e.host), e.host_labels);
-                    changed |= self.set(rule, labels, true, "1".into(), &ctx, now, out);
+                    let id = ident(self);
+                    if id.applies {
+                        let who = (&id.labels, id.fingerprint.as_str());
+                        changed |= self.set(rule, who, true, "1".into(), &ctx, now, out);
+                    }
                 }
                 Kind::RolloutFailed { .. }
                     if e.source == "picket"
-                        && matches!(e.kind, "rollout_failed" | "rollout_rolled_back") =>
+                        && matches!(e.kind, "rollout_failed" | "rollout_rolled_back")
+                        && label::applies(rule, e.host, e.host_labels) =>
                 {
                     let mut labels = label::of(rule, Some(e.host), e.host_labels);
                     if let Some(id) = e.fields.get("rollout") {
                         labels.insert("rollout".into(), id.clone());
                     }
-                    changed |= self.set(rule, labels, true, e.kind.to_string(), &ctx, now, out);
+                    let fp = fingerprint(&labels);
+                    let value = e.kind.to_string();
+                    changed |= self.set(rule, (&labels, &fp), true, value, &ctx, now, out);
                 }
                 Kind::EventCount {
                     matcher,
                     count,
                     window,
                 } if matcher.matches(e.source, e.kind, e.severity, e.fields) => {
-                    let key = format!("{}\0{}", rule.name, e.host);
-                    let times = self.p.counts.entry(key).or_default();
+                    let id = ident(self);
+                    if !id.applies {
+                        continue;
+                    }
+                    let times = match self.p.counts.get_mut(&id.count_key) {
+                        Some(t) => t,
+                        None => self.p.counts.entry(id.count_key.clone()).or_default(),
+                    };
                     times.push_back(now);
                     while times.len() > *count as usize {
                         times.pop_front();
                     }
                     let n = times.iter().filter(|t| now - **t < ms(*window)).count();
                     let holds = n >= *count as usize;
-                    let labels = label::of(rule, Some(e.host), e.host_labels);
+                    let who = (&id.labels, id.fingerprint.as_str());
                     // The counted times changed: always a change to persist.
-                    self.set(rule, labels, holds, n.to_string(), &ctx, now, out);
+                    self.set(rule, who, holds, n.to_string(), &ctx, now, out);
                     changed = true;
                 }
                 _ => {}
@@ -168,7 +181,8 @@ impl Engine {
         {
             let ctx = label::Context::host(host);
             let labels = label::of(rule, Some(host), &none);
-            changed |= self.set(rule, labels, !writable, why.clone(), &ctx, now, out);
+            let fp = fingerprint(&labels);
+            changed |= self.set(rule, (&labels, &fp), !writable, why.clone(), &ctx, now, out);
         }
         changed
     }
@@ -176,6 +190,7 @@ impl Engine {
     /// `host` is gone (revoked): no longer watched, and its `host_silent`
     /// alerts resolve.
     pub(super) fn forget(&mut self, host: &str, now: i64, out: &mut Vec<Output>) -> bool {
+        self.idents.forget(host);
         let Some((_, labels)) = self.p.seen.remove(host) else {
             return false;
         };
@@ -288,15 +303,8 @@ impl Engine {
                 ))
                 .to_string();
                 let ctx = label::Context::host(host);
-                changed |= self.set(
-                    rule,
-                    label::of(rule, Some(host), labels),
-                    true,
-                    quiet,
-                    &ctx,
-                    now,
-                    out,
-                );
+                let labels = label::of(rule, Some(host), labels);
+                changed |= self.set(rule, (&labels, &fp), true, quiet, &ctx, now, out);
             }
         }
         // Silences that ended, groups that are due.
