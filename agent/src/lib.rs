@@ -12,6 +12,7 @@
 //! - [`exec`] — deploy steps: the ledger, processes, probes.
 //! - [`service`] — systemd notify: READY, WATCHDOG, STOPPING.
 //! - [`uplink`] — the session stream, heartbeats, reconnect with backoff.
+//! - [`swarm`] — simulated agents over the same session code (`picket-swarm`).
 
 pub mod buffer;
 pub mod collect;
@@ -21,6 +22,7 @@ pub mod identity;
 pub mod inventory;
 pub mod metrics;
 pub mod service;
+pub mod swarm;
 pub mod tail;
 pub mod uplink;
 

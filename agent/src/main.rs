@@ -140,25 +140,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let shutdown = CancellationToken::new();
                 let s = shutdown.clone();
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    picket_agent::service::until_signal().await;
                     s.cancel();
                 });
                 picket_agent::run(cfg, shutdown).await
             })?;
             Ok(())
         }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
-        }
-        _ => std::future::pending::<()>().await,
     }
 }

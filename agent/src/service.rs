@@ -30,3 +30,17 @@ pub fn ready(shutdown: CancellationToken) {
 pub fn stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }
+
+/// Returns on SIGTERM or SIGINT (never, if they cannot be watched).
+pub async fn until_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}

@@ -1,6 +1,11 @@
 //! The agent's one stream to the control plane: connect, say Hello with the
 //! inventory, heartbeat, renew the certificate when due, and reconnect with
 //! exponential backoff and full jitter when anything breaks.
+//!
+//! The session is written against [`Host`], what is behind the stream: the
+//! real agent ([`Agent`]: its buffer and executor) or a simulated one
+//! (`picket-swarm`, [`crate::swarm`]), so that a swarm exercises the
+//! agent's own session code.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +47,67 @@ enum End {
     Failed(String),
 }
 
+/// What is behind an agent's stream.
+pub trait Host: Send + Sync + 'static {
+    /// Its Hello: inventory, next sequence number, capabilities.
+    fn hello(&self) -> v1::Hello;
+    /// The session is up, the control plane having stored everything up
+    /// to `acked`: start sending records above it into `tx` (the task
+    /// ends, or is aborted, with the session), and send step results there.
+    fn start(
+        self: &Arc<Self>,
+        acked: u64,
+        tx: mpsc::Sender<Outbound>,
+    ) -> tokio::task::JoinHandle<()>;
+    /// The control plane stored everything up to `seq`.
+    fn ack(self: &Arc<Self>, seq: u64) -> impl Future<Output = Result<(), String>> + Send;
+    fn dispatch(self: &Arc<Self>, d: v1::StepDispatch);
+    fn cancel(&self, key: &v1::StepKey);
+    /// A session ended (`Some`: why it failed) or began (`None`).
+    fn session_state(&self, _failed: Option<&str>) {}
+}
+
+/// The agent itself: its buffer, its executor, its configured labels.
+pub struct Agent {
+    pub labels: picket_model::Labels,
+    pub buffer: Arc<Buffer>,
+    pub executor: Arc<Executor>,
+}
+
+impl Host for Agent {
+    fn hello(&self) -> v1::Hello {
+        v1::Hello {
+            inventory: Some(crate::inventory::collect(&self.labels)),
+            next_seq: self.buffer.next_seq(),
+            capabilities: Some(picket_proto::capability::ours()),
+        }
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        acked: u64,
+        tx: mpsc::Sender<Outbound>,
+    ) -> tokio::task::JoinHandle<()> {
+        // Replays what the control plane has not stored, then follows new
+        // records. Ends when the stream does (the session's `tx` drops).
+        self.executor.attach(tx.clone());
+        tokio::spawn(send_records(self.buffer.clone(), acked, tx))
+    }
+
+    fn ack(self: &Arc<Self>, seq: u64) -> impl Future<Output = Result<(), String>> + Send {
+        ack(self.buffer.clone(), seq)
+    }
+
+    fn dispatch(self: &Arc<Self>, d: v1::StepDispatch) {
+        self.executor.dispatch(d);
+    }
+
+    fn cancel(&self, key: &v1::StepKey) {
+        self.executor.cancel(key);
+    }
+}
+
+/// Runs the real agent's stream until shutdown or a refusal.
 pub async fn run(
     cfg: AgentConfig,
     identity: Arc<Identity>,
@@ -49,14 +115,40 @@ pub async fn run(
     executor: Arc<Executor>,
     shutdown: CancellationToken,
 ) -> Result<(), UplinkError> {
+    let agent = Arc::new(Agent {
+        labels: cfg.labels.clone(),
+        buffer,
+        executor,
+    });
+    run_host(&cfg.server, &cfg.name, &identity, &agent, &shutdown).await
+}
+
+/// Holds `host`'s stream to `server` as `name`: sessions one after another,
+/// with backoff between failures, until shutdown or a refusal.
+pub async fn run_host<H: Host>(
+    server: &str,
+    name: &str,
+    identity: &Identity,
+    host: &Arc<H>,
+    shutdown: &CancellationToken,
+) -> Result<(), UplinkError> {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let who = Who {
+        server,
+        name,
+        identity,
+    };
     loop {
-        match session(&cfg, &identity, &buffer, &executor, &shutdown, &mut backoff).await? {
+        let end = session(&who, host, shutdown, &mut backoff).await;
+        if let Ok(End::Failed(why)) = &end {
+            host.session_state(Some(why));
+        }
+        match end? {
             End::Shutdown => return Ok(()),
             End::Reconnect => continue,
             End::Failed(why) => {
                 let delay = backoff.next_delay(&mut rand::rng());
-                tracing::warn!(server = %cfg.server, error = %why, retry_in = ?delay, "control plane unreachable");
+                tracing::warn!(server, error = %why, retry_in = ?delay, "control plane unreachable");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(delay) => {}
@@ -97,24 +189,30 @@ fn refused_or_failed(s: tonic::Status) -> Result<End, UplinkError> {
     }
 }
 
-async fn session(
-    cfg: &AgentConfig,
-    identity: &Identity,
-    buffer: &Arc<Buffer>,
-    executor: &Arc<Executor>,
+/// Where a stream goes, and as whom.
+struct Who<'a> {
+    server: &'a str,
+    name: &'a str,
+    identity: &'a Identity,
+}
+
+async fn session<H: Host>(
+    who: &Who<'_>,
+    host: &Arc<H>,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<End, UplinkError> {
-    let channel = match picket_tls::client::connect(&cfg.server, identity.client_config()).await {
+    let Who {
+        server,
+        name,
+        identity,
+    } = *who;
+    let channel = match picket_tls::client::connect(server, identity.client_config()).await {
         Ok(c) => c,
         Err(e) => return Ok(End::Failed(e.to_string())),
     };
     let (tx, rx) = mpsc::channel::<Outbound>(64);
-    let hello = msg(Body::Hello(v1::Hello {
-        inventory: Some(crate::inventory::collect(&cfg.labels)),
-        next_seq: buffer.next_seq(),
-        capabilities: Some(picket_proto::capability::ours()),
-    }));
+    let hello = msg(Body::Hello(host.hello()));
     if tx.send(hello).await.is_err() {
         return Ok(End::Failed("stream closed before Hello".into()));
     }
@@ -138,15 +236,12 @@ async fn session(
         Err(s) => return refused_or_failed(s),
     };
     backoff.reset();
-    tracing::info!(server = %cfg.server, name = %cfg.name, acked, "connected");
-    if let Err(e) = ack(buffer, acked).await {
+    tracing::info!(server, name, acked, "connected");
+    host.session_state(None);
+    if let Err(e) = host.ack(acked).await {
         return Ok(End::Failed(e));
     }
-    // Replays what the control plane has not stored, then follows new
-    // records. Ends when the stream does (the session's `tx` drops).
-    let sender = tokio::spawn(send_records(buffer.clone(), acked, tx.clone()));
-    executor.attach(tx.clone());
-    let _stop_sender = AbortOnDrop(sender);
+    let _stop_sender = AbortOnDrop(host.start(acked, tx.clone()));
 
     let mut tick = tokio::time::interval(heartbeat);
     tick.tick().await;
@@ -169,7 +264,7 @@ async fn session(
                 }
             }
             _ = &mut renew => {
-                return match identity.renew(channel.clone(), &cfg.name).await {
+                return match identity.renew(channel.clone(), name).await {
                     Ok(()) => {
                         tracing::info!(not_after = ?identity.not_after(), "certificate renewed");
                         Ok(End::Reconnect)
@@ -179,16 +274,16 @@ async fn session(
             }
             m = inbound.message() => match m {
                 Ok(Some(v1::ControlMessage { body: Some(control_message::Body::Ack(a)) })) => {
-                    if let Err(e) = ack(buffer, a.acked_seq).await {
+                    if let Err(e) = host.ack(a.acked_seq).await {
                         return Ok(End::Failed(e));
                     }
                 }
                 Ok(Some(v1::ControlMessage { body: Some(control_message::Body::Dispatch(d)) })) => {
-                    executor.dispatch(d);
+                    host.dispatch(d);
                 }
                 Ok(Some(v1::ControlMessage { body: Some(control_message::Body::Cancel(c)) })) => {
                     if let Some(key) = &c.key {
-                        executor.cancel(key);
+                        host.cancel(key);
                     }
                 }
                 Ok(Some(_)) => {}
@@ -223,8 +318,7 @@ fn server_clock(server_ms: i64) -> std::time::SystemTime {
 
 /// Trims the buffer up to `seq`, off the runtime (it may delete segment
 /// files and write sled).
-async fn ack(buffer: &Arc<Buffer>, seq: u64) -> Result<(), String> {
-    let b = buffer.clone();
+async fn ack(b: Arc<Buffer>, seq: u64) -> Result<(), String> {
     match tokio::task::spawn_blocking(move || b.ack(seq)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

@@ -21,5 +21,6 @@ mod provisioning;
 mod refusals;
 mod rollouts;
 mod run;
+mod swarm;
 mod systemd;
 mod trust;

@@ -44,7 +44,8 @@ pub struct Executor {
     shutdown: CancellationToken,
 }
 
-fn update(key: &v1::StepKey, body: step_update::Body) -> Outbound {
+/// A step update for the stream.
+pub fn update(key: &v1::StepKey, body: step_update::Body) -> Outbound {
     Outbound::Message(v1::AgentMessage {
         body: Some(Body::Step(v1::StepUpdate {
             key: Some(key.clone()),
