@@ -29,6 +29,9 @@ pub struct Counts {
     pub connected: AtomicUsize,
     pub errors: AtomicU64,
     pub dispatches: AtomicU64,
+    /// Where each dispatch's arrival is written, `name unix_ns` a line
+    /// (`--dispatch-log`): fan-out benchmarks read it.
+    pub dispatch_log: Option<Mutex<std::fs::File>>,
 }
 
 impl Counts {
@@ -165,6 +168,16 @@ impl Host for Sim {
 
     fn dispatch(self: &Arc<Self>, d: v1::StepDispatch) {
         self.counts.dispatches.fetch_add(1, Ordering::Relaxed);
+        if let Some(log) = &self.counts.dispatch_log {
+            use std::io::Write;
+            let ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(error) = writeln!(f, "{} {ns}", self.name) {
+                tracing::warn!(%error, "cannot write the dispatch log");
+            }
+        }
         let Some(key) = d.key else { return };
         let tx = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(tx) = tx else { return };

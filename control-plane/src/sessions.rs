@@ -65,6 +65,8 @@ struct Entry {
     peer: Peer,
     /// The agent's clock minus ours, from its last heartbeats.
     clock: Clock,
+    /// When its last heartbeat came (0: none yet).
+    heard_ms: i64,
 }
 
 /// How many heartbeats the clock offset is taken over.
@@ -111,6 +113,7 @@ impl SessionGuard {
             && let Some(e) = live.get_mut(&self.name).filter(|e| e.id == self.id)
         {
             e.clock.add(sent_ms.saturating_sub(now_ms));
+            e.heard_ms = now_ms;
         }
     }
 }
@@ -153,6 +156,7 @@ impl Sessions {
                 tx,
                 peer,
                 clock: Clock::default(),
+                heard_ms: 0,
             };
             if let Some(old) = live.insert(name.to_string(), entry) {
                 old.cancel.cancel();
@@ -210,6 +214,15 @@ impl Sessions {
             .lock()
             .ok()
             .and_then(|l| l.get(name).and_then(|e| e.clock.offset_ms()))
+    }
+
+    /// When a connected agent's last heartbeat came: fresher than the
+    /// store's `last_seen_ms`, which a session writes once a minute.
+    pub fn heard_ms(&self, name: &str) -> Option<i64> {
+        self.live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(name).map(|e| e.heard_ms))
     }
 
     pub fn online_count(&self) -> usize {

@@ -7,6 +7,7 @@
 mod alerts;
 pub mod backend;
 pub mod faults;
+mod group;
 pub mod health;
 pub mod metrics;
 pub mod records;
@@ -183,6 +184,8 @@ pub struct Store {
     /// (a bare backend) blocks are held inline.
     segments: Option<Arc<records::Segments>>,
     health: Arc<health::Health>,
+    /// Flushes shared by concurrent callers ([`Store::flush_grouped`]).
+    group: Arc<group::Group>,
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(
@@ -213,6 +216,7 @@ impl Store {
             kv,
             segments: Some(Arc::new(segments)),
             health,
+            group: Arc::default(),
         };
         store.index_received(picket_clock::now_ms())?;
         store.start_by_id_index()?;
@@ -231,6 +235,7 @@ impl Store {
             kv,
             segments: None,
             health: Arc::new(health::Health::new(None)),
+            group: Arc::default(),
         }
     }
 

@@ -39,6 +39,13 @@ struct Cli {
     /// Enrollments in flight at once.
     #[arg(long, default_value_t = 16)]
     enroll_parallel: usize,
+    /// The first agent's number: agents FROM … FROM+N-1 (two swarms on one
+    /// control plane take different ranges).
+    #[arg(long, default_value_t = 1)]
+    from: usize,
+    /// Append `NAME UNIX_NS` to this file as each step dispatch arrives.
+    #[arg(long, value_name = "FILE")]
+    dispatch_log: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -71,7 +78,20 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     std::fs::create_dir_all(&cli.state_dir)
         .map_err(|e| format!("cannot create {}: {e}", cli.state_dir.display()))?;
-    let counts = Arc::new(Counts::default());
+    let dispatch_log = match &cli.dispatch_log {
+        Some(p) => Some(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("cannot open {}: {e}", p.display()))?,
+        )),
+        None => None,
+    };
+    let counts = Arc::new(Counts {
+        dispatch_log,
+        ..Counts::default()
+    });
     let printer = {
         let (counts, shutdown) = (counts.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -87,7 +107,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let cli = Arc::new(cli);
     let enrolling = Arc::new(tokio::sync::Semaphore::new(cli.enroll_parallel.max(1)));
     let mut agents = tokio::task::JoinSet::new();
-    for i in 1..=cli.agents {
+    for i in cli.from..cli.from + cli.agents {
         let (cli, counts, shutdown) = (cli.clone(), counts.clone(), shutdown.clone());
         let enrolling = enrolling.clone();
         agents.spawn(async move {

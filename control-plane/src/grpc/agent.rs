@@ -110,6 +110,8 @@ impl AgentService for AgentSvc {
         let state = self.state.clone();
         self.state.tasks.spawn(async move {
             let silence = heartbeat * 3;
+            // Hello stored the time it connected.
+            let mut seen_stored = now_ms();
             // Batches are stored (and acked) by a task of their own, so the
             // next batch is decoded while the previous one is written; the
             // small queue keeps the agent's stream under backpressure.
@@ -156,10 +158,15 @@ impl AgentService for AgentSvc {
                                 let now = now_ms();
                                 guard.heartbeat(h.sent_unix_ms, now);
                                 state.alerts.tap.seen(&name, now);
-                                if let Err(error) = seen(&state.store, &name).await
-                                    && state.store.health().writable()
-                                {
-                                    tracing::error!(%error, agent = %name, "cannot record heartbeat");
+                                // Sessions answer for a connected agent's
+                                // last heartbeat; the store's is for after.
+                                if now - seen_stored >= SEEN_EVERY_MS {
+                                    seen_stored = now;
+                                    if let Err(error) = seen(&state.store, &name).await
+                                        && state.store.health().writable()
+                                    {
+                                        tracing::error!(%error, agent = %name, "cannot record heartbeat");
+                                    }
                                 }
                             }
                             Some(Body::Step(update)) => {
@@ -252,6 +259,10 @@ impl AgentService for AgentSvc {
         }))
     }
 }
+
+/// How often a session stores its agent's last heartbeat (and once when
+/// it ends): a store write per heartbeat was most of a quiet fleet's cost.
+const SEEN_EVERY_MS: i64 = 60_000;
 
 /// Records that `agent` was heard from just now (off the runtime
 /// workers, as every store write).
@@ -397,7 +408,7 @@ async fn flush_and_ack(s: Arc<Storing>, mut stored: watch::Receiver<u64>) -> Opt
         let upto = *stored.borrow_and_update();
         if upto > acked {
             loop {
-                match state.store.blocking(|s| s.flush()).await {
+                match state.store.flush_grouped().await {
                     Ok(()) if state.store.health().epoch() == s.epoch => break,
                     Ok(()) => return Some(reopened()),
                     Err(e) => {

@@ -41,6 +41,9 @@ impl AdminSvc {
         let mut a = convert::agent(rec, online);
         a.not_stored = online && !self.state.store.health().writable();
         a.clock_offset_ms = self.state.sessions.clock_offset_ms(&rec.name);
+        if let Some(heard) = self.state.sessions.heard_ms(&rec.name) {
+            a.last_seen_unix_ms = a.last_seen_unix_ms.max(heard);
+        }
         a
     }
 
