@@ -77,8 +77,7 @@ impl Store {
                     };
                 }
             }
-            if g
-                .leading
+            if g.leading
                 .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
@@ -124,7 +123,11 @@ mod tests {
         while let Some(r) = tasks.join_next().await {
             r.unwrap();
         }
-        assert_eq!(s.group.done.borrow().0, 400, "the last flush covers every ticket");
+        assert_eq!(
+            s.group.done.borrow().0,
+            400,
+            "the last flush covers every ticket"
+        );
         let shared = s.grouped_flushes();
         assert!(shared < 200, "{shared} flushes for 400 callers");
         // A lone caller after all that still gets a flush of its own.

@@ -503,10 +503,17 @@ impl Driver {
             // flush), then carried out, or held for the next try.
             let (rollouts, store) = (&self.rollouts, self.parts.store.clone());
             let write = |all: &[(String, Vec<Output>)]| {
-                let dirty: Vec<(String, Persisted)> = all
+                // Each rollout once: a batch of 512 step results of one
+                // rollout wrote (and cloned) its whole state 512 times, which
+                // at 10,000 hosts took the control plane to 10 GiB.
+                let ids: std::collections::BTreeSet<&String> = all
                     .iter()
                     .filter(|(_, out)| out.contains(&Output::Persist))
-                    .filter_map(|(id, _)| {
+                    .map(|(id, _)| id)
+                    .collect();
+                let dirty: Vec<(String, Persisted)> = ids
+                    .into_iter()
+                    .filter_map(|id| {
                         Some((id.clone(), rollouts.get(id)?.engine.persisted().clone()))
                     })
                     .collect();
