@@ -170,7 +170,7 @@ impl Host for Sim {
         self.counts.dispatches.fetch_add(1, Ordering::Relaxed);
         if let Some(log) = &self.counts.dispatch_log {
             use std::io::Write;
-            let ns = std::time::SystemTime::now()
+            let ns = picket_clock::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos());
             let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
