@@ -213,6 +213,7 @@ async fn session<H: Host>(
     };
     let (tx, rx) = mpsc::channel::<Outbound>(64);
     let hello = msg(Body::Hello(host.hello()));
+    let hello_sent_ms = picket_clock::now_ms();
     if tx.send(hello).await.is_err() {
         return Ok(End::Failed("stream closed before Hello".into()));
     }
@@ -247,7 +248,7 @@ async fn session<H: Host>(
     tick.tick().await;
     // Renewal is timed by the control plane's clock, which issued the
     // certificate: a clock behind would renew after it expired.
-    let server_now = server_clock(server_ms);
+    let server_now = server_clock(server_ms, hello_sent_ms);
     let renew_in = identity
         .renew_at()
         .duration_since(server_now)
@@ -298,22 +299,39 @@ async fn session<H: Host>(
 const CLOCK_WARN_MS: i64 = 2_000;
 
 /// The control plane's time now, from the time it wrote in Welcome (0:
-/// a control plane that does not send it; ours is taken).
-fn server_clock(server_ms: i64) -> std::time::SystemTime {
+/// a control plane that does not send it; ours is taken), the Hello that
+/// asked for it having been sent at `sent_ms` by our clock.
+fn server_clock(server_ms: i64, sent_ms: i64) -> std::time::SystemTime {
     let now = picket_clock::now_ms();
     if server_ms <= 0 {
         return picket_clock::now();
     }
-    let ahead = server_ms - now;
-    if ahead.abs() > CLOCK_WARN_MS {
+    if let Some(off) = clock_gap(server_ms, sent_ms, now) {
         tracing::warn!(
-            offset_ms = -ahead,
-            "this host's clock is {:.1}s {} the control plane's; fix NTP here (certificates are renewed by the control plane's clock)",
-            ahead.abs() as f64 / 1000.0,
-            if ahead > 0 { "behind" } else { "ahead of" }
+            offset_ms = off,
+            "this host's clock is at least {:.1}s {} the control plane's; fix NTP here (certificates are renewed by the control plane's clock)",
+            off.abs() as f64 / 1000.0,
+            if off < 0 { "behind" } else { "ahead of" }
         );
     }
     picket_clock::from_ms(server_ms)
+}
+
+/// Our clock minus the control plane's, when it is surely more than
+/// [`CLOCK_WARN_MS`] either way: Welcome was written at `server_ms` some
+/// time between our `sent_ms` and `now_ms`, so a busy control plane (a
+/// slow Welcome) does not look like a clock ahead.
+fn clock_gap(server_ms: i64, sent_ms: i64, now_ms: i64) -> Option<i64> {
+    // Their clock read `server_ms` while ours read something in
+    // [sent_ms, now_ms]: our offset lies in [sent_ms - server_ms, now_ms - server_ms].
+    let (low, high) = (sent_ms.min(now_ms) - server_ms, now_ms - server_ms);
+    if low > CLOCK_WARN_MS {
+        Some(low)
+    } else if high < -CLOCK_WARN_MS {
+        Some(high)
+    } else {
+        None
+    }
 }
 
 /// Trims the buffer up to `seq`, off the runtime (it may delete segment
@@ -399,5 +417,24 @@ async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<Out
             return;
         }
         cursor = last;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock_gap;
+
+    #[test]
+    fn a_slow_welcome_is_not_a_clock_ahead_but_a_clock_off_is() {
+        // Welcome written 3 s before it arrived, within the round trip.
+        assert_eq!(clock_gap(10_000, 9_900, 13_000), None);
+        // Clocks agree; a quick answer.
+        assert_eq!(clock_gap(10_000, 9_990, 10_010), None);
+        // Ours 10 min behind: whatever the delay.
+        assert_eq!(clock_gap(610_000, 9_990, 10_010), Some(-599_990));
+        // Ours 2 h ahead, a quick answer.
+        assert_eq!(clock_gap(10_000, 7_210_000, 7_210_020), Some(7_200_000));
+        // Ahead by 5 s, but the answer took 4 s: not sure, no warning.
+        assert_eq!(clock_gap(10_000, 11_000, 15_000), None);
     }
 }
