@@ -163,12 +163,7 @@ impl Store {
             }
             let at = v.iter().position(|b| *b == 0)?;
             let block_key = v.get(at + 1..)?;
-            match self.kv.get(t.blocks, block_key) {
-                // Retention took it meanwhile.
-                Ok(None) => None,
-                Ok(Some(value)) => Some(self.decode_block::<T>(t.blocks, &value, needles)),
-                Err(e) => Some(Err(e)),
-            }
+            Some(self.block_records::<T>(t.blocks, block_key, None, needles))
         });
         let records = blocks.flat_map(|b: Result<Vec<T>, StoreError>| match b {
             Ok(recs) => recs.into_iter().map(Ok).collect::<Vec<_>>(),

@@ -292,15 +292,9 @@ impl<T: Timed> Merge<'_, T> {
             return Ok(());
         };
         let (k, value) = next?;
-        let value = match value {
-            Some(v) => v,
-            // An index entry whose block retention already removed.
-            None => match self.store.kv.get(self.table, &k)? {
-                Some(v) => v,
-                None => return Ok(()),
-            },
-        };
-        let recs: Vec<T> = self.store.decode_block(self.table, &value, self.needles)?;
+        let recs: Vec<T> = self
+            .store
+            .block_records(self.table, &k, value, self.needles)?;
         self.heap.extend(
             recs.into_iter()
                 .filter(|r| r.time_ms() >= self.since)
@@ -447,6 +441,27 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// The records of the block under `key` (`value`: its stored value,
+    /// when the scan that found the key had it), as [`Store::decode_block`]
+    /// gives them; none when retention removed the block meanwhile (an
+    /// index entry can outlive it for a moment).
+    fn block_records<T: Timed>(
+        &self,
+        table: &'static str,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        needles: Option<&Needles>,
+    ) -> Result<Vec<T>, StoreError> {
+        let value = match value {
+            Some(v) => v,
+            None => match self.kv.get(table, key)? {
+                Some(v) => v,
+                None => return Ok(Vec::new()),
+            },
+        };
+        self.decode_block(table, &value, needles)
     }
 
     /// A stored block's records (none when retention took its segment

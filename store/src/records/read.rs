@@ -150,15 +150,11 @@ impl<T: Timed> Newest<'_, T> {
             return Ok(());
         };
         let (k, _) = next?;
-        // `latest ‖ block key`; retention may have taken the block since.
-        let Some(value) = self
+        // `latest ‖ block key`.
+        let block = k.get(8..).unwrap_or_default();
+        let recs: Vec<T> = self
             .store
-            .kv
-            .get(self.table, k.get(8..).unwrap_or_default())?
-        else {
-            return Ok(());
-        };
-        let recs: Vec<T> = self.store.decode_block(self.table, &value, self.needles)?;
+            .block_records(self.table, block, None, self.needles)?;
         self.heap.extend(recs.into_iter().map(Entry));
         Ok(())
     }
