@@ -53,8 +53,7 @@ impl Idents {
             }
             None => self.0.entry(host.to_string()).or_insert_with(fresh),
         };
-        let slot = &mut h.by_rule[i.min(n.saturating_sub(1))];
-        slot.get_or_insert_with(|| {
+        let make = || {
             let labels = label::of(rule, Some(host), host_labels);
             Arc::new(Ident {
                 applies: label::applies(rule, host, host_labels),
@@ -62,8 +61,12 @@ impl Idents {
                 labels,
                 count_key: format!("{}\0{}", rule.name, host),
             })
-        })
-        .clone()
+        };
+        match h.by_rule.get_mut(i) {
+            Some(slot) => slot.get_or_insert_with(make).clone(),
+            // Not one of the `n` rules: worked out, not kept.
+            None => make(),
+        }
     }
 
     /// The rules changed: every ident may have.
