@@ -33,11 +33,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--rate", type=int, default=250, help="lines/s per source")
     a = ap.parse_args()
-    if not os.environ.get("BENCH_NO_BUILD"):
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent",
-                        "-p", "picketctl"], cwd=ROOT, check=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    ev.build()
+    commit = ev.commit()
     f = ev.Fleet("raw")
     try:
         # Three more sources beside the fleet's raw one; metrics every 10 s.

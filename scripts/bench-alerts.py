@@ -148,9 +148,7 @@ def main():
     ap.add_argument("--samples", type=int, default=30)
     ap.add_argument("--parsers", default="suricata,fail2ban")
     a = ap.parse_args()
-    if not os.environ.get("BENCH_NO_BUILD"):
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent", "-p", "picketctl"],
-                       cwd=ev.ROOT, check=True)
+    ev.build()
     print("| parser | alert file | lines/s (append → acked in store), runs | control plane CPU s |")
     print("| --- | --- | --- | --- |")
     for kind in a.parsers.split(","):

@@ -45,6 +45,19 @@ def vary(line, i):
             .replace("1042210044", str(1042210044 + i * 7919)).replace("page=2", f"page={i}"))
 
 
+def build():
+    """The release binaries the benchmarks run (unless BENCH_NO_BUILD)."""
+    if not os.environ.get("BENCH_NO_BUILD"):
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent",
+                        "-p", "picketctl"], cwd=ROOT, check=True)
+
+
+def commit():
+    """HEAD's short hash, for a result's row."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def run(cmd, env):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
 
@@ -209,8 +222,7 @@ def main():
     ap.add_argument("--parsers", default=",".join(LINES), help="comma-separated subset")
     ap.add_argument("--no-latency", action="store_true")
     a = ap.parse_args()
-    if not os.environ.get("BENCH_NO_BUILD"): subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent", "-p", "picketctl"],
-                   cwd=ROOT, check=True)
+    build()
     print(f"| parser | lines | seconds | lines/s (append → acked in store) | agent CPU s | control plane CPU s | agent MB written | control plane MB written |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for kind in a.parsers.split(","):

@@ -60,9 +60,7 @@ def main():
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--queue-bytes", type=int, default=16 * 1024 * 1024)
     a = ap.parse_args()
-    if not os.environ.get("BENCH_NO_BUILD"):
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent",
-                        "-p", "picketctl"], cwd=ROOT, check=True)
+    ev.build()
     f = ev.Fleet("raw")
     try:
         # The queue bound under test: restart with it set.

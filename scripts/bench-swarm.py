@@ -23,11 +23,13 @@ enrollment limits are raised in the control plane's config: every
 simulated agent comes from 127.0.0.1. BENCH_NO_BUILD=1 reuses the
 release binaries.
 """
-import argparse, json, os, re, signal, subprocess, tempfile, time
+import argparse, importlib.util, json, os, re, signal, socket, subprocess, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
-TICK = os.sysconf("SC_CLK_TCK")
+HERE = os.path.dirname(os.path.abspath(__file__))
+spec = importlib.util.spec_from_file_location("bench_events", os.path.join(HERE, "bench-events.py"))
+ev = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ev)
+REL, cpu_s = ev.REL, ev.cpu_s
 
 
 def run(cmd, env, **kw):
@@ -37,15 +39,8 @@ def run(cmd, env, **kw):
     return p
 
 
-def cpu_s(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"^VmRSS:\s+(\d+)", f.read(), re.M).group(1)) / 1024
+    return ev.status_kib(pid, "VmRSS") / 1024
 
 
 def pct(xs, p):
@@ -66,8 +61,10 @@ class Plane:
             cfg, n = re.subn(rf"^{k} = \d+$", f"{k} = {v}", cfg, flags=re.M)
             assert n == 1, k
         open(f"{t}/cp/control.toml", "w").write(cfg)
-        with socket_port() as port:
-            self.grpc = f"127.0.0.1:{port}"
+        # A fixed port: the control plane is restarted on it (storm).
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.grpc = f"127.0.0.1:{sock.getsockname()[1]}"
         self.start()
         self.flags = ["--server", self.grpc, "--ca", f"{t}/cp/ca.crt", "--cert", f"{t}/cp/admin.crt",
                       "--key", f"{t}/cp/admin.key"]
@@ -104,17 +101,6 @@ class Plane:
         return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)", body, re.M))
 
 
-class socket_port:
-    def __enter__(self):
-        import socket
-        self.s = socket.socket()
-        self.s.bind(("127.0.0.1", 0))
-        return self.s.getsockname()[1]
-
-    def __exit__(self, *a):
-        self.s.close()
-
-
 def swarm(pl, n, first, token, log=None):
     cmd = [f"{REL}/picket-swarm", "--server", pl.grpc, "--ca-fingerprint", pl.fp, "--token", token,
            "--agents", str(n), "--from", str(first), "--state-dir", f"{pl.tmp}/swarm"]
@@ -139,11 +125,8 @@ def main():
     ap.add_argument("--detect", type=int, default=1000)
     a = ap.parse_args()
     sizes = [int(x) for x in a.agents.split(",")]
-    if not os.environ.get("BENCH_NO_BUILD"):
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent",
-                        "-p", "picketctl"], cwd=ROOT, check=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    ev.build()
+    commit = ev.commit()
     pl = Plane()
     # A token has at most 10,000 uses: one for the swarm, one for detect's.
     token = pl.ctl("token", "create", "--uses", str(max(sizes)), "--ttl", "24h").strip()
