@@ -28,9 +28,7 @@
 //! postcard in a segment ([`SEGMENT`]) or inline ([`POSTCARD`]), or a JSON
 //! array.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
-use std::iter::Peekable;
+use std::collections::BTreeMap;
 
 use picket_model::Severity;
 use serde::de::DeserializeOwned;
@@ -38,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use picket_segment::Loc;
 
-use super::backend::{Backend, KvIter, Op};
+use super::backend::{Backend, Op};
 use super::metrics::{Sample, acked_op, sample_ops};
 use super::{Store, StoreError, decode};
 
@@ -250,96 +248,6 @@ const SEGMENT: u8 = 2;
 const PACKED_SEGMENT: u8 = 3;
 const WIRE: u8 = 4;
 
-/// A record in the merge heap, ordered by `(time, id)`.
-struct Entry<T>(T);
-
-impl<T: Timed> Ord for Entry<T> {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.0.time_ms(), self.0.id()).cmp(&(o.0.time_ms(), o.0.id()))
-    }
-}
-impl<T: Timed> PartialOrd for Entry<T> {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl<T: Timed> PartialEq for Entry<T> {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o).is_eq()
-    }
-}
-impl<T: Timed> Eq for Entry<T> {}
-
-/// Block keys in key order, with the value when the scan had it.
-type BlockKeys<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Option<Vec<u8>>), StoreError>> + 'a>;
-
-/// Merges blocks (in key order, which is min-time order) into one stream
-/// ordered by `(time, id)`, from `since` on. Before a record with time `t`
-/// is given out, every block whose min time is at or before `t` has been
-/// read, so nothing earlier can still turn up.
-struct Merge<'a, T> {
-    store: &'a Store,
-    table: &'static str,
-    blocks: Peekable<BlockKeys<'a>>,
-    heap: BinaryHeap<Reverse<Entry<T>>>,
-    since: i64,
-    needles: Option<&'a Needles>,
-}
-
-impl<T: Timed> Merge<'_, T> {
-    fn load_next(&mut self) -> Result<(), StoreError> {
-        let Some(next) = self.blocks.next() else {
-            return Ok(());
-        };
-        let (k, value) = next?;
-        let recs: Vec<T> = self
-            .store
-            .block_records(self.table, &k, value, self.needles)?;
-        self.heap.extend(
-            recs.into_iter()
-                .filter(|r| r.time_ms() >= self.since)
-                .map(|r| Reverse(Entry(r))),
-        );
-        Ok(())
-    }
-
-    fn next_block_time(&mut self) -> Option<i64> {
-        match self.blocks.peek()? {
-            Ok((k, _)) => Some(time_of(k)),
-            // Surface the error through `load_next`.
-            Err(_) => Some(i64::MIN),
-        }
-    }
-}
-
-impl<T: Timed> Iterator for Merge<'_, T> {
-    type Item = Result<T, StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let top = self.heap.peek().map(|Reverse(e)| e.0.time_ms());
-            match (top, self.next_block_time()) {
-                (None, None) => return None,
-                (Some(_), None) => {}
-                (None, Some(_)) => {
-                    if let Err(e) = self.load_next() {
-                        return Some(Err(e));
-                    }
-                    continue;
-                }
-                (Some(t), Some(b)) if b <= t => {
-                    if let Err(e) = self.load_next() {
-                        return Some(Err(e));
-                    }
-                    continue;
-                }
-                (Some(_), Some(_)) => {}
-            }
-            return self.heap.pop().map(|Reverse(e)| Ok(e.0));
-        }
-    }
-}
-
 impl Store {
     /// A fresh ingest id for each of `n` records.
     pub fn ingest_ids(&self, n: usize) -> Result<Vec<u64>, StoreError> {
@@ -542,82 +450,6 @@ impl Store {
         host: Option<&'a str>,
     ) -> Result<Box<dyn Iterator<Item = Result<LogRecord, StoreError>> + 'a>, StoreError> {
         self.logs(Read::new(Start::Since(since), host))
-    }
-
-    /// The keys of the blocks (of `host`, if given) that start before
-    /// `since` and end at or after it, in key order: found through the
-    /// latest-time index among blocks ending within [`SPAN_MS`] of it, so
-    /// that a read from `since` on starts at `since`, not a span before
-    /// (in a burst, a second's blocks).
-    fn straddling(
-        &self,
-        t: Tables,
-        since: i64,
-        host: Option<&str>,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        if since <= 0 {
-            return Ok(Vec::new());
-        }
-        let end = since.saturating_add(SPAN_MS);
-        let mut keys = Vec::new();
-        for kv in self
-            .kv
-            .scan_from(t.latest, &latest::latest_key(since, &[]))?
-        {
-            let (k, v) = kv?;
-            if time_of(&k) > end {
-                break;
-            }
-            let block = k.get(8..).unwrap_or_default();
-            if time_of(block) < since && host.is_none_or(|h| h.as_bytes() == v) {
-                keys.push(block.to_vec());
-            }
-        }
-        keys.sort();
-        Ok(keys)
-    }
-
-    fn records_since<'a, T: Timed + 'a>(
-        &'a self,
-        t: Tables,
-        since: i64,
-        host: Option<&str>,
-        needles: Option<&'a Needles>,
-    ) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>, StoreError> {
-        let (table, index) = (t.blocks, t.by_host);
-        let start = key(since, 0);
-        let straddling = self.straddling(t, since, host)?;
-        let blocks: BlockKeys<'a> = match host {
-            None => Box::new(
-                self.kv
-                    .scan_from(table, &start)?
-                    .map(|kv| kv.map(|(k, v)| (k, Some(v)))),
-            ),
-            Some(host) => {
-                let prefix = host_key(host, &[]);
-                let n = prefix.len();
-                let it: KvIter<'a> = self.kv.scan_from(index, &host_key(host, &start))?;
-                Box::new(
-                    it.take_while(move |kv| {
-                        kv.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
-                    })
-                    .map(move |kv| {
-                        kv.map(|(k, _)| (k.get(n..).unwrap_or_default().to_vec(), None))
-                    }),
-                )
-            }
-        };
-        // Every block that starts before `since` sorts before every block
-        // that starts at or after it.
-        let blocks = straddling.into_iter().map(|k| Ok((k, None))).chain(blocks);
-        Ok(Box::new(Merge {
-            store: self,
-            table,
-            blocks: (Box::new(blocks) as BlockKeys<'a>).peekable(),
-            heap: BinaryHeap::new(),
-            since,
-            needles,
-        }))
     }
 }
 
