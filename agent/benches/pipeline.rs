@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
 
         let t = now();
         for b in &batches {
-            buffer.push_encoded(b, Some(("/var/log/x", b"position")))?;
+            buffer.push_encoded(&[b], &[("/var/log/x", b"position")])?;
         }
         let push = per_line(t);
         drop(batches);

@@ -1,9 +1,10 @@
 //! Runs the configured sources: inotify wakes it, each [`Tailer`] reads
 //! what is new, each [`Parser`] makes events, and the lines, the events and
-//! the source's new read position go to the buffer in one batch. Reading
-//! and parsing run on one thread, buffer writes on another (a queue of two
-//! batches between them), so that parsing the next batch overlaps writing
-//! the last; both block on file and sled I/O.
+//! the source's new read position go to the buffer in one batch: the
+//! batches of every source that had something new on one wake-up go as one
+//! push (one fsync). Reading and parsing run on one thread, buffer writes
+//! on another (a queue of two pushes between them), so that parsing the
+//! next batch overlaps writing the last; both block on file I/O.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -91,7 +92,7 @@ pub fn run(cfg: &AgentConfig, buffer: Arc<Buffer>, shutdown: CancellationToken) 
         Err(error) => tracing::warn!(%error, "inotify unavailable; polling every second"),
     }
 
-    let (queue, writes) = mpsc::sync_channel::<Write>(2);
+    let (queue, writes) = mpsc::sync_channel::<Vec<Write>>(2);
     let writer = {
         let (buffer, shutdown) = (buffer.clone(), shutdown.clone());
         std::thread::Builder::new()
@@ -105,21 +106,23 @@ pub fn run(cfg: &AgentConfig, buffer: Arc<Buffer>, shutdown: CancellationToken) 
             return;
         }
     };
-    'run: while !shutdown.is_cancelled() {
+    while !shutdown.is_cancelled() {
         let mut busy = false;
+        let mut group = Vec::new();
         for s in &mut sources {
             match pump(s) {
                 Ok(None) => {}
                 Ok(Some((write, n))) => {
                     busy |= n >= BATCH_LINES;
-                    if queue.send(write).is_err() {
-                        break 'run;
-                    }
+                    group.push(write);
                 }
                 Err(e) => {
                     tracing::warn!(path = %s.cfg.path.display(), error = %e, "source read failed");
                 }
             }
+        }
+        if !group.is_empty() && queue.send(group).is_err() {
+            break;
         }
         if busy {
             continue;
@@ -160,23 +163,28 @@ fn saved_position(buffer: &Buffer, s: &SourceConfig) -> Option<Position> {
     }
 }
 
-/// Buffers each batch in order. A batch the buffer cannot take yet (full of
-/// events, or a failed write) is retried until it can: the reader has moved
-/// past its lines, so giving up would lose them, and waiting holds the
-/// reader back through the queue. Only at shutdown is a batch abandoned,
-/// and then its read position was never committed either: the lines are
-/// read again after the restart.
-fn write_all(buffer: &Buffer, writes: mpsc::Receiver<Write>, shutdown: &CancellationToken) {
-    for w in writes {
+/// Buffers each group of batches in order. A group the buffer cannot take
+/// yet (full of events, or a failed write) is retried until it can: the
+/// reader has moved past its lines, so giving up would lose them, and
+/// waiting holds the reader back through the queue. Only at shutdown is a
+/// group abandoned, and then its read positions were never committed
+/// either: the lines are read again after the restart.
+fn write_all(buffer: &Buffer, writes: mpsc::Receiver<Vec<Write>>, shutdown: &CancellationToken) {
+    for group in writes {
+        let records: Vec<&Encoded> = group.iter().map(|w| &w.records).collect();
+        let positions: Vec<(&str, &[u8])> = group
+            .iter()
+            .map(|w| (w.key.as_str(), w.position.as_slice()))
+            .collect();
         loop {
-            match buffer.push_encoded(&w.records, Some((&w.key, &w.position))) {
+            match buffer.push_encoded(&records, &positions) {
                 Ok(_) => break,
                 Err(BufferError::Full(_)) => {
                     // Events are never dropped: wait for acks to make room.
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(error) => {
-                    tracing::warn!(source = %w.key, %error, "cannot buffer lines; retrying");
+                    tracing::warn!(%error, "cannot buffer lines; retrying");
                     std::thread::sleep(Duration::from_secs(1));
                 }
             }
@@ -348,7 +356,7 @@ mod tests {
         assert_eq!(saved_position(&buffer, &src), None, "nothing saved yet");
         let before = BAD_POSITIONS.load(Ordering::Relaxed);
         buffer
-            .push_encoded(&Encoded::default(), Some((&key, b"{not a position")))
+            .push_encoded(&[&Encoded::default()], &[(&key, b"{not a position")])
             .unwrap();
         assert_eq!(saved_position(&buffer, &src), None);
         assert_eq!(BAD_POSITIONS.load(Ordering::Relaxed), before + 1);
@@ -362,8 +370,8 @@ mod tests {
         };
         buffer
             .push_encoded(
-                &Encoded::default(),
-                Some((&key, &serde_json::to_vec(&p).unwrap())),
+                &[&Encoded::default()],
+                &[(&key, &serde_json::to_vec(&p).unwrap())],
             )
             .unwrap();
         assert_eq!(saved_position(&buffer, &src), Some(p));

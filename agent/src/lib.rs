@@ -89,9 +89,9 @@ pub async fn run(
     Ok(result?)
 }
 
-/// Flushes the buffer once a second when it holds records not yet on
-/// disk, so that what was read is durable even while the control plane is
-/// away (the uplink also flushes before it sends). Idle, it does nothing.
+/// Checkpoints the buffer ([`buffer::Buffer::flush`]) once a second when
+/// it changed: pushes are durable on their own, the checkpoint bounds what
+/// a restart recovers and lets acked segments go. Idle, it does nothing.
 async fn keep_durable(buffer: Arc<buffer::Buffer>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -100,7 +100,7 @@ async fn keep_durable(buffer: Arc<buffer::Buffer>, shutdown: CancellationToken) 
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if buffer.durable_seq() + 1 >= buffer.next_seq() {
+        if !buffer.behind() {
             continue;
         }
         let b = buffer.clone();

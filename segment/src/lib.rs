@@ -12,6 +12,15 @@
 //! entry that survives a crash always points at bytes on disk. Bytes
 //! without an index entry (written before a crash, or left by a rewrite)
 //! are garbage that goes with their segment.
+//!
+//! Each piece is framed on disk: [`FRAME_MAGIC`], its length and its
+//! CRC-32 (big-endian u32s), then its bytes, which a [`Loc`] points at. So
+//! a segment can also be read without its index, piece by piece, up to the
+//! first torn or damaged frame ([`scan`]): an owner that writes its own
+//! commit records into the segments recovers what its index had not yet
+//! made durable (the agent's buffer). Segments written before frames (no
+//! magic at their start) read as empty to [`scan`], and through their
+//! index as before.
 
 pub mod pack;
 
@@ -41,6 +50,11 @@ pub struct Loc {
     pub len: u32,
     pub crc: u32,
 }
+
+/// The first bytes of every piece's frame.
+pub const FRAME_MAGIC: [u8; 4] = *b"PKS1";
+/// Bytes of a frame before its piece: magic, length, CRC-32.
+pub const FRAME_BYTES: u64 = 12;
 
 /// Bytes of an encoded [`Loc`].
 pub const LOC_BYTES: usize = 24;
@@ -192,7 +206,7 @@ impl Writer {
         };
         let loc = Loc {
             seg: *id,
-            off: *len,
+            off: *len + FRAME_BYTES,
             len: u32::try_from(bytes.len()).map_err(|_| {
                 io(
                     &self.dir,
@@ -201,14 +215,25 @@ impl Writer {
             })?,
             crc: crc32fast::hash(bytes),
         };
-        if let Err(e) = file.write_all(bytes) {
+        let mut head = [0u8; FRAME_BYTES as usize];
+        head[..4].copy_from_slice(&FRAME_MAGIC);
+        head[4..8].copy_from_slice(&loc.len.to_be_bytes());
+        head[8..].copy_from_slice(&loc.crc.to_be_bytes());
+        let written = file.write_all(&head).and_then(|()| file.write_all(bytes));
+        if let Err(e) = written {
             // A partial write leaves the offset unknown: start afresh.
             let path = seg_path(&self.dir, *id);
             self.current = None;
             return Err(io(&path, e));
         }
-        *len += bytes.len() as u64;
+        *len += FRAME_BYTES + bytes.len() as u64;
         Ok(Appended { loc, started })
+    }
+
+    /// Where the next piece's frame will start, if a segment is open
+    /// (segment id, offset).
+    pub fn end(&self) -> Option<(u64, u64)> {
+        self.current.as_ref().map(|(id, _, len)| (*id, *len))
     }
 
     /// Makes every appended byte durable. After a failure the current
@@ -230,6 +255,51 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// The pieces of a segment from byte `from` on, in order, each with its
+/// [`Loc`]: up to the end, or the first frame that is torn (cut short by a
+/// crash), damaged (checksum) or not a frame (a segment written before
+/// frames, or `from` not at a frame's start). `keep` sees each piece's
+/// first `peek` bytes (fewer if it is shorter) and says whether its whole
+/// bytes are wanted; pieces not wanted are skipped unread, and unchecked.
+pub fn scan(
+    file: &File,
+    seg: u64,
+    from: u64,
+    peek: usize,
+    mut keep: impl FnMut(&[u8]) -> bool,
+) -> Vec<(Loc, Vec<u8>)> {
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut out = Vec::new();
+    let mut at = from;
+    let mut head = vec![0u8; FRAME_BYTES as usize + peek];
+    while at + FRAME_BYTES <= size {
+        let n = (head.len() as u64).min(size - at) as usize;
+        if file.read_exact_at(&mut head[..n], at).is_err() || head[..4] != FRAME_MAGIC {
+            break;
+        }
+        let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        let crc = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
+        let loc = Loc {
+            seg,
+            off: at + FRAME_BYTES,
+            len,
+            crc,
+        };
+        if loc.off + u64::from(len) > size {
+            break;
+        }
+        let shown = (n - FRAME_BYTES as usize).min(len as usize);
+        if keep(&head[FRAME_BYTES as usize..FRAME_BYTES as usize + shown]) {
+            match read(file, loc) {
+                Ok(bytes) => out.push((loc, bytes)),
+                Err(_) => break,
+            }
+        }
+        at = loc.off + u64::from(len);
+    }
+    out
 }
 
 /// Opens the sled index beside the segments with `open`, waiting up to
@@ -263,12 +333,19 @@ mod tests {
         let mut w = Writer::new(dir.path(), 7);
         let big = vec![1u8; SEGMENT_BYTES as usize];
         let a = w.append(&big).unwrap();
-        assert_eq!((a.loc.seg, a.loc.off), (7, 0));
+        assert_eq!((a.loc.seg, a.loc.off), (7, FRAME_BYTES), "after the frame");
         assert!(a.started.is_some());
         let b = w.append(b"second").unwrap();
-        assert_eq!((b.loc.seg, b.loc.off), (8, 0), "a full segment is closed");
+        assert_eq!(
+            (b.loc.seg, b.loc.off),
+            (8, FRAME_BYTES),
+            "a full segment is closed"
+        );
         let c = w.append(b"third").unwrap();
-        assert_eq!((c.loc.seg, c.loc.off, c.started.is_none()), (8, 6, true));
+        assert_eq!(
+            (c.loc.seg, c.loc.off, c.started.is_none()),
+            (8, 2 * FRAME_BYTES + 6, true)
+        );
         w.sync().unwrap();
         let f = open_read(dir.path(), 8).unwrap();
         assert_eq!(read(&f, c.loc).unwrap(), b"third");
@@ -289,6 +366,41 @@ mod tests {
         c.loc.put(&mut enc);
         assert_eq!(Loc::get(&enc), Some(c.loc));
         assert_eq!(Loc::get(&enc[1..]), None);
+    }
+
+    #[test]
+    fn a_scan_reads_framed_pieces_up_to_a_torn_or_damaged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::new(dir.path(), 1);
+        let a = w.append(b"Cfirst").unwrap().loc;
+        let b = w.append(b"xskipped").unwrap().loc;
+        let c = w.append(b"Cthird").unwrap().loc;
+        let (seg, end) = w.end().unwrap();
+        assert_eq!((seg, end), (1, c.off + 6));
+        w.sync().unwrap();
+        let f = open_read(dir.path(), 1).unwrap();
+        let wanted = |p: &[u8]| p.first() == Some(&b'C');
+        let all = scan(&f, 1, 0, 1, wanted);
+        assert_eq!(
+            all,
+            vec![(a, b"Cfirst".to_vec()), (c, b"Cthird".to_vec())],
+            "pieces not wanted are skipped"
+        );
+        assert_eq!(read(&f, b).unwrap(), b"xskipped");
+        assert_eq!(scan(&f, 1, c.off - FRAME_BYTES, 1, wanted).len(), 1);
+        assert!(scan(&f, 1, 3, 1, wanted).is_empty(), "not a frame's start");
+        // Torn: the last piece cut short.
+        let path = seg_path(dir.path(), 1);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(end - 2).unwrap();
+        assert_eq!(scan(&f, 1, 0, 1, wanted), vec![(a, b"Cfirst".to_vec())]);
+        // Damaged: the first piece's bytes changed.
+        file.write_all_at(b"X", a.off + 2).unwrap();
+        assert!(scan(&f, 1, 0, 1, wanted).is_empty());
+        // A segment written before frames.
+        std::fs::write(seg_path(dir.path(), 9), b"\x82rawchunk").unwrap();
+        let old = open_read(dir.path(), 9).unwrap();
+        assert!(scan(&old, 9, 0, 1, |_| true).is_empty());
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub(super) fn u64_of(v: Option<sled::IVec>) -> u64 {
 }
 
 /// What memory keeps of a chunk.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Meta {
     pub(super) last_seq: u64,
     pub(super) kinds: u8,

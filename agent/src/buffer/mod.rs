@@ -1,9 +1,9 @@
 //! The agent's on-disk buffer (sled): every record gets the next sequence
 //! number and stays here until the control plane acks it.
 //!
-//! One tree holds the index, so that one sled `Batch` (atomic within a
-//! tree) commits records together with the read position that produced
-//! them. Records are stored in chunks of about 64 KiB (before packing),
+//! A push commits records together with the read positions that produced
+//! them: in one commit record in the segments, and in one sled `Batch`
+//! (atomic within a tree), so one tree holds the index. Records are stored in chunks of about 64 KiB (before packing),
 //! not one per key. A chunk holds its records already encoded for the wire
 //! ([`picket_proto::frame`]), LZ4-packed ([`picket_segment::pack`]), so
 //! sending them unpacks and copies bytes and decodes nothing. Chunk bytes
@@ -11,8 +11,15 @@
 //! - `s` + first seq (u64 big-endian): a chunk's index entry,
 //!   `[kinds][last seq][Loc]`; the chunk itself is `[kinds | packed][last
 //!   seq]` then the records as the bytes of a `v1::RecordBatch`;
-//! - `m` + name: counters (`next_seq`, drops per kind);
+//! - `m` + name: counters (`next_seq`, drops per kind) and `mscan`
+//!   (where recovery starts, [`journal`]);
 //! - `p` + source: a source's read position (opaque bytes).
+//!
+//! A push appends its chunks and a commit record naming them (with the
+//! read positions) to the segments and fsyncs them: then it is durable and
+//! may be sent. Its sled batch is flushed later, as a checkpoint
+//! ([`Buffer::flush`]); a crash before that is undone at open from the
+//! commit records ([`journal`]).
 //!
 //! Older layouts (`r` + seq per record, `c` + first seq for chunks inline
 //! in sled, unpacked chunks) are moved or read as they are.
@@ -29,12 +36,13 @@
 use std::collections::{BTreeMap, btree_map};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use picket_proto::frame::{self, EncodedBatch, FrameError};
 
 mod chunk;
+mod journal;
 mod room;
 pub use chunk::Encoded;
 use chunk::{
@@ -116,6 +124,10 @@ struct State {
     segs: BTreeMap<u64, Seg>,
     /// The segment appends go to: kept even while no chunk is in it.
     current: Option<u64>,
+    /// Segments nothing is in any more, deleted once the checkpoint that
+    /// forgets their chunks is on disk ([`Buffer::flush`]): deleted
+    /// earlier, a crash would bring back index entries into files gone.
+    doomed: Vec<u64>,
 }
 
 struct Seg {
@@ -132,32 +144,54 @@ impl State {
         self.chunks.insert(first, meta);
     }
 
-    /// Forgets a chunk; deletes its segment once nothing is in it.
-    fn release(&mut self, first: u64, dir: &Path) {
+    /// Forgets a chunk; dooms its segment once nothing is in it.
+    fn release(&mut self, first: u64) {
         let Some(meta) = self.chunks.remove(&first) else {
             return;
         };
         self.bytes = self.bytes.saturating_sub(meta.size);
-        self.unpin(meta.loc.seg, dir);
+        self.unpin(meta.loc.seg);
     }
 
-    /// One chunk fewer in segment `id`: deleted once none is left, unless
+    /// One chunk fewer in segment `id`: doomed once none is left, unless
     /// appends still go to it.
-    fn unpin(&mut self, id: u64, dir: &Path) {
+    fn unpin(&mut self, id: u64) {
         if let Some(s) = self.segs.get_mut(&id) {
             s.chunks = s.chunks.saturating_sub(1);
             if s.chunks == 0 && self.current != Some(id) {
                 self.segs.remove(&id);
-                segment::remove(dir, id);
+                self.doomed.push(id);
             }
         }
+    }
+
+    /// One chunk more in segment `id`, opened for reading if it is new
+    /// here (at open).
+    fn pin(&mut self, dir: &Path, id: u64) -> Result<(), SegmentError> {
+        if let btree_map::Entry::Vacant(slot) = self.segs.entry(id) {
+            let file = segment::open_read(dir, id)?;
+            slot.insert(Seg { file, chunks: 0 });
+        }
+        if let Some(s) = self.segs.get_mut(&id) {
+            s.chunks += 1;
+        }
+        Ok(())
     }
 
     /// Counts a chunk just written into its segment, registering the
     /// segment if the append started it. The count is taken at the write,
     /// not when the chunk is held, so that a segment closed by the same
     /// push is not deleted under the chunks it is about to index.
-    fn appended(&mut self, at: &Appended, dir: &Path) {
+    fn appended(&mut self, at: &Appended) {
+        self.written(at);
+        if let Some(s) = self.segs.get_mut(&at.loc.seg) {
+            s.chunks += 1;
+        }
+    }
+
+    /// Registers the segment a piece that is not a chunk (a commit
+    /// record) started, if it started one.
+    fn written(&mut self, at: &Appended) {
         if let Some(file) = &at.started {
             let old = self.current.replace(at.loc.seg);
             self.segs.insert(
@@ -171,11 +205,8 @@ impl State {
                 && self.segs.get(&old).is_some_and(|s| s.chunks == 0)
             {
                 self.segs.remove(&old);
-                segment::remove(dir, old);
+                self.doomed.push(old);
             }
-        }
-        if let Some(s) = self.segs.get_mut(&at.loc.seg) {
-            s.chunks += 1;
         }
     }
 }
@@ -197,6 +228,8 @@ pub struct Buffer {
     /// `State::next_seq`, readable without the state lock, which a full
     /// buffer's `make_room` holds across an fsync: async code reads this.
     next: AtomicU64,
+    /// Sled holds changes not yet flushed (the checkpoint is behind).
+    dirty: AtomicBool,
 }
 
 impl Buffer {
@@ -231,6 +264,7 @@ impl Buffer {
             acked: 0,
             segs: BTreeMap::new(),
             current: writer.current(),
+            doomed: Vec::new(),
         };
         for (i, key) in DROPPED.iter().enumerate() {
             state.dropped[i] = u64_of(tree.get(key)?);
@@ -239,21 +273,22 @@ impl Buffer {
             let (k, v) = kv?;
             let first = u64_at(&k, 1).unwrap_or(0);
             let meta = Meta::from_entry(&v).ok_or_else(|| corrupt(first, "short index entry"))?;
-            if let btree_map::Entry::Vacant(slot) = state.segs.entry(meta.loc.seg) {
-                let file = segment::open_read(&seg_dir, meta.loc.seg).map_err(|e| {
-                    open_err(&format!(
-                        "{e}: the records from seq {first} in it are lost; \
-                         move {} and {} away to start with an empty buffer",
-                        path.display(),
-                        seg_dir.display()
-                    ))
-                })?;
-                slot.insert(Seg { file, chunks: 0 });
-            }
-            if let Some(seg) = state.segs.get_mut(&meta.loc.seg) {
-                seg.chunks += 1;
-            }
+            state.pin(&seg_dir, meta.loc.seg).map_err(|e| {
+                open_err(&format!(
+                    "{e}: the records from seq {first} in it are lost; \
+                     move {} and {} away to start with an empty buffer",
+                    path.display(),
+                    seg_dir.display()
+                ))
+            })?;
             state.hold(first, meta);
+        }
+        let recovered = journal::recover(&tree, &mut state, &seg_dir, &found)?;
+        if recovered > 0 {
+            tracing::info!(
+                records = recovered,
+                "agent buffer: recovered the records pushed after the last checkpoint"
+            );
         }
         if let Some(id) = state.current
             && !state.segs.contains_key(&id)
@@ -261,7 +296,9 @@ impl Buffer {
             let file = segment::open_read(&seg_dir, id)?;
             state.segs.insert(id, Seg { file, chunks: 0 });
         }
-        // Segments of acked chunks whose deletion a crash cut short.
+        // The checkpoint now holds what recovery and migration did; then
+        // segments of acked chunks whose deletion a crash cut short go.
+        db.flush()?;
         for id in found.keys().filter(|id| !state.segs.contains_key(id)) {
             segment::remove(&seg_dir, *id);
         }
@@ -276,6 +313,7 @@ impl Buffer {
             writer: Mutex::new(writer),
             cap_bytes,
             added: Notify::new(),
+            dirty: AtomicBool::new(false),
         })
     }
 
@@ -296,17 +334,22 @@ impl Buffer {
         payloads: &[Payload],
         position: Option<(&str, &[u8])>,
     ) -> Result<std::ops::Range<u64>, BufferError> {
-        self.push_encoded(&Encoded::new(payloads), position)
+        let positions: Vec<(&str, &[u8])> = position.into_iter().collect();
+        self.push_encoded(&[&Encoded::new(payloads)], &positions)
     }
 
-    /// [`Buffer::push`] of payloads the caller encoded.
+    /// [`Buffer::push`] of payloads the callers encoded, from one or more
+    /// sources, with each source's read position after them: one commit,
+    /// one fsync. Durable when it returns (see [`journal`]).
     pub fn push_encoded(
         &self,
-        records: &Encoded,
-        position: Option<(&str, &[u8])>,
+        records: &[&Encoded],
+        positions: &[(&str, &[u8])],
     ) -> Result<std::ops::Range<u64>, BufferError> {
+        let count: usize = records.iter().map(|e| e.len()).sum();
+        let bytes: usize = records.iter().map(|e| e.byte_len()).sum();
         let mut w = self.lock_writer();
-        let incoming = (records.byte_len() + 12 * records.len() + HEADER + 9) as u64;
+        let incoming = (bytes + 12 * count + HEADER + 9) as u64;
         let first = {
             let mut st = self.lock();
             if st.bytes + incoming > self.cap_bytes {
@@ -314,29 +357,40 @@ impl Buffer {
             }
             st.next_seq
         };
-        let next = first + records.len() as u64;
+        let next = first + count as u64;
         // Chunks are encoded and written without the state lock: sending
         // and acking go on meanwhile. Nothing is visible until `hold`.
-        let mut batch = sled::Batch::default();
         let mut chunks = Vec::new();
-        let written = self.write_chunks(&mut w, first, records, &mut batch, &mut chunks);
+        let all = records.iter().flat_map(|e| e.iter());
+        let written = self.write_chunks(&mut w, first, all, &mut chunks);
         let committed = written.and_then(|()| {
-            // The bytes are on disk before any index entry points at them.
+            // The commit record after its chunks, then one fsync: the
+            // push is durable. Sled's batch is the next checkpoint's.
+            let at = w.append(&journal::encode(next, &chunks, positions))?;
+            self.lock().written(&at);
             w.sync()?;
+            let mut batch = sled::Batch::default();
+            for (chunk_first, meta) in &chunks {
+                batch.insert(&index_key(*chunk_first)[..], meta.entry());
+            }
             batch.insert(NEXT_SEQ, &next.to_be_bytes()[..]);
-            if let Some((source, pos)) = position {
+            for (source, pos) in positions {
                 let mut k = b"p".to_vec();
                 k.extend_from_slice(source.as_bytes());
-                batch.insert(k, pos);
+                batch.insert(k, *pos);
             }
+            let end = at.loc.off + u64::from(at.loc.len);
+            batch.insert(journal::SCAN, &journal::scan_value(at.loc.seg, end)[..]);
             self.tree.apply_batch(batch)?;
             Ok(())
         });
         let mut st = self.lock();
         if let Err(e) = committed {
-            // Nothing indexes what was written: let its segments go.
+            // Nothing indexes what was written: let its segments go (at the
+            // next checkpoint).
+            self.dirty.store(true, Ordering::Release);
             for (_, meta) in chunks {
-                st.unpin(meta.loc.seg, &self.dir);
+                st.unpin(meta.loc.seg);
             }
             return Err(e);
         }
@@ -345,23 +399,24 @@ impl Buffer {
         }
         st.next_seq = next;
         self.next.store(next, Ordering::Release);
+        self.durable.fetch_max(next - 1, Ordering::AcqRel);
+        self.dirty.store(true, Ordering::Release);
         drop(st);
         drop(w);
         self.added.notify_one();
         Ok(first..next)
     }
 
-    /// Writes `records` (numbered from `first`) as chunks to segments, and
-    /// their index entries into `batch`; `chunks` gets each one written.
-    fn write_chunks(
+    /// Writes `records` (numbered from `first`) as chunks to segments;
+    /// `chunks` gets each one written.
+    fn write_chunks<'a>(
         &self,
         w: &mut Writer,
         first: u64,
-        records: &Encoded,
-        batch: &mut sled::Batch,
+        records: impl Iterator<Item = (&'a [u8], Kind)>,
         chunks: &mut Vec<(u64, Meta)>,
     ) -> Result<(), BufferError> {
-        let mut rest = (first..).zip(records.iter()).peekable();
+        let mut rest = (first..).zip(records).peekable();
         while rest.peek().is_some() {
             let mut bytes = 0;
             let mut group = Vec::new();
@@ -374,8 +429,7 @@ impl Buffer {
             let at = w.append(&value)?;
             let meta =
                 Meta::of_chunk(&value, at.loc).ok_or_else(|| corrupt(chunk_first, "empty"))?;
-            self.lock().appended(&at, &self.dir);
-            batch.insert(&index_key(chunk_first)[..], meta.entry());
+            self.lock().appended(&at);
             chunks.push((chunk_first, meta));
         }
         Ok(())
@@ -449,9 +503,10 @@ impl Buffer {
             batch.remove(&index_key(*first)[..]);
         }
         self.tree.apply_batch(batch)?;
+        self.dirty.store(true, Ordering::Release);
         let mut st = self.lock();
         for first in done {
-            st.release(first, &self.dir);
+            st.release(first);
         }
         Ok(())
     }
@@ -493,18 +548,36 @@ impl Buffer {
         self.db.clone()
     }
 
-    /// Makes every record pushed so far durable.
+    /// The checkpoint: flushes sled (the index, read positions, counters
+    /// and the agent's other trees), then deletes the segments nothing is
+    /// in any more. Pushes are durable without it; it bounds what the next
+    /// open recovers, and lets emptied segments go.
     pub fn flush(&self) -> Result<(), BufferError> {
-        let upto = self.next_seq().saturating_sub(1);
-        self.db.flush()?;
-        self.durable.fetch_max(upto, Ordering::AcqRel);
+        self.dirty.store(false, Ordering::Release);
+        let doomed = std::mem::take(&mut self.lock().doomed);
+        if let Err(e) = self.db.flush() {
+            self.dirty.store(true, Ordering::Release);
+            self.lock().doomed.extend(doomed);
+            return Err(e.into());
+        }
+        for id in doomed {
+            segment::remove(&self.dir, id);
+        }
         Ok(())
+    }
+
+    /// Whether sled holds changes a [`Buffer::flush`] would write (and
+    /// so whether segments may wait for it to be deleted: whatever dooms
+    /// one changes sled). Never waits on a lock: async code may call it.
+    pub fn behind(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
     }
 
     /// Records up to this sequence number are on disk. Only those may be
     /// sent: a record sent before it is durable could be lost in a crash
     /// and its sequence number reused for other lines after the restart,
-    /// which the control plane would then skip as a repeat.
+    /// which the control plane would then skip as a repeat. Every push is
+    /// durable when it returns, so this follows [`Buffer::next_seq`].
     pub fn durable_seq(&self) -> u64 {
         self.durable.load(Ordering::Acquire)
     }

@@ -63,7 +63,7 @@ impl Buffer {
                     let at = w.append(&value)?;
                     let m =
                         Meta::of_chunk(&value, at.loc).ok_or_else(|| corrupt(first, "empty"))?;
-                    st.appended(&at, &self.dir);
+                    st.appended(&at);
                     batch.insert(&key[..], m.entry());
                     Some(m)
                 };
@@ -78,12 +78,13 @@ impl Buffer {
                 })();
                 if let Err(e) = committed {
                     if let Some(m) = new {
-                        st.unpin(m.loc.seg, &self.dir);
+                        st.unpin(m.loc.seg);
                     }
                     return Err(e);
                 }
+                self.dirty.store(true, std::sync::atomic::Ordering::Release);
                 st.dropped[i] = dropped;
-                st.release(first, &self.dir);
+                st.release(first);
                 if let Some(m) = new {
                     st.hold(first, m);
                 }
@@ -121,8 +122,9 @@ impl Buffer {
         batch.remove(&index_key(first)[..]);
         batch.insert(DAMAGED, &total.to_be_bytes()[..]);
         self.tree.apply_batch(batch)?;
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
         st.damaged = total;
-        st.release(first, &self.dir);
+        st.release(first);
         tracing::error!(
             first,
             last = meta.last_seq,

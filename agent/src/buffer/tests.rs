@@ -99,14 +99,16 @@ fn full_buffer_drops_oldest_metrics_then_logs_and_counts() {
 }
 
 #[test]
-fn only_flushed_records_count_as_durable() {
+fn a_push_is_durable_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let b = Buffer::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(b.durable_seq(), 0);
+    assert!(!b.behind());
     b.push(&[metric(1), metric(2)], None).unwrap();
-    assert_eq!(b.durable_seq(), 0, "pushed is not yet durable");
+    assert_eq!(b.durable_seq(), 2, "fsynced with its commit record");
+    assert!(b.behind(), "the checkpoint is behind");
     b.flush().unwrap();
-    assert_eq!(b.durable_seq(), 2);
+    assert!(!b.behind());
     drop(b);
     let b = Buffer::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(b.durable_seq(), 2, "what a restart finds was on disk");
@@ -292,6 +294,12 @@ fn segments_go_once_acked_and_orphans_at_open() {
         b.ack(2).unwrap();
         assert_eq!(
             segment_files(dir.path()).len(),
+            2,
+            "kept until the checkpoint forgets its chunks"
+        );
+        b.flush().unwrap();
+        assert_eq!(
+            segment_files(dir.path()).len(),
             1,
             "the first segment is deleted"
         );
@@ -313,6 +321,7 @@ fn segments_go_once_acked_and_orphans_at_open() {
         "appends after a restart go to a new segment"
     );
     b.ack(4).unwrap();
+    b.flush().unwrap();
     assert_eq!(
         segment_files(dir.path()).len(),
         1,
@@ -339,7 +348,8 @@ fn damaged_segments_are_errors_not_panics() {
         b.push(&[log("one"), log("two")], None).unwrap();
         b.flush().unwrap();
     }
-    let seg = damage(dir.path(), |bytes| bytes.len() - 1);
+    // Inside the chunk, the first piece (past its frame).
+    let seg = damage(dir.path(), |_| 20);
     let b = Buffer::open(dir.path(), 1 << 20).unwrap();
     let e = b.after(0, 10, usize::MAX).unwrap_err().to_string();
     assert!(e.contains("checksum"), "{e}");
@@ -466,4 +476,119 @@ fn making_room_lets_a_damaged_chunk_go() {
     }
     assert_eq!(b.damaged(), 1);
     assert!(b.dropped()[Kind::Log as usize] > 0);
+}
+
+/// A copy of the sled checkpoint (the `buffer` folder) as it is now.
+fn checkpoint_copy(dir: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&dir.join("buffer"), copy.path());
+    copy
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// What a crash leaves: sled as it was at the checkpoint `copy`, the
+/// segments as they are.
+fn crash_back_to(dir: &Path, copy: &Path) {
+    std::fs::remove_dir_all(dir.join("buffer")).unwrap();
+    copy_dir(copy, &dir.join("buffer"));
+}
+
+/// The last segment file's path.
+fn last_segment(dir: &Path) -> PathBuf {
+    let names = segment_files(dir);
+    dir.join("buffer.segments").join(names.last().unwrap())
+}
+
+#[test]
+fn pushes_after_the_checkpoint_come_back_after_a_crash_with_their_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = {
+        let b = Buffer::open(dir.path(), 1 << 30).unwrap();
+        b.push(&[log("a1")], Some(("src", b"after a"))).unwrap();
+        b.flush().unwrap();
+        let copy = checkpoint_copy(dir.path());
+        // Two sources in one push, a push of metrics, and a push big
+        // enough for several chunks, after the checkpoint.
+        let one = Encoded::new(&[log("b1"), log("b2")]);
+        let two = Encoded::new(&[log("c1")]);
+        b.push_encoded(&[&one, &two], &[("src", b"after b"), ("other", b"after c")])
+            .unwrap();
+        b.push(&[metric(1)], None).unwrap();
+        let lines: Vec<Payload> = (0..40).map(|_| log(&noise(4000))).collect();
+        assert_eq!(b.push(&lines, Some(("src", b"after big"))).unwrap(), 6..46);
+        copy
+    };
+    crash_back_to(dir.path(), copy.path());
+    let b = Buffer::open(dir.path(), 1 << 30).unwrap();
+    assert_eq!(
+        seqs(&read(&b, 0, 100, usize::MAX).unwrap()),
+        (1..46).collect::<Vec<_>>()
+    );
+    assert_eq!(b.durable_seq(), 45);
+    assert_eq!(b.position("src").unwrap().unwrap(), b"after big");
+    assert_eq!(b.position("other").unwrap().unwrap(), b"after c");
+    assert_eq!(
+        b.push(&[log("next")], None).unwrap(),
+        46..47,
+        "no seq reused"
+    );
+    // Recovered once: a second crash back to the same checkpoint finds the
+    // same, and acks still trim.
+    b.ack(45).unwrap();
+    assert_eq!(seqs(&read(&b, 0, 100, usize::MAX).unwrap()), vec![46]);
+}
+
+#[test]
+fn a_push_a_crash_tore_is_undone_with_its_read_position() {
+    for tear in ["cut", "chunk damaged"] {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = {
+            let b = Buffer::open(dir.path(), 1 << 30).unwrap();
+            b.push(&[log("a1")], Some(("src", b"after a"))).unwrap();
+            b.flush().unwrap();
+            let copy = checkpoint_copy(dir.path());
+            b.push(&[log("b1")], Some(("src", b"after b"))).unwrap();
+            b.push(&[log(&noise(500))], Some(("src", b"after c")))
+                .unwrap();
+            copy
+        };
+        crash_back_to(dir.path(), copy.path());
+        let seg = last_segment(dir.path());
+        let bytes = std::fs::read(&seg).unwrap();
+        match tear {
+            // The last commit record cut short.
+            "cut" => std::fs::write(&seg, &bytes[..bytes.len() - 3]).unwrap(),
+            // Its chunk's bytes not on disk, its commit record whole.
+            _ => {
+                let mut bytes = bytes;
+                let at = bytes.len() - 300;
+                bytes[at] ^= 0xff;
+                std::fs::write(&seg, &bytes).unwrap();
+            }
+        }
+        let b = Buffer::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(
+            seqs(&read(&b, 0, 100, usize::MAX).unwrap()),
+            vec![1, 2],
+            "{tear}"
+        );
+        assert_eq!(b.position("src").unwrap().unwrap(), b"after b", "{tear}");
+        assert_eq!(
+            b.push(&[log("c again")], Some(("src", b"after c")))
+                .unwrap(),
+            3..4,
+            "{tear}: the lines read again get the seq the torn push had"
+        );
+    }
 }
