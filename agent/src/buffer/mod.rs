@@ -70,6 +70,13 @@ pub enum BufferError {
     Full(u64),
 }
 
+/// Where a source's read position is kept.
+fn position_key(source: &str) -> Vec<u8> {
+    let mut k = b"p".to_vec();
+    k.extend_from_slice(source.as_bytes());
+    k
+}
+
 fn corrupt(seq: u64, e: impl std::fmt::Display) -> BufferError {
     BufferError::Corrupt {
         seq,
@@ -128,6 +135,11 @@ struct State {
     /// forgets their chunks is on disk ([`Buffer::flush`]): deleted
     /// earlier, a crash would bring back index entries into files gone.
     doomed: Vec<u64>,
+    /// Sled writes for the next checkpoint, by key (`None`: a removal),
+    /// applied there as one batch: no write on the way of a push or an ack
+    /// touches sled (an applied batch is written and synced by sled at
+    /// once, milliseconds on the path to sending).
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 struct Seg {
@@ -139,9 +151,24 @@ struct Seg {
 impl State {
     /// Makes a chunk visible. (Its segment was pinned when it was
     /// written: see [`State::appended`].)
+    /// A chunk held under the same first seq before (a push redone at open
+    /// after a failed fsync) is let go.
     fn hold(&mut self, first: u64, meta: Meta) {
         self.bytes += meta.size;
-        self.chunks.insert(first, meta);
+        if let Some(old) = self.chunks.insert(first, meta) {
+            self.bytes = self.bytes.saturating_sub(old.size);
+            self.unpin(old.loc.seg);
+        }
+    }
+
+    /// Queues a sled write for the next checkpoint.
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.pending.insert(key.to_vec(), Some(value.to_vec()));
+    }
+
+    /// Queues a sled removal for the next checkpoint.
+    fn del(&mut self, key: &[u8]) {
+        self.pending.insert(key.to_vec(), None);
     }
 
     /// Forgets a chunk; dooms its segment once nothing is in it.
@@ -265,6 +292,7 @@ impl Buffer {
             segs: BTreeMap::new(),
             current: writer.current(),
             doomed: Vec::new(),
+            pending: BTreeMap::new(),
         };
         for (i, key) in DROPPED.iter().enumerate() {
             state.dropped[i] = u64_of(tree.get(key)?);
@@ -365,38 +393,35 @@ impl Buffer {
         let written = self.write_chunks(&mut w, first, all, &mut chunks);
         let committed = written.and_then(|()| {
             // The commit record after its chunks, then one fsync: the
-            // push is durable. Sled's batch is the next checkpoint's.
+            // push is durable. Sled's part waits for the next checkpoint.
             let at = w.append(&journal::encode(next, &chunks, positions))?;
             self.lock().written(&at);
             w.sync()?;
-            let mut batch = sled::Batch::default();
-            for (chunk_first, meta) in &chunks {
-                batch.insert(&index_key(*chunk_first)[..], meta.entry());
-            }
-            batch.insert(NEXT_SEQ, &next.to_be_bytes()[..]);
-            for (source, pos) in positions {
-                let mut k = b"p".to_vec();
-                k.extend_from_slice(source.as_bytes());
-                batch.insert(k, *pos);
-            }
-            let end = at.loc.off + u64::from(at.loc.len);
-            batch.insert(journal::SCAN, &journal::scan_value(at.loc.seg, end)[..]);
-            self.tree.apply_batch(batch)?;
-            Ok(())
+            Ok(at.loc)
         });
         let mut st = self.lock();
-        if let Err(e) = committed {
-            // Nothing indexes what was written: let its segments go (at the
-            // next checkpoint).
-            self.dirty.store(true, Ordering::Release);
-            for (_, meta) in chunks {
-                st.unpin(meta.loc.seg);
+        let at = match committed {
+            Ok(at) => at,
+            Err(e) => {
+                // Nothing indexes what was written: let its segments go (at
+                // the next checkpoint).
+                self.dirty.store(true, Ordering::Release);
+                for (_, meta) in chunks {
+                    st.unpin(meta.loc.seg);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         for (chunk_first, meta) in chunks {
+            st.put(&index_key(chunk_first), &meta.entry());
             st.hold(chunk_first, meta);
         }
+        st.put(NEXT_SEQ, &next.to_be_bytes());
+        for (source, pos) in positions {
+            st.put(&position_key(source), pos);
+        }
+        let end = at.off + u64::from(at.len);
+        st.put(journal::SCAN, &journal::scan_value(at.seg, end));
         st.next_seq = next;
         self.next.store(next, Ordering::Release);
         self.durable.fetch_max(next - 1, Ordering::AcqRel);
@@ -496,16 +521,10 @@ impl Buffer {
         if done.is_empty() {
             return Ok(());
         }
-        // Deleted outside the lock, so that reading and pushing go on
-        // meanwhile; `after` and `make_room` skip a chunk that is gone.
-        let mut batch = sled::Batch::default();
-        for first in &done {
-            batch.remove(&index_key(*first)[..]);
-        }
-        self.tree.apply_batch(batch)?;
         self.dirty.store(true, Ordering::Release);
         let mut st = self.lock();
         for first in done {
+            st.del(&index_key(first));
             st.release(first);
         }
         Ok(())
@@ -531,8 +550,10 @@ impl Buffer {
 
     /// A source's last committed read position.
     pub fn position(&self, source: &str) -> Result<Option<Vec<u8>>, BufferError> {
-        let mut k = b"p".to_vec();
-        k.extend_from_slice(source.as_bytes());
+        let k = position_key(source);
+        if let Some(v) = self.lock().pending.get(&k) {
+            return Ok(v.clone());
+        }
         Ok(self.tree.get(k)?.map(|v| v.to_vec()))
     }
 
@@ -554,10 +575,32 @@ impl Buffer {
     /// open recovers, and lets emptied segments go.
     pub fn flush(&self) -> Result<(), BufferError> {
         self.dirty.store(false, Ordering::Release);
-        let doomed = std::mem::take(&mut self.lock().doomed);
-        if let Err(e) = self.db.flush() {
+        let (pending, doomed) = {
+            let mut st = self.lock();
+            (
+                std::mem::take(&mut st.pending),
+                std::mem::take(&mut st.doomed),
+            )
+        };
+        let mut batch = sled::Batch::default();
+        for (k, v) in &pending {
+            match v {
+                Some(v) => batch.insert(&k[..], &v[..]),
+                None => batch.remove(&k[..]),
+            }
+        }
+        let done = self
+            .tree
+            .apply_batch(batch)
+            .and_then(|()| self.db.flush().map(|_| ()));
+        if let Err(e) = done {
+            // Queued again for the next try, behind anything newer.
             self.dirty.store(true, Ordering::Release);
-            self.lock().doomed.extend(doomed);
+            let mut st = self.lock();
+            for (k, v) in pending {
+                st.pending.entry(k).or_insert(v);
+            }
+            st.doomed.extend(doomed);
             return Err(e.into());
         }
         for id in doomed {
@@ -580,6 +623,17 @@ impl Buffer {
     /// durable when it returns, so this follows [`Buffer::next_seq`].
     pub fn durable_seq(&self) -> u64 {
         self.durable.load(Ordering::Acquire)
+    }
+}
+
+/// A clean stop checkpoints, so that the next open recovers nothing.
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if self.behind()
+            && let Err(error) = self.flush()
+        {
+            tracing::warn!(%error, "agent buffer: no checkpoint at close; the next start recovers from the segments");
+        }
     }
 }
 

@@ -53,10 +53,8 @@ impl Buffer {
                 let (gone, kept): (Vec<_>, Vec<_>) = recs
                     .into_iter()
                     .partition(|r| r.payload.as_ref().map(Kind::of) == Some(kind));
-                let mut batch = sled::Batch::default();
                 let key = index_key(first);
                 let new = if kept.is_empty() {
-                    batch.remove(&key[..]);
                     None
                 } else {
                     let value = encode_records(&kept);
@@ -64,26 +62,22 @@ impl Buffer {
                     let m =
                         Meta::of_chunk(&value, at.loc).ok_or_else(|| corrupt(first, "empty"))?;
                     st.appended(&at);
-                    batch.insert(&key[..], m.entry());
+                    if let Err(e) = w.sync() {
+                        st.unpin(m.loc.seg);
+                        return Err(e.into());
+                    }
                     Some(m)
                 };
-                let dropped = st.dropped[i] + gone.len() as u64;
-                batch.insert(DROPPED[i], &dropped.to_be_bytes()[..]);
-                let committed = (|| -> Result<(), BufferError> {
-                    if new.is_some() {
-                        w.sync()?;
-                    }
-                    self.tree.apply_batch(batch)?;
-                    Ok(())
-                })();
-                if let Err(e) = committed {
-                    if let Some(m) = new {
-                        st.unpin(m.loc.seg);
-                    }
-                    return Err(e);
-                }
+                // Sled's part waits for the checkpoint: a crash before it
+                // brings the dropped records back, to be dropped again.
                 self.dirty.store(true, std::sync::atomic::Ordering::Release);
-                st.dropped[i] = dropped;
+                match new {
+                    Some(m) => st.put(&key, &m.entry()),
+                    None => st.del(&key),
+                }
+                st.dropped[i] += gone.len() as u64;
+                let dropped = st.dropped[i];
+                st.put(DROPPED[i], &dropped.to_be_bytes());
                 st.release(first);
                 if let Some(m) = new {
                     st.hold(first, m);
@@ -118,10 +112,8 @@ impl Buffer {
         };
         let n = meta.last_seq.saturating_sub(first) + 1;
         let total = st.damaged + n;
-        let mut batch = sled::Batch::default();
-        batch.remove(&index_key(first)[..]);
-        batch.insert(DAMAGED, &total.to_be_bytes()[..]);
-        self.tree.apply_batch(batch)?;
+        st.del(&index_key(first));
+        st.put(DAMAGED, &total.to_be_bytes());
         self.dirty.store(true, std::sync::atomic::Ordering::Release);
         st.damaged = total;
         st.release(first);

@@ -129,9 +129,9 @@ pub(crate) fn ago_ms(d: std::time::Duration) -> i64 {
 }
 
 /// Prints a server stream item by item through `write`, flushing whenever
-/// the stream pauses and at least every 20 ms while it flows (so `-f` shows
-/// lines at once, and a long backlog is not flushed line by line). Memory
-/// stays bounded: nothing is collected.
+/// no next item is ready yet, and at least every 20 ms while items keep
+/// coming (so `-f` shows a line as soon as it arrives, and a long backlog is
+/// not flushed line by line). Memory stays bounded: nothing is collected.
 pub(crate) async fn print_stream<T>(
     mut stream: tonic::Streaming<T>,
     mut write: impl FnMut(&mut dyn std::io::Write, T) -> std::io::Result<()>,
@@ -144,10 +144,11 @@ pub(crate) async fn print_stream<T>(
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let mut flushed = Instant::now();
     loop {
+        // The stream first; only when it has nothing ready, the flush.
         let next = tokio::select! {
             biased;
             n = stream.next() => n,
-            _ = tokio::time::sleep(EVERY) => {
+            () = std::future::ready(()) => {
                 out.flush()?;
                 flushed = Instant::now();
                 stream.next().await
