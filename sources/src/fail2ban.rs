@@ -20,12 +20,14 @@ static ACTION: LazyLock<Regex> = LazyLock::new(|| {
     .expect("static regex")
 });
 static OWN_TIME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?P<date>\d{4}-\d{2}-\d{2}) (?P<clock>\d{2}:\d{2}:\d{2}(?:[,.]\d+)?)")
+    Regex::new(r"^(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2}) (?P<clock>[0-9]{2}:[0-9]{2}:[0-9]{2}(?:[,.][0-9]+)?)")
         .expect("static regex")
 });
 static SYSLOG_TIME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?P<mon>[A-Z][a-z]{2})\s+(?P<day>\d{1,2}) (?P<clock>\d{2}:\d{2}:\d{2})")
-        .expect("static regex")
+    Regex::new(
+        r"^(?P<mon>[A-Z][a-z]{2})\s+(?P<day>[0-9]{1,2}) (?P<clock>[0-9]{2}:[0-9]{2}:[0-9]{2})",
+    )
+    .expect("static regex")
 });
 
 /// The time at the start of a fail2ban or syslog line.

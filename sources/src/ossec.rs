@@ -114,15 +114,15 @@ pub fn parse_json(line: &str) -> Parsed<'_> {
 }
 
 static HEADER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^\*\* Alert (?P<id>[\d.]+):(?:\s*\S*\s*-\s*(?P<groups>.*))?$")
+    Regex::new(r"^\*\* Alert (?P<id>[0-9.]+):(?:\s*\S*\s*-\s*(?P<groups>.*))?$")
         .expect("static regex")
 });
 static WHEN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?P<y>\d{4}) (?P<mon>[A-Z][a-z]{2}) (?P<d>\d{1,2}) (?P<clock>\d{2}:\d{2}:\d{2}) (?P<loc>.*)$")
+    Regex::new(r"^(?P<y>[0-9]{4}) (?P<mon>[A-Z][a-z]{2}) (?P<d>[0-9]{1,2}) (?P<clock>[0-9]{2}:[0-9]{2}:[0-9]{2}) (?P<loc>.*)$")
         .expect("static regex")
 });
 static RULE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^Rule: (?P<id>\d+) \(level (?P<level>\d+)\) -> '(?P<desc>.*)'$")
+    Regex::new(r"^Rule: (?P<id>[0-9]+) \(level (?P<level>[0-9]+)\) -> '(?P<desc>.*)'$")
         .expect("static regex")
 });
 

@@ -5,7 +5,7 @@
 //! Feb 25 14:34:10 belka sshd[31602]: Failed password for invalid user ROOT from 194.117.26.69 port 50273 ssh2
 //! ```
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use picket_model::Severity;
 use regex::{Regex, RegexSet};
@@ -15,7 +15,18 @@ use super::fail2ban::line_time;
 
 struct Rule {
     kind: &'static str,
-    re: Regex,
+    pattern: String,
+    /// Compiled the first time [`ANY_RULE`] says the rule matches: most
+    /// hosts' auth.log meets a few of the rules, and each compiled regex
+    /// holds hundreds of KiB (its automata, its caches).
+    re: OnceLock<Regex>,
+}
+
+impl Rule {
+    fn re(&self) -> &Regex {
+        self.re
+            .get_or_init(|| Regex::new(&self.pattern).expect("static regex"))
+    }
 }
 
 /// Tried in order; the first match wins. Names: user, ip, port, method.
@@ -25,18 +36,19 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(rules);
 /// match, so a line that none matches (most of auth.log: sudo, cron, PAM
 /// sessions) costs one search rather than one per rule.
 static ANY_RULE: LazyLock<RegexSet> =
-    LazyLock::new(|| RegexSet::new(RULES.iter().map(|r| r.re.as_str())).expect("static regex"));
+    LazyLock::new(|| RegexSet::new(RULES.iter().map(|r| &r.pattern)).expect("static regex"));
 
 fn rules() -> Vec<Rule> {
-    let ip = r"(?P<ip>(?:[0-9A-Fa-f]{0,4}:){2,}[0-9A-Fa-f.:]*[0-9A-Fa-f]|\d{1,3}(?:\.\d{1,3}){3}|[A-Za-z0-9][\w.-]*[A-Za-z0-9])";
-    let port = r"(?: port (?P<port>\d+))?";
+    let ip = r"(?P<ip>(?:[0-9A-Fa-f]{0,4}:){2,}[0-9A-Fa-f.:]*[0-9A-Fa-f]|[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[A-Za-z0-9][0-9A-Za-z_.-]*[A-Za-z0-9])";
+    let port = r"(?: port (?P<port>[0-9]+))?";
     // After the address, only what sshd itself writes may follow; a user
     // name (attacker-chosen) can hold "from 1.2.3.4", so the match is the
     // first `from` that such an ending follows.
-    let tail = r"(?: on \S+)?(?: ssh\d*)?(?: \[preauth\])?(?::.*)?\s*$";
+    let tail = r"(?: on \S+)?(?: ssh[0-9]*)?(?: \[preauth\])?(?::.*)?\s*$";
     let r = |kind, re: &str| Rule {
         kind,
-        re: Regex::new(re).expect("static regex"),
+        pattern: re.to_string(),
+        re: OnceLock::new(),
     };
     vec![
         r(
@@ -121,13 +133,13 @@ fn rules() -> Vec<Rule> {
 
 /// Is this an sshd line at all? (auth.log holds sudo, cron, systemd, ...)
 static SSHD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\bsshd(?:-session)?(?:\[\d+\])?:|\[sshd\]").expect("static regex")
+    Regex::new(r"(?-u:\b)sshd(?:-session)?(?:\[[0-9]+\])?:|\[sshd\]").expect("static regex")
 });
 
 pub fn parse(line: &str, read_ms: i64) -> Parsed<'_> {
     let t = line_time(line, read_ms);
     for rule in ANY_RULE.matches(line).iter().filter_map(|i| RULES.get(i)) {
-        if let Some(c) = rule.re.captures(line) {
+        if let Some(c) = rule.re().captures(line) {
             let severity = match rule.kind {
                 "auth_failure" | "invalid_user" => Severity::Low,
                 _ => Severity::Info,
@@ -160,7 +172,7 @@ pub fn parse(line: &str, read_ms: i64) -> Parsed<'_> {
 /// `from IP [port N]` in lines no rule knows (scanners, key exchange
 /// failures), so that they can still be filtered by address.
 static FROM: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?:from|with|by) (?P<ip>(?:[0-9A-Fa-f]{0,4}:){2,}[0-9A-Fa-f.:]*[0-9A-Fa-f]|\d{1,3}(?:\.\d{1,3}){3})(?: port (?P<port>\d+))?")
+    Regex::new(r"(?:from|with|by) (?P<ip>(?:[0-9A-Fa-f]{0,4}:){2,}[0-9A-Fa-f.:]*[0-9A-Fa-f]|[0-9]{1,3}(?:\.[0-9]{1,3}){3})(?: port (?P<port>[0-9]+))?")
         .expect("static regex")
 });
 
@@ -179,6 +191,20 @@ fn normalize(mut p: Parsed<'_>) -> Parsed<'_> {
 mod tests {
     use super::*;
     use crate::corpus;
+
+    #[test]
+    fn every_rule_compiles_and_uses_ascii_classes() {
+        for rule in RULES.iter() {
+            rule.re();
+            // Unicode `\d` and `\w` made each rule's automata megabytes
+            // (the agent's RSS, docs/benchmarks.md): digits, ports and host
+            // names in auth.log are ASCII.
+            for class in [r"\d", r"\w"] {
+                assert!(!rule.pattern.contains(class), "{}: {class}", rule.pattern);
+            }
+        }
+        assert_eq!(ANY_RULE.len(), RULES.len());
+    }
 
     const READ: i64 = 1_763_856_000_000;
 
