@@ -154,6 +154,9 @@ pub async fn run(
     )
     .await
     .context("starting the rollout driver")?;
+    let ingester = Arc::new(
+        crate::ingest::Ingester::start(sinks.clone()).context("starting the ingest thread")?,
+    );
     let state = Arc::new(State {
         audit: Audit::new(store.clone()),
         store: store.clone(),
@@ -167,6 +170,7 @@ pub async fn run(
         cfg,
         fleet: sinks.fleet,
         feed: sinks.feed,
+        ingester,
         counters: sinks.counters,
         gate: Default::default(),
         shutdown: shutdown.clone(),

@@ -207,20 +207,34 @@ impl Feed {
     /// Gives `r`'s events and lines their ids, stores the batch with the
     /// agent's new acked number, and publishes it (decoded only when
     /// someone follows).
-    pub fn store(&self, host: &str, mut r: Records<'_>, acked: u64) -> Result<(), StoreError> {
+    pub fn store(&self, host: &str, r: Records<'_>, acked: u64) -> Result<(), StoreError> {
+        self.store_many(&mut [(host, r, acked)])
+    }
+
+    /// [`Feed::store`] of several hosts' batches, in one store write.
+    pub fn store_many(&self, batches: &mut [(&str, Records<'_>, u64)]) -> Result<(), StoreError> {
         let store = &self.store;
         let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
-        let ids = store.ingest_ids(r.events.len() + r.logs.len())?;
-        let mut ids = ids.into_iter();
-        for w in r.events.iter_mut().chain(r.logs.iter_mut()) {
-            w.id = ids.next().unwrap_or_default();
+        let n = batches
+            .iter()
+            .map(|(_, r, _)| r.events.len() + r.logs.len())
+            .sum();
+        let mut ids = store.ingest_ids(n)?.into_iter();
+        for (_, r, _) in batches.iter_mut() {
+            for w in r.events.iter_mut().chain(r.logs.iter_mut()) {
+                w.id = ids.next().unwrap_or_default();
+            }
         }
-        store.put_records(host, &r, acked)?;
-        self.events.publish(host, &r.events);
-        self.logs.publish(host, &r.logs);
-        let max = r.events.iter().chain(&r.logs).map(|w| w.id).max();
-        if let Some(max) = max {
-            self.last_id.fetch_max(max, Ordering::Release);
+        let refs: Vec<(&str, &Records<'_>, u64)> =
+            batches.iter().map(|(h, r, a)| (*h, r, *a)).collect();
+        store.put_records_many(&refs)?;
+        for (host, r, _) in batches.iter() {
+            self.events.publish(host, &r.events);
+            self.logs.publish(host, &r.logs);
+            let max = r.events.iter().chain(&r.logs).map(|w| w.id).max();
+            if let Some(max) = max {
+                self.last_id.fetch_max(max, Ordering::Release);
+            }
         }
         Ok(())
     }

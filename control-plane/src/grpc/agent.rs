@@ -328,27 +328,19 @@ impl Storing {
     }
 }
 
-/// At most about this many records are stored in one go.
-const GROUP_RECORDS: usize = 16_384;
-
-/// Stores `agent`'s batches in order. Durability runs beside it: a flusher
-/// flushes whatever has been stored and acks up to there, while the next
-/// batch is written (group commit). A batch the store refuses (a full
-/// disk) is held and stored again once the store is writable. Returns the
-/// status that should end the session, if storing failed.
+/// Stores `agent`'s batches in order, through the ingest thread
+/// (`ingest::Ingester`, which stores many sessions' batches as one
+/// write). Durability runs beside it: a flusher flushes whatever has been
+/// stored and acks up to there, while the next batch is written (group
+/// commit). A batch the store refuses (a full disk) is held and stored
+/// again once the store is writable. Returns the status that should end
+/// the session, if storing failed.
 async fn store_batches(
     s: Storing,
     mut acked: u64,
     mut queue: mpsc::Receiver<v1::RecordBatch>,
 ) -> Option<Status> {
     let state = s.state.clone();
-    let sinks = crate::ingest::Sinks {
-        sample_ahead_ms: picket_model::millis(state.cfg.limits.sample_ahead),
-        feed: state.feed.clone(),
-        fleet: state.fleet.clone(),
-        counters: state.counters.clone(),
-        alerts: state.alerts.tap.clone(),
-    };
     let s = Arc::new(s);
     let (stored, to_flush) = watch::channel(acked);
     let mut flusher = state.tasks.spawn(flush_and_ack(s.clone(), to_flush));
@@ -356,7 +348,7 @@ async fn store_batches(
     'batches: while let Some(mut batch) = queue.recv().await {
         // Batches that queued up while the last one was written are
         // stored with this one.
-        while batch.records.len() < GROUP_RECORDS {
+        while batch.records.len() < crate::ingest::GROUP_RECORDS {
             match queue.try_recv() {
                 Ok(more) => batch.records.extend(more.records),
                 Err(_) => break,
@@ -364,25 +356,20 @@ async fn store_batches(
         }
         let batch = Arc::new(batch);
         loop {
-            let (to, name, b) = (sinks.clone(), s.agent.clone(), batch.clone());
-            let r =
-                tokio::task::spawn_blocking(move || crate::ingest::apply(&to, &name, acked, &b))
-                    .await;
-            match r {
-                Ok(Ok(new_acked)) => {
+            match state.ingester.apply(&s.agent, acked, batch.clone()).await {
+                Ok(new_acked) => {
                     acked = new_acked;
                     stored.send_replace(acked);
                     break;
                 }
-                Ok(Err(crate::ingest::IngestError::Store(e))) => match s.wait(e).await {
+                Err(crate::ingest::IngestError::Store(e)) => match s.wait(e).await {
                     Ok(()) => continue,
                     Err(status) => {
                         end = status;
                         break 'batches;
                     }
                 },
-                Ok(Err(e)) => return Some(Status::invalid_argument(e.to_string())),
-                Err(e) => return Some(internal(e)),
+                Err(e) => return Some(Status::invalid_argument(e.to_string())),
             }
         }
         if flusher.is_finished() {

@@ -33,6 +33,8 @@ pub struct State {
     pub fleet: Arc<Fleet>,
     /// Stored events and log lines, live, for followers.
     pub feed: Arc<crate::feed::Feed>,
+    /// The thread that stores every session's batches.
+    pub ingester: Arc<crate::ingest::Ingester>,
     pub counters: Arc<Counters>,
     /// Connections without a client certificate, and what was refused.
     pub gate: Arc<super::accept::Gate>,

@@ -5,6 +5,9 @@
 //! atomic batch with the new acked number; the session acks them on the
 //! wire once a flush has made them durable (`grpc::agent`).
 
+mod worker;
+pub use worker::{GROUP_RECORDS, Ingester};
+
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
@@ -80,6 +83,33 @@ fn store_batch(
     batch: &v1::RecordBatch,
     origin: Origin,
 ) -> Result<u64, IngestError> {
+    let mut p = prepare(to, agent, acked, batch, origin)?;
+    if p.last != acked {
+        to.feed.store(agent, std::mem::take(&mut p.out), p.last)?;
+    }
+    Ok(finish(to, agent, acked, p))
+}
+
+/// A batch decoded and checked, ready to store: its records, the new
+/// acked number, and what is counted and told once it is stored.
+struct Prepared<'a> {
+    out: Records<'a>,
+    last: u64,
+    newest: Option<Sample>,
+    tap: Option<crate::alert::tap::Collector>,
+    repeats: u64,
+    rejected: u64,
+    clamped: u64,
+    first_error: Option<(u64, FrameError)>,
+}
+
+fn prepare<'a>(
+    to: &Sinks,
+    agent: &str,
+    acked: u64,
+    batch: &'a v1::RecordBatch,
+    origin: Origin,
+) -> Result<Prepared<'a>, IngestError> {
     let mut out = Records::default();
     let received = now_ms();
     let mut last = acked;
@@ -150,27 +180,41 @@ fn store_batch(
             first_error.get_or_insert((r.seq, e));
         }
     }
+    let newest = out.samples.iter().max_by_key(|s| s.time_ms).cloned();
+    Ok(Prepared {
+        out,
+        last,
+        newest,
+        tap,
+        repeats,
+        rejected,
+        clamped,
+        first_error,
+    })
+}
+
+/// After a prepared batch is stored: the host's newest sample, the alert
+/// tap, the counters. Returns the new acked number.
+fn finish(to: &Sinks, agent: &str, acked: u64, p: Prepared<'_>) -> u64 {
     // Counted once stored: a batch the store refused is applied again.
-    if last != acked {
-        let newest = out.samples.iter().max_by_key(|s| s.time_ms).cloned();
-        to.feed.store(agent, out, last)?;
-        if let Some(newest) = newest {
+    if p.last != acked {
+        if let Some(newest) = p.newest {
             to.fleet.set_latest(agent, newest);
         }
-        if let Some(c) = tap {
+        if let Some(c) = p.tap {
             to.alerts.send_blocking(c);
         }
     }
     let counters = &to.counters;
-    counters.duplicates.fetch_add(repeats, Ordering::Relaxed);
+    counters.duplicates.fetch_add(p.repeats, Ordering::Relaxed);
     counters
         .samples_clamped
-        .fetch_add(clamped, Ordering::Relaxed);
-    if let Some((seq, error)) = first_error {
-        counters.rejected.fetch_add(rejected, Ordering::Relaxed);
-        tracing::warn!(%agent, seq, %error, rejected, "skipped records that do not decode");
+        .fetch_add(p.clamped, Ordering::Relaxed);
+    if let Some((seq, error)) = p.first_error {
+        counters.rejected.fetch_add(p.rejected, Ordering::Relaxed);
+        tracing::warn!(%agent, seq, %error, rejected = p.rejected, "skipped records that do not decode");
     }
-    Ok(last)
+    p.last
 }
 
 /// Stores an event the control plane raises itself (a finished rollout)
@@ -222,7 +266,7 @@ mod tests {
     use super::*;
     use picket_store::Store;
 
-    fn sinks(store: &Store) -> Sinks {
+    pub(super) fn sinks(store: &Store) -> Sinks {
         Sinks {
             sample_ahead_ms: 300_000,
             feed: Arc::new(
