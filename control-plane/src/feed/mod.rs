@@ -211,6 +211,13 @@ impl Feed {
         self.store_many(&mut [(host, r, acked)])
     }
 
+    /// Flushes the store (see `ingest::worker`: the group just stored is
+    /// made durable before its sessions ask, so their grouped flushes
+    /// find little left to write).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush()
+    }
+
     /// [`Feed::store`] of several hosts' batches, in one store write.
     pub fn store_many(&self, batches: &mut [(&str, Records<'_>, u64)]) -> Result<(), StoreError> {
         let store = &self.store;

@@ -5,7 +5,10 @@
 //! batch (a thread woken and parked per batch, and the engine writing and
 //! syncing each batch it is given at once). The sessions keep their own
 //! order (each waits for its answer before the next batch) and their own
-//! flush-then-ack (`grpc::agent`).
+//! flush-then-ack (`grpc::agent`); the thread flushes each group it
+//! stored before it answers, so that those flushes find little to write
+//! and the groups grow under load (one engine write and one flush for
+//! many sessions).
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -121,6 +124,13 @@ fn store_group(to: &Sinks, jobs: Vec<Job>) {
     drop(batches);
     match stored {
         Ok(()) => {
+            // Durable now, in this thread, while the next group queues:
+            // each session's own grouped flush (its ack waits on that)
+            // then finds nothing or little to write. A failure here is
+            // that flush's to meet and handle, as before.
+            if let Err(error) = to.feed.flush() {
+                tracing::debug!(%error, "ingest: flush after a group failed");
+            }
             for (i, ((agent, acked, _), p)) in heads.iter().zip(ready).enumerate() {
                 if let Some(p) = p {
                     answer(i, Ok(finish(to, agent, *acked, p)));
