@@ -155,7 +155,7 @@ def main():
         for label, rules in (("none", None), ("20 rules, none matching", NONE_MATCH), ("20 rules, 2 matching every line", TWO_MATCH)):
             rates, cpus = [], []
             for _ in range(a.runs):
-                rate, _dt, (_agent_cpu, cp_cpu), _mb = ev.throughput(kind, a.lines, rules)
+                rate, _dt, (_agent_cpu, cp_cpu), _mb, _anchor = ev.throughput(kind, a.lines, rules)
                 rates.append(rate)
                 cpus.append(cp_cpu)
             print(f"| {kind} | {label} | {' · '.join(f'{r:,.0f}' for r in rates)} | {min(cpus):.2f}–{max(cpus):.2f} |", flush=True)

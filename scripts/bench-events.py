@@ -2,6 +2,9 @@
 """Event pipeline benchmark: lines per second from append to acknowledged in
 the control plane's store, for each parser, and latency from append to
 visible in `picketctl logs -f` (p50/p99) at a steady 1,000 lines/s.
+Beside each parser's row, the anchor measured in the same run: socat
+copying the same bytes over loopback TCP into /dev/null (installed if
+missing), and Picket's rate as a fraction of it.
 
     scripts/bench-events.py [--lines 200000] [--rate 1000] [--seconds 20]
 
@@ -50,6 +53,23 @@ def build():
     if not os.environ.get("BENCH_NO_BUILD"):
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent",
                         "-p", "picketctl"], cwd=ROOT, check=True)
+
+
+def free_port():
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def node_exporter():
+    """Prometheus' node_exporter (Debian prometheus-node-exporter), the
+    anchor the agent's footprint is measured beside; installed if missing."""
+    path = shutil.which("prometheus-node-exporter")
+    if not path:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "prometheus-node-exporter"], check=True)
+        path = shutil.which("prometheus-node-exporter")
+    return path
 
 
 def commit():
@@ -174,9 +194,28 @@ def throughput(kind, n, alerts=None):
         for p in perf:
             p.send_signal(2)
             p.wait()
-        return n / dt, dt, cpu, mb
+        anchor = socat_copy("".join(chunks).encode(), f.tmp)
+        return n / dt, dt, cpu, mb, n / anchor
     finally:
         f.close()
+
+
+def socat_copy(data, tmp):
+    """The anchor beside ingest, in the same run: seconds for socat to copy
+    the same bytes over loopback TCP into /dev/null (no TLS, no parsing,
+    no disk)."""
+    if not shutil.which("socat"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "socat"], check=True)
+    path = os.path.join(tmp, "anchor.bytes")
+    with open(path, "wb") as out:
+        out.write(data)
+    port = free_port()
+    sink = subprocess.Popen(["socat", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "OPEN:/dev/null"])
+    time.sleep(0.2)
+    t0 = time.time()
+    subprocess.run(["socat", "-u", f"FILE:{path}", f"TCP:127.0.0.1:{port}"], check=True)
+    sink.wait(timeout=60)
+    return time.time() - t0
 
 
 def latency(rate, seconds):
@@ -223,11 +262,12 @@ def main():
     ap.add_argument("--no-latency", action="store_true")
     a = ap.parse_args()
     build()
-    print(f"| parser | lines | seconds | lines/s (append → acked in store) | agent CPU s | control plane CPU s | agent MB written | control plane MB written |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| parser | lines | seconds | lines/s (append → acked in store) | agent CPU s | control plane CPU s | agent MB written | control plane MB written | socat loopback copy, lines/s | picket ÷ socat |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for kind in a.parsers.split(","):
-        rate, dt, (agent_cpu, cp_cpu), (agent_mb, cp_mb) = throughput(kind, a.lines)
-        print(f"| {kind} | {a.lines} | {dt:.2f} | {rate:,.0f} | {agent_cpu:.2f} | {cp_cpu:.2f} | {agent_mb:,.0f} | {cp_mb:,.0f} |", flush=True)
+        rate, dt, (agent_cpu, cp_cpu), (agent_mb, cp_mb), anchor = throughput(kind, a.lines)
+        print(f"| {kind} | {a.lines} | {dt:.2f} | {rate:,.0f} | {agent_cpu:.2f} | {cp_cpu:.2f} | {agent_mb:,.0f} | {cp_mb:,.0f} | "
+              f"{anchor:,.0f} | {rate / anchor:.3f}× |", flush=True)
     if a.no_latency:
         return
     n, p50, p99, mx = latency(a.rate, a.seconds)

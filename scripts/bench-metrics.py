@@ -9,19 +9,14 @@ Builds release binaries, starts a real control plane and an enrolled agent
 in a temp folder, and prints a Markdown table (see docs/benchmarks.md).
 Needs the Debian package prometheus-node-exporter (installed if missing).
 """
-import argparse, os, re, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, importlib.util, os, re, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
+spec = importlib.util.spec_from_file_location("bench_events", os.path.join(ROOT, "scripts", "bench-events.py"))
+ev = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ev)
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def cpu_ticks(pid):
@@ -59,10 +54,7 @@ def main():
     ap.add_argument("--intervals", default="1,10")
     a = ap.parse_args()
 
-    node_exporter = shutil.which("prometheus-node-exporter")
-    if not node_exporter:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "prometheus-node-exporter"], check=True)
-        node_exporter = shutil.which("prometheus-node-exporter")
+    node_exporter = ev.node_exporter()
     if not os.environ.get("BENCH_NO_BUILD"): subprocess.run(["cargo", "build", "--release", "-q", "-p", "picket-control", "-p", "picket-agent", "-p", "picketctl"],
                    cwd=ROOT, check=True)
 
@@ -84,7 +76,7 @@ def main():
         open(f"{tmp}/agent/agent.toml", "w").write(cfg)
         agent = subprocess.Popen([f"{REL}/picket-agent", "run", "--config", f"{tmp}/agent/agent.toml"], env=env,
                                  stderr=subprocess.DEVNULL)
-        ne_port = free_port()
+        ne_port = ev.free_port()
         ne = subprocess.Popen([node_exporter, f"--web.listen-address=127.0.0.1:{ne_port}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(5)  # warm-up: first samples, first scrape

@@ -27,9 +27,8 @@ use picket_store::records::{EventRecord, Kind, LogRecord, Read, Records, Wire};
 use picket_store::{Store, StoreError};
 
 mod backlog;
-mod filter;
 use backlog::read;
-pub use filter::{EventFilter, Filter, Grep, LogFilter, Stored};
+pub use picket_store::records::filter::{EventFilter, Filter, Grep, LogFilter, Stored};
 
 /// How many bytes of records may wait for one follower, by default, before
 /// it catches up from the store instead (about 30,000 Suricata lines).

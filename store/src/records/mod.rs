@@ -56,6 +56,7 @@ use super::META;
 const RECEIVED_INDEXED: &[u8] = b"records.received_index";
 
 mod by_id;
+pub mod filter;
 mod latest;
 mod read;
 mod retention;

@@ -1,10 +1,12 @@
-//! What a query of the feed wants ([`EventFilter`], [`LogFilter`]) and
-//! what the feed carries ([`Stored`]): pure, no store, no queue.
+//! What a query of records wants ([`EventFilter`], [`LogFilter`]) and
+//! what a live feed of them carries ([`Stored`]): pure, no store, no
+//! queue. The control plane's feed (backlog and live) applies them; the
+//! store's reads take their [`Needles`].
 
 use picket_model::Severity;
 use regex::Regex;
 
-use picket_store::records::{EventRecord, LogRecord, Needles, Timed};
+use super::{EventRecord, LogRecord, Needles, Timed};
 
 /// A `--grep` pattern, with the literals one of which starts every match:
 /// the store skips blocks and records without any ([`Needles`]).
