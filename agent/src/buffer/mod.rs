@@ -268,13 +268,12 @@ impl Buffer {
         };
         let config = sled::Config::new()
             .path(&path)
-            // A small page cache: sled holds only the index and counters.
-            .cache_capacity(1024 * 1024)
-            // No background flusher: `flush` is called when records must be
-            // durable (before they are sent, and once a second while there
-            // is something new) and on shutdown, so an idle agent does not
-            // wake sled up. Records and read positions share a batch, so an
-            // unflushed tail lost in a crash is re-read, never skipped.
+            // A small page cache: sled holds only the index (an entry per
+            // ~64 KiB chunk), counters, read positions and the step ledger.
+            .cache_capacity(256 * 1024)
+            // No background flusher: sled is the checkpoint, flushed once a
+            // second while something changed and at close ([`journal`]), so
+            // an idle agent does not wake sled up.
             .flush_every_ms(None);
         let db = segment::open_index(|| config.open()).map_err(|e| open_err(&e))?;
         let tree = db.open_tree("buffer")?;
