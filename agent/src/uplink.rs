@@ -399,20 +399,9 @@ async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<Out
             let _ = tokio::time::timeout(Duration::from_secs(30), buffer.wait_added()).await;
             continue;
         }
+        // Every record `after` gives is on disk already (see
+        // `Buffer::durable_seq`).
         let last = batch.last_seq;
-        // Never send what is not on disk yet (see `Buffer::durable_seq`).
-        if last > buffer.durable_seq() {
-            let b = buffer.clone();
-            match tokio::task::spawn_blocking(move || b.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::error!(%error, "cannot flush the buffer");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Err(_) => return,
-            }
-        }
         if tx.send(Outbound::Records(batch)).await.is_err() {
             return;
         }

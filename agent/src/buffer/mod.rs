@@ -33,7 +33,7 @@
 //! never dropped (the buffer refuses new records instead, and the producer
 //! waits). Every drop is counted. No networking here.
 
-use std::collections::{BTreeMap, btree_map};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +44,7 @@ use picket_proto::frame::{self, EncodedBatch, FrameError};
 mod chunk;
 mod journal;
 mod room;
+mod state;
 pub use chunk::Encoded;
 use chunk::{
     CHUNK_BYTES, DAMAGED, DROPPED, HEADER, Meta, NEXT_SEQ, chunk_records, encode_chunk, index_key,
@@ -51,7 +52,8 @@ use chunk::{
 };
 use picket_proto::v1::record::Payload;
 use picket_segment::{self as segment, SegmentError};
-use segment::{Appended, Writer};
+use segment::Writer;
+use state::{Seg, State};
 use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
@@ -116,128 +118,6 @@ impl Kind {
     }
 }
 
-struct State {
-    next_seq: u64,
-    /// Every chunk held, by first seq.
-    chunks: BTreeMap<u64, Meta>,
-    /// Bytes of chunks held (chunks and their index entries).
-    bytes: u64,
-    dropped: [u64; 3],
-    /// Records lost with chunks found damaged on disk ([`Buffer::discard`]).
-    damaged: u64,
-    /// The highest seq acked: chunks at or below it are being deleted.
-    acked: u64,
-    /// Segments that hold indexed chunks, or that appends go to.
-    segs: BTreeMap<u64, Seg>,
-    /// The segment appends go to: kept even while no chunk is in it.
-    current: Option<u64>,
-    /// Segments nothing is in any more, deleted once the checkpoint that
-    /// forgets their chunks is on disk ([`Buffer::flush`]): deleted
-    /// earlier, a crash would bring back index entries into files gone.
-    doomed: Vec<u64>,
-    /// Sled writes for the next checkpoint, by key (`None`: a removal),
-    /// applied there as one batch: no write on the way of a push or an ack
-    /// touches sled (an applied batch is written and synced by sled at
-    /// once, milliseconds on the path to sending).
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-struct Seg {
-    file: Arc<File>,
-    /// Indexed chunks in it.
-    chunks: usize,
-}
-
-impl State {
-    /// Makes a chunk visible. (Its segment was pinned when it was
-    /// written: see [`State::appended`].)
-    /// A chunk held under the same first seq before (a push redone at open
-    /// after a failed fsync) is let go.
-    fn hold(&mut self, first: u64, meta: Meta) {
-        self.bytes += meta.size;
-        if let Some(old) = self.chunks.insert(first, meta) {
-            self.bytes = self.bytes.saturating_sub(old.size);
-            self.unpin(old.loc.seg);
-        }
-    }
-
-    /// Queues a sled write for the next checkpoint.
-    fn put(&mut self, key: &[u8], value: &[u8]) {
-        self.pending.insert(key.to_vec(), Some(value.to_vec()));
-    }
-
-    /// Queues a sled removal for the next checkpoint.
-    fn del(&mut self, key: &[u8]) {
-        self.pending.insert(key.to_vec(), None);
-    }
-
-    /// Forgets a chunk; dooms its segment once nothing is in it.
-    fn release(&mut self, first: u64) {
-        let Some(meta) = self.chunks.remove(&first) else {
-            return;
-        };
-        self.bytes = self.bytes.saturating_sub(meta.size);
-        self.unpin(meta.loc.seg);
-    }
-
-    /// One chunk fewer in segment `id`: doomed once none is left, unless
-    /// appends still go to it.
-    fn unpin(&mut self, id: u64) {
-        if let Some(s) = self.segs.get_mut(&id) {
-            s.chunks = s.chunks.saturating_sub(1);
-            if s.chunks == 0 && self.current != Some(id) {
-                self.segs.remove(&id);
-                self.doomed.push(id);
-            }
-        }
-    }
-
-    /// One chunk more in segment `id`, opened for reading if it is new
-    /// here (at open).
-    fn pin(&mut self, dir: &Path, id: u64) -> Result<(), SegmentError> {
-        if let btree_map::Entry::Vacant(slot) = self.segs.entry(id) {
-            let file = segment::open_read(dir, id)?;
-            slot.insert(Seg { file, chunks: 0 });
-        }
-        if let Some(s) = self.segs.get_mut(&id) {
-            s.chunks += 1;
-        }
-        Ok(())
-    }
-
-    /// Counts a chunk just written into its segment, registering the
-    /// segment if the append started it. The count is taken at the write,
-    /// not when the chunk is held, so that a segment closed by the same
-    /// push is not deleted under the chunks it is about to index.
-    fn appended(&mut self, at: &Appended) {
-        self.written(at);
-        if let Some(s) = self.segs.get_mut(&at.loc.seg) {
-            s.chunks += 1;
-        }
-    }
-
-    /// Registers the segment a piece that is not a chunk (a commit
-    /// record) started, if it started one.
-    fn written(&mut self, at: &Appended) {
-        if let Some(file) = &at.started {
-            let old = self.current.replace(at.loc.seg);
-            self.segs.insert(
-                at.loc.seg,
-                Seg {
-                    file: file.clone(),
-                    chunks: 0,
-                },
-            );
-            if let Some(old) = old
-                && self.segs.get(&old).is_some_and(|s| s.chunks == 0)
-            {
-                self.segs.remove(&old);
-                self.doomed.push(old);
-            }
-        }
-    }
-}
-
 pub struct Buffer {
     db: sled::Db,
     tree: sled::Tree,
@@ -250,8 +130,6 @@ pub struct Buffer {
     cap_bytes: u64,
     /// Woken whenever records are added.
     added: Notify,
-    /// Every record up to this sequence number is on disk (fsynced).
-    durable: AtomicU64,
     /// `State::next_seq`, readable without the state lock, which a full
     /// buffer's `make_room` holds across an fsync: async code reads this.
     next: AtomicU64,
@@ -334,7 +212,6 @@ impl Buffer {
             tree,
             dir: seg_dir,
             // What a fresh open finds was on disk.
-            durable: AtomicU64::new(state.next_seq - 1),
             next: AtomicU64::new(state.next_seq),
             state: Mutex::new(state),
             writer: Mutex::new(writer),
@@ -423,7 +300,6 @@ impl Buffer {
         st.put(journal::SCAN, &journal::scan_value(at.seg, end));
         st.next_seq = next;
         self.next.store(next, Ordering::Release);
-        self.durable.fetch_max(next - 1, Ordering::AcqRel);
         self.dirty.store(true, Ordering::Release);
         drop(st);
         drop(w);
@@ -618,10 +494,11 @@ impl Buffer {
     /// Records up to this sequence number are on disk. Only those may be
     /// sent: a record sent before it is durable could be lost in a crash
     /// and its sequence number reused for other lines after the restart,
-    /// which the control plane would then skip as a repeat. Every push is
-    /// durable when it returns, so this follows [`Buffer::next_seq`].
+    /// which the control plane would then skip as a repeat. A push makes
+    /// its chunks readable only once fsynced with their commit record, so
+    /// every record the buffer holds (all `after` gives) is durable.
     pub fn durable_seq(&self) -> u64 {
-        self.durable.load(Ordering::Acquire)
+        self.next_seq().saturating_sub(1)
     }
 }
 

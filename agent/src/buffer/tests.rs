@@ -504,6 +504,16 @@ fn crash_back_to(dir: &Path, copy: &Path) {
     copy_dir(copy, &dir.join("buffer"));
 }
 
+/// A buffer holding one pushed line (seq 1, "src" read to "after a"),
+/// checkpointed, and a copy of that checkpoint.
+fn checkpointed(dir: &Path) -> (Buffer, tempfile::TempDir) {
+    let b = Buffer::open(dir, 1 << 30).unwrap();
+    b.push(&[log("a1")], Some(("src", b"after a"))).unwrap();
+    b.flush().unwrap();
+    let copy = checkpoint_copy(dir);
+    (b, copy)
+}
+
 /// The last segment file's path.
 fn last_segment(dir: &Path) -> PathBuf {
     let names = segment_files(dir);
@@ -514,10 +524,7 @@ fn last_segment(dir: &Path) -> PathBuf {
 fn pushes_after_the_checkpoint_come_back_after_a_crash_with_their_positions() {
     let dir = tempfile::tempdir().unwrap();
     let copy = {
-        let b = Buffer::open(dir.path(), 1 << 30).unwrap();
-        b.push(&[log("a1")], Some(("src", b"after a"))).unwrap();
-        b.flush().unwrap();
-        let copy = checkpoint_copy(dir.path());
+        let (b, copy) = checkpointed(dir.path());
         // Two sources in one push, a push of metrics, and a push big
         // enough for several chunks, after the checkpoint.
         let one = Encoded::new(&[log("b1"), log("b2")]);
@@ -543,8 +550,7 @@ fn pushes_after_the_checkpoint_come_back_after_a_crash_with_their_positions() {
         46..47,
         "no seq reused"
     );
-    // Recovered once: a second crash back to the same checkpoint finds the
-    // same, and acks still trim.
+    // What was recovered is held like any push: acks trim it.
     b.ack(45).unwrap();
     assert_eq!(seqs(&read(&b, 0, 100, usize::MAX).unwrap()), vec![46]);
 }
@@ -554,10 +560,7 @@ fn a_push_a_crash_tore_is_undone_with_its_read_position() {
     for tear in ["cut", "chunk damaged"] {
         let dir = tempfile::tempdir().unwrap();
         let copy = {
-            let b = Buffer::open(dir.path(), 1 << 30).unwrap();
-            b.push(&[log("a1")], Some(("src", b"after a"))).unwrap();
-            b.flush().unwrap();
-            let copy = checkpoint_copy(dir.path());
+            let (b, copy) = checkpointed(dir.path());
             b.push(&[log("b1")], Some(("src", b"after b"))).unwrap();
             b.push(&[log(&noise(500))], Some(("src", b"after c")))
                 .unwrap();

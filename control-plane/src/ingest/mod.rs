@@ -49,24 +49,6 @@ pub struct Sinks {
     pub alerts: Arc<crate::alert::tap::Tap>,
 }
 
-/// Stores a batch for `agent` whose acked number is `acked`; returns the
-/// new acked number. Not yet durable: the caller flushes before it acks.
-///
-/// Events and log lines are stored as the agent encoded them, once
-/// checked (`scan`); a record that does not decode is skipped and counted
-/// (`rejected`), and its sequence number still acked, so that one bad
-/// record cannot stall the agent's stream.
-pub fn apply(
-    to: &Sinks,
-    agent: &str,
-    acked: u64,
-    batch: &v1::RecordBatch,
-) -> Result<u64, IngestError> {
-    store_batch(to, agent, acked, batch, Origin::Agent)
-}
-
-/// Who sent a batch: only the control plane itself may send events of
-/// its own source (a host cannot forge `rollout_failed`).
 #[derive(Clone, Copy, PartialEq)]
 enum Origin {
     Agent,
@@ -103,6 +85,12 @@ struct Prepared<'a> {
     first_error: Option<(u64, FrameError)>,
 }
 
+/// Decodes and checks `agent`'s batch (records above `acked`) for storing.
+///
+/// Events and log lines are stored as the agent encoded them, once
+/// checked (`scan`); a record that does not decode is skipped and counted
+/// (`rejected`), and its sequence number still acked, so that one bad
+/// record cannot stall the agent's stream.
 fn prepare<'a>(
     to: &Sinks,
     agent: &str,
@@ -276,6 +264,17 @@ mod tests {
             counters: Default::default(),
             alerts: crate::alert::tap::Tap::detached(),
         }
+    }
+
+    /// An agent's batch stored as a session stores it (the ingest thread
+    /// does the same, many at a time: `worker`).
+    fn apply(
+        to: &Sinks,
+        agent: &str,
+        acked: u64,
+        batch: &v1::RecordBatch,
+    ) -> Result<u64, IngestError> {
+        store_batch(to, agent, acked, batch, Origin::Agent)
     }
 
     fn record(seq: u64, p: Payload) -> v1::Record {

@@ -277,22 +277,17 @@ impl Store {
         }
         let bytes = batches.iter().map(|(_, r, _)| r.bytes()).sum();
         self.health.check_space(bytes)?;
-        let mut ops = Vec::new();
-        let mut written = Ok(());
-        for (host, r, acked) in batches {
-            let mut host_ops = Vec::with_capacity(r.samples.len() + 5);
-            sample_ops(host, &r.samples, &mut host_ops);
-            let events = blocks(&r.events);
-            let logs = blocks(&r.logs);
-            written = self
-                .block_ops(EVENTS_TABLES, host, events, &mut host_ops)
-                .and_then(|()| self.block_ops(LOGS_TABLES, host, logs, &mut host_ops));
-            if written.is_err() {
-                break;
-            }
-            ops.extend(acked_op(host, *acked, host_ops));
-        }
-        let written = written.and_then(|()| self.kv.apply(&ops));
+        let ops = batches
+            .iter()
+            .try_fold(Vec::new(), |mut ops, (host, r, acked)| {
+                let mut host_ops = Vec::with_capacity(r.samples.len() + 5);
+                sample_ops(host, &r.samples, &mut host_ops);
+                self.block_ops(EVENTS_TABLES, host, blocks(&r.events), &mut host_ops)?;
+                self.block_ops(LOGS_TABLES, host, blocks(&r.logs), &mut host_ops)?;
+                ops.extend(acked_op(host, *acked, host_ops));
+                Ok(ops)
+            });
+        let written = ops.and_then(|ops| self.kv.apply(&ops));
         if let Err(e) = &written {
             self.health.failed_batch(e, bytes);
         }
