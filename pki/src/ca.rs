@@ -113,7 +113,9 @@ pub(super) fn is_dns_name(n: &str) -> bool {
 pub(super) fn random_serial() -> SerialNumber {
     let mut b = [0u8; 16];
     rand::rng().fill_bytes(&mut b);
-    b[0] &= 0x7f; // positive
+    // Positive, and no leading zero byte: DER drops it, so the serial read
+    // back from the certificate would differ from the one issued (1 in 256).
+    b[0] = (b[0] & 0x7f).max(1);
     SerialNumber::from_slice(&b)
 }
 

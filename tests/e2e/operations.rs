@@ -181,7 +181,13 @@ fn a_revoked_user_is_cut_off_and_a_forgotten_agent_enrolls_again() -> Result<()>
     assert!(follow.child_alive(), "the follow runs: {}", follow.stderr());
     let out = ctl_json(&w, &admin, &["user", "revoke", "alice"])?;
     assert_eq!(out[0]["name"], "alice");
-    assert_eq!(out[0]["streams_cut"], 1);
+    assert_eq!(
+        out[0]["streams_cut"],
+        1,
+        "follow: {}\ncontrol plane: {}",
+        follow.stderr(),
+        cp.proc.stderr()
+    );
     let status = follow.wait_exit(Duration::from_secs(10))?;
     assert!(!status.success());
     wait_for("the follow to say why", Duration::from_secs(5), || {

@@ -36,14 +36,13 @@ impl UserStreams {
         let Caller::User { name, .. } = caller else {
             return s;
         };
-        let cut = self
-            .users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.clone())
-            .or_default()
-            .clone();
-        cut.open.fetch_add(1, Ordering::Relaxed);
+        // Counted under the lock, so that `cut` sees every stream it ends.
+        let cut = {
+            let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+            let cut = users.entry(name.clone()).or_default();
+            cut.open.fetch_add(1, Ordering::SeqCst);
+            cut.clone()
+        };
         Box::pin(Guarded {
             inner: s,
             cancelled: Box::pin(cut.token.cancelled_owned()),
@@ -61,8 +60,11 @@ impl UserStreams {
             .unwrap_or_else(|p| p.into_inner())
             .remove(user);
         cut.map_or(0, |c| {
+            // Counted before the cancel: a cancelled stream may end and be
+            // dropped on another worker thread before `cancel` returns.
+            let open = c.open.load(Ordering::SeqCst);
             c.token.cancel();
-            c.open.load(Ordering::Relaxed)
+            open
         })
     }
 }
@@ -77,7 +79,7 @@ struct Guarded<T> {
 
 impl<T> Drop for Guarded<T> {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
