@@ -48,7 +48,7 @@ pub enum EnrollError {
 }
 
 pub struct EnrollOptions {
-    pub server: String,
+    pub server: picket_config::Servers,
     pub token: String,
     pub ca_fingerprint: String,
     pub name: Option<String>,
@@ -78,12 +78,12 @@ pub async fn enroll(o: EnrollOptions) -> Result<Enrolled, EnrollError> {
 
     let kc = csr::new_key_and_csr(&name)?;
     let (tls, report) = client::pinned_config(pin);
-    let channel = match client::connect(&o.server, tls).await {
-        Ok(c) => c,
+    let channel = match client::connect_any(o.server.as_slice(), tls).await {
+        Ok((c, _)) => c,
         Err(e) => {
             return Err(match report.mismatch() {
                 Some(presented) => EnrollError::FingerprintMismatch {
-                    server: o.server.clone(),
+                    server: o.server.to_string(),
                     expected: o.ca_fingerprint.clone(),
                     presented,
                 },

@@ -24,9 +24,10 @@ struct Cli {
 enum Cmd {
     /// Enroll this host with a bootstrap token.
     Enroll {
-        /// The control plane, HOST:PORT.
+        /// The control plane, HOST:PORT; several comma-separated (a
+        /// cluster's replicas): agent.toml keeps them all.
         #[arg(long)]
-        server: String,
+        server: picket_config::Servers,
         /// Bootstrap token from `picketctl token create`.
         #[arg(long, env = "PICKET_TOKEN", hide_env_values = true)]
         token: String,

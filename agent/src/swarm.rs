@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use picket_config::Servers;
 use picket_proto::frame::{EncodedBatch, Outbound};
 use picket_proto::v1::{self, step_update};
 use tokio::sync::mpsc;
@@ -219,7 +220,7 @@ pub fn agent_dir(state_dir: &Path, i: usize) -> (String, PathBuf) {
 /// retrying what may pass later (the enrollment rate limit, a refused
 /// connection) with backoff; a refusal (a bad or used-up token) is final.
 pub async fn ensure_enrolled(
-    server: &str,
+    server: &Servers,
     token: &str,
     ca_fingerprint: &str,
     (name, dir): (&str, &Path),
@@ -234,7 +235,7 @@ pub async fn ensure_enrolled(
         // A try that failed half-way leaves a folder without a certificate.
         let _ = std::fs::remove_dir_all(dir);
         let o = EnrollOptions {
-            server: server.to_string(),
+            server: server.clone(),
             token: token.to_string(),
             ca_fingerprint: ca_fingerprint.to_string(),
             name: Some(name.to_string()),
@@ -259,7 +260,7 @@ pub async fn ensure_enrolled(
 
 /// Holds one simulated agent's stream until shutdown or a refusal.
 pub async fn run_one(
-    server: &str,
+    server: &Servers,
     name: String,
     dir: &Path,
     interval: Duration,

@@ -21,6 +21,7 @@ use tonic::Code;
 use crate::buffer::{Buffer, BufferError};
 use crate::exec::Executor;
 use crate::identity::Identity;
+use picket_config::Servers;
 use picket_config::agent::AgentConfig;
 
 /// Records per batch on the wire, and the bytes that end a batch early:
@@ -123,23 +124,26 @@ pub async fn run(
     run_host(&cfg.server, &cfg.name, &identity, &agent, &shutdown).await
 }
 
-/// Holds `host`'s stream to `server` as `name`: sessions one after another,
-/// with backoff between failures, until shutdown or a refusal.
+/// Holds `host`'s stream to one of `servers` as `name`: sessions one after
+/// another, until shutdown or a refusal; after a failure, another server
+/// ([`Retry`]). A session the server ends itself (`Aborted`) goes back to
+/// the same one at once.
 pub async fn run_host<H: Host>(
-    server: &str,
+    servers: &Servers,
     name: &str,
     identity: &Identity,
     host: &Arc<H>,
     shutdown: &CancellationToken,
 ) -> Result<(), UplinkError> {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let who = Who {
-        server,
-        name,
-        identity,
-    };
+    let mut retry = Retry::new(servers.len(), &mut rand::rng());
     loop {
-        let end = session(&who, host, shutdown, &mut backoff).await;
+        let server = servers.as_slice()[retry.at].as_str();
+        let who = Who {
+            server,
+            name,
+            identity,
+        };
+        let end = session(&who, host, shutdown, &mut retry).await;
         if let Ok(End::Failed(why)) = &end {
             host.session_state(Some(why));
         }
@@ -147,14 +151,72 @@ pub async fn run_host<H: Host>(
             End::Shutdown => return Ok(()),
             End::Reconnect => continue,
             End::Failed(why) => {
-                let delay = backoff.next_delay(&mut rand::rng());
-                tracing::warn!(server, error = %why, retry_in = ?delay, "control plane unreachable");
+                let delay = retry.failed(&mut rand::rng());
+                let next = servers.as_slice()[retry.at].as_str();
+                tracing::warn!(server, error = %why, retry_in = ?delay, next, "control plane unreachable");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
+    }
+}
+
+/// Which server to dial, and how long to wait first. The first is drawn
+/// at random; after a failure, one not tried since the last session began,
+/// at random, so that a dead replica's agents spread over the others, each
+/// after a short jittered wait. Once every server has failed, the wait is
+/// the backoff's (exponential, full jitter), growing with each such round.
+struct Retry {
+    n: usize,
+    at: usize,
+    untried: Vec<usize>,
+    backoff: Backoff,
+}
+
+/// The wait before trying the next server of a round: [0, this].
+const NEXT_SERVER_JITTER: Duration = Duration::from_millis(500);
+
+impl Retry {
+    fn new(n: usize, rng: &mut impl rand::Rng) -> Retry {
+        let n = n.max(1);
+        let mut r = Retry {
+            n,
+            at: rng.random_range(0..n),
+            untried: Vec::new(),
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+        };
+        r.untried = r.others();
+        r
+    }
+
+    fn others(&self) -> Vec<usize> {
+        (0..self.n).filter(|&i| i != self.at).collect()
+    }
+
+    /// A session began (Welcome came): the next failure starts a round.
+    fn connected(&mut self) {
+        self.backoff.reset();
+        self.untried = self.others();
+    }
+
+    /// The server at `at` failed: moves `at` on; the wait before dialling.
+    fn failed(&mut self, rng: &mut impl rand::Rng) -> Duration {
+        if !self.untried.is_empty() {
+            let i = rng.random_range(0..self.untried.len());
+            self.at = self.untried.swap_remove(i);
+            return NEXT_SERVER_JITTER.mul_f64(rng.random::<f64>());
+        }
+        // A whole round failed: the backoff's wait, then another round,
+        // from another server.
+        let delay = self.backoff.next_delay(rng);
+        let others = self.others();
+        if !others.is_empty() {
+            self.at = others[rng.random_range(0..others.len())];
+        }
+        self.untried = self.others();
+        delay
     }
 }
 
@@ -200,7 +262,7 @@ async fn session<H: Host>(
     who: &Who<'_>,
     host: &Arc<H>,
     shutdown: &CancellationToken,
-    backoff: &mut Backoff,
+    retry: &mut Retry,
 ) -> Result<End, UplinkError> {
     let Who {
         server,
@@ -236,7 +298,7 @@ async fn session<H: Host>(
         }
         Err(s) => return refused_or_failed(s),
     };
-    backoff.reset();
+    retry.connected();
     tracing::info!(server, name, acked, "connected");
     host.session_state(None);
     if let Err(e) = host.ack(acked).await {
@@ -411,7 +473,52 @@ async fn send_records(buffer: Arc<Buffer>, mut cursor: u64, tx: mpsc::Sender<Out
 
 #[cfg(test)]
 mod tests {
-    use super::clock_gap;
+    use super::{NEXT_SERVER_JITTER, Retry, clock_gap};
+    use rand::SeedableRng;
+    use std::time::Duration;
+
+    #[test]
+    fn after_a_failure_each_other_server_then_the_backoff() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        // One server: the backoff's wait every time, growing.
+        let mut one = Retry::new(1, &mut rng);
+        assert_eq!(one.at, 0);
+        let mut ceilings: Vec<Duration> = Vec::new();
+        for _ in 0..4 {
+            ceilings.push(one.backoff.ceiling());
+            one.failed(&mut rng);
+            assert_eq!(one.at, 0);
+        }
+        assert!(ceilings.windows(2).all(|w| w[0] < w[1]), "{ceilings:?}");
+        // Three: the two others each once, quickly, then a backoff wait.
+        let mut three = Retry::new(3, &mut rng);
+        let first = three.at;
+        let mut seen = vec![first];
+        for _ in 0..2 {
+            assert!(three.failed(&mut rng) <= NEXT_SERVER_JITTER);
+            assert!(!seen.contains(&three.at));
+            seen.push(three.at);
+        }
+        assert_eq!(three.backoff.attempts(), 0);
+        let last = three.at;
+        three.failed(&mut rng);
+        assert_eq!(three.backoff.attempts(), 1);
+        assert_ne!(three.at, last);
+        // A session resets the round and the backoff.
+        three.connected();
+        assert_eq!((three.untried.len(), three.backoff.attempts()), (2, 0));
+        // Agents whose server died spread over the others.
+        let mut went = [0u32; 3];
+        for _ in 0..3_000 {
+            let mut r = Retry::new(3, &mut rng);
+            r.at = 1;
+            r.untried = r.others();
+            r.failed(&mut rng);
+            went[r.at] += 1;
+        }
+        assert_eq!(went[1], 0);
+        assert!(went[0] > 1_300 && went[2] > 1_300, "{went:?}");
+    }
 
     #[test]
     fn a_slow_welcome_is_not_a_clock_ahead_but_a_clock_off_is() {

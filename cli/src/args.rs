@@ -8,9 +8,10 @@ use picket_model::{Role, parse_label};
 #[derive(Parser)]
 #[command(name = "picketctl", version = env!("PICKET_VERSION"), about = "Picket admin CLI")]
 pub struct Cli {
-    /// Control plane address, HOST:PORT.
+    /// Control plane address, HOST:PORT; several comma-separated (a
+    /// cluster's replicas): one that answers is used.
     #[arg(long, global = true, env = "PICKET_SERVER")]
-    pub server: Option<String>,
+    pub server: Option<picket_config::Servers>,
     /// CA certificate (PEM) to trust.
     #[arg(long, global = true, env = "PICKET_CA")]
     pub ca: Option<PathBuf>,

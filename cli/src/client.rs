@@ -31,7 +31,7 @@ pub async fn connect(s: &Settings) -> anyhow::Result<Admin> {
         return Err(BadConfig(anyhow!("client certificate {} {why}", s.cert.display())).into());
     }
     let cfg = client::mtls_config(&ca, certs, key).map_err(|e| BadConfig(e.into()))?;
-    let channel = client::connect(&s.server, cfg)
+    let (channel, _) = client::connect_any(s.server.as_slice(), cfg)
         .await
         .map_err(|e| anyhow!(hint(&e.to_string())))?;
     Ok(AdminServiceClient::new(channel))

@@ -10,7 +10,7 @@ use crate::args::Cli;
 use picket_config::profile::{self, Profile, ProfileError};
 
 pub struct Settings {
-    pub server: String,
+    pub server: picket_config::Servers,
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,

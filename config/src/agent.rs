@@ -22,8 +22,9 @@ pub struct SourceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// The control plane, `HOST:PORT`.
-    pub server: String,
+    /// The control plane: `HOST:PORT`, or several (a list, or a string
+    /// with commas) of which the agent uses one at a time (SPEC §12).
+    pub server: crate::Servers,
     /// Certificate, key, CA and the on-disk buffer.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -127,12 +128,6 @@ impl AgentConfig {
             if let Err(e) = validate_label(k, v) {
                 bad(format!("labels.{k}"), e.to_string());
             }
-        }
-        if !self.server.contains(':') {
-            bad(
-                "server".into(),
-                format!("{:?} is not HOST:PORT", self.server),
-            );
         }
         if self.max_line_bytes < 256 {
             bad("max_line_bytes".into(), "must be at least 256".into());

@@ -15,6 +15,9 @@ pub mod agent;
 pub mod check;
 pub mod control;
 pub mod profile;
+pub mod servers;
+
+pub use servers::Servers;
 
 /// A config file that cannot be read, or says something wrong.
 #[derive(Debug, thiserror::Error)]

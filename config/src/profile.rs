@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
-    pub server: Option<String>,
+    /// One address, or a list (SPEC §12).
+    pub server: Option<crate::Servers>,
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -105,13 +106,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("picketctl-profile-{}", std::process::id()));
         let path = dir.join("p.toml");
         let p = Profile {
-            server: Some("127.0.0.1:7443".into()),
+            server: Some(crate::Servers::parse("127.0.0.1:7443,127.0.0.2:7443").unwrap()),
             ca: Some("ca.crt".into()),
             cert: Some("/abs/admin.crt".into()),
             key: None,
         };
         p.write(&path, "test").unwrap();
         let back = Profile::load(&path).unwrap();
+        assert_eq!(back.server, p.server);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(r#"server = ["127.0.0.1:7443", "127.0.0.2:7443"]"#),
+            "{text}"
+        );
         assert_eq!(back.ca, Some(dir.join("ca.crt")));
         assert_eq!(back.cert, Some(PathBuf::from("/abs/admin.crt")));
         std::fs::write(&path, "server = 1\n").unwrap();

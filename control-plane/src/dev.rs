@@ -79,7 +79,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let server = grpc_addr.to_string();
     let admin = Profile {
-        server: Some(server.clone()),
+        server: Some(picket_config::Servers::parse(&server).map_err(anyhow::Error::msg)?),
         ca: Some(data_dir.join("ca.crt")),
         cert: Some(data_dir.join("admin.crt")),
         key: Some(data_dir.join("admin.key")),
@@ -291,8 +291,8 @@ async fn create_token(p: &Profile) -> anyhow::Result<String> {
     // The server task is starting; give it a moment to accept.
     let mut last = None;
     for _ in 0..50 {
-        match picket_tls::client::connect(server, cfg.clone()).await {
-            Ok(ch) => {
+        match picket_tls::client::connect_any(server.as_slice(), cfg.clone()).await {
+            Ok((ch, _)) => {
                 let t = v1::admin_service_client::AdminServiceClient::new(ch)
                     .create_token(v1::CreateTokenRequest {
                         ttl_seconds: 600,

@@ -21,6 +21,7 @@ mod provisioning;
 mod refusals;
 mod rollouts;
 mod run;
+mod servers;
 mod swarm;
 mod systemd;
 mod trust;

@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod lines;
 pub mod netns;
 pub mod receiver;
+pub mod relay;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;

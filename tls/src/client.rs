@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use rand::seq::SliceRandom;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::fingerprint;
@@ -29,6 +31,8 @@ pub enum ClientError {
     BadAddress(String),
     #[error("cannot connect to {addr}: {detail}")]
     Connect { addr: String, detail: String },
+    #[error("no control plane answered: {0}")]
+    NoneAnswered(String),
 }
 
 /// A config that trusts only `ca` and presents `certs`/`key` (allowing
@@ -205,6 +209,62 @@ fn split_addr(addr: &str) -> Result<(ServerName<'static>, String), ClientError> 
     Ok((name, addr.to_string()))
 }
 
+/// Connects to one of `addrs` (tried in a random order, so that many
+/// clients given the same list spread over it) and says which answered.
+/// Fails with every address's error when none does.
+pub async fn connect_any<S: AsRef<str>>(
+    addrs: &[S],
+    config: ClientConfig,
+) -> Result<(Channel, String), ClientError> {
+    let mut order: Vec<&str> = addrs.iter().map(AsRef::as_ref).collect();
+    order.shuffle(&mut rand::rng());
+    let mut failed = Vec::new();
+    for a in order {
+        match connect(a, config.clone()).await {
+            Ok(c) => return Ok((c, a.to_string())),
+            Err(e) => failed.push(e),
+        }
+    }
+    Err(match <[ClientError; 1]>::try_from(failed) {
+        Ok([one]) => one,
+        Err(all) => ClientError::NoneAnswered(
+            all.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    })
+}
+
+/// Dials `dial` (`HOST:PORT`): each of the host's addresses in a random
+/// order (a name with several records spreads its clients), until one
+/// accepts.
+async fn dial_any(dial: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let mut addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(dial).await?.collect();
+    addrs.shuffle(&mut rand::rng());
+    // Each address gets a share of the channel's connect timeout.
+    let each = Duration::from_secs(10) / u32::try_from(addrs.len().max(1)).unwrap_or(1);
+    let mut last = None;
+    for a in addrs {
+        match tokio::time::timeout(each.max(Duration::from_secs(2)), TcpStream::connect(a)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {a} timed out"),
+                ));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{dial} has no address"),
+        )
+    }))
+}
+
 /// Connects a gRPC channel to `addr` over TLS with `config`. Fails fast,
 /// with the TLS or socket error in the message, when the server cannot be
 /// reached or the handshake fails.
@@ -222,7 +282,7 @@ pub async fn connect(addr: &str, config: ClientConfig) -> Result<Channel, Client
         let server_name = server_name.clone();
         let dial = dial.clone();
         async move {
-            let tcp = tokio::net::TcpStream::connect(&dial).await?;
+            let tcp = dial_any(&dial).await?;
             tcp.set_nodelay(true)?;
             let tls = connector.connect(server_name, tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(flatten)]
     log: picket_log::LogArgs,
-    /// The control plane, HOST:PORT.
+    /// The control plane, HOST:PORT; several comma-separated.
     #[arg(long)]
-    server: String,
+    server: picket_config::Servers,
     /// The CA fingerprint printed by `picket-control init` (sha256:HEX).
     #[arg(long)]
     ca_fingerprint: String,
