@@ -7,6 +7,7 @@ mod alerts;
 mod backup;
 mod chaos;
 mod checks;
+mod cluster;
 mod dev;
 mod events;
 mod fail2ban;

@@ -1,0 +1,281 @@
+//! A small client for etcd's v3 API (the KV, Lease and Watch services,
+//! generated from etcd's own protobuf files: proto/README.md). It talks to
+//! one member at a time, as etcd's Go client does, and moves to the next
+//! when that one fails or does not answer within [`ATTEMPT_TIMEOUT`]; a
+//! call fails only when every member did, so an etcd without quorum is an
+//! error the caller sees within seconds, not a hang.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb::etcdserverpb as pb;
+use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+use pb::kv_client::KvClient;
+use pb::lease_client::LeaseClient;
+use pb::request_op::Request;
+use pb::watch_client::WatchClient;
+
+/// How long one member has to answer one call before the next is tried:
+/// longer than an etcd leader election (about a second).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("bad etcd endpoint {0:?}: expected http://HOST:PORT")]
+    BadEndpoint(String),
+    #[error("no etcd endpoint given")]
+    NoEndpoint,
+    /// No member could be reached, or none has quorum.
+    #[error("etcd unavailable (no member of {endpoints} answered): {last}")]
+    Unavailable { endpoints: String, last: String },
+    /// A fenced write made by a replica that no longer leads.
+    #[error("not the leader any more: the write was refused by etcd")]
+    Deposed,
+    #[error("etcd refused the call: {0}")]
+    Refused(String),
+}
+
+/// Whether a failed call may go to another member: the member is down,
+/// cut off, or without a leader (etcd answers those `Unavailable`).
+fn moves_on(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
+}
+
+fn text(s: &tonic::Status) -> String {
+    if s.message().is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        s.message().to_string()
+    }
+}
+
+/// A connection to an etcd cluster (cheap to clone: shared channels).
+#[derive(Clone)]
+pub struct Etcd {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    channels: Vec<Channel>,
+    /// The member calls go to now.
+    at: AtomicUsize,
+}
+
+impl Etcd {
+    /// Channels to `endpoints` (`http://HOST:PORT`, one per member).
+    /// Connects lazily: an etcd that is down makes calls fail, not this.
+    pub fn connect(endpoints: &[String]) -> Result<Etcd, EtcdError> {
+        if endpoints.is_empty() {
+            return Err(EtcdError::NoEndpoint);
+        }
+        let mut channels = Vec::new();
+        for e in endpoints {
+            if !e.starts_with("http://") {
+                return Err(EtcdError::BadEndpoint(e.clone()));
+            }
+            let ep = Endpoint::from_shared(e.clone())
+                .map_err(|_| EtcdError::BadEndpoint(e.clone()))?
+                .connect_timeout(ATTEMPT_TIMEOUT)
+                .http2_keep_alive_interval(Duration::from_secs(2))
+                .keep_alive_timeout(Duration::from_secs(2))
+                .keep_alive_while_idle(true);
+            channels.push(ep.connect_lazy());
+        }
+        let at = rand::random_range(0..channels.len());
+        Ok(Etcd {
+            inner: Arc::new(Inner {
+                endpoints: endpoints.to_vec(),
+                channels,
+                at: AtomicUsize::new(at),
+            }),
+        })
+    }
+
+    /// The member calls go to now, and its channel.
+    pub(crate) fn pinned(&self) -> (usize, Channel) {
+        let i = self.inner.at.load(Ordering::SeqCst) % self.inner.channels.len();
+        (i, self.inner.channels[i].clone())
+    }
+
+    /// Member `i` failed: later calls go to the next (unless another
+    /// caller moved on already).
+    pub(crate) fn move_on(&self, i: usize) {
+        let n = self.inner.channels.len();
+        let _ = self
+            .inner
+            .at
+            .compare_exchange(i, (i + 1) % n, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Runs `call` on the pinned member, then on each other in turn while
+    /// they fail in a way another member may not.
+    pub(crate) async fn call<T, F, Fut>(&self, call: F) -> Result<T, EtcdError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut last = String::new();
+        for _ in 0..self.inner.channels.len() {
+            let (i, ch) = self.pinned();
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, call(ch)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) if !moves_on(&s) => return Err(EtcdError::Refused(text(&s))),
+                Ok(Err(s)) => last = text(&s),
+                Err(_) => last = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+            }
+            self.move_on(i);
+        }
+        Err(EtcdError::Unavailable {
+            endpoints: self.inner.endpoints.join(","),
+            last,
+        })
+    }
+
+    pub(crate) fn lease(ch: Channel) -> LeaseClient<Channel> {
+        LeaseClient::new(ch)
+    }
+
+    pub(crate) fn watch(ch: Channel) -> WatchClient<Channel> {
+        WatchClient::new(ch)
+    }
+
+    /// The value of `key` and its create revision, if it exists; and the
+    /// store's revision when read.
+    pub async fn get(&self, key: &str) -> Result<(Option<Kv>, i64), EtcdError> {
+        let req = pb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).range(req).await }
+            })
+            .await?;
+        let rev = r.header.map_or(0, |h| h.revision);
+        Ok((r.kvs.into_iter().next().map(Kv::from), rev))
+    }
+
+    /// Sets `key` (unconditionally; the engines' writes go through
+    /// [`crate::Term::fenced`] instead).
+    pub async fn put(&self, key: &str, value: &[u8]) -> Result<i64, EtcdError> {
+        let req = put(key, value, 0);
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).put(req).await }
+            })
+            .await?;
+        Ok(r.header.map_or(0, |h| h.revision))
+    }
+
+    /// One transaction: `success` if every `compare` holds, else `failure`.
+    /// A transaction that timed out on one member is sent to the next, so
+    /// it may be applied twice: callers send only what is the same done
+    /// twice (puts of whole values, a create that checks who holds the key).
+    pub async fn txn(
+        &self,
+        compare: Vec<pb::Compare>,
+        success: Vec<pb::RequestOp>,
+        failure: Vec<pb::RequestOp>,
+    ) -> Result<pb::TxnResponse, EtcdError> {
+        let req = pb::TxnRequest {
+            compare,
+            success,
+            failure,
+        };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { KvClient::new(ch).txn(req).await }
+        })
+        .await
+    }
+
+    /// A lease of `ttl` seconds: its id and granted TTL.
+    pub async fn grant(&self, ttl: i64) -> Result<(i64, i64), EtcdError> {
+        let r = self
+            .call(|ch| async move {
+                Etcd::lease(ch)
+                    .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+                    .await
+            })
+            .await?;
+        Ok((r.id, r.ttl))
+    }
+
+    /// Ends lease `id` now: the keys attached to it go.
+    pub async fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        self.call(|ch| async move {
+            Etcd::lease(ch)
+                .lease_revoke(pb::LeaseRevokeRequest { id })
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+/// A key's value and the revision that created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub lease: i64,
+}
+
+impl From<crate::pb::mvccpb::KeyValue> for Kv {
+    fn from(kv: crate::pb::mvccpb::KeyValue) -> Kv {
+        Kv {
+            value: kv.value,
+            create_revision: kv.create_revision,
+            lease: kv.lease,
+        }
+    }
+}
+
+/// A put of `key` (attached to `lease` unless 0).
+pub fn put(key: &str, value: &[u8], lease: i64) -> pb::PutRequest {
+    pb::PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.to_vec(),
+        lease,
+        ..Default::default()
+    }
+}
+
+/// [`put`] as a transaction's operation.
+pub fn put_op(key: &str, value: &[u8], lease: i64) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(Request::RequestPut(put(key, value, lease))),
+    }
+}
+
+/// A read of `key` as a transaction's operation.
+pub fn get_op(key: &str) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(Request::RequestRange(pb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Holds when `key` was created at `revision` (0: `key` does not exist).
+pub fn created_at(key: &str, revision: i64) -> pb::Compare {
+    pb::Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Create as i32,
+        key: key.as_bytes().to_vec(),
+        target_union: Some(TargetUnion::CreateRevision(revision)),
+        range_end: Vec::new(),
+    }
+}

@@ -1,0 +1,30 @@
+//! Cluster mode's shared state (SPEC §12): several `picket-control`
+//! replicas, one etcd cluster.
+//!
+//! - [`etcd`]: a small client for etcd's v3 API (KV, Lease, Watch),
+//!   generated from etcd's own protobuf files with protox.
+//! - [`leader`]: leadership on an etcd lease, and the fence every write of
+//!   the leader's engines goes through.
+//!
+//! This crate reads and writes etcd only; it knows nothing of agents,
+//! rollouts or alerts (the control plane maps those onto keys).
+
+pub mod etcd;
+pub mod leader;
+
+pub use etcd::{Etcd, EtcdError};
+pub use leader::{Leadership, Options, Role, Term};
+
+/// etcd's v3 API, generated (proto/README.md).
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod authpb {
+        tonic::include_proto!("authpb");
+    }
+}

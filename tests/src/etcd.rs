@@ -1,0 +1,118 @@
+//! A real etcd cluster for a test: N members of Debian's `etcd-server`
+//! on loopback ports of their own, data in the test's folder. Members can
+//! be killed and started again, as a test of cluster mode needs.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::{Proc, World, free_port, http_get, tool, wait_for};
+
+pub struct EtcdCluster {
+    members: Vec<Member>,
+}
+
+struct Member {
+    name: String,
+    client: String,
+    args: Vec<String>,
+    proc: Option<Proc>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until the cluster answers.
+    pub fn start(w: &World, n: usize) -> Result<EtcdCluster> {
+        let bin = tool("etcd", "etcd-server")?;
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<_>>()?;
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("m{i}");
+            let data: PathBuf = w.path(&format!("etcd/{name}"));
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let args = vec![
+                bin.display().to_string(),
+                "--name".into(),
+                name.clone(),
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--listen-client-urls".into(),
+                client_url.clone(),
+                "--advertise-client-urls".into(),
+                client_url.clone(),
+                "--listen-peer-urls".into(),
+                peer_url.clone(),
+                "--initial-advertise-peer-urls".into(),
+                peer_url,
+                "--initial-cluster".into(),
+                initial.clone(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+                "--initial-cluster-token".into(),
+                "picket-test".into(),
+                "--log-level".into(),
+                "warn".into(),
+                "--logger".into(),
+                "zap".into(),
+            ];
+            members.push(Member {
+                name,
+                client: client_url,
+                args,
+                proc: None,
+            });
+        }
+        let mut c = EtcdCluster { members };
+        for i in 0..n {
+            c.start_member(i)?;
+        }
+        c.wait_healthy(0)?;
+        Ok(c)
+    }
+
+    /// `http://127.0.0.1:PORT` of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.clone()).collect()
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// Starts member `i` again on its data.
+    pub fn start_member(&mut self, i: usize) -> Result<()> {
+        let m = &mut self.members[i];
+        let mut c = Command::new(&m.args[0]);
+        c.args(&m.args[1..]);
+        m.proc = Some(Proc::spawn(c).with_context(|| format!("starting etcd {}", m.name))?);
+        Ok(())
+    }
+
+    /// Waits until member `i` says it is healthy (it has a leader).
+    pub fn wait_healthy(&self, i: usize) -> Result<()> {
+        let m = &self.members[i];
+        let addr = m.client.trim_start_matches("http://").to_string();
+        wait_for(
+            &format!("etcd {} healthy", m.name),
+            Duration::from_secs(30),
+            || {
+                let (code, body) = http_get(&addr, "/health").ok()?;
+                (code == 200 && body.contains("true")).then_some(())
+            },
+        )
+        .with_context(|| m.proc.as_ref().map(|p| p.stderr()).unwrap_or_default())
+    }
+}
