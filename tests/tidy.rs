@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("picket-store", 2),
     ("picket-notify", 3),
     ("picket-backup", 3),
+    ("picket-feed", 3),
     ("picket-control", 4),
     ("picket-agent", 4),
     ("picketctl", 4),

@@ -31,7 +31,7 @@ pub mod blocking;
 pub mod counters;
 pub mod dev;
 pub mod driver;
-pub mod feed;
+pub use picket_feed as feed;
 pub mod fleet;
 pub mod grpc;
 pub mod http;

@@ -6,6 +6,7 @@
 
 mod alerts;
 pub mod backend;
+pub mod blocking;
 pub mod faults;
 mod group;
 pub mod health;

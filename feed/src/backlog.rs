@@ -196,7 +196,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::tests::line;
+    use crate::tests::line;
     use picket_store::records::LogRecord;
 
     #[test]

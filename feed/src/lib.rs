@@ -251,7 +251,7 @@ impl Feed {
     /// batch stored while no one followed is not published at all.)
     fn snapshot<T: Stored>(&self, live: Option<&Live<T>>) -> (Option<LiveRx<T>>, u64) {
         // Ingest holds `order` across a block's write and fsync.
-        crate::blocking::in_place(|| {
+        picket_store::blocking::in_place(|| {
             let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
             let rx = live.map(Live::subscribe);
             (rx, self.last_id.load(Ordering::Acquire))
