@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -68,6 +68,8 @@ struct Inner {
     channels: Vec<Channel>,
     /// The member calls go to now.
     at: AtomicUsize,
+    /// Whether the last call had an answer.
+    up: AtomicBool,
 }
 
 impl Etcd {
@@ -96,8 +98,23 @@ impl Etcd {
                 endpoints: endpoints.to_vec(),
                 channels,
                 at: AtomicUsize::new(at),
+                up: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Whether etcd answered the last call (a quorum behind it).
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn answered(&self, up: bool) {
+        self.inner.up.store(up, Ordering::SeqCst);
+    }
+
+    /// The members, as given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
     }
 
     /// The member calls go to now, and its channel.
@@ -127,13 +144,20 @@ impl Etcd {
         for _ in 0..self.inner.channels.len() {
             let (i, ch) = self.pinned();
             match tokio::time::timeout(ATTEMPT_TIMEOUT, call(ch)).await {
-                Ok(Ok(r)) => return Ok(r.into_inner()),
-                Ok(Err(s)) if !moves_on(&s) => return Err(EtcdError::Refused(text(&s))),
+                Ok(Ok(r)) => {
+                    self.answered(true);
+                    return Ok(r.into_inner());
+                }
+                Ok(Err(s)) if !moves_on(&s) => {
+                    self.answered(true);
+                    return Err(EtcdError::Refused(text(&s)));
+                }
                 Ok(Err(s)) => last = text(&s),
                 Err(_) => last = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
             }
             self.move_on(i);
         }
+        self.answered(false);
         Err(EtcdError::Unavailable {
             endpoints: self.inner.endpoints.join(","),
             last,
@@ -163,6 +187,25 @@ impl Etcd {
             .await?;
         let rev = r.header.map_or(0, |h| h.revision);
         Ok((r.kvs.into_iter().next().map(Kv::from), rev))
+    }
+
+    /// Every key under `prefix` with its value, in key order.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, EtcdError> {
+        let req = pb::RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            ..Default::default()
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).range(req).await }
+            })
+            .await?;
+        Ok(r.kvs
+            .into_iter()
+            .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value))
+            .collect())
     }
 
     /// Sets `key` (unconditionally; the engines' writes go through
@@ -277,5 +320,32 @@ pub fn created_at(key: &str, revision: i64) -> pb::Compare {
         key: key.as_bytes().to_vec(),
         target_union: Some(TargetUnion::CreateRevision(revision)),
         range_end: Vec::new(),
+    }
+}
+
+/// The end of the range of every key starting with `prefix` (etcd's
+/// `WithPrefix`): the prefix with its last byte below 0xff plus one.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): to the end of the key space.
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_prefix_range_ends_past_every_key_under_it() {
+        assert_eq!(
+            super::prefix_end(b"/picket/replicas/"),
+            b"/picket/replicas0"
+        );
+        assert_eq!(super::prefix_end(b"a\xff"), b"b");
+        assert_eq!(super::prefix_end(b"\xff"), vec![0]);
     }
 }

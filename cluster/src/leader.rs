@@ -32,6 +32,9 @@ pub struct Options {
     pub renew_every: Duration,
     /// The key prefix of this cluster's state (`/picket`).
     pub prefix: String,
+    /// What this replica publishes of itself under `<prefix>/replicas/<node>`
+    /// while its lease lives (its advertised address).
+    pub advertise: String,
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
             ttl: Duration::from_secs(5),
             renew_every: Duration::from_secs(1),
             prefix: "/picket".into(),
+            advertise: String::new(),
         }
     }
 }
@@ -88,6 +92,8 @@ impl Term {
 pub struct Leadership {
     role: watch::Receiver<Role>,
     task: tokio::task::JoinHandle<()>,
+    /// The lease held now, if any.
+    lease: watch::Receiver<Option<i64>>,
     etcd: Etcd,
 }
 
@@ -95,8 +101,14 @@ impl Leadership {
     /// Campaigns as `node` on `etcd`, in the background.
     pub fn campaign(etcd: Etcd, node: String, opts: Options) -> Leadership {
         let (tx, role) = watch::channel(Role::Follower { leader: None });
-        let task = tokio::spawn(run(etcd.clone(), node, opts, tx));
-        Leadership { role, task, etcd }
+        let (lease_tx, lease) = watch::channel(None);
+        let task = tokio::spawn(run(etcd.clone(), node, opts, tx, lease_tx));
+        Leadership {
+            role,
+            task,
+            lease,
+            etcd,
+        }
     }
 
     pub fn role(&self) -> Role {
@@ -110,10 +122,11 @@ impl Leadership {
 
     /// Stops campaigning and gives up the lease at once (a clean
     /// shutdown): the others need not wait for the TTL.
-    pub async fn resign(self) {
+    pub async fn resign(&self) {
         self.task.abort();
-        if let Role::Leader(t) = self.role() {
-            let _ = self.etcd.revoke(t.lease).await;
+        let lease = *self.lease.borrow();
+        if let Some(lease) = lease {
+            let _ = self.etcd.revoke(lease).await;
         }
     }
 }
@@ -126,8 +139,18 @@ impl Drop for Leadership {
     }
 }
 
-async fn run(etcd: Etcd, node: String, opts: Options, role: watch::Sender<Role>) {
+async fn run(
+    etcd: Etcd,
+    node: String,
+    opts: Options,
+    role: watch::Sender<Role>,
+    held: watch::Sender<Option<i64>>,
+) {
     let key = format!("{}/leader", opts.prefix);
+    let presence = (
+        format!("{}/replicas/{node}", opts.prefix),
+        opts.advertise.clone(),
+    );
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
     loop {
         let ttl = i64::try_from(opts.ttl.as_secs().max(1)).unwrap_or(5);
@@ -145,6 +168,7 @@ async fn run(etcd: Etcd, node: String, opts: Options, role: watch::Sender<Role>)
             }
         };
         backoff.reset();
+        held.send_replace(Some(id));
         let valid_until = Instant::now() + Duration::from_secs(granted_ttl.max(1).unsigned_abs());
         let (lost_tx, lost) = watch::channel(false);
         // Ends with this task, aborted or not: a replica that stops
@@ -156,7 +180,7 @@ async fn run(etcd: Etcd, node: String, opts: Options, role: watch::Sender<Role>)
             opts.renew_every,
             lost_tx,
         )));
-        hold(&etcd, &node, &key, id, &role, lost).await;
+        hold(&etcd, &node, (&key, &presence), id, &role, lost).await;
         drop(keeper);
         role.send_if_modified(|r| set(r, Role::Follower { leader: None }));
         tracing::warn!(node, "lost the etcd lease; campaigning again");
@@ -217,6 +241,7 @@ async fn keep_alive(
                 timeout_at(valid_until.min(sent + ATTEMPT_TIMEOUT), inbound.message()).await;
             match answer {
                 Ok(Ok(Some(r))) if r.ttl > 0 => {
+                    etcd.answered(true);
                     valid_until = sent + Duration::from_secs(r.ttl.unsigned_abs());
                 }
                 // The lease is gone (expired or revoked).
@@ -238,21 +263,30 @@ async fn keep_alive(
 }
 
 /// Tries for the leader key while lease `lease` lives; leads while the
-/// key is ours; returns once the lease is lost.
+/// key is ours; returns once the lease is lost. Each try also puts this
+/// replica's presence on the lease.
 async fn hold(
     etcd: &Etcd,
     node: &str,
-    key: &str,
+    (key, presence): (&str, &(String, String)),
     lease: i64,
     role: &watch::Sender<Role>,
     mut lost: watch::Receiver<bool>,
 ) {
     while !*lost.borrow() {
+        let now = picket_clock::now_ms();
+        let value = format!("{node} {now}");
         let tried = etcd
             .txn(
                 vec![created_at(key, 0)],
-                vec![put_op(key, node.as_bytes(), lease)],
-                vec![get_op(key)],
+                vec![
+                    put_op(key, value.as_bytes(), lease),
+                    put_op(&presence.0, presence.1.as_bytes(), lease),
+                ],
+                vec![
+                    get_op(key),
+                    put_op(&presence.0, presence.1.as_bytes(), lease),
+                ],
             )
             .await;
         let r = match tried {
@@ -270,9 +304,9 @@ async fn hold(
         let holder = leader_of(&r);
         // A campaign sent again after a member timed out may find its own
         // key: that is a win, at the key's create revision.
-        let (won, created) = match &holder {
-            None => (r.succeeded, read_at),
-            Some(h) => (h.lease == lease, h.created),
+        let (won, created, since_ms) = match &holder {
+            None => (r.succeeded, read_at, now),
+            Some(h) => (h.lease == lease, h.created, h.since_ms),
         };
         let new = if won {
             tracing::info!(node, revision = created, "leading");
@@ -280,7 +314,7 @@ async fn hold(
                 key: key.to_string(),
                 revision: created,
                 lease,
-                since_ms: picket_clock::now_ms(),
+                since_ms,
             })
         } else {
             Role::Follower {
@@ -301,17 +335,31 @@ async fn hold(
 /// Who holds the leader key, as a failed campaign read it.
 struct Holder {
     node: String,
+    since_ms: i64,
     created: i64,
     lease: i64,
+}
+
+/// The leader key's value: `NODE SINCE_MS` (a node name has no space).
+pub(crate) fn parse_value(v: &[u8]) -> (String, i64) {
+    let text = String::from_utf8_lossy(v);
+    match text.rsplit_once(' ') {
+        Some((node, since)) => (node.to_string(), since.parse().unwrap_or(0)),
+        None => (text.into_owned(), 0),
+    }
 }
 
 fn leader_of(r: &pb::TxnResponse) -> Option<Holder> {
     use pb::response_op::Response;
     r.responses.iter().find_map(|op| match &op.response {
-        Some(Response::ResponseRange(range)) => range.kvs.first().map(|kv| Holder {
-            node: String::from_utf8_lossy(&kv.value).into_owned(),
-            created: kv.create_revision,
-            lease: kv.lease,
+        Some(Response::ResponseRange(range)) => range.kvs.first().map(|kv| {
+            let (node, since_ms) = parse_value(&kv.value);
+            Holder {
+                node,
+                since_ms,
+                created: kv.create_revision,
+                lease: kv.lease,
+            }
         }),
         _ => None,
     })

@@ -5,15 +5,19 @@
 //!   generated from etcd's own protobuf files with protox.
 //! - [`leader`]: leadership on an etcd lease, and the fence every write of
 //!   the leader's engines goes through.
+//! - [`membership`]: one replica's campaign and presence, and what it
+//!   reports of the cluster.
 //!
 //! This crate reads and writes etcd only; it knows nothing of agents,
 //! rollouts or alerts (the control plane maps those onto keys).
 
 pub mod etcd;
 pub mod leader;
+pub mod membership;
 
 pub use etcd::{Etcd, EtcdError};
 pub use leader::{Leadership, Options, Role, Term};
+pub use membership::{Cluster, Replica};
 
 /// etcd's v3 API, generated (proto/README.md).
 #[allow(clippy::all, missing_docs)]

@@ -61,6 +61,75 @@ pub struct ControlConfig {
     /// What one peer may hold of the gRPC port.
     #[serde(default)]
     pub limits: Limits,
+    /// Cluster mode (SPEC §12): absent, this control plane is alone.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: this replica, and the etcd it shares state through.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This replica's name, unique in the cluster.
+    pub node: String,
+    /// How agents and peers reach this replica, `HOST:PORT`.
+    pub advertise: String,
+    /// The etcd members, `http://HOST:PORT` each.
+    pub etcd: Vec<String>,
+    /// TLS to etcd: the CA that signed its certificates, and a client
+    /// certificate and key.
+    #[serde(default)]
+    pub etcd_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub etcd_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub etcd_key: Option<PathBuf>,
+    /// The records' PostgreSQL (SPEC §12, part 2).
+    #[serde(default)]
+    pub postgres: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    fn problems(&self, bad: &mut impl FnMut(&str, &str)) {
+        if let Err(e) = picket_model::validate_name(&self.node) {
+            bad("cluster.node", &e.to_string());
+        }
+        if let Err(e) = crate::Servers::parse(&self.advertise) {
+            bad("cluster.advertise", &e);
+        } else if self.advertise.contains(',') {
+            bad("cluster.advertise", "one address, HOST:PORT");
+        }
+        if self.etcd.is_empty() {
+            bad("cluster.etcd", "at least one etcd member, http://HOST:PORT");
+        }
+        for e in &self.etcd {
+            let host = e.strip_prefix("http://");
+            if e.starts_with("https://") {
+                bad(
+                    "cluster.etcd",
+                    &format!(
+                        "{e:?}: TLS to etcd is not supported yet (docs/cluster.md); use http:// on a private network"
+                    ),
+                );
+            } else if host.is_none_or(|h| crate::Servers::parse(h).is_err()) {
+                bad("cluster.etcd", &format!("{e:?} is not http://HOST:PORT"));
+            }
+        }
+        if self.etcd_ca.is_some() || self.etcd_cert.is_some() || self.etcd_key.is_some() {
+            bad(
+                "cluster.etcd_ca",
+                "TLS to etcd is not supported yet (docs/cluster.md)",
+            );
+        }
+        if self.postgres.is_some() || self.password_file.is_some() {
+            bad(
+                "cluster.postgres",
+                "records in PostgreSQL are not supported yet (docs/cluster.md); each replica keeps its own",
+            );
+        }
+    }
 }
 
 /// `[limits]`: bounds on what a peer can hold of the gRPC port before and
@@ -220,6 +289,9 @@ impl ControlConfig {
         let mut bad = |field: &str, msg: &str| p.push((field.to_string(), msg.to_string()));
         if self.agent_cert_ttl < Duration::from_secs(10) {
             bad("agent_cert_ttl", "must be at least 10s");
+        }
+        if let Some(c) = &self.cluster {
+            c.problems(&mut bad);
         }
         let l = &self.limits;
         let one = "must be at least 1";
@@ -405,5 +477,38 @@ mod tests {
         assert!(e.contains("data_dir"), "{e}");
         let cfg = ControlConfig::parse("data_dir = \"d\"\n", p).unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from("/x/d"));
+    }
+
+    #[test]
+    fn the_cluster_section_as_spec_12_writes_it() {
+        let p = Path::new("/x/control.toml");
+        let good = "data_dir = \"d\"\n[cluster]\nnode = \"cp-1\"\nadvertise = \"10.0.1.50:7443\"\n\
+                    etcd = [\"http://10.0.1.50:2379\", \"http://10.0.1.51:2379\"]\n";
+        let c = ControlConfig::parse(good, p).unwrap().cluster.unwrap();
+        assert_eq!((c.node.as_str(), c.etcd.len()), ("cp-1", 2));
+        assert!(
+            ControlConfig::parse("data_dir = \"d\"\n", p)
+                .unwrap()
+                .cluster
+                .is_none()
+        );
+        for (change, field) in [
+            (("cp-1", "a b"), "cluster.node"),
+            (("10.0.1.50:7443", "nohost"), "cluster.advertise"),
+            (("http://10.0.1.51:2379", "10.0.1.51:2379"), "cluster.etcd"),
+            (
+                ("http://10.0.1.51:2379", "https://10.0.1.51:2379"),
+                "not supported yet",
+            ),
+        ] {
+            let e = ControlConfig::parse(&good.replace(change.0, change.1), p)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{change:?}: {e}");
+        }
+        let e = ControlConfig::parse(&format!("{good}postgres = \"postgresql://x\"\n"), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.postgres"), "{e}");
     }
 }

@@ -44,6 +44,11 @@ async fn ready(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store not writable: {why}\n"),
         )
+    } else if let Some(c) = state.cluster.as_deref().filter(|c| !c.etcd_up()) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("etcd unreachable ({})\n", c.etcd().endpoints().join(",")),
+        )
     } else {
         (StatusCode::OK, "ready\n".to_string())
     }
@@ -367,6 +372,23 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
         "Store writes and flushes that failed (a full disk, an I/O error) since start",
         i64::try_from(health.failures()).unwrap_or(i64::MAX),
     );
+    // Alone, a control plane leads itself; in a cluster, the one holding
+    // the etcd lease (SPEC §12).
+    let cluster = state.cluster.as_deref();
+    gauge(
+        &mut reg,
+        "picket_control_leader",
+        "1 on the replica that runs the rollout and alert engines, 0 on the others",
+        i64::from(cluster.is_none_or(picket_cluster::Cluster::is_leader)),
+    );
+    if let Some(c) = cluster {
+        gauge(
+            &mut reg,
+            "picket_control_etcd_up",
+            "1 while etcd answers this replica (a quorum behind it), 0 when not",
+            i64::from(c.etcd_up()),
+        );
+    }
 
     notifications(&mut reg, state);
 

@@ -157,7 +157,16 @@ pub async fn run(
     let ingester = Arc::new(
         crate::ingest::Ingester::start(sinks.clone()).context("starting the ingest thread")?,
     );
+    // Cluster mode: campaign and publish this replica (SPEC §12).
+    let cluster = match &cfg.cluster {
+        Some(c) => Some(Arc::new(
+            picket_cluster::Cluster::start(&c.etcd, &c.node, &c.advertise)
+                .context("joining the cluster")?,
+        )),
+        None => None,
+    };
     let state = Arc::new(State {
+        cluster,
         audit: Audit::new(store.clone()),
         store: store.clone(),
         ca,
@@ -232,6 +241,10 @@ pub async fn run(
         );
     }
     store.flush().context("flushing the store")?;
+    // Leadership and presence go at once, not at the lease's end.
+    if let Some(c) = state.cluster.as_ref() {
+        c.resign().await;
+    }
     tracing::info!("control plane stopped");
     result
 }

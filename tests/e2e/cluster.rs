@@ -1,21 +1,24 @@
 //! Cluster mode's leadership (SPEC §12, picket-cluster) against a real
 //! three-member etcd (Debian `etcd-server`, started here): one leader
 //! among the replicas, a new one when it dies, fencing of a deposed
-//! leader's writes, and what losing etcd members does.
+//! leader's writes, and what losing etcd members does; first with the
+//! library's campaigns in this process, then with real `picket-control`
+//! replicas, one of which is killed.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use picket_cluster::etcd::put_op;
 use picket_cluster::{Etcd, EtcdError, Leadership, Options, Role, Term};
-use picket_tests::World;
 use picket_tests::etcd::EtcdCluster;
+use picket_tests::{Control, World, ctl, ctl_json, free_port, http_get, stderr, wait_for};
 
 fn options() -> Options {
     Options {
         ttl: Duration::from_secs(5),
         renew_every: Duration::from_secs(1),
         prefix: "/picket".into(),
+        advertise: "127.0.0.1:7443".into(),
     }
 }
 
@@ -168,4 +171,143 @@ fn one_etcd_member_down_goes_on_two_down_refuses_writes_until_back() -> Result<(
         ));
         Ok(())
     })
+}
+
+/// A replica's `picket_control_leader` and `picket_control_etcd_up`
+/// (`None` when the page has no such line).
+fn gauges(cp: &Control) -> Option<(u8, Option<u8>)> {
+    let (code, body) = http_get(&cp.http, "/metrics").ok()?;
+    if code != 200 {
+        return None;
+    }
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<u8>().ok())
+    };
+    Some((
+        value("picket_control_leader")?,
+        value("picket_control_etcd_up"),
+    ))
+}
+
+/// Waits until exactly one of `cps` (the live ones) says it leads; its
+/// index.
+fn leading(cps: &[Option<Control>], limit: Duration) -> Result<usize> {
+    wait_for("one replica leading", limit, || {
+        let leaders: Vec<usize> = cps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let c = c.as_ref()?;
+                (gauges(c)?.0 == 1).then_some(i)
+            })
+            .collect();
+        let live = cps.iter().filter(|c| c.is_some()).count();
+        let answered = cps.iter().flatten().filter(|c| gauges(c).is_some()).count();
+        match leaders[..] {
+            [i] if answered == live => Some(i),
+            _ => None,
+        }
+    })
+}
+
+#[test]
+fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
+    let w = World::new()?;
+    let mut etcd = EtcdCluster::start(&w, 3)?;
+    let members = etcd
+        .endpoints()
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut cps: Vec<Option<Control>> = Vec::new();
+    for i in 0..3 {
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        w.init(
+            &format!("cp{i}"),
+            &format!(
+                "[cluster]\nnode = \"cp-{i}\"\nadvertise = \"{listen}\"\netcd = [{members}]\n"
+            ),
+        )?;
+        cps.push(Some(Control::start_on(&w, &format!("cp{i}"), &listen)?));
+    }
+    let first = leading(&cps, Duration::from_secs(30))?;
+    let status = |cps: &[Option<Control>], i: usize| -> Result<serde_json::Value> {
+        let c = cps[i].as_ref().context("a live replica")?;
+        ctl_json(&w, &c.admin_flags(), &["status"])?
+            .pop()
+            .context("a status line")
+    };
+    let other = (first + 1) % 3;
+    let s = status(&cps, other)?;
+    assert_eq!(s["leader"], format!("cp-{first}"), "{s}");
+    assert!(s["leader_since"].is_string(), "{s}");
+    let nodes: Vec<&str> = s["replicas"]
+        .as_array()
+        .context("replicas")?
+        .iter()
+        .filter_map(|r| r["node"].as_str())
+        .collect();
+    assert_eq!(nodes, ["cp-0", "cp-1", "cp-2"], "{s}");
+    for c in cps.iter().flatten() {
+        assert_eq!(gauges(c).map(|g| g.1), Some(Some(1)));
+        assert_eq!(http_get(&c.http, "/readyz")?.0, 200);
+    }
+
+    // kill -9 the leader: another leads within the lease's TTL (5 s) and a
+    // moment; the dead one's presence goes with its lease.
+    let died = std::time::Instant::now();
+    if let Some(mut c) = cps[first].take() {
+        c.proc.kill9();
+    }
+    let next = leading(&cps, Duration::from_secs(30))?;
+    eprintln!(
+        "cp-{first} killed; cp-{next} leads after {:?}",
+        died.elapsed()
+    );
+    let s = wait_for(
+        "the dead replica gone from status",
+        Duration::from_secs(20),
+        || {
+            let s = status(&cps, next).ok()?;
+            (s["replicas"].as_array()?.len() == 2).then_some(s)
+        },
+    )?;
+    assert_eq!(s["leader"], format!("cp-{next}"), "{s}");
+
+    // etcd without quorum: no replica is ready or leads, and status says
+    // why; back, a leader again.
+    etcd.kill(0);
+    etcd.kill(1);
+    wait_for(
+        "replicas unready without etcd",
+        Duration::from_secs(30),
+        || {
+            cps.iter()
+                .flatten()
+                .all(|c| {
+                    http_get(&c.http, "/readyz")
+                        .is_ok_and(|(code, body)| code == 503 && body.contains("etcd unreachable"))
+                        && gauges(c) == Some((0, Some(0)))
+                })
+                .then_some(())
+        },
+    )?;
+    let c = cps[next].as_ref().context("a live replica")?;
+    let out = ctl(&w, &c.admin_flags(), &["status"])?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("etcd unavailable"),
+        "{}",
+        stderr(&out)
+    );
+    etcd.start_member(0)?;
+    etcd.start_member(1)?;
+    leading(&cps, Duration::from_secs(60))?;
+    for c in cps.iter().flatten() {
+        assert_eq!(http_get(&c.http, "/readyz")?.0, 200);
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::rpc;
 use crate::args::Format;
 use crate::client::Admin;
-use crate::output::json_line;
+use crate::output::{escape_terminal as esc, json_line, time};
 
 pub async fn status(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> anyhow::Result<()> {
     let s = admin
@@ -26,6 +26,11 @@ pub async fn status(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> any
                 "alerts_firing": s.alerts_firing,
                 "rollouts_running": s.rollouts_running,
                 "agent_versions": s.agent_versions,
+                "replicas": s.replicas.iter()
+                    .map(|r| json!({"node": r.node, "advertise": r.advertise}))
+                    .collect::<Vec<_>>(),
+                "leader": (!s.leader.is_empty()).then_some(&s.leader),
+                "leader_since": time(s.leader_since_unix_ms).filter(|_| !s.leader.is_empty()),
             }),
         )?,
         Format::Table => {
@@ -38,6 +43,21 @@ pub async fn status(admin: &mut Admin, fmt: Format, out: &mut impl Write) -> any
             writeln!(out, "alerts         {} firing", s.alerts_firing)?;
             writeln!(out, "rollouts       {} running", s.rollouts_running)?;
             writeln!(out, "agents         {}", by_version(&s.agent_versions))?;
+            if !s.replicas.is_empty() || !s.leader.is_empty() {
+                let names: Vec<String> = s
+                    .replicas
+                    .iter()
+                    .map(|r| format!("{} ({})", esc(&r.node), esc(&r.advertise)))
+                    .collect();
+                writeln!(out, "replicas       {}", names.join(", "))?;
+                let leader = if s.leader.is_empty() {
+                    "none (an election is under way, or etcd has no quorum)".to_string()
+                } else {
+                    let since = time(s.leader_since_unix_ms).unwrap_or_else(|| "?".into());
+                    format!("{} since {since}", esc(&s.leader))
+                };
+                writeln!(out, "leader         {leader}")?;
+            }
         }
     }
     Ok(())

@@ -472,6 +472,23 @@ impl AdminService for AdminSvc {
         let running = rollouts.iter().filter(|v| !v.p.state.is_finished()).count();
         out.rollouts_running = u32::try_from(running).unwrap_or(u32::MAX);
         out.alerts_firing = self.state.alerts.firing();
+        if let Some(c) = self.state.cluster.as_deref() {
+            let unavailable = |e: picket_cluster::EtcdError| Status::unavailable(e.to_string());
+            out.replicas = c
+                .replicas()
+                .await
+                .map_err(unavailable)?
+                .into_iter()
+                .map(|r| v1::ClusterReplica {
+                    node: r.node,
+                    advertise: r.advertise,
+                })
+                .collect();
+            if let Some((leader, since)) = c.leader().await.map_err(unavailable)? {
+                out.leader = leader;
+                out.leader_since_unix_ms = since;
+            }
+        }
         Ok(Response::new(out))
     }
 

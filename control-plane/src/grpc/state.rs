@@ -14,6 +14,8 @@ use picket_pki::Ca;
 use picket_store::Store;
 
 pub struct State {
+    /// This replica's place in the cluster (SPEC §12); `None` alone.
+    pub cluster: Option<Arc<picket_cluster::Cluster>>,
     pub store: Store,
     pub ca: Arc<Ca>,
     /// The certificate the gRPC port presents (`identity` keeps it current).
