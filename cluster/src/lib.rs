@@ -1,6 +1,7 @@
 //! Cluster mode's shared state (SPEC §12): several `picket-control`
 //! replicas, one etcd cluster.
 //!
+//! - [`ca`]: the cluster's CA, kept in etcd for `init` and `join`.
 //! - [`etcd`]: a small client for etcd's v3 API (KV, Lease, Watch),
 //!   generated from etcd's own protobuf files with protox.
 //! - [`leader`]: leadership on an etcd lease, and the fence every write of
@@ -11,6 +12,7 @@
 //! This crate reads and writes etcd only; it knows nothing of agents,
 //! rollouts or alerts (the control plane maps those onto keys).
 
+pub mod ca;
 pub mod etcd;
 pub mod leader;
 pub mod membership;

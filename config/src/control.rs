@@ -220,7 +220,8 @@ fn default_rollup_retention() -> Duration {
     Duration::from_secs(30 * 86400)
 }
 
-fn default_name() -> String {
+/// This machine's host name, else `picket-control`.
+pub fn default_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

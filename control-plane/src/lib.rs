@@ -26,6 +26,7 @@
 
 pub mod alert;
 pub mod audit;
+pub mod cluster;
 pub use picket_backup as backup;
 pub mod blocking;
 pub mod counters;
@@ -56,6 +57,13 @@ use picket_store::{Store, UserRecord};
 /// with the admin user in it, and `control.toml`.
 pub fn init(data_dir: &Path, sans: &[String]) -> anyhow::Result<picket_pki::InitReport> {
     let report = picket_pki::init(data_dir, sans)?;
+    seed(data_dir, "")?;
+    Ok(report)
+}
+
+/// The store with the admin user in it, and `control.toml` (the template,
+/// then `extra`) unless one exists.
+pub(crate) fn seed(data_dir: &Path, extra: &str) -> anyhow::Result<()> {
     let store = Store::open(data_dir)?;
     store.put_user(&UserRecord {
         name: "admin".into(),
@@ -69,11 +77,9 @@ pub fn init(data_dir: &Path, sans: &[String]) -> anyhow::Result<picket_pki::Init
     let cfg_path = data_dir.join("control.toml");
     if !cfg_path.exists() {
         let abs = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-        std::fs::write(
-            &cfg_path,
-            picket_config::control::ControlConfig::template(&abs),
-        )
-        .with_context(|| format!("cannot write {}", cfg_path.display()))?;
+        let text = picket_config::control::ControlConfig::template(&abs) + extra;
+        std::fs::write(&cfg_path, text)
+            .with_context(|| format!("cannot write {}", cfg_path.display()))?;
     }
-    Ok(report)
+    Ok(())
 }

@@ -21,6 +21,38 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Cluster mode's flags of `init` and `join`.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// An etcd member, http://HOST:PORT (repeat once per member): the
+    /// cluster's CA goes there, and control.toml gets [cluster].
+    #[arg(long = "cluster-etcd", value_name = "URL")]
+    etcd: Vec<String>,
+    /// This replica's name in the cluster (default: the host name).
+    #[arg(long)]
+    node: Option<String>,
+    /// How agents and peers reach this replica, HOST:PORT (default: the
+    /// first --san, else localhost, on port 7443).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+}
+
+impl ClusterArgs {
+    fn replica(self, sans: &[String]) -> Option<picket_control::cluster::Replica> {
+        if self.etcd.is_empty() {
+            return None;
+        }
+        let host = sans.first().map_or("localhost", String::as_str);
+        Some(picket_control::cluster::Replica {
+            etcd: self.etcd,
+            node: self
+                .node
+                .unwrap_or_else(picket_config::control::default_name),
+            advertise: self.advertise.unwrap_or_else(|| format!("{host}:7443")),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create the CA, server certificate, first admin bundle and control.toml.
@@ -31,6 +63,20 @@ enum Cmd {
         /// Extra name or IP address agents will dial (repeatable).
         #[arg(long = "san", value_name = "NAME_OR_IP")]
         sans: Vec<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Make another replica of a cluster from the CA in etcd (SPEC §12):
+    /// its own server certificate, and control.toml with [cluster].
+    Join {
+        /// Folder for keys, certificates, config and store.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Extra name or IP address agents will dial (repeatable).
+        #[arg(long = "san", value_name = "NAME_OR_IP")]
+        sans: Vec<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Run the control plane.
     Run {
@@ -144,8 +190,17 @@ fn check(config: &std::path::Path, json: bool, strict: bool) -> anyhow::Result<(
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Init { data_dir, sans } => {
-            let r = picket_control::init(&data_dir, &sans).map_err(BadConfig)?;
+        Cmd::Init {
+            data_dir,
+            sans,
+            cluster,
+        } => {
+            let r = match cluster.replica(&sans) {
+                None => picket_control::init(&data_dir, &sans).map_err(BadConfig)?,
+                Some(c) => tokio::runtime::Runtime::new()
+                    .context("starting the runtime")?
+                    .block_on(picket_control::cluster::init(&data_dir, &sans, &c))?,
+            };
             println!("Created the Picket CA in {}", data_dir.display());
             println!("CA fingerprint: {}", r.fingerprint);
             println!(
@@ -155,6 +210,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 r.ca_cert.display()
             );
             println!("Config: {}", data_dir.join("control.toml").display());
+            println!(
+                "Next: picket-control run --config {}",
+                data_dir.join("control.toml").display()
+            );
+            Ok(())
+        }
+        Cmd::Join {
+            data_dir,
+            sans,
+            cluster,
+        } => {
+            let c = cluster
+                .replica(&sans)
+                .ok_or_else(|| BadConfig(anyhow::anyhow!("join needs --cluster-etcd")))?;
+            let fingerprint = tokio::runtime::Runtime::new()
+                .context("starting the runtime")?
+                .block_on(picket_control::cluster::join(&data_dir, &sans, &c))?;
+            println!("Joined the cluster as {} in {}", c.node, data_dir.display());
+            println!("CA fingerprint: {fingerprint}");
             println!(
                 "Next: picket-control run --config {}",
                 data_dir.join("control.toml").display()

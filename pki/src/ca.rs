@@ -187,6 +187,40 @@ pub fn init(dir: &Path, sans: &[String]) -> Result<InitReport, PkiError> {
     })
 }
 
+/// A cluster replica's folder from the cluster's CA (read from etcd by
+/// `picket-control join`): the CA's files, and a server certificate of
+/// this replica's own for loopback and `sans`. No admin bundle: the
+/// cluster's is the one `init` made. Returns the CA's fingerprint.
+pub fn join(
+    dir: &Path,
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    sans: &[String],
+) -> Result<String, PkiError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|error| PkiError::CreateDir {
+            path: dir.to_path_buf(),
+            error,
+        })?;
+    for existing in ["ca.crt", "ca.key"] {
+        let p = dir.join(existing);
+        if p.exists() {
+            return Err(PkiError::Exists(p));
+        }
+    }
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    names.extend(sans.iter().cloned());
+    super::server::check_names(&names)?;
+    files::write_secret(&dir.join("ca.key"), ca_key_pem.as_bytes())?;
+    files::write_public(&dir.join("ca.crt"), ca_cert_pem.as_bytes())?;
+    let ca = Ca::load(dir)?;
+    super::server::issue(dir, &ca, &names)?;
+    Ok(ca.fingerprint())
+}
+
 impl Ca {
     pub fn load(dir: &Path) -> Result<Self, PkiError> {
         let cert_path = dir.join("ca.crt");

@@ -5,4 +5,4 @@ mod ca;
 pub mod server;
 pub mod token;
 
-pub use ca::{Ca, InitReport, Issued, PkiError, SubjectKind, init};
+pub use ca::{Ca, InitReport, Issued, PkiError, SubjectKind, init, join};

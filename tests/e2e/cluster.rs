@@ -216,27 +216,77 @@ fn leading(cps: &[Option<Control>], limit: Duration) -> Result<usize> {
 fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
     let w = World::new()?;
     let mut etcd = EtcdCluster::start(&w, 3)?;
-    let members = etcd
+    let etcd_flags: Vec<String> = etcd
         .endpoints()
         .iter()
-        .map(|e| format!("{e:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+        .flat_map(|e| ["--cluster-etcd".to_string(), e.clone()])
+        .collect();
+    let make = |cmd: &str, i: usize, listen: &str| -> Result<std::process::Output> {
+        let dir = format!("cp{i}");
+        let node = format!("cp-{i}");
+        let mut args = vec![
+            cmd,
+            "--data-dir",
+            &dir,
+            "--node",
+            &node,
+            "--advertise",
+            listen,
+        ];
+        args.extend(etcd_flags.iter().map(String::as_str));
+        w.run("picket-control", &args)
+    };
+    // A replica cannot join before the cluster has a CA.
+    let out = make("join", 9, "127.0.0.1:7443")?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds no Picket CA"),
+        "{}",
+        stderr(&out)
+    );
+
+    // init writes the CA into etcd; the others join from it; a second init
+    // against the same etcd is refused.
     let mut cps: Vec<Option<Control>> = Vec::new();
     for i in 0..3 {
         let listen = format!("127.0.0.1:{}", free_port()?);
-        w.init(
-            &format!("cp{i}"),
-            &format!(
-                "[cluster]\nnode = \"cp-{i}\"\nadvertise = \"{listen}\"\netcd = [{members}]\n"
-            ),
-        )?;
+        let out = make(if i == 0 { "init" } else { "join" }, i, &listen)?;
+        assert!(out.status.success(), "{}", stderr(&out));
         cps.push(Some(Control::start_on(&w, &format!("cp{i}"), &listen)?));
     }
+    let out = make("init", 8, "127.0.0.1:7443")?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already holds a Picket CA"),
+        "{}",
+        stderr(&out)
+    );
+    let ca = |i: usize| std::fs::read(w.path(&format!("cp{i}/ca.crt")));
+    assert_eq!(ca(1)?, ca(0)?);
+    assert_eq!(ca(2)?, ca(0)?);
+    assert_ne!(
+        std::fs::read(w.path("cp1/server.key"))?,
+        std::fs::read(w.path("cp2/server.key"))?,
+        "each replica its own server key"
+    );
     let first = leading(&cps, Duration::from_secs(30))?;
-    let status = |cps: &[Option<Control>], i: usize| -> Result<serde_json::Value> {
+    // One admin bundle, init's, for every replica (one CA).
+    let admin = |cps: &[Option<Control>], i: usize| -> Result<Vec<String>> {
         let c = cps[i].as_ref().context("a live replica")?;
-        ctl_json(&w, &c.admin_flags(), &["status"])?
+        let d = |f: &str| w.path(&format!("cp0/{f}")).display().to_string();
+        Ok(vec![
+            "--server".into(),
+            c.grpc.clone(),
+            "--ca".into(),
+            d("ca.crt"),
+            "--cert".into(),
+            d("admin.crt"),
+            "--key".into(),
+            d("admin.key"),
+        ])
+    };
+    let status = |cps: &[Option<Control>], i: usize| -> Result<serde_json::Value> {
+        ctl_json(&w, &admin(cps, i)?, &["status"])?
             .pop()
             .context("a status line")
     };
@@ -295,8 +345,7 @@ fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
                 .then_some(())
         },
     )?;
-    let c = cps[next].as_ref().context("a live replica")?;
-    let out = ctl(&w, &c.admin_flags(), &["status"])?;
+    let out = ctl(&w, &admin(&cps, next)?, &["status"])?;
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("etcd unavailable"),
