@@ -191,6 +191,15 @@ impl Etcd {
 
     /// Every key under `prefix` with its value, in key order.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, EtcdError> {
+        let (all, _) = self.list_at(prefix).await?;
+        Ok(all
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
+    }
+
+    /// [`Etcd::list`], raw keys, and the store's revision when read.
+    pub async fn list_at(&self, prefix: &str) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, i64), EtcdError> {
         let req = pb::RangeRequest {
             key: prefix.as_bytes().to_vec(),
             range_end: prefix_end(prefix.as_bytes()),
@@ -202,10 +211,11 @@ impl Etcd {
                 async move { KvClient::new(ch).range(req).await }
             })
             .await?;
-        Ok(r.kvs
-            .into_iter()
-            .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value))
-            .collect())
+        let revision = r.header.map_or(0, |h| h.revision);
+        Ok((
+            r.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+            revision,
+        ))
     }
 
     /// Sets `key` (unconditionally; the engines' writes go through
@@ -272,6 +282,7 @@ impl Etcd {
 pub struct Kv {
     pub value: Vec<u8>,
     pub create_revision: i64,
+    pub mod_revision: i64,
     pub lease: i64,
 }
 
@@ -280,6 +291,7 @@ impl From<crate::pb::mvccpb::KeyValue> for Kv {
         Kv {
             value: kv.value,
             create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
             lease: kv.lease,
         }
     }
@@ -323,9 +335,20 @@ pub fn created_at(key: &str, revision: i64) -> pb::Compare {
     }
 }
 
+/// Holds when `key` was last written at `revision`.
+pub fn modified_at(key: &str, revision: i64) -> pb::Compare {
+    pb::Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Mod as i32,
+        key: key.as_bytes().to_vec(),
+        target_union: Some(TargetUnion::ModRevision(revision)),
+        range_end: Vec::new(),
+    }
+}
+
 /// The end of the range of every key starting with `prefix` (etcd's
 /// `WithPrefix`): the prefix with its last byte below 0xff plus one.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -8,6 +8,8 @@
 //!   the leader's engines goes through.
 //! - [`membership`]: one replica's campaign and presence, and what it
 //!   reports of the cluster.
+//! - [`mirror`]: a replica's local copy of the keys under a prefix, kept
+//!   by etcd's watch: how a change through one replica reaches them all.
 //!
 //! This crate reads and writes etcd only; it knows nothing of agents,
 //! rollouts or alerts (the control plane maps those onto keys).
@@ -16,6 +18,7 @@ pub mod ca;
 pub mod etcd;
 pub mod leader;
 pub mod membership;
+pub mod mirror;
 
 pub use etcd::{Etcd, EtcdError};
 pub use leader::{Leadership, Options, Role, Term};

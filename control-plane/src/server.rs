@@ -165,14 +165,19 @@ pub async fn run(
         )),
         None => None,
     };
+    let user_streams: Arc<crate::grpc::cut::UserStreams> = Arc::default();
+    let users = cluster.as_ref().map(|c| {
+        crate::cluster::users::mirror(c.etcd().clone(), store.clone(), user_streams.clone())
+    });
     let state = Arc::new(State {
         cluster,
+        users,
         audit: Audit::new(store.clone()),
         store: store.clone(),
         ca,
         identity,
         sessions,
-        user_streams: Default::default(),
+        user_streams,
         steps,
         rollouts,
         alerts,

@@ -306,6 +306,60 @@ fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
         assert_eq!(http_get(&c.http, "/readyz")?.0, 200);
     }
 
+    // Users are shared: added through one replica, known on the others;
+    // revoked through another, refused everywhere and their streams cut.
+    let out = ctl(
+        &w,
+        &admin(&cps, 0)?,
+        &["user", "add", "bob", "--role", "viewer", "--out", "bob"],
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bob = |cps: &[Option<Control>], i: usize| -> Result<Vec<String>> {
+        let mut f = admin(cps, i)?;
+        f[5] = w.path("bob/bob.crt").display().to_string();
+        f[7] = w.path("bob/bob.key").display().to_string();
+        Ok(f)
+    };
+    let added = std::time::Instant::now();
+    wait_for("bob known on every replica", Duration::from_secs(5), || {
+        (0..3)
+            .all(|i| {
+                bob(&cps, i)
+                    .is_ok_and(|f| ctl(&w, &f, &["status"]).is_ok_and(|o| o.status.success()))
+            })
+            .then_some(())
+    })?;
+    eprintln!("bob usable on all three after {:?}", added.elapsed());
+    let mut follow = {
+        let mut c = w.cmd("picketctl");
+        c.args(bob(&cps, 2)?).args(["logs", "-f"]);
+        picket_tests::Proc::spawn(c)?
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(follow.child_alive(), "{}", follow.stderr());
+    let out = ctl_json(&w, &admin(&cps, 1)?, &["user", "revoke", "bob"])?;
+    assert_eq!(out[0]["name"], "bob");
+    follow.wait_exit(Duration::from_secs(5))?;
+    assert!(follow.stderr().contains("revoked"), "{}", follow.stderr());
+    for i in 0..3 {
+        let out = ctl(&w, &bob(&cps, i)?, &["status"])?;
+        assert!(
+            !out.status.success() && stderr(&out).contains("revoked"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let again = ctl(
+        &w,
+        &admin(&cps, 2)?,
+        &["user", "add", "bob", "--role", "viewer", "--out", "bob2"],
+    )?;
+    assert!(
+        !again.status.success() && stderr(&again).contains("revoked"),
+        "{}",
+        stderr(&again)
+    );
+
     // kill -9 the leader: another leads within the lease's TTL (5 s) and a
     // moment; the dead one's presence goes with its lease.
     let died = std::time::Instant::now();

@@ -327,15 +327,20 @@ impl AdminService for AdminSvc {
             run_as: r.run_as.clone(),
             hosts: hosts.clone(),
         };
-        let added = st
-            .store
-            .blocking(move |s| {
-                let added = s.add_user(&user)?;
-                s.flush()?;
-                Ok(added)
-            })
-            .await
-            .map_err(store_error)?;
+        let added = match (st.cluster.as_deref(), st.users.as_ref()) {
+            (Some(c), Some(m)) => crate::cluster::users::add(c.etcd(), m, &user)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?,
+            _ => st
+                .store
+                .blocking(move |s| {
+                    let added = s.add_user(&user)?;
+                    s.flush()?;
+                    Ok(added)
+                })
+                .await
+                .map_err(store_error)?,
+        };
         if added.is_err() {
             st.audit
                 .record(&caller.actor(), "user.add", &target, "error: revoked");
@@ -374,21 +379,28 @@ impl AdminService for AdminSvc {
         let target = format!("user:{name}");
         let caller = require(&req, &st.audit, Role::Admin, "user.revoke", &target)?;
         let n = name.clone();
-        let revoked = st
-            .store
-            .blocking(move |s| {
-                let r = s.revoke_user(&n, now_ms())?;
-                s.flush()?;
-                Ok(r)
-            })
-            .await
-            .map_err(store_error)?;
+        let revoked = match (st.cluster.as_deref(), st.users.as_ref()) {
+            (Some(c), Some(m)) => crate::cluster::users::revoke(c.etcd(), m, &name, now_ms())
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?,
+            _ => st
+                .store
+                .blocking(move |s| {
+                    let r = s.revoke_user(&n, now_ms())?;
+                    s.flush()?;
+                    Ok(r)
+                })
+                .await
+                .map_err(store_error)?,
+        };
         let Some(user) = revoked else {
             st.audit
                 .record(&caller.actor(), "user.revoke", &target, "error: not found");
             return Err(Status::not_found(format!("no user named {name}")));
         };
-        let cut = st.user_streams.cut(&name);
+        // Those the users' mirror cut already (cluster mode), and the rest.
+        st.user_streams.cut(&name);
+        let cut = st.user_streams.take_counted(&name);
         st.audit.record(
             &caller.actor(),
             "user.revoke",

@@ -21,6 +21,10 @@ type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Default)]
 pub struct UserStreams {
     users: Mutex<HashMap<String, Cut>>,
+    /// Streams cut per user since [`UserStreams::take_counted`]: in
+    /// cluster mode a revocation may be applied here by the users' mirror
+    /// before the revoking call asks.
+    counted: Mutex<HashMap<String, u32>>,
 }
 
 #[derive(Clone, Default)]
@@ -59,13 +63,31 @@ impl UserStreams {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(user);
-        cut.map_or(0, |c| {
+        let n = cut.map_or(0, |c| {
             // Counted before the cancel: a cancelled stream may end and be
             // dropped on another worker thread before `cancel` returns.
             let open = c.open.load(Ordering::SeqCst);
             c.token.cancel();
             open
-        })
+        });
+        if n > 0 {
+            *self
+                .counted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(user.to_string())
+                .or_default() += n;
+        }
+        n
+    }
+
+    /// How many of `user`'s streams were cut since last asked.
+    pub fn take_counted(&self, user: &str) -> u32 {
+        self.counted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user)
+            .unwrap_or(0)
     }
 }
 

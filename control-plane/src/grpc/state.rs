@@ -22,7 +22,9 @@ pub struct State {
     pub identity: Arc<picket_tls::server::Identity>,
     pub sessions: Arc<Sessions>,
     /// Users' open admin streams, cut when a user is revoked.
-    pub user_streams: super::cut::UserStreams,
+    pub user_streams: Arc<super::cut::UserStreams>,
+    /// Cluster mode: the users in etcd, copied into the store.
+    pub users: Option<picket_cluster::mirror::Mirror>,
     /// Steps in flight to agents, and their updates back.
     pub steps: Arc<crate::steps::Steps>,
     /// The rollout driver.

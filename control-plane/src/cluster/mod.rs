@@ -8,6 +8,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use picket_cluster::Etcd;
 
+pub mod users;
+
 /// What `[cluster]` a new replica gets.
 pub struct Replica {
     pub etcd: Vec<String>,
@@ -59,6 +61,7 @@ pub async fn init(
             data_dir.display()
         );
     }
+    users::add_admin(&etcd).await?;
     crate::seed(data_dir, &r.section())?;
     Ok(report)
 }
