@@ -412,5 +412,25 @@ fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
     for c in cps.iter().flatten() {
         assert_eq!(http_get(&c.http, "/readyz")?.0, 200);
     }
+    // The users' copies follow etcd again after their watches broke.
+    let live: Vec<usize> = (0..3).filter(|&i| cps[i].is_some()).collect();
+    let out = ctl(
+        &w,
+        &admin(&cps, live[0])?,
+        &["user", "add", "carol", "--role", "viewer", "--out", "carol"],
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut f = admin(&cps, live[1])?;
+    f[5] = w.path("carol/carol.crt").display().to_string();
+    f[7] = w.path("carol/carol.key").display().to_string();
+    wait_for(
+        "carol known on the other replica",
+        Duration::from_secs(10),
+        || {
+            ctl(&w, &f, &["status"])
+                .is_ok_and(|o| o.status.success())
+                .then_some(())
+        },
+    )?;
     Ok(())
 }
