@@ -168,23 +168,67 @@ impl Etcd {
         LeaseClient::new(ch)
     }
 
-    pub(crate) fn watch(ch: Channel) -> WatchClient<Channel> {
-        WatchClient::new(ch)
+    /// The keys from `key` up to `range_end` (none: `key` alone).
+    async fn range(
+        &self,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+    ) -> Result<pb::RangeResponse, EtcdError> {
+        let req = pb::RangeRequest {
+            key,
+            range_end,
+            ..Default::default()
+        };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { KvClient::new(ch).range(req).await }
+        })
+        .await
+    }
+
+    /// A watch of the keys from `key` up to `range_end` from `revision`
+    /// on the pinned member; `None` (and the next member pinned) when it
+    /// cannot be opened. etcd answers the stream once it has the request,
+    /// so the request is queued before the stream opens.
+    pub(crate) async fn watch_from(
+        &self,
+        key: &[u8],
+        range_end: Vec<u8>,
+        revision: i64,
+    ) -> Option<Watching> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let create = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: key.to_vec(),
+                    range_end,
+                    start_revision: revision,
+                    // Progress reports while nothing changes.
+                    progress_notify: true,
+                    ..Default::default()
+                },
+            )),
+        };
+        tx.send(create).await.ok()?;
+        let (member, ch) = self.pinned();
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, WatchClient::new(ch).watch(stream)).await {
+            Ok(Ok(s)) => Some(Watching {
+                member,
+                inbound: s.into_inner(),
+                _requests: tx,
+            }),
+            _ => {
+                self.move_on(member);
+                None
+            }
+        }
     }
 
     /// The value of `key` and its create revision, if it exists; and the
     /// store's revision when read.
     pub async fn get(&self, key: &str) -> Result<(Option<Kv>, i64), EtcdError> {
-        let req = pb::RangeRequest {
-            key: key.as_bytes().to_vec(),
-            ..Default::default()
-        };
-        let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { KvClient::new(ch).range(req).await }
-            })
-            .await?;
+        let r = self.range(key.as_bytes().to_vec(), Vec::new()).await?;
         let rev = r.header.map_or(0, |h| h.revision);
         Ok((r.kvs.into_iter().next().map(Kv::from), rev))
     }
@@ -200,17 +244,8 @@ impl Etcd {
 
     /// [`Etcd::list`], raw keys, and the store's revision when read.
     pub async fn list_at(&self, prefix: &str) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, i64), EtcdError> {
-        let req = pb::RangeRequest {
-            key: prefix.as_bytes().to_vec(),
-            range_end: prefix_end(prefix.as_bytes()),
-            ..Default::default()
-        };
-        let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { KvClient::new(ch).range(req).await }
-            })
-            .await?;
+        let p = prefix.as_bytes();
+        let r = self.range(p.to_vec(), prefix_end(p)).await?;
         let revision = r.header.map_or(0, |h| h.revision);
         Ok((
             r.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
@@ -275,6 +310,15 @@ impl Etcd {
         .await
         .map(|_| ())
     }
+}
+
+/// An open watch: the member it is on, and its responses. The request
+/// side stays open as long as this lives (closing it would end the
+/// client's half of the stream).
+pub(crate) struct Watching {
+    pub member: usize,
+    pub inbound: tonic::Streaming<pb::WatchResponse>,
+    _requests: tokio::sync::mpsc::Sender<pb::WatchRequest>,
 }
 
 /// A key's value and the revision that created it.

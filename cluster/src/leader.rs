@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::etcd::{ATTEMPT_TIMEOUT, Etcd, EtcdError, created_at, get_op, put_op};
+use crate::etcd::{ATTEMPT_TIMEOUT, Etcd, EtcdError, Watching, created_at, get_op, put_op};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::mvccpb::event::EventType;
 
@@ -407,44 +407,21 @@ async fn wait_gone(
 /// Watches `key` from `revision`: true when it is deleted, false when
 /// the watch breaks.
 async fn watch_delete(etcd: &Etcd, key: &str, revision: i64) -> bool {
-    let (tx, rx) = mpsc::channel(1);
-    let create = pb::WatchRequest {
-        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-            pb::WatchCreateRequest {
-                key: key.as_bytes().to_vec(),
-                start_revision: revision,
-                ..Default::default()
-            },
-        )),
-    };
-    if tx.send(create).await.is_err() {
-        return false;
-    }
-    let (member, ch) = etcd.pinned();
-    let opened = timeout(
-        ATTEMPT_TIMEOUT,
-        Etcd::watch(ch).watch(ReceiverStream::new(rx)),
-    )
-    .await;
-    let Ok(Ok(s)) = opened else {
-        etcd.move_on(member);
+    let Some(Watching { mut inbound, .. }) =
+        etcd.watch_from(key.as_bytes(), Vec::new(), revision).await
+    else {
         return false;
     };
-    let mut inbound = s.into_inner();
-    loop {
-        match inbound.message().await {
-            Ok(Some(w)) => {
-                if w.canceled {
-                    return false;
-                }
-                if w.events
-                    .iter()
-                    .any(|e| e.r#type == EventType::Delete as i32)
-                {
-                    return true;
-                }
-            }
-            _ => return false,
+    while let Ok(Some(w)) = inbound.message().await {
+        if w.canceled {
+            return false;
+        }
+        if w.events
+            .iter()
+            .any(|e| e.r#type == EventType::Delete as i32)
+        {
+            return true;
         }
     }
+    false
 }

@@ -7,12 +7,10 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{sleep, timeout};
-use tokio_stream::wrappers::ReceiverStream;
 
-use crate::etcd::{ATTEMPT_TIMEOUT, Etcd, prefix_end};
-use crate::pb::etcdserverpb as pb;
+use crate::etcd::{Etcd, Watching, prefix_end};
 use crate::pb::mvccpb::event::EventType;
 
 /// What the copy is told.
@@ -95,33 +93,15 @@ async fn follow(
     applied: &watch::Sender<i64>,
     strip: &impl Fn(&[u8]) -> String,
 ) {
-    let (tx, rx) = mpsc::channel(1);
-    let create = pb::WatchRequest {
-        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-            pb::WatchCreateRequest {
-                key: prefix.as_bytes().to_vec(),
-                range_end: prefix_end(prefix.as_bytes()),
-                start_revision: revision,
-                // Progress reports move `applied` on while nothing changes.
-                progress_notify: true,
-                ..Default::default()
-            },
-        )),
-    };
-    if tx.send(create).await.is_err() {
-        return;
-    }
-    let (member, ch) = etcd.pinned();
-    let opened = timeout(
-        ATTEMPT_TIMEOUT,
-        Etcd::watch(ch).watch(ReceiverStream::new(rx)),
-    )
-    .await;
-    let Ok(Ok(s)) = opened else {
-        etcd.move_on(member);
+    let p = prefix.as_bytes();
+    let Some(Watching {
+        member,
+        mut inbound,
+        ..
+    }) = etcd.watch_from(p, prefix_end(p), revision).await
+    else {
         return;
     };
-    let mut inbound = s.into_inner();
     while let Ok(Some(w)) = inbound.message().await {
         if w.canceled || w.compact_revision != 0 {
             return;

@@ -61,18 +61,23 @@ pub fn init(data_dir: &Path, sans: &[String]) -> anyhow::Result<picket_pki::Init
     Ok(report)
 }
 
-/// The store with the admin user in it, and `control.toml` (the template,
-/// then `extra`) unless one exists.
-pub(crate) fn seed(data_dir: &Path, extra: &str) -> anyhow::Result<()> {
-    let store = Store::open(data_dir)?;
-    store.put_user(&UserRecord {
+/// The first admin, whose bundle `init` writes.
+pub(crate) fn admin_user() -> UserRecord {
+    UserRecord {
         name: "admin".into(),
         role: picket_model::Role::Admin,
         created_ms: picket_clock::now_ms(),
         revoked_ms: None,
         run_as: Vec::new(),
         hosts: None,
-    })?;
+    }
+}
+
+/// The store with the admin user in it, and `control.toml` (the template,
+/// then `extra`) unless one exists.
+pub(crate) fn seed(data_dir: &Path, extra: &str) -> anyhow::Result<()> {
+    let store = Store::open(data_dir)?;
+    store.put_user(&admin_user())?;
     store.flush()?;
     let cfg_path = data_dir.join("control.toml");
     if !cfg_path.exists() {

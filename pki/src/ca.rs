@@ -127,11 +127,11 @@ pub(super) fn validity(params: &mut CertificateParams, lifetime: Duration) -> Sy
     not_after
 }
 
-/// Creates the CA, the server certificate and the first admin bundle in
-/// `dir`. Refuses if a CA is already there.
-pub fn init(dir: &Path, sans: &[String]) -> Result<InitReport, PkiError> {
-    // 0700: it holds the CA key and the store (outside systemd too, where
-    // no StateDirectoryMode applies).
+/// `dir` made (0700: it holds the CA key and the store, outside systemd
+/// too, where no StateDirectoryMode applies) and holding no CA; the
+/// server certificate's names (loopback always, plus `sans`) checked
+/// before anything is written.
+fn prepare(dir: &Path, sans: &[String]) -> Result<Vec<String>, PkiError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -146,11 +146,16 @@ pub fn init(dir: &Path, sans: &[String]) -> Result<InitReport, PkiError> {
             return Err(PkiError::Exists(p));
         }
     }
-    // Names first: a bad --san must fail before anything is written.
-    // The server certificate names loopback always, plus what the operator gave.
     let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     names.extend(sans.iter().cloned());
     super::server::check_names(&names)?;
+    Ok(names)
+}
+
+/// Creates the CA, the server certificate and the first admin bundle in
+/// `dir`. Refuses if a CA is already there.
+pub fn init(dir: &Path, sans: &[String]) -> Result<InitReport, PkiError> {
+    let names = prepare(dir, sans)?;
     let ca_key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     // A unique name, so that two Picket CAs are never mistaken for each
@@ -197,23 +202,7 @@ pub fn join(
     ca_key_pem: &str,
     sans: &[String],
 ) -> Result<String, PkiError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|error| PkiError::CreateDir {
-            path: dir.to_path_buf(),
-            error,
-        })?;
-    for existing in ["ca.crt", "ca.key"] {
-        let p = dir.join(existing);
-        if p.exists() {
-            return Err(PkiError::Exists(p));
-        }
-    }
-    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-    names.extend(sans.iter().cloned());
-    super::server::check_names(&names)?;
+    let names = prepare(dir, sans)?;
     files::write_secret(&dir.join("ca.key"), ca_key_pem.as_bytes())?;
     files::write_public(&dir.join("ca.crt"), ca_cert_pem.as_bytes())?;
     let ca = Ca::load(dir)?;

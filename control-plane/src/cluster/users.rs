@@ -120,13 +120,5 @@ pub async fn revoke(
 
 /// `init --cluster-etcd`: the first admin, in etcd.
 pub async fn add_admin(etcd: &Etcd) -> Result<(), EtcdError> {
-    let admin = UserRecord {
-        name: "admin".into(),
-        role: picket_model::Role::Admin,
-        created_ms: picket_clock::now_ms(),
-        revoked_ms: None,
-        run_as: Vec::new(),
-        hosts: None,
-    };
-    write(etcd, &admin, 0).await.map(|_| ())
+    write(etcd, &crate::admin_user(), 0).await.map(|_| ())
 }
