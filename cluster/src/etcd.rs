@@ -23,10 +23,20 @@ use pb::watch_client::WatchClient;
 /// longer than an etcd leader election (about a second).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// TLS to etcd: the CA that signed its members' certificates, and this
+/// replica's client certificate and key when etcd asks for one (PEM).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca_pem: String,
+    pub identity: Option<(String, String)>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    #[error("bad etcd endpoint {0:?}: expected http://HOST:PORT")]
+    #[error("bad etcd endpoint {0:?}: expected http://HOST:PORT, or https:// with TLS settings")]
     BadEndpoint(String),
+    #[error("TLS to etcd: {0}")]
+    Tls(String),
     #[error("no etcd endpoint given")]
     NoEndpoint,
     /// No member could be reached, or none has quorum.
@@ -76,16 +86,36 @@ impl Etcd {
     /// Channels to `endpoints` (`http://HOST:PORT`, one per member).
     /// Connects lazily: an etcd that is down makes calls fail, not this.
     pub fn connect(endpoints: &[String]) -> Result<Etcd, EtcdError> {
+        Etcd::connect_with(endpoints, None)
+    }
+
+    /// [`Etcd::connect`], over TLS to `https://` endpoints when `tls`.
+    pub fn connect_with(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Etcd, EtcdError> {
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoint);
         }
         let mut channels = Vec::new();
         for e in endpoints {
-            if !e.starts_with("http://") {
+            let scheme_ok = match tls {
+                Some(_) => e.starts_with("https://"),
+                None => e.starts_with("http://"),
+            };
+            if !scheme_ok {
                 return Err(EtcdError::BadEndpoint(e.clone()));
             }
-            let ep = Endpoint::from_shared(e.clone())
-                .map_err(|_| EtcdError::BadEndpoint(e.clone()))?
+            let mut ep =
+                Endpoint::from_shared(e.clone()).map_err(|_| EtcdError::BadEndpoint(e.clone()))?;
+            if let Some(t) = tls {
+                let mut cfg = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca_pem));
+                if let Some((cert, key)) = &t.identity {
+                    cfg = cfg.identity(tonic::transport::Identity::from_pem(cert, key));
+                }
+                ep = ep
+                    .tls_config(cfg)
+                    .map_err(|x| EtcdError::Tls(format!("{e}: {x}")))?;
+            }
+            let ep = ep
                 .connect_timeout(ATTEMPT_TIMEOUT)
                 .http2_keep_alive_interval(Duration::from_secs(2))
                 .keep_alive_timeout(Duration::from_secs(2))

@@ -20,7 +20,7 @@ pub mod leader;
 pub mod membership;
 pub mod mirror;
 
-pub use etcd::{Etcd, EtcdError};
+pub use etcd::{Etcd, EtcdError, EtcdTls};
 pub use leader::{Leadership, Options, Role, Term};
 pub use membership::{Cluster, Replica};
 

@@ -3,6 +3,7 @@
 //! report of the whole (SPEC §12).
 
 use crate::etcd::{Etcd, EtcdError};
+
 use crate::leader::{Leadership, Options, Role};
 
 /// A replica as it publishes itself.
@@ -21,19 +22,18 @@ pub struct Cluster {
 impl Cluster {
     /// Joins the cluster on `endpoints` as `node`, reachable at
     /// `advertise`: campaigns and publishes itself in the background.
-    pub fn start(endpoints: &[String], node: &str, advertise: &str) -> Result<Cluster, EtcdError> {
-        let etcd = Etcd::connect(endpoints)?;
+    pub fn start(etcd: Etcd, node: &str, advertise: &str) -> Cluster {
         let opts = Options {
             advertise: advertise.to_string(),
             ..Options::default()
         };
         let prefix = opts.prefix.clone();
         let leadership = Leadership::campaign(etcd.clone(), node.to_string(), opts);
-        Ok(Cluster {
+        Cluster {
             etcd,
             leadership,
             prefix,
-        })
+        }
     }
 
     pub fn role(&self) -> Role {

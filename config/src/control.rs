@@ -76,8 +76,9 @@ pub struct ClusterConfig {
     pub advertise: String,
     /// The etcd members, `http://HOST:PORT` each.
     pub etcd: Vec<String>,
-    /// TLS to etcd: the CA that signed its certificates, and a client
-    /// certificate and key.
+    /// TLS to etcd (then every member is `https://`): the CA that signed
+    /// its certificates, and a client certificate and key when etcd checks
+    /// them (`--client-cert-auth`). Relative to control.toml.
     #[serde(default)]
     pub etcd_ca: Option<PathBuf>,
     #[serde(default)]
@@ -104,23 +105,24 @@ impl ClusterConfig {
         if self.etcd.is_empty() {
             bad("cluster.etcd", "at least one etcd member, http://HOST:PORT");
         }
+        // TLS to etcd with etcd_ca: https:// everywhere; without, http://.
+        let (scheme, form) = match self.etcd_ca {
+            Some(_) => ("https://", "https://HOST:PORT (etcd_ca is set)"),
+            None => ("http://", "http://HOST:PORT (or https:// with etcd_ca)"),
+        };
         for e in &self.etcd {
-            let host = e.strip_prefix("http://");
-            if e.starts_with("https://") {
-                bad(
-                    "cluster.etcd",
-                    &format!(
-                        "{e:?}: TLS to etcd is not supported yet (docs/cluster.md); use http:// on a private network"
-                    ),
-                );
-            } else if host.is_none_or(|h| crate::Servers::parse(h).is_err()) {
-                bad("cluster.etcd", &format!("{e:?} is not http://HOST:PORT"));
+            let host = e.strip_prefix(scheme);
+            if host.is_none_or(|h| crate::Servers::parse(h).is_err()) {
+                bad("cluster.etcd", &format!("{e:?} is not {form}"));
             }
         }
-        if self.etcd_ca.is_some() || self.etcd_cert.is_some() || self.etcd_key.is_some() {
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            bad("cluster.etcd_cert", "etcd_cert and etcd_key go together");
+        }
+        if self.etcd_cert.is_some() && self.etcd_ca.is_none() {
             bad(
                 "cluster.etcd_ca",
-                "TLS to etcd is not supported yet (docs/cluster.md)",
+                "a client certificate needs TLS: set etcd_ca too",
             );
         }
         if self.postgres.is_some() || self.password_file.is_some() {
@@ -280,6 +282,21 @@ impl ControlConfig {
             && a.is_relative()
         {
             self.alerts = Some(parent.join(a));
+        }
+        if let (Some(c), Some(parent)) = (self.cluster.as_mut(), path.parent()) {
+            for f in [
+                &mut c.etcd_ca,
+                &mut c.etcd_cert,
+                &mut c.etcd_key,
+                &mut c.password_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if f.is_relative() {
+                    *f = parent.join(&*f);
+                }
+            }
         }
         self
     }
@@ -499,7 +516,7 @@ mod tests {
             (("http://10.0.1.51:2379", "10.0.1.51:2379"), "cluster.etcd"),
             (
                 ("http://10.0.1.51:2379", "https://10.0.1.51:2379"),
-                "not supported yet",
+                "or https:// with etcd_ca",
             ),
         ] {
             let e = ControlConfig::parse(&good.replace(change.0, change.1), p)
@@ -507,6 +524,13 @@ mod tests {
                 .to_string();
             assert!(e.contains(field), "{change:?}: {e}");
         }
+        let tls = good.replace("http://", "https://") + "etcd_ca = \"etcd-ca.crt\"\n";
+        let c = ControlConfig::parse(&tls, p).unwrap().cluster.unwrap();
+        assert_eq!(c.etcd_ca, Some(PathBuf::from("/x/etcd-ca.crt")));
+        let e = ControlConfig::parse(&format!("{tls}etcd_cert = \"c.crt\"\n"), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("etcd_cert and etcd_key go together"), "{e}");
         let e = ControlConfig::parse(&format!("{good}postgres = \"postgresql://x\"\n"), p)
             .unwrap_err()
             .to_string();

@@ -35,6 +35,14 @@ struct ClusterArgs {
     /// first --san, else localhost, on port 7443).
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
+    /// TLS to etcd (https:// members): the CA of etcd's certificates.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// A client certificate and key for etcd (`--client-cert-auth`).
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
 }
 
 impl ClusterArgs {
@@ -43,7 +51,11 @@ impl ClusterArgs {
             return None;
         }
         let host = sans.first().map_or("localhost", String::as_str);
+        let abs = |p: Option<PathBuf>| p.map(|p| std::path::absolute(&p).unwrap_or(p));
         Some(picket_control::cluster::Replica {
+            etcd_ca: abs(self.etcd_ca),
+            etcd_cert: abs(self.etcd_cert),
+            etcd_key: abs(self.etcd_key),
             etcd: self.etcd,
             node: self
                 .node

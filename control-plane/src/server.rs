@@ -159,15 +159,19 @@ pub async fn run(
     );
     // Cluster mode: campaign and publish this replica (SPEC §12).
     let cluster = match &cfg.cluster {
-        Some(c) => Some(Arc::new(
-            picket_cluster::Cluster::start(&c.etcd, &c.node, &c.advertise)
-                .context("joining the cluster")?,
-        )),
+        Some(c) => Some(Arc::new(picket_cluster::Cluster::start(
+            crate::cluster::connect(c).context("joining the cluster")?,
+            &c.node,
+            &c.advertise,
+        ))),
         None => None,
     };
     let user_streams: Arc<crate::grpc::cut::UserStreams> = Arc::default();
     let users = cluster.as_ref().map(|c| {
-        crate::cluster::users::mirror(c.etcd().clone(), store.clone(), user_streams.clone())
+        let streams = user_streams.clone();
+        crate::cluster::users::mirror(c.etcd().clone(), store.clone(), move |name| {
+            streams.cut(name);
+        })
     });
     let state = Arc::new(State {
         cluster,

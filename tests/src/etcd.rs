@@ -7,6 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
 
 use crate::{Proc, World, free_port, http_get, tool, wait_for};
 
@@ -24,6 +27,66 @@ struct Member {
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster answers.
     pub fn start(w: &World, n: usize) -> Result<EtcdCluster> {
+        let c = EtcdCluster::start_with(w, n, None)?;
+        c.wait_healthy(0)?;
+        Ok(c)
+    }
+
+    /// `n` members serving clients over TLS only, with client certificates
+    /// required (`--client-cert-auth`), from a CA made here: its files in
+    /// `etcd-tls/` (`ca.crt`, and `client.crt`/`client.key` for Picket).
+    /// Not waited for: the caller's first calls wait.
+    pub fn start_tls(w: &World, n: usize) -> Result<EtcdCluster> {
+        let dir = w.path("etcd-tls");
+        std::fs::create_dir_all(&dir)?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "etcd test CA");
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let write = |name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate()?;
+            let mut p = CertificateParams::new(sans)?;
+            p.extended_key_usages = vec![usage];
+            p.distinguished_name.push(DnType::CommonName, name);
+            let cert = p.signed_by(&key, &issuer)?;
+            std::fs::write(dir.join(format!("{name}.crt")), cert.pem())?;
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+            anyhow::Ok(())
+        };
+        write(
+            "server",
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        write("client", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
+        std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
+        let f = |n: &str| dir.join(n).display().to_string();
+        let tls = vec![
+            "--cert-file".into(),
+            f("server.crt"),
+            "--key-file".into(),
+            f("server.key"),
+            "--trusted-ca-file".into(),
+            f("ca.crt"),
+            "--client-cert-auth".into(),
+        ];
+        let c = EtcdCluster::start_with(w, n, Some(tls))?;
+        for m in &c.members {
+            let addr = m.client.trim_start_matches("https://").to_string();
+            wait_for("etcd listening", Duration::from_secs(30), || {
+                std::net::TcpStream::connect(&addr).ok().map(drop)
+            })?;
+        }
+        // A member listens before it has a leader; a lone one elects
+        // itself within its election timeout (1 s).
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(c)
+    }
+
+    fn start_with(w: &World, n: usize, tls: Option<Vec<String>>) -> Result<EtcdCluster> {
         let bin = tool("etcd", "etcd-server")?;
         let ports: Vec<(u16, u16)> = (0..n)
             .map(|_| Ok((free_port()?, free_port()?)))
@@ -38,7 +101,8 @@ impl EtcdCluster {
         for (i, (client, peer)) in ports.iter().enumerate() {
             let name = format!("m{i}");
             let data: PathBuf = w.path(&format!("etcd/{name}"));
-            let client_url = format!("http://127.0.0.1:{client}");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let client_url = format!("{scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let args = vec![
                 bin.display().to_string(),
@@ -65,6 +129,8 @@ impl EtcdCluster {
                 "--logger".into(),
                 "zap".into(),
             ];
+            let mut args = args;
+            args.extend(tls.iter().flatten().cloned());
             members.push(Member {
                 name,
                 client: client_url,
@@ -76,7 +142,6 @@ impl EtcdCluster {
         for i in 0..n {
             c.start_member(i)?;
         }
-        c.wait_healthy(0)?;
         Ok(c)
     }
 

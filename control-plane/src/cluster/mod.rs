@@ -10,28 +10,77 @@ use picket_cluster::Etcd;
 
 pub mod users;
 
+/// etcd as `[cluster]` says: its members, over TLS with its files when
+/// `etcd_ca` is set.
+pub fn connect(c: &picket_config::control::ClusterConfig) -> anyhow::Result<Etcd> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let tls = match &c.etcd_ca {
+        None => None,
+        Some(ca) => Some(picket_cluster::EtcdTls {
+            ca_pem: read(ca)?,
+            identity: match (&c.etcd_cert, &c.etcd_key) {
+                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                _ => None,
+            },
+        }),
+    };
+    Ok(Etcd::connect_with(&c.etcd, tls.as_ref())?)
+}
+
 /// What `[cluster]` a new replica gets.
 pub struct Replica {
     pub etcd: Vec<String>,
     pub node: String,
     pub advertise: String,
+    /// TLS to etcd: CA, and client certificate and key (absolute paths).
+    pub etcd_ca: Option<std::path::PathBuf>,
+    pub etcd_cert: Option<std::path::PathBuf>,
+    pub etcd_key: Option<std::path::PathBuf>,
 }
 
 impl Replica {
+    fn config(&self) -> picket_config::control::ClusterConfig {
+        picket_config::control::ClusterConfig {
+            node: self.node.clone(),
+            advertise: self.advertise.clone(),
+            etcd: self.etcd.clone(),
+            etcd_ca: self.etcd_ca.clone(),
+            etcd_cert: self.etcd_cert.clone(),
+            etcd_key: self.etcd_key.clone(),
+            postgres: None,
+            password_file: None,
+        }
+    }
+
     fn section(&self) -> String {
-        let etcd: Vec<String> = self.etcd.iter().map(|e| format!("{e:?}")).collect();
-        format!(
+        let list = |v: &[String]| {
+            let v: Vec<String> = v.iter().map(|e| format!("{e:?}")).collect();
+            v.join(", ")
+        };
+        let mut s = format!(
             "\n# Cluster mode (docs/cluster.md): this replica, and the etcd it\n\
              # shares state and leadership through.\n[cluster]\nnode = {:?}\n\
              advertise = {:?}\netcd = [{}]\n",
             self.node,
             self.advertise,
-            etcd.join(", ")
-        )
+            list(&self.etcd)
+        );
+        for (k, v) in [
+            ("etcd_ca", &self.etcd_ca),
+            ("etcd_cert", &self.etcd_cert),
+            ("etcd_key", &self.etcd_key),
+        ] {
+            if let Some(p) = v {
+                s.push_str(&format!("{k} = {:?}\n", p.display().to_string()));
+            }
+        }
+        s
     }
 
     fn etcd(&self) -> anyhow::Result<Etcd> {
-        Ok(Etcd::connect(&self.etcd)?)
+        connect(&self.config())
     }
 }
 

@@ -6,7 +6,6 @@
 //! first, with the same rules as the store (a revoked name never comes
 //! back), then wait for their own replica's copy.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use picket_cluster::etcd::{created_at, modified_at, put_op};
@@ -14,16 +13,14 @@ use picket_cluster::mirror::{Change, Mirror};
 use picket_cluster::{Etcd, EtcdError};
 use picket_store::{Store, UserRecord};
 
-use crate::grpc::cut::UserStreams;
-
 pub const PREFIX: &str = "/picket/users/";
 
 /// How long a write waits for its own replica's copy.
 const CATCH_UP: Duration = Duration::from_secs(5);
 
-/// Copies etcd's users into `store`, cutting the streams of each user
-/// seen revoked.
-pub fn mirror(etcd: Etcd, store: Store, streams: Arc<UserStreams>) -> Mirror {
+/// Copies etcd's users into `store`, telling `revoked` (which cuts their
+/// streams) of each user seen revoked.
+pub fn mirror(etcd: Etcd, store: Store, revoked: impl Fn(&str) + Send + Sync + 'static) -> Mirror {
     Mirror::start(etcd, PREFIX.to_string(), move |change| {
         let users = match change {
             Change::Whole(all) => all.into_iter().map(|(_, v)| v).collect(),
@@ -43,7 +40,7 @@ pub fn mirror(etcd: Etcd, store: Store, streams: Arc<UserStreams>) -> Mirror {
                 tracing::error!(user = u.name, error = %e, "cannot copy a user from etcd");
             }
             if u.revoked_ms.is_some() {
-                streams.cut(&u.name);
+                revoked(&u.name);
             }
         }
     })
