@@ -381,6 +381,32 @@ fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
     )?;
     assert_eq!(s["leader"], format!("cp-{next}"), "{s}");
 
+    // SIGSTOP the leader for 10 s (a pause, as a partition looks): the
+    // last replica takes over; woken, the paused one finds its lease gone
+    // and steps down by itself.
+    let paused = cps[next].take().context("the leader")?;
+    paused.proc.signal(nix::sys::signal::Signal::SIGSTOP);
+    let stopped = std::time::Instant::now();
+    let third = leading(&cps, Duration::from_secs(30))?;
+    eprintln!(
+        "cp-{next} paused; cp-{third} leads after {:?}",
+        stopped.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
+    paused.proc.signal(nix::sys::signal::Signal::SIGCONT);
+    cps[next] = Some(paused);
+    let woke = std::time::Instant::now();
+    wait_for(
+        "the woken replica to step down",
+        Duration::from_secs(10),
+        || {
+            let c = cps[next].as_ref()?;
+            (gauges(c)? == (0, Some(1))).then_some(())
+        },
+    )?;
+    eprintln!("cp-{next} woke and stepped down after {:?}", woke.elapsed());
+    assert_eq!(leading(&cps, Duration::from_secs(10))?, third);
+
     // etcd without quorum: no replica is ready or leads, and status says
     // why; back, a leader again.
     etcd.kill(0);
