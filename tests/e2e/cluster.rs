@@ -339,8 +339,13 @@ fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
     assert!(follow.child_alive(), "{}", follow.stderr());
     let out = ctl_json(&w, &admin(&cps, 1)?, &["user", "revoke", "bob"])?;
     assert_eq!(out[0]["name"], "bob");
-    follow.wait_exit(Duration::from_secs(5))?;
-    assert!(follow.stderr().contains("revoked"), "{}", follow.stderr());
+    let ended = follow.wait_exit(Duration::from_secs(5))?;
+    assert!(!ended.success());
+    // What it printed is read by another thread: wait for it.
+    wait_for("the follow to say why", Duration::from_secs(5), || {
+        follow.stderr().contains("revoked").then_some(())
+    })
+    .with_context(|| follow.stderr())?;
     for i in 0..3 {
         let out = ctl(&w, &bob(&cps, i)?, &["status"])?;
         assert!(

@@ -72,11 +72,13 @@ fn an_agent_moves_to_another_address_when_its_own_dies() -> Result<()> {
     wait_all(&w, &admin, 401)?;
     assert_eq!(status_of(&w, &admin, "vm-a").as_deref(), Some("online"));
     assert!(agent.child_alive(), "{}", agent.stderr());
-    assert!(
-        agent.stderr().contains("control plane unreachable"),
-        "{}",
-        agent.stderr()
-    );
+    wait_for("the agent to log the move", Duration::from_secs(5), || {
+        agent
+            .stderr()
+            .contains("control plane unreachable")
+            .then_some(())
+    })
+    .with_context(|| agent.stderr())?;
     assert_eq!(numbered_lines(&w, &admin)?.len(), 400);
     Ok(())
 }
