@@ -74,15 +74,21 @@ impl EtcdCluster {
             "--client-cert-auth".into(),
         ];
         let c = EtcdCluster::start_with(w, n, Some(tls))?;
-        for m in &c.members {
-            let addr = m.client.trim_start_matches("https://").to_string();
-            wait_for("etcd listening", Duration::from_secs(30), || {
-                std::net::TcpStream::connect(&addr).ok().map(drop)
-            })?;
-        }
-        // A member listens before it has a leader; a lone one elects
-        // itself within its election timeout (1 s).
-        std::thread::sleep(Duration::from_millis(1500));
+        // Ready once a read through the client certificate succeeds (the
+        // members have a leader).
+        let read = |f: &str| std::fs::read_to_string(dir.join(f));
+        let tls = picket_cluster::EtcdTls {
+            ca_pem: read("ca.crt")?,
+            identity: Some((read("client.crt")?, read("client.key")?)),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let etcd =
+            rt.block_on(async { picket_cluster::Etcd::connect_with(&c.endpoints(), Some(&tls)) })?;
+        wait_for("etcd over TLS answering", Duration::from_secs(30), || {
+            rt.block_on(etcd.get("/")).ok().map(drop)
+        })?;
         Ok(c)
     }
 
