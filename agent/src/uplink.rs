@@ -16,6 +16,7 @@ use picket_proto::v1::{self, agent_message::Body, control_message};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::Code;
 
 use crate::buffer::{Buffer, BufferError};
@@ -304,7 +305,7 @@ async fn session<H: Host>(
     if let Err(e) = host.ack(acked).await {
         return Ok(End::Failed(e));
     }
-    let _stop_sender = AbortOnDrop(host.start(acked, tx.clone()));
+    let _stop_sender = AbortOnDropHandle::new(host.start(acked, tx.clone()));
 
     let mut tick = tokio::time::interval(heartbeat);
     tick.tick().await;
@@ -402,14 +403,6 @@ async fn ack(b: Arc<Buffer>, seq: u64) -> Result<(), String> {
     match tokio::task::spawn_blocking(move || b.ack(seq)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -94,6 +94,14 @@ impl Etcd {
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoint);
         }
+        let tls_config = tls.map(|t| {
+            let cfg = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca_pem));
+            match &t.identity {
+                Some((cert, key)) => cfg.identity(tonic::transport::Identity::from_pem(cert, key)),
+                None => cfg,
+            }
+        });
         let mut channels = Vec::new();
         for e in endpoints {
             let scheme_ok = match tls {
@@ -105,14 +113,9 @@ impl Etcd {
             }
             let mut ep =
                 Endpoint::from_shared(e.clone()).map_err(|_| EtcdError::BadEndpoint(e.clone()))?;
-            if let Some(t) = tls {
-                let mut cfg = tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca_pem));
-                if let Some((cert, key)) = &t.identity {
-                    cfg = cfg.identity(tonic::transport::Identity::from_pem(cert, key));
-                }
+            if let Some(cfg) = &tls_config {
                 ep = ep
-                    .tls_config(cfg)
+                    .tls_config(cfg.clone())
                     .map_err(|x| EtcdError::Tls(format!("{e}: {x}")))?;
             }
             let ep = ep
@@ -244,6 +247,7 @@ impl Etcd {
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         match tokio::time::timeout(ATTEMPT_TIMEOUT, WatchClient::new(ch).watch(stream)).await {
             Ok(Ok(s)) => Some(Watching {
+                etcd: self.clone(),
                 member,
                 inbound: s.into_inner(),
                 _requests: tx,
@@ -281,19 +285,6 @@ impl Etcd {
             r.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
             revision,
         ))
-    }
-
-    /// Sets `key` (unconditionally; the engines' writes go through
-    /// [`crate::Term::fenced`] instead).
-    pub async fn put(&self, key: &str, value: &[u8]) -> Result<i64, EtcdError> {
-        let req = put(key, value, 0);
-        let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { KvClient::new(ch).put(req).await }
-            })
-            .await?;
-        Ok(r.header.map_or(0, |h| h.revision))
     }
 
     /// One transaction: `success` if every `compare` holds, else `failure`.
@@ -342,13 +333,27 @@ impl Etcd {
     }
 }
 
-/// An open watch: the member it is on, and its responses. The request
-/// side stays open as long as this lives (closing it would end the
-/// client's half of the stream).
+/// An open watch on one member. The request side stays open as long as
+/// this lives (closing it would end the client's half of the stream).
 pub(crate) struct Watching {
-    pub member: usize,
-    pub inbound: tonic::Streaming<pb::WatchResponse>,
+    etcd: Etcd,
+    member: usize,
+    inbound: tonic::Streaming<pb::WatchResponse>,
     _requests: tokio::sync::mpsc::Sender<pb::WatchRequest>,
+}
+
+impl Watching {
+    /// The next response; `None` once the stream broke, and then later
+    /// calls go to the next member.
+    pub(crate) async fn next(&mut self) -> Option<pb::WatchResponse> {
+        match self.inbound.message().await {
+            Ok(Some(w)) => Some(w),
+            _ => {
+                self.etcd.move_on(self.member);
+                None
+            }
+        }
+    }
 }
 
 /// A key's value and the revision that created it.

@@ -18,8 +18,9 @@ use picket_model::backoff::Backoff;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::AbortOnDropHandle;
 
-use crate::etcd::{ATTEMPT_TIMEOUT, Etcd, EtcdError, Watching, created_at, get_op, put_op};
+use crate::etcd::{ATTEMPT_TIMEOUT, Etcd, EtcdError, created_at, get_op, put_op};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::mvccpb::event::EventType;
 
@@ -89,9 +90,11 @@ impl Term {
 }
 
 /// A replica's campaign, running until [`Leadership::resign`] or drop.
+/// Dropped, it stops without a word to etcd, as a crash would: a lease
+/// held runs out by itself.
 pub struct Leadership {
     role: watch::Receiver<Role>,
-    task: tokio::task::JoinHandle<()>,
+    task: AbortOnDropHandle<()>,
     /// The lease held now, if any.
     lease: watch::Receiver<Option<i64>>,
     etcd: Etcd,
@@ -102,7 +105,8 @@ impl Leadership {
     pub fn campaign(etcd: Etcd, node: String, opts: Options) -> Leadership {
         let (tx, role) = watch::channel(Role::Follower { leader: None });
         let (lease_tx, lease) = watch::channel(None);
-        let task = tokio::spawn(run(etcd.clone(), node, opts, tx, lease_tx));
+        let task =
+            AbortOnDropHandle::new(tokio::spawn(run(etcd.clone(), node, opts, tx, lease_tx)));
         Leadership {
             role,
             task,
@@ -115,11 +119,6 @@ impl Leadership {
         self.role.borrow().clone()
     }
 
-    /// Follows changes of [`Leadership::role`].
-    pub fn subscribe(&self) -> watch::Receiver<Role> {
-        self.role.clone()
-    }
-
     /// Stops campaigning and gives up the lease at once (a clean
     /// shutdown): the others need not wait for the TTL.
     pub async fn resign(&self) {
@@ -128,14 +127,6 @@ impl Leadership {
         if let Some(lease) = lease {
             let _ = self.etcd.revoke(lease).await;
         }
-    }
-}
-
-impl Drop for Leadership {
-    /// Stops campaigning without a word to etcd, as a crash would: a lease
-    /// held runs out by itself.
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -173,7 +164,7 @@ async fn run(
         let (lost_tx, lost) = watch::channel(false);
         // Ends with this task, aborted or not: a replica that stops
         // campaigning stops renewing.
-        let keeper = AbortOnDrop(tokio::spawn(keep_alive(
+        let keeper = AbortOnDropHandle::new(tokio::spawn(keep_alive(
             etcd.clone(),
             id,
             valid_until,
@@ -184,14 +175,6 @@ async fn run(
         drop(keeper);
         role.send_if_modified(|r| set(r, Role::Follower { leader: None }));
         tracing::warn!(node, "lost the etcd lease; campaigning again");
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -407,12 +390,10 @@ async fn wait_gone(
 /// Watches `key` from `revision`: true when it is deleted, false when
 /// the watch breaks.
 async fn watch_delete(etcd: &Etcd, key: &str, revision: i64) -> bool {
-    let Some(Watching { mut inbound, .. }) =
-        etcd.watch_from(key.as_bytes(), Vec::new(), revision).await
-    else {
+    let Some(mut watching) = etcd.watch_from(key.as_bytes(), Vec::new(), revision).await else {
         return false;
     };
-    while let Ok(Some(w)) = inbound.message().await {
+    while let Some(w) = watching.next().await {
         if w.canceled {
             return false;
         }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::{sleep, timeout};
+use tokio_util::task::AbortOnDropHandle;
 
-use crate::etcd::{Etcd, Watching, prefix_end};
+use crate::etcd::{Etcd, prefix_end};
 use crate::pb::mvccpb::event::EventType;
 
 /// What the copy is told.
@@ -23,15 +24,10 @@ pub enum Change {
     Delete(String),
 }
 
+/// Dropped, the copy stops following.
 pub struct Mirror {
     applied: watch::Receiver<i64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Mirror {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDropHandle<()>,
 }
 
 impl Mirror {
@@ -42,8 +38,11 @@ impl Mirror {
         apply: impl Fn(Change) + Send + Sync + 'static,
     ) -> Mirror {
         let (tx, applied) = watch::channel(0);
-        let task = tokio::spawn(run(etcd, prefix, apply, tx));
-        Mirror { applied, task }
+        let task = AbortOnDropHandle::new(tokio::spawn(run(etcd, prefix, apply, tx)));
+        Mirror {
+            applied,
+            _task: task,
+        }
     }
 
     /// Waits until the copy holds etcd's state as of `revision` (a write's
@@ -94,15 +93,10 @@ async fn follow(
     strip: &impl Fn(&[u8]) -> String,
 ) {
     let p = prefix.as_bytes();
-    let Some(Watching {
-        member,
-        mut inbound,
-        ..
-    }) = etcd.watch_from(p, prefix_end(p), revision).await
-    else {
+    let Some(mut watching) = etcd.watch_from(p, prefix_end(p), revision).await else {
         return;
     };
-    while let Ok(Some(w)) = inbound.message().await {
+    while let Some(w) = watching.next().await {
         if w.canceled || w.compact_revision != 0 {
             return;
         }
@@ -123,5 +117,4 @@ async fn follow(
             });
         }
     }
-    etcd.move_on(member);
 }

@@ -44,7 +44,12 @@ async fn ready(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store not writable: {why}\n"),
         )
-    } else if let Some(c) = state.cluster.as_deref().filter(|c| !c.etcd_up()) {
+    } else if let Some(c) = state
+        .cluster
+        .as_ref()
+        .map(|c| &c.cluster)
+        .filter(|c| !c.etcd_up())
+    {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("etcd unreachable ({})\n", c.etcd().endpoints().join(",")),
@@ -374,7 +379,7 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
     );
     // Alone, a control plane leads itself; in a cluster, the one holding
     // the etcd lease (SPEC §12).
-    let cluster = state.cluster.as_deref();
+    let cluster = state.cluster.as_ref().map(|c| &c.cluster);
     gauge(
         &mut reg,
         "picket_control_leader",

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use picket_config::control::ControlConfig;
+use picket_config::control::{ClusterConfig, ControlConfig};
 use picket_control::server::{self, Listeners};
 use tokio_util::sync::CancellationToken;
 
@@ -46,13 +46,13 @@ struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    fn replica(self, sans: &[String]) -> Option<picket_control::cluster::Replica> {
+    fn replica(self, sans: &[String]) -> Option<ClusterConfig> {
         if self.etcd.is_empty() {
             return None;
         }
         let host = sans.first().map_or("localhost", String::as_str);
         let abs = |p: Option<PathBuf>| p.map(|p| std::path::absolute(&p).unwrap_or(p));
-        Some(picket_control::cluster::Replica {
+        Some(ClusterConfig {
             etcd_ca: abs(self.etcd_ca),
             etcd_cert: abs(self.etcd_cert),
             etcd_key: abs(self.etcd_key),
@@ -61,6 +61,8 @@ impl ClusterArgs {
                 .node
                 .unwrap_or_else(picket_config::control::default_name),
             advertise: self.advertise.unwrap_or_else(|| format!("{host}:7443")),
+            postgres: None,
+            password_file: None,
         })
     }
 }

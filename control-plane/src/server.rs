@@ -158,24 +158,21 @@ pub async fn run(
         crate::ingest::Ingester::start(sinks.clone()).context("starting the ingest thread")?,
     );
     // Cluster mode: campaign and publish this replica (SPEC §12).
+    let user_streams: Arc<crate::grpc::cut::UserStreams> = Arc::default();
     let cluster = match &cfg.cluster {
-        Some(c) => Some(Arc::new(picket_cluster::Cluster::start(
-            crate::cluster::connect(c).context("joining the cluster")?,
-            &c.node,
-            &c.advertise,
-        ))),
+        Some(c) => {
+            let etcd = crate::cluster::connect(c).context("joining the cluster")?;
+            let streams = user_streams.clone();
+            let users = crate::cluster::users::mirror(etcd.clone(), store.clone(), move |name| {
+                streams.cut(name);
+            });
+            let cluster = picket_cluster::Cluster::start(etcd, &c.node, &c.advertise);
+            Some(Arc::new(crate::cluster::Replica { cluster, users }))
+        }
         None => None,
     };
-    let user_streams: Arc<crate::grpc::cut::UserStreams> = Arc::default();
-    let users = cluster.as_ref().map(|c| {
-        let streams = user_streams.clone();
-        crate::cluster::users::mirror(c.etcd().clone(), store.clone(), move |name| {
-            streams.cut(name);
-        })
-    });
     let state = Arc::new(State {
         cluster,
-        users,
         audit: Audit::new(store.clone()),
         store: store.clone(),
         ca,
@@ -252,7 +249,7 @@ pub async fn run(
     store.flush().context("flushing the store")?;
     // Leadership and presence go at once, not at the lease's end.
     if let Some(c) = state.cluster.as_ref() {
-        c.resign().await;
+        c.cluster.resign().await;
     }
     tracing::info!("control plane stopped");
     result

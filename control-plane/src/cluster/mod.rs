@@ -7,12 +7,13 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use picket_cluster::Etcd;
+use picket_config::control::ClusterConfig;
 
 pub mod users;
 
 /// etcd as `[cluster]` says: its members, over TLS with its files when
 /// `etcd_ca` is set.
-pub fn connect(c: &picket_config::control::ClusterConfig) -> anyhow::Result<Etcd> {
+pub fn connect(c: &ClusterConfig) -> anyhow::Result<Etcd> {
     let read = |p: &std::path::Path| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
     };
@@ -29,68 +30,43 @@ pub fn connect(c: &picket_config::control::ClusterConfig) -> anyhow::Result<Etcd
     Ok(Etcd::connect_with(&c.etcd, tls.as_ref())?)
 }
 
-/// What `[cluster]` a new replica gets.
+/// A replica's part in the cluster, while it runs: its campaign and
+/// presence, and its copy of the users.
 pub struct Replica {
-    pub etcd: Vec<String>,
-    pub node: String,
-    pub advertise: String,
-    /// TLS to etcd: CA, and client certificate and key (absolute paths).
-    pub etcd_ca: Option<std::path::PathBuf>,
-    pub etcd_cert: Option<std::path::PathBuf>,
-    pub etcd_key: Option<std::path::PathBuf>,
+    pub cluster: picket_cluster::Cluster,
+    pub users: picket_cluster::mirror::Mirror,
 }
 
-impl Replica {
-    fn config(&self) -> picket_config::control::ClusterConfig {
-        picket_config::control::ClusterConfig {
-            node: self.node.clone(),
-            advertise: self.advertise.clone(),
-            etcd: self.etcd.clone(),
-            etcd_ca: self.etcd_ca.clone(),
-            etcd_cert: self.etcd_cert.clone(),
-            etcd_key: self.etcd_key.clone(),
-            postgres: None,
-            password_file: None,
+/// `[cluster]` as `init` and `join` write it into control.toml.
+fn section(c: &ClusterConfig) -> String {
+    let etcd: Vec<String> = c.etcd.iter().map(|e| format!("{e:?}")).collect();
+    let mut s = format!(
+        "\n# Cluster mode (docs/cluster.md): this replica, and the etcd it\n\
+         # shares state and leadership through.\n[cluster]\nnode = {:?}\n\
+         advertise = {:?}\netcd = [{}]\n",
+        c.node,
+        c.advertise,
+        etcd.join(", ")
+    );
+    for (k, v) in [
+        ("etcd_ca", &c.etcd_ca),
+        ("etcd_cert", &c.etcd_cert),
+        ("etcd_key", &c.etcd_key),
+    ] {
+        if let Some(p) = v {
+            s.push_str(&format!("{k} = {:?}\n", p.display().to_string()));
         }
     }
-
-    fn section(&self) -> String {
-        let list = |v: &[String]| {
-            let v: Vec<String> = v.iter().map(|e| format!("{e:?}")).collect();
-            v.join(", ")
-        };
-        let mut s = format!(
-            "\n# Cluster mode (docs/cluster.md): this replica, and the etcd it\n\
-             # shares state and leadership through.\n[cluster]\nnode = {:?}\n\
-             advertise = {:?}\netcd = [{}]\n",
-            self.node,
-            self.advertise,
-            list(&self.etcd)
-        );
-        for (k, v) in [
-            ("etcd_ca", &self.etcd_ca),
-            ("etcd_cert", &self.etcd_cert),
-            ("etcd_key", &self.etcd_key),
-        ] {
-            if let Some(p) = v {
-                s.push_str(&format!("{k} = {:?}\n", p.display().to_string()));
-            }
-        }
-        s
-    }
-
-    fn etcd(&self) -> anyhow::Result<Etcd> {
-        connect(&self.config())
-    }
+    s
 }
 
 /// `init --cluster-etcd`: [`crate::init`], then the CA into etcd.
 pub async fn init(
     data_dir: &Path,
     sans: &[String],
-    r: &Replica,
+    r: &ClusterConfig,
 ) -> anyhow::Result<picket_pki::InitReport> {
-    let etcd = r.etcd()?;
+    let etcd = connect(r)?;
     if picket_cluster::ca::fetch(&etcd).await?.is_some() {
         bail!(
             "etcd at {} already holds a Picket CA: make this replica with \
@@ -111,15 +87,15 @@ pub async fn init(
         );
     }
     users::add_admin(&etcd).await?;
-    crate::seed(data_dir, &r.section())?;
+    crate::seed(data_dir, &section(r))?;
     Ok(report)
 }
 
 /// `join`: the CA from etcd, a server certificate for this replica, the
 /// admin user (the cluster's admin bundle is the one `init` wrote), and
 /// control.toml. Returns the CA's fingerprint.
-pub async fn join(data_dir: &Path, sans: &[String], r: &Replica) -> anyhow::Result<String> {
-    let etcd = r.etcd()?;
+pub async fn join(data_dir: &Path, sans: &[String], r: &ClusterConfig) -> anyhow::Result<String> {
+    let etcd = connect(r)?;
     let Some((cert, key)) = picket_cluster::ca::fetch(&etcd).await? else {
         bail!(
             "etcd at {} holds no Picket CA: run `picket-control init --cluster-etcd` first",
@@ -127,6 +103,6 @@ pub async fn join(data_dir: &Path, sans: &[String], r: &Replica) -> anyhow::Resu
         );
     };
     let fingerprint = picket_pki::join(data_dir, &cert, &key, sans)?;
-    crate::seed(data_dir, &r.section())?;
+    crate::seed(data_dir, &section(r))?;
     Ok(fingerprint)
 }

@@ -13,6 +13,8 @@ use picket_cluster::mirror::{Change, Mirror};
 use picket_cluster::{Etcd, EtcdError};
 use picket_store::{Store, UserRecord};
 
+use super::Replica;
+
 pub const PREFIX: &str = "/picket/users/";
 
 /// How long a write waits for its own replica's copy.
@@ -78,11 +80,8 @@ async fn read(etcd: &Etcd, name: &str) -> Result<Option<(UserRecord, i64)>, Etcd
 
 /// `user add` in cluster mode: as [`Store::add_user`] (a revoked name is
 /// refused: its record returned).
-pub async fn add(
-    etcd: &Etcd,
-    mirror: &Mirror,
-    u: &UserRecord,
-) -> Result<Result<(), UserRecord>, EtcdError> {
+pub async fn add(r: &Replica, u: &UserRecord) -> Result<Result<(), UserRecord>, EtcdError> {
+    let (etcd, mirror) = (r.cluster.etcd(), &r.users);
     loop {
         let at = match read(etcd, &u.name).await? {
             Some((old, _)) if old.revoked_ms.is_some() => return Ok(Err(old)),
@@ -97,12 +96,8 @@ pub async fn add(
 }
 
 /// `user revoke` in cluster mode: as [`Store::revoke_user`].
-pub async fn revoke(
-    etcd: &Etcd,
-    mirror: &Mirror,
-    name: &str,
-    now_ms: i64,
-) -> Result<Option<UserRecord>, EtcdError> {
+pub async fn revoke(r: &Replica, name: &str, now_ms: i64) -> Result<Option<UserRecord>, EtcdError> {
+    let (etcd, mirror) = (r.cluster.etcd(), &r.users);
     loop {
         let Some((mut u, at)) = read(etcd, name).await? else {
             return Ok(None);

@@ -327,11 +327,11 @@ impl AdminService for AdminSvc {
             run_as: r.run_as.clone(),
             hosts: hosts.clone(),
         };
-        let added = match (st.cluster.as_deref(), st.users.as_ref()) {
-            (Some(c), Some(m)) => crate::cluster::users::add(c.etcd(), m, &user)
+        let added = match st.cluster.as_deref() {
+            Some(c) => crate::cluster::users::add(c, &user)
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?,
-            _ => st
+            None => st
                 .store
                 .blocking(move |s| {
                     let added = s.add_user(&user)?;
@@ -379,11 +379,11 @@ impl AdminService for AdminSvc {
         let target = format!("user:{name}");
         let caller = require(&req, &st.audit, Role::Admin, "user.revoke", &target)?;
         let n = name.clone();
-        let revoked = match (st.cluster.as_deref(), st.users.as_ref()) {
-            (Some(c), Some(m)) => crate::cluster::users::revoke(c.etcd(), m, &name, now_ms())
+        let revoked = match st.cluster.as_deref() {
+            Some(c) => crate::cluster::users::revoke(c, &name, now_ms())
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?,
-            _ => st
+            None => st
                 .store
                 .blocking(move |s| {
                     let r = s.revoke_user(&n, now_ms())?;
@@ -484,7 +484,7 @@ impl AdminService for AdminSvc {
         let running = rollouts.iter().filter(|v| !v.p.state.is_finished()).count();
         out.rollouts_running = u32::try_from(running).unwrap_or(u32::MAX);
         out.alerts_firing = self.state.alerts.firing();
-        if let Some(c) = self.state.cluster.as_deref() {
+        if let Some(c) = self.state.cluster.as_ref().map(|c| &c.cluster) {
             let unavailable = |e: picket_cluster::EtcdError| Status::unavailable(e.to_string());
             out.replicas = c
                 .replicas()

@@ -14,8 +14,9 @@ use picket_pki::Ca;
 use picket_store::Store;
 
 pub struct State {
-    /// This replica's place in the cluster (SPEC §12); `None` alone.
-    pub cluster: Option<Arc<picket_cluster::Cluster>>,
+    /// This replica's place in the cluster and its copy of the users
+    /// (SPEC §12); `None` alone.
+    pub cluster: Option<Arc<crate::cluster::Replica>>,
     pub store: Store,
     pub ca: Arc<Ca>,
     /// The certificate the gRPC port presents (`identity` keeps it current).
@@ -23,8 +24,6 @@ pub struct State {
     pub sessions: Arc<Sessions>,
     /// Users' open admin streams, cut when a user is revoked.
     pub user_streams: Arc<super::cut::UserStreams>,
-    /// Cluster mode: the users in etcd, copied into the store.
-    pub users: Option<picket_cluster::mirror::Mirror>,
     /// Steps in flight to agents, and their updates back.
     pub steps: Arc<crate::steps::Steps>,
     /// The rollout driver.
