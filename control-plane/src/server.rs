@@ -89,8 +89,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = Store::open(&cfg.data_dir)?;
-    store.health().set_floor(cfg.min_free_percent);
+    let store = Store::open_with_floor(&cfg.data_dir, cfg.min_free_percent)?;
     let ca = Ca::load(&cfg.data_dir).with_context(|| {
         format!(
             "no usable CA in {}; run `picket-control init`",

@@ -47,7 +47,7 @@ async fn a_follower_past_its_byte_budget_gets_what_was_sent_then_lagged() {
 
 /// A feed over a real store in `dir`, queues of `budget` bytes.
 fn feed(dir: &std::path::Path, budget: usize) -> Arc<Feed> {
-    let store = Store::open(dir).unwrap();
+    let store = Store::open_with_floor(dir, 0.0).unwrap();
     let feed = Feed::new(store, CancellationToken::new(), TaskTracker::new()).unwrap();
     Arc::new(feed.with_follower_budget(budget))
 }

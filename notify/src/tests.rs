@@ -316,7 +316,7 @@ impl Running {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_receiver_gets_it_once_when_it_recovers_and_a_4xx_is_dropped_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open_with_floor(dir.path(), 0.0).unwrap();
     // 500, then 200: delivered once, after one failure.
     let r = receiver(vec![500], false).await;
     let run = start(&store, &r.url, Duration::from_secs(10));
@@ -348,7 +348,7 @@ async fn a_failing_receiver_gets_it_once_when_it_recovers_and_a_4xx_is_dropped_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_hangs_times_out_and_is_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open_with_floor(dir.path(), 0.0).unwrap();
     let r = receiver(vec![], true).await;
     let run = start(&store, &r.url, Duration::from_millis(300));
     until("the retry after the timeout", || {

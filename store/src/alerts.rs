@@ -146,7 +146,7 @@ mod tests {
     #[test]
     fn state_and_jobs_are_written_together_and_queued_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_with_floor(dir.path(), 0.0).unwrap();
         assert_eq!(store.alert_state::<String>().unwrap(), None);
         let jobs = vec![
             ("ops".to_string(), "a".to_string()),
@@ -157,7 +157,7 @@ mod tests {
         assert_eq!(queued.len(), 3);
         store.flush().unwrap();
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_with_floor(dir.path(), 0.0).unwrap();
         assert_eq!(
             store.alert_state::<String>().unwrap().as_deref(),
             Some("s1")

@@ -110,7 +110,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_callers_share_flushes_and_each_is_covered() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..400u32 {
             let s = s.clone();

@@ -205,9 +205,19 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the sled store under `data_dir/store`.
+    /// Opens (or creates) the sled store under `data_dir/store`, with the
+    /// default free-space floor ([`health::DEFAULT_FLOOR_PERCENT`]).
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Store::open_with_floor(data_dir, health::DEFAULT_FLOOR_PERCENT)
+    }
+
+    /// Opens (or creates) the store, refusing records while less than
+    /// `floor_percent` of the data folder's file system is free (0: no
+    /// floor, as in tests, which must not depend on how full the disk
+    /// they share is).
+    pub fn open_with_floor(data_dir: &Path, floor_percent: f64) -> Result<Self, StoreError> {
         let health = Arc::new(health::Health::new(Some(data_dir)));
+        health.set_floor(floor_percent);
         let kv: Arc<dyn Backend> = Arc::new(backend::guarded::Guarded {
             inner: Arc::new(backend::Sled::open(&data_dir.join("store"))?),
             policy: health::Watch(health.clone()),

@@ -276,7 +276,7 @@ mod tests {
     #[test]
     fn samples_and_ack_commit_together_and_roll_up() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
         s.put_records(
             "h",
             &Records {

@@ -154,7 +154,7 @@ mod tests {
     fn a_snapshot_restores_the_same_records_and_ids_go_on_past_it() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let store = Store::open(&data).unwrap();
+        let store = Store::open_with_floor(&data, 0.0).unwrap();
         let mut ids = Vec::new();
         for i in 0..50 {
             ids.push(store.kv.next_id().unwrap());
@@ -171,7 +171,7 @@ mod tests {
         std::fs::create_dir_all(&restored).unwrap();
         let mut dump = std::fs::File::open(snap_dir.join(KV_FILE)).unwrap();
         load(&restored, &mut dump).unwrap();
-        let store = Store::open(&restored).unwrap();
+        let store = Store::open_with_floor(&restored, 0.0).unwrap();
         let rows: Vec<_> = store.kv.scan("audit", b"").unwrap().collect();
         assert_eq!(rows.len(), 50);
         let next = store.kv.next_id().unwrap();

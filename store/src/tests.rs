@@ -20,14 +20,14 @@ fn agent(name: &str) -> AgentRecord {
 fn agents_persist_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
         assert!(s.insert_agent(&agent("a")).unwrap());
         assert!(!s.insert_agent(&agent("a")).unwrap(), "name taken");
         s.update_agent("a", |r| r.last_seen_ms = 7).unwrap();
         assert!(s.update_agent("nope", |_| {}).unwrap().is_none());
         s.flush().unwrap();
     }
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     let a = s.agent("a").unwrap().unwrap();
     assert_eq!(a.last_seen_ms, 7);
     assert_eq!(
@@ -46,7 +46,7 @@ fn agents_persist_across_reopen() {
 #[test]
 fn tokens_are_used_once_each_with_the_agent_recorded_and_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     let t = TokenRecord {
         id: "i".into(),
         expires_ms: 100,
@@ -99,7 +99,7 @@ fn tokens_are_used_once_each_with_the_agent_recorded_and_expire() {
 #[test]
 fn a_single_use_token_is_won_once_under_races() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     let t = TokenRecord {
         id: "i".into(),
         expires_ms: i64::MAX,
@@ -128,7 +128,7 @@ fn a_single_use_token_is_won_once_under_races() {
 #[test]
 fn audit_tail_is_newest_n_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     for i in 0..5 {
         s.append_audit(&AuditRecord {
             time_ms: i,
@@ -155,7 +155,7 @@ fn corrupt_record_is_an_error_not_a_panic() {
 #[test]
 fn only_a_revoked_agent_is_forgotten_and_its_acked_number_goes_with_it() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     s.insert_agent(&agent("a")).unwrap();
     s.kv.apply(&metrics::acked_op("a", 41, Vec::new())).unwrap();
     assert_eq!(s.forget_agent("a").unwrap(), Forget::NotRevoked);
@@ -177,7 +177,7 @@ fn only_a_revoked_agent_is_forgotten_and_its_acked_number_goes_with_it() {
 #[test]
 fn a_revoked_user_stays_revoked_and_cannot_be_added_again() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     let alice = UserRecord {
         name: "alice".into(),
         role: Role::Operator,
@@ -218,7 +218,7 @@ fn a_revoked_user_stays_revoked_and_cannot_be_added_again() {
 #[test]
 fn audit_records_past_retention_go_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     for t in [1, 5, 10] {
         s.append_audit(&AuditRecord {
             time_ms: t,

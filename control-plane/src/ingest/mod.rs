@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn records_are_stored_as_sent_and_bad_ones_skipped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_with_floor(dir.path(), 0.0).unwrap();
         let st = sinks(&store);
         let event = v1::Event {
             source: "suricata".into(),
@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn a_sample_dated_hours_ahead_is_stored_at_its_receive_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_with_floor(dir.path(), 0.0).unwrap();
         let st = sinks(&store);
         let now = picket_clock::now_ms();
         let sample = |t: i64| {
@@ -388,7 +388,7 @@ mod tests {
     #[test]
     fn the_control_planes_own_source_is_refused_from_agents() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_with_floor(dir.path(), 0.0).unwrap();
         let st = sinks(&store);
         let forged = v1::Event {
             source: OWN_SOURCE.into(),

@@ -36,7 +36,7 @@ fn audit(i: usize) -> AuditRecord {
 #[test]
 fn under_the_floor_records_are_refused_and_the_rest_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     s.put_records("h", &lines("h", 1, 10, 10), 10).unwrap();
     // A floor no disk is above.
     s.health().set_floor(100.0);
@@ -100,8 +100,7 @@ fn sled_poisoned_by_a_full_disk_is_reopened_once_there_is_room() {
         .status()
         .unwrap();
     assert!(mount.success());
-    let s = Store::open(dir.path()).unwrap();
-    s.health().set_floor(0.0);
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     s.put_records("h", &lines("h", 1, 100, 100), 100).unwrap();
     s.flush().unwrap();
     // Another writer takes every byte left.

@@ -32,7 +32,7 @@ fn times(s: &Store, host: Option<&str>, since: i64) -> Vec<i64> {
 #[test]
 fn blocks_read_in_both_formats_and_garbage_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     let mut e = ev("h", 1, 1_000);
     e.message = "a \"quoted\" line, é, \u{0}".into();
     e.fields.insert("ip".into(), "192.0.2.1".into());
@@ -79,7 +79,7 @@ fn blocks_read_in_both_formats_and_garbage_is_an_error() {
 #[test]
 fn time_ordered_across_hosts_with_acks_and_retention() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     // One batch out of order and spread over 20 s: several blocks.
     put(
         &s,
@@ -152,7 +152,7 @@ fn time_ordered_across_hosts_with_acks_and_retention() {
 #[test]
 fn merged_blocks_equal_a_sort_of_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut rnd = |n: u64| {
         x ^= x << 13;
@@ -246,7 +246,7 @@ fn needles_are_what_every_match_starts_with() {
 #[test]
 fn reads_with_needles_keep_every_record_that_can_match() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     let mut id = 0;
     for batch in 0..20i64 {
         let evs: Vec<EventRecord> = (0..100)
@@ -291,7 +291,7 @@ fn block_bytes_live_in_segments_that_retention_deletes() {
         .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
         .collect();
     {
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
         // Two 9 MiB events fill a 16 MiB segment; the third starts another.
         for (id, t) in [(1, 1_000), (2, 5_000), (3, 60_000)] {
             let mut e = ev("h", id, t);
@@ -307,7 +307,7 @@ fn block_bytes_live_in_segments_that_retention_deletes() {
     }
     // A segment no sled entry knows (a crash before its batch) goes.
     std::fs::write(dir.path().join("blocks/events/00000000000000ff.seg"), b"x").unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     assert_eq!(segment_files(dir.path(), "events"), 2);
     let got: Vec<EventRecord> = s
         .events_since(0, None)
@@ -334,7 +334,7 @@ fn block_bytes_live_in_segments_that_retention_deletes() {
 #[test]
 fn blocks_are_packed_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     let line = r#"{"timestamp":"2026-11-23T09:14:02.118000+0000","event_type":"alert","src_ip":"203.0.113.77","alert":{"signature":"ET POLICY curl User-Agent Outbound"}}"#;
     let evs: Vec<EventRecord> = (1..=2_000)
         .map(|id| {
@@ -368,7 +368,7 @@ fn blocks_are_packed_on_disk() {
 #[test]
 fn retention_counts_from_when_records_were_received() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     let day = 86_400_000;
     let now = 2_000 * day;
     // Dated 400 days ago, received just now.
@@ -403,7 +403,7 @@ fn retention_counts_from_when_records_were_received() {
     assert_eq!(s.logs_since(0, None).unwrap().count(), 1);
     // Reopened, the same holds, and a window past their arrival takes all.
     drop(s);
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     assert_eq!(s.expire_records(cut, cut).unwrap(), 0);
     assert_eq!(times(&s, None, 0), vec![now - 400 * day]);
     assert_eq!(s.expire_records(now + 1, now + 1).unwrap(), 2);
@@ -429,7 +429,7 @@ fn blocks_of_older_stores_count_as_received_when_upgraded() {
     let dir = tempfile::tempdir().unwrap();
     let day = 86_400_000;
     {
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
         put(&s, "h", vec![ev("h", 1, 1_000)]);
         put(&s, "g", vec![ev("g", 2, 2_000)]);
         // As an older version left it: no receive-time index, the
@@ -440,7 +440,7 @@ fn blocks_of_older_stores_count_as_received_when_upgraded() {
         s.kv.remove(META, RECEIVED_INDEXED).unwrap();
         s.flush().unwrap();
     }
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     let opened = picket_clock::now_ms();
     assert_eq!(s.kv.scan(EVENTS_RECEIVED, b"").unwrap().count(), 2);
     assert_eq!(s.expire_records(opened - day, opened - day).unwrap(), 0);
@@ -464,7 +464,7 @@ fn newest(s: &Store, host: Option<&str>) -> Vec<u64> {
 fn blocks_of_older_stores_are_read_newest_first_when_upgraded() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
         // One block spanning 1.0-1.9 s, one inside it at 1.5 s.
         put(
             &s,
@@ -484,7 +484,7 @@ fn blocks_of_older_stores_are_read_newest_first_when_upgraded() {
         s.kv.remove(META, b"records.latest_index").unwrap();
         s.flush().unwrap();
     }
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     assert_eq!(s.kv.scan(EVENTS_LATEST, b"").unwrap().count(), 2);
     put(&s, "g", vec![ev("g", 12, 1_550), ev("g", 13, 3_000)]);
     // By (time, id), newest first: 3000, 1900 … 1600, 1550, 1500 (h's 6
@@ -515,7 +515,7 @@ fn ids_after(s: &Store, after: u64, host: Option<&str>) -> Vec<u64> {
 #[test]
 fn records_after_an_id_come_from_the_by_id_index_and_retention_marks_what_went() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Store::open_with_floor(dir.path(), 0.0).unwrap();
     let mut all = Vec::new();
     for (round, received) in [(0, 1_000), (1, 50_000), (2, 90_000)] {
         for host in ["h", "g"] {
