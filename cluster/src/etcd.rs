@@ -309,6 +309,37 @@ impl Etcd {
         .await
     }
 
+    /// `keys` read in one transaction (one revision for all), and that
+    /// revision.
+    pub async fn get_many(&self, keys: &[Vec<u8>]) -> Result<(Vec<Option<Kv>>, i64), EtcdError> {
+        let r = self
+            .txn(Vec::new(), keys.iter().map(get_op).collect(), Vec::new())
+            .await?;
+        let revision = r.header.map_or(0, |h| h.revision);
+        let values = r
+            .responses
+            .into_iter()
+            .map(|op| match op.response {
+                Some(pb::response_op::Response::ResponseRange(range)) => {
+                    range.kvs.into_iter().next().map(Kv::from)
+                }
+                _ => None,
+            })
+            .collect();
+        Ok((values, revision))
+    }
+
+    /// `ops` if every `compare` holds: the revision they were written at,
+    /// or `None` when a compare failed (nothing written).
+    pub async fn commit(
+        &self,
+        compare: Vec<pb::Compare>,
+        ops: Vec<pb::RequestOp>,
+    ) -> Result<Option<i64>, EtcdError> {
+        let r = self.txn(compare, ops, Vec::new()).await?;
+        Ok(r.succeeded.then(|| r.header.map_or(0, |h| h.revision)))
+    }
+
     /// A lease of `ttl` seconds: its id and granted TTL.
     pub async fn grant(&self, ttl: i64) -> Result<(i64, i64), EtcdError> {
         let r = self
@@ -377,9 +408,9 @@ impl From<crate::pb::mvccpb::KeyValue> for Kv {
 }
 
 /// A put of `key` (attached to `lease` unless 0).
-pub fn put(key: &str, value: &[u8], lease: i64) -> pb::PutRequest {
+pub fn put(key: impl AsRef<[u8]>, value: &[u8], lease: i64) -> pb::PutRequest {
     pb::PutRequest {
-        key: key.as_bytes().to_vec(),
+        key: key.as_ref().to_vec(),
         value: value.to_vec(),
         lease,
         ..Default::default()
@@ -387,39 +418,49 @@ pub fn put(key: &str, value: &[u8], lease: i64) -> pb::PutRequest {
 }
 
 /// [`put`] as a transaction's operation.
-pub fn put_op(key: &str, value: &[u8], lease: i64) -> pb::RequestOp {
+pub fn put_op(key: impl AsRef<[u8]>, value: &[u8], lease: i64) -> pb::RequestOp {
     pb::RequestOp {
         request: Some(Request::RequestPut(put(key, value, lease))),
     }
 }
 
 /// A read of `key` as a transaction's operation.
-pub fn get_op(key: &str) -> pb::RequestOp {
+pub fn get_op(key: impl AsRef<[u8]>) -> pb::RequestOp {
     pb::RequestOp {
         request: Some(Request::RequestRange(pb::RangeRequest {
-            key: key.as_bytes().to_vec(),
+            key: key.as_ref().to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A delete of `key` as a transaction's operation.
+pub fn delete_op(key: impl AsRef<[u8]>) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(Request::RequestDeleteRange(pb::DeleteRangeRequest {
+            key: key.as_ref().to_vec(),
             ..Default::default()
         })),
     }
 }
 
 /// Holds when `key` was created at `revision` (0: `key` does not exist).
-pub fn created_at(key: &str, revision: i64) -> pb::Compare {
+pub fn created_at(key: impl AsRef<[u8]>, revision: i64) -> pb::Compare {
     pb::Compare {
         result: CompareResult::Equal as i32,
         target: CompareTarget::Create as i32,
-        key: key.as_bytes().to_vec(),
+        key: key.as_ref().to_vec(),
         target_union: Some(TargetUnion::CreateRevision(revision)),
         range_end: Vec::new(),
     }
 }
 
 /// Holds when `key` was last written at `revision`.
-pub fn modified_at(key: &str, revision: i64) -> pb::Compare {
+pub fn modified_at(key: impl AsRef<[u8]>, revision: i64) -> pb::Compare {
     pb::Compare {
         result: CompareResult::Equal as i32,
         target: CompareTarget::Mod as i32,
-        key: key.as_bytes().to_vec(),
+        key: key.as_ref().to_vec(),
         target_union: Some(TargetUnion::ModRevision(revision)),
         range_end: Vec::new(),
     }
@@ -427,7 +468,7 @@ pub fn modified_at(key: &str, revision: i64) -> pb::Compare {
 
 /// The end of the range of every key starting with `prefix` (etcd's
 /// `WithPrefix`): the prefix with its last byte below 0xff plus one.
-pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -17,11 +17,11 @@ use crate::pb::mvccpb::event::EventType;
 /// What the copy is told.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change {
-    /// Everything under the prefix now (key without the prefix, value):
-    /// at start, and after a broken watch.
-    Whole(Vec<(String, Vec<u8>)>),
-    Put(String, Vec<u8>),
-    Delete(String),
+    /// Everything under the prefix now (key without the prefix, value),
+    /// in key order: at start, and after a broken watch.
+    Whole(Vec<(Vec<u8>, Vec<u8>)>),
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
 }
 
 /// Dropped, the copy stops following.
@@ -61,10 +61,7 @@ async fn run(
     apply: impl Fn(Change) + Send + Sync + 'static,
     applied: watch::Sender<i64>,
 ) {
-    let strip = |k: &[u8]| {
-        let k = String::from_utf8_lossy(k);
-        k.strip_prefix(prefix.as_str()).unwrap_or(&k).to_string()
-    };
+    let strip = |k: &[u8]| k.strip_prefix(prefix.as_bytes()).unwrap_or(k).to_vec();
     loop {
         let (all, revision) = match etcd.list_at(&prefix).await {
             Ok(x) => x,
@@ -90,7 +87,7 @@ async fn follow(
     revision: i64,
     apply: &impl Fn(Change),
     applied: &watch::Sender<i64>,
-    strip: &impl Fn(&[u8]) -> String,
+    strip: &impl Fn(&[u8]) -> Vec<u8>,
 ) {
     let p = prefix.as_bytes();
     let Some(mut watching) = etcd.watch_from(p, prefix_end(p), revision).await else {

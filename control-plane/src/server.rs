@@ -82,6 +82,35 @@ fn finished_events(
 /// How long shutdown waits for sessions to store and ack what they hold.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What a replica does when its copy of the shared state sees a user or
+/// an agent revoked (through any replica): their streams here end.
+fn revocations(
+    sessions: &Arc<Sessions>,
+    user_streams: &Arc<crate::grpc::cut::UserStreams>,
+) -> impl Fn(&str, &[u8], Option<&[u8]>) + Send + Sync + 'static {
+    let (sessions, user_streams) = (sessions.clone(), user_streams.clone());
+    move |tree, _key, value| {
+        let Some(v) = value else { return };
+        match tree {
+            "users" => {
+                if let Ok(u) = serde_json::from_slice::<picket_store::UserRecord>(v)
+                    && u.revoked_ms.is_some()
+                {
+                    user_streams.cut(&u.name);
+                }
+            }
+            "agents" => {
+                if let Ok(a) = serde_json::from_slice::<picket_store::AgentRecord>(v)
+                    && a.revoked_ms.is_some()
+                {
+                    sessions.close(&a.name);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Opens the store and the CA, then serves until `shutdown`; waits for
 /// the tasks that write, then flushes the store before returning.
 pub async fn run(
@@ -90,6 +119,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let store = Store::open_with_floor(&cfg.data_dir, cfg.min_free_percent)?;
+    let sessions = Arc::new(Sessions::default());
+    let user_streams: Arc<crate::grpc::cut::UserStreams> = Arc::default();
+    // Cluster mode (SPEC §12): identity (agents, tokens, users, audit)
+    // lives in etcd before anything holds the store.
+    let store = match &cfg.cluster {
+        Some(c) => crate::cluster::share(store, c, revocations(&sessions, &user_streams))
+            .context("joining the cluster")?,
+        None => store,
+    };
     let ca = Ca::load(&cfg.data_dir).with_context(|| {
         format!(
             "no usable CA in {}; run `picket-control init`",
@@ -106,7 +144,6 @@ pub async fn run(
         shutdown.clone(),
     );
     let tasks = tokio_util::task::TaskTracker::new();
-    let sessions = Arc::new(Sessions::default());
     let steps = Arc::new(
         crate::steps::Steps::new(sessions.clone()).with_output_limit(cfg.limits.step_output_bytes),
     );
@@ -157,16 +194,11 @@ pub async fn run(
         crate::ingest::Ingester::start(sinks.clone()).context("starting the ingest thread")?,
     );
     // Cluster mode: campaign and publish this replica (SPEC §12).
-    let user_streams: Arc<crate::grpc::cut::UserStreams> = Arc::default();
     let cluster = match &cfg.cluster {
         Some(c) => {
             let etcd = crate::cluster::connect(c).context("joining the cluster")?;
-            let streams = user_streams.clone();
-            let users = crate::cluster::users::mirror(etcd.clone(), store.clone(), move |name| {
-                streams.cut(name);
-            });
             let cluster = picket_cluster::Cluster::start(etcd, &c.node, &c.advertise);
-            Some(Arc::new(crate::cluster::Replica { cluster, users }))
+            Some(Arc::new(crate::cluster::Replica { cluster }))
         }
         None => None,
     };

@@ -45,12 +45,31 @@ pub enum StoreError {
     Unwritable(health::Unwritable),
     #[error("store: being reopened after a write failure")]
     Reopening,
+    /// The shared state (cluster mode's etcd) cannot be read or written.
+    #[error("store: cluster state: {0}")]
+    Shared(String),
 }
 
 const AGENTS: &str = "agents";
 const TOKENS: &str = "tokens";
 const USERS: &str = "users";
 const AUDIT: &str = "audit";
+
+/// The trees that are one cluster's, not one replica's: in cluster mode
+/// they live in etcd ([`backend::etcd`]), the rest (records, metrics,
+/// rollouts and alerts for now) in the replica's own engine.
+pub const SHARED_TREES: &[&str] = &[AGENTS, TOKENS, USERS, AUDIT];
+
+/// What a replica's own engine must do when a shared pair went (seen in
+/// etcd's watch): an agent forgotten through another replica leaves no
+/// acked number here either (see [`Store::forget_agent`]).
+pub(crate) fn forgotten(engine: &dyn Backend, tree: &str, key: &[u8]) -> Result<(), StoreError> {
+    if tree == AGENTS {
+        let host = String::from_utf8_lossy(key);
+        engine.apply(&[metrics::forget_acked_op(&host)])?;
+    }
+    Ok(())
+}
 /// The store's own bookkeeping.
 const META: &str = "meta";
 /// Written (and flushed) to learn whether writes go through again.
@@ -181,6 +200,9 @@ pub enum EnrollRefusal {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) kv: Arc<dyn Backend>,
+    /// Where [`SHARED_TREES`] are read and written: `kv` itself, or in
+    /// cluster mode etcd ([`Store::with_shared`]).
+    state: Arc<dyn Backend>,
     /// Where blocks of events and log lines keep their bytes; without it
     /// (a bare backend) blocks are held inline.
     segments: Option<Arc<records::Segments>>,
@@ -224,6 +246,7 @@ impl Store {
         });
         let segments = records::open_segments(&data_dir.join("blocks"), kv.as_ref())?;
         let store = Store {
+            state: kv.clone(),
             kv,
             segments: Some(Arc::new(segments)),
             health,
@@ -235,6 +258,17 @@ impl Store {
         Ok(store)
     }
 
+    /// The same store with [`SHARED_TREES`] in `make(engine)` (cluster
+    /// mode: etcd, copied into this store's own engine, which `make` is
+    /// given).
+    pub fn with_shared<E>(
+        mut self,
+        make: impl FnOnce(Arc<dyn Backend>) -> Result<Arc<dyn Backend>, E>,
+    ) -> Result<Store, E> {
+        self.state = make(self.kv.clone())?;
+        Ok(self)
+    }
+
     /// A unique id above every id handed out so far (across restarts).
     pub fn next_id(&self) -> Result<u64, StoreError> {
         self.kv.next_id()
@@ -243,6 +277,7 @@ impl Store {
     /// A store on `kv` alone, blocks inline.
     pub fn with_backend(kv: Arc<dyn Backend>) -> Self {
         Store {
+            state: kv.clone(),
             kv,
             segments: None,
             health: Arc::new(health::Health::new(None)),
@@ -303,7 +338,7 @@ impl Store {
         tree: &'static str,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        self.kv
+        self.state
             .get(tree, key.as_bytes())?
             .map(|b| decode(tree, &b))
             .transpose()
@@ -318,7 +353,7 @@ impl Store {
         mut f: impl FnMut(&mut T),
     ) -> Result<Option<T>, StoreError> {
         let mut result: Result<Option<T>, StoreError> = Ok(None);
-        self.kv.update(tree, key.as_bytes(), &mut |old| {
+        self.state.update(tree, key.as_bytes(), &mut |old| {
             let old = old?;
             match decode::<T>(tree, old) {
                 Ok(mut rec) => {
@@ -337,7 +372,7 @@ impl Store {
     }
 
     fn all<T: DeserializeOwned>(&self, tree: &'static str) -> Result<Vec<T>, StoreError> {
-        self.kv
+        self.state
             .scan(tree, b"")?
             .map(|r| r.and_then(|(_, v)| decode(tree, &v)))
             .collect()
@@ -354,14 +389,14 @@ impl Store {
     }
 
     pub fn put_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
-        self.kv.put(AGENTS, a.name.as_bytes(), &encode(a))
+        self.state.put(AGENTS, a.name.as_bytes(), &encode(a))
     }
 
     /// Inserts a new agent unless the name is taken; returns false if taken.
     pub fn insert_agent(&self, a: &AgentRecord) -> Result<bool, StoreError> {
         let mut inserted = false;
         let new = encode(a);
-        self.kv.update(AGENTS, a.name.as_bytes(), &mut |old| {
+        self.state.update(AGENTS, a.name.as_bytes(), &mut |old| {
             inserted = old.is_none();
             Some(old.map(<[u8]>::to_vec).unwrap_or_else(|| new.clone()))
         })?;
@@ -378,13 +413,24 @@ impl Store {
         self.update(AGENTS, name, f)
     }
 
-    /// Deletes a revoked agent's record and its acked sequence number in
-    /// one atomic step, so that the name can enroll again (and counts its
-    /// records from 1). Its stored records stay.
+    /// Deletes a revoked agent's record and its acked sequence number, so
+    /// that the name can enroll again (and counts its records from 1).
+    /// Its stored records stay. The acked number goes first (it is this
+    /// replica's, the record may be the cluster's): a crash between the
+    /// two leaves a revoked agent to forget again, never a new agent whose
+    /// first records would count as already stored. In cluster mode the
+    /// other replicas forget their acked numbers when they see the record
+    /// go ([`forgotten`]).
     pub fn forget_agent(&self, name: &str) -> Result<Forget, StoreError> {
+        match self.agent(name)? {
+            None => return Ok(Forget::NotFound),
+            Some(rec) if rec.revoked_ms.is_none() => return Ok(Forget::NotRevoked),
+            Some(_) => {}
+        }
+        self.kv.apply(&[metrics::forget_acked_op(name)])?;
         let mut outcome = Ok(Forget::NotFound);
         let keys: [(&str, &[u8]); 1] = [(AGENTS, name.as_bytes())];
-        self.kv.transact(&keys, &mut |vals| {
+        self.state.transact(&keys, &mut |vals| {
             let Some(bytes) = vals.first().cloned().flatten() else {
                 outcome = Ok(Forget::NotFound);
                 return None;
@@ -396,14 +442,11 @@ impl Store {
                 }
                 Ok(_) => {
                     outcome = Ok(Forget::Forgotten);
-                    Some(vec![
-                        backend::Op {
-                            tree: AGENTS,
-                            key: name.as_bytes().to_vec(),
-                            value: None,
-                        },
-                        metrics::forget_acked_op(name),
-                    ])
+                    Some(vec![backend::Op {
+                        tree: AGENTS,
+                        key: name.as_bytes().to_vec(),
+                        value: None,
+                    }])
                 }
                 Err(e) => {
                     outcome = Err(e);
@@ -417,7 +460,7 @@ impl Store {
     // -- tokens
 
     pub fn put_token(&self, hash: &str, t: &TokenRecord) -> Result<(), StoreError> {
-        self.kv.put(TOKENS, hash.as_bytes(), &encode(t))
+        self.state.put(TOKENS, hash.as_bytes(), &encode(t))
     }
 
     /// Whether the token with this hash could be used now, without taking
@@ -427,7 +470,7 @@ impl Store {
         hash: &str,
         now_ms: i64,
     ) -> Result<Result<TokenRecord, TokenRefusal>, StoreError> {
-        match self.kv.get(TOKENS, hash.as_bytes())? {
+        match self.state.get(TOKENS, hash.as_bytes())? {
             None => Ok(Err(TokenRefusal::Unknown)),
             Some(b) => Ok(usable(decode(TOKENS, &b)?, now_ms)),
         }
@@ -444,7 +487,7 @@ impl Store {
     ) -> Result<Result<TokenRecord, EnrollRefusal>, StoreError> {
         let mut outcome = Ok(Err(EnrollRefusal::Token(TokenRefusal::Unknown)));
         let keys: [(&str, &[u8]); 2] = [(TOKENS, hash.as_bytes()), (AGENTS, agent.name.as_bytes())];
-        self.kv.transact(&keys, &mut |vals| {
+        self.state.transact(&keys, &mut |vals| {
             let refused = |why| Ok(Err(EnrollRefusal::Token(why)));
             if vals.get(1).is_some_and(Option::is_some) {
                 outcome = Ok(Err(EnrollRefusal::NameTaken));
@@ -491,7 +534,7 @@ impl Store {
     }
 
     pub fn put_user(&self, u: &UserRecord) -> Result<(), StoreError> {
-        self.kv.put(USERS, u.name.as_bytes(), &encode(u))
+        self.state.put(USERS, u.name.as_bytes(), &encode(u))
     }
 
     pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
@@ -503,7 +546,7 @@ impl Store {
     pub fn add_user(&self, u: &UserRecord) -> Result<Result<(), UserRecord>, StoreError> {
         let mut outcome = Ok(Ok(()));
         let new = encode(u);
-        self.kv
+        self.state
             .update(USERS, u.name.as_bytes(), &mut |old| match old
                 .map(|b| decode::<UserRecord>(USERS, b))
             {
@@ -534,13 +577,13 @@ impl Store {
     // -- audit (append-only: there is no update or delete)
 
     pub fn append_audit(&self, r: &AuditRecord) -> Result<(), StoreError> {
-        let id = self.kv.next_id()?;
-        self.kv.put(AUDIT, &id.to_be_bytes(), &encode(r))
+        let id = self.state.next_id()?;
+        self.state.put(AUDIT, &id.to_be_bytes(), &encode(r))
     }
 
     /// The newest `n` audit records, oldest first.
     pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        self.kv
+        self.state
             .last_n(AUDIT, n)?
             .into_iter()
             .map(|(_, v)| decode(AUDIT, &v))
@@ -551,7 +594,7 @@ impl Store {
     /// grows with time, so the old ones come first); returns how many.
     pub fn expire_audit(&self, before_ms: i64) -> Result<usize, StoreError> {
         let mut old = Vec::new();
-        for kv in self.kv.scan(AUDIT, &[])? {
+        for kv in self.state.scan(AUDIT, &[])? {
             let (k, v) = kv?;
             let r: AuditRecord = decode(AUDIT, &v)?;
             if r.time_ms >= before_ms {
@@ -570,7 +613,7 @@ impl Store {
                 value: None,
             })
             .collect();
-        self.kv.apply(&ops)?;
+        self.state.apply(&ops)?;
         Ok(ops.len())
     }
 }

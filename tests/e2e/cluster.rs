@@ -248,10 +248,17 @@ fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
     // init writes the CA into etcd; the others join from it; a second init
     // against the same etcd is refused.
     let mut cps: Vec<Option<Control>> = Vec::new();
+    let mut fingerprint = String::new();
     for i in 0..3 {
         let listen = format!("127.0.0.1:{}", free_port()?);
         let out = make(if i == 0 { "init" } else { "join" }, i, &listen)?;
         assert!(out.status.success(), "{}", stderr(&out));
+        if let Some(fp) = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+        {
+            fingerprint = fp.to_string();
+        }
         cps.push(Some(Control::start_on(&w, &format!("cp{i}"), &listen)?));
     }
     let out = make("init", 8, "127.0.0.1:7443")?;
@@ -463,6 +470,67 @@ fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
                 .then_some(())
         },
     )?;
+
+    // Agents are shared: a token made through one replica enrolls through
+    // the other; the agent, given both, is listed by both, and when the
+    // replica holding its stream dies it is let in by the other (its
+    // certificate's record is the cluster's).
+    let out = ctl(
+        &w,
+        &admin(&cps, live[0])?,
+        &["token", "create", "--label", "role=web"],
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tok = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let list: Vec<String> = live
+        .iter()
+        .filter_map(|&i| Some(cps[i].as_ref()?.grpc.clone()))
+        .collect();
+    let mut c = w.cmd("picket-agent");
+    c.args(["enroll", "--server", &list[1], "--token", &tok])
+        .args(["--ca-fingerprint", &fingerprint, "--name", "web-1"])
+        .arg("--state-dir")
+        .arg(w.path("agents/web-1"));
+    let out = c.output()?;
+    assert!(out.status.success(), "enroll: {}", stderr(&out));
+    let cfg = w.path("agents/web-1/agent.toml");
+    let text = std::fs::read_to_string(&cfg)?;
+    std::fs::write(
+        &cfg,
+        picket_tests::merge_config(&text, &format!("server = {list:?}")),
+    )?;
+    let mut agent = picket_tests::run_agent(&w, "web-1")?;
+    let on = |cps: &[Option<Control>], i: usize| -> Option<String> {
+        picket_tests::status_of(&w, &admin(cps, i).ok()?, "web-1")
+    };
+    let holder = wait_for(
+        "web-1 online on one replica",
+        Duration::from_secs(30),
+        || {
+            live.iter()
+                .copied()
+                .find(|&i| on(&cps, i).as_deref() == Some("online"))
+        },
+    )
+    .with_context(|| agent.stderr())?;
+    let other = if holder == live[0] { live[1] } else { live[0] };
+    let listed = picket_tests::agents(&w, &admin(&cps, other)?)?;
+    assert_eq!(listed["web-1"]["labels"]["role"], "web", "{listed:?}");
+    if let Some(mut c) = cps[holder].take() {
+        c.proc.kill9();
+    }
+    let moved = std::time::Instant::now();
+    wait_for(
+        "web-1 online on the other replica",
+        Duration::from_secs(60),
+        || (on(&cps, other).as_deref() == Some("online")).then_some(()),
+    )
+    .with_context(|| agent.stderr())?;
+    eprintln!(
+        "web-1 online on cp-{other} {:?} after cp-{holder} died",
+        moved.elapsed()
+    );
+    assert!(agent.child_alive(), "{}", agent.stderr());
     Ok(())
 }
 

@@ -23,6 +23,7 @@ mod refusals;
 mod rollouts;
 mod run;
 mod servers;
+mod shared_state;
 mod swarm;
 mod systemd;
 mod trust;

@@ -5,11 +5,14 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
 use picket_cluster::Etcd;
+use picket_cluster::etcd::{created_at, put_op};
 use picket_config::control::ClusterConfig;
-
-pub mod users;
+use picket_store::backend::etcd::EtcdBackend;
+use picket_store::{SHARED_TREES, Store};
 
 /// etcd as `[cluster]` says: its members, over TLS with its files when
 /// `etcd_ca` is set.
@@ -31,10 +34,35 @@ pub fn connect(c: &ClusterConfig) -> anyhow::Result<Etcd> {
 }
 
 /// A replica's part in the cluster, while it runs: its campaign and
-/// presence, and its copy of the users.
+/// presence.
 pub struct Replica {
     pub cluster: picket_cluster::Cluster,
-    pub users: picket_cluster::mirror::Mirror,
+}
+
+/// `store` with its shared trees (agents, tokens, users, audit) in etcd
+/// ([`picket_store::backend::etcd`]): what one replica writes, every
+/// replica reads within a round trip. `on_change` sees each change as
+/// this replica's copy takes it.
+pub fn share(
+    store: Store,
+    c: &ClusterConfig,
+    on_change: impl Fn(&str, &[u8], Option<&[u8]>) + Send + Sync + 'static,
+) -> anyhow::Result<Store> {
+    let etcd = || connect(c).map_err(|e| picket_cluster::EtcdError::Refused(format!("{e:#}")));
+    Ok(store.with_shared(|engine| {
+        EtcdBackend::start(etcd, engine, SHARED_TREES, Box::new(on_change))
+            .map(|b| Arc::new(b) as Arc<dyn picket_store::backend::Backend>)
+    })?)
+}
+
+/// `init --cluster-etcd`: the first admin, in etcd (the same key and
+/// value [`Store::put_user`] writes through the shared backend).
+async fn add_admin(etcd: &Etcd) -> anyhow::Result<()> {
+    let key = picket_store::backend::etcd::key("users", crate::admin_user().name.as_bytes());
+    let value = serde_json::to_vec(&crate::admin_user())?;
+    etcd.commit(vec![created_at(&key, 0)], vec![put_op(&key, &value, 0)])
+        .await?;
+    Ok(())
 }
 
 /// `[cluster]` as `init` and `join` write it into control.toml.
@@ -86,7 +114,7 @@ pub async fn init(
             data_dir.display()
         );
     }
-    users::add_admin(&etcd).await?;
+    add_admin(&etcd).await?;
     crate::seed(data_dir, &section(r))?;
     Ok(report)
 }

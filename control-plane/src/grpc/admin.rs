@@ -327,20 +327,15 @@ impl AdminService for AdminSvc {
             run_as: r.run_as.clone(),
             hosts: hosts.clone(),
         };
-        let added = match st.cluster.as_deref() {
-            Some(c) => crate::cluster::users::add(c, &user)
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?,
-            None => st
-                .store
-                .blocking(move |s| {
-                    let added = s.add_user(&user)?;
-                    s.flush()?;
-                    Ok(added)
-                })
-                .await
-                .map_err(store_error)?,
-        };
+        let added = st
+            .store
+            .blocking(move |s| {
+                let added = s.add_user(&user)?;
+                s.flush()?;
+                Ok(added)
+            })
+            .await
+            .map_err(store_error)?;
         if added.is_err() {
             st.audit
                 .record(&caller.actor(), "user.add", &target, "error: revoked");
@@ -379,20 +374,15 @@ impl AdminService for AdminSvc {
         let target = format!("user:{name}");
         let caller = require(&req, &st.audit, Role::Admin, "user.revoke", &target)?;
         let n = name.clone();
-        let revoked = match st.cluster.as_deref() {
-            Some(c) => crate::cluster::users::revoke(c, &name, now_ms())
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?,
-            None => st
-                .store
-                .blocking(move |s| {
-                    let r = s.revoke_user(&n, now_ms())?;
-                    s.flush()?;
-                    Ok(r)
-                })
-                .await
-                .map_err(store_error)?,
-        };
+        let revoked = st
+            .store
+            .blocking(move |s| {
+                let r = s.revoke_user(&n, now_ms())?;
+                s.flush()?;
+                Ok(r)
+            })
+            .await
+            .map_err(store_error)?;
         let Some(user) = revoked else {
             st.audit
                 .record(&caller.actor(), "user.revoke", &target, "error: not found");

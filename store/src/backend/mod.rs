@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+pub mod etcd;
 pub mod guarded;
 
 use super::StoreError;

@@ -1,0 +1,372 @@
+//! Cluster mode's shared state (SPEC §12): a [`Backend`] whose truth is
+//! etcd and whose reads come from a local copy.
+//!
+//! - Each pair lives in etcd under `PREFIX<tree>/<key>`. A write is one
+//!   etcd transaction; `update` and `transact` read their keys (one
+//!   revision for all), run the caller's function, and write only if no
+//!   key was written meanwhile (a compare on each key's mod revision),
+//!   else read and try again: atomic across every replica, as sled's are
+//!   within one process.
+//! - A [`Mirror`] copies every change into `local` (the replica's own
+//!   engine, same trees and keys), so reads (an interceptor's lookup, a
+//!   listing) never wait on the network. A write returns once the copy
+//!   holds it: a replica reads its own writes; the others see them within
+//!   a watch's round trip.
+//! - etcd is async and [`Backend`] is not: calls run on a runtime of the
+//!   backend's own (one thread), and the caller's thread waits for them.
+//!   A caller on the control plane's runtime (a blocking section, or even a
+//!   worker) never waits on a task of that same runtime, so nothing can
+//!   deadlock on a runtime full of waiting workers.
+//! - `next_id` is the revision of a write of one counter key: unique and
+//!   increasing across every replica.
+//!
+//! Limits: etcd takes at most 128 operations per transaction (its
+//! `--max-txn-ops` default), so a larger `apply` (audit expiry) is split,
+//! and is atomic per part only. A transaction sent again to another member
+//! after the first timed out may have been applied by the first: a compare
+//! then fails and the caller's function runs again on the new value.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use picket_cluster::etcd::{created_at, delete_op, modified_at, put_op};
+use picket_cluster::mirror::{Change, Mirror};
+use picket_cluster::{Etcd, EtcdError};
+
+use super::{Backend, Frozen, Kv, KvIter, Op, Transactor, Updater};
+use crate::StoreError;
+
+/// Where the shared trees live in etcd.
+pub const PREFIX: &str = "/picket/state/";
+
+/// The key whose write revisions are the ids.
+const IDS: &str = "/picket/ids";
+
+/// etcd's default `--max-txn-ops`.
+const MAX_TXN_OPS: usize = 128;
+
+/// How long a write waits for the local copy to hold it, and start for
+/// the first whole listing.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// Told of every change the copy applies (tree, key, new value or `None`
+/// when deleted): how a revocation made through another replica cuts the
+/// streams this one holds.
+pub type OnChange = dyn Fn(&str, &[u8], Option<&[u8]>) + Send + Sync;
+
+pub struct EtcdBackend {
+    remote: Arc<Remote>,
+    local: Arc<dyn Backend>,
+    /// Where etcd calls and the copy's watch run (shut down on drop, from
+    /// any context).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// etcd, and the copy's progress.
+struct Remote {
+    etcd: Etcd,
+    mirror: Mirror,
+}
+
+type Compare = picket_cluster::pb::etcdserverpb::Compare;
+type RequestOp = picket_cluster::pb::etcdserverpb::RequestOp;
+/// Values read, in the order asked (`None`: absent).
+type Values = Vec<Option<Vec<u8>>>;
+
+fn shared(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Shared(e.to_string())
+}
+
+/// The etcd key of `key` in `tree`.
+pub fn key(tree: &str, key: &[u8]) -> Vec<u8> {
+    etcd_key(tree, key)
+}
+
+fn etcd_key(tree: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(PREFIX.len() + tree.len() + 1 + key.len());
+    k.extend_from_slice(PREFIX.as_bytes());
+    k.extend_from_slice(tree.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(key);
+    k
+}
+
+/// A key under the prefix back into one of `trees` and its key.
+fn split<'t>(trees: &[&'t str], k: &[u8]) -> Option<(&'t str, Vec<u8>)> {
+    let slash = k.iter().position(|&b| b == b'/')?;
+    let tree = trees.iter().find(|t| t.as_bytes() == &k[..slash])?;
+    Some((tree, k[slash + 1..].to_vec()))
+}
+
+impl EtcdBackend {
+    /// Connects (`connect` runs on the backend's runtime), then copies the
+    /// shared `trees` into `local` and waits (up to 5 s) for the first
+    /// whole listing. With etcd down, the copy as last seen serves reads
+    /// and writes fail until etcd answers.
+    pub fn start(
+        connect: impl FnOnce() -> Result<Etcd, EtcdError>,
+        local: Arc<dyn Backend>,
+        trees: &'static [&'static str],
+        on_change: Box<OnChange>,
+    ) -> Result<EtcdBackend, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("picket-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Task(format!("cannot start etcd's runtime: {e}")))?;
+        let remote = {
+            let _in = runtime.enter();
+            let etcd = connect().map_err(shared)?;
+            let copy = local.clone();
+            let mirror = Mirror::start(etcd.clone(), PREFIX.to_string(), move |change| {
+                if let Err(e) = apply(copy.as_ref(), trees, on_change.as_ref(), change) {
+                    tracing::error!(error = %e, "cannot copy shared state from etcd");
+                }
+            });
+            Arc::new(Remote { etcd, mirror })
+        };
+        let b = EtcdBackend {
+            remote,
+            local,
+            runtime: Some(runtime),
+        };
+        let listed = b.wait(|r| async move { r.mirror.caught_up(1, CATCH_UP).await })?;
+        if !listed {
+            tracing::warn!(
+                "etcd: no listing of the shared state within {CATCH_UP:?}; \
+                 serving the local copy as last seen"
+            );
+        }
+        Ok(b)
+    }
+
+    /// Runs `f` on the backend's runtime and waits for it, from any
+    /// thread (a runtime worker included: the task runs on another
+    /// runtime's thread).
+    fn wait<T, Fut>(&self, f: impl FnOnce(Arc<Remote>) -> Fut) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let Some(rt) = &self.runtime else {
+            return Err(StoreError::Task("etcd's runtime stopped".into()));
+        };
+        let fut = f(self.remote.clone());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .map_err(|_| StoreError::Task("etcd's runtime stopped".into()))
+    }
+
+    /// Writes `ops` if `compare` holds, then waits for the copy to hold
+    /// them; false when a compare failed.
+    fn commit(&self, compare: Vec<Compare>, ops: Vec<RequestOp>) -> Result<bool, StoreError> {
+        self.wait(|r| async move {
+            match r.etcd.commit(compare, ops).await.map_err(shared)? {
+                None => Ok(false),
+                Some(revision) => {
+                    if !r.mirror.caught_up(revision, CATCH_UP).await {
+                        tracing::warn!(revision, "etcd: the local copy is behind a write");
+                    }
+                    Ok(true)
+                }
+            }
+        })?
+    }
+
+    /// The current values of `keys`, with compares that hold while none
+    /// of them is written.
+    fn read(
+        &self,
+        keys: &[(&str, &[u8])],
+    ) -> Result<(Values, Vec<Compare>), StoreError> {
+        let ks: Vec<Vec<u8>> = keys.iter().map(|(t, k)| etcd_key(t, k)).collect();
+        self.wait(|r| async move {
+            let (kvs, _) = r.etcd.get_many(&ks).await.map_err(shared)?;
+            let compares = ks
+                .iter()
+                .zip(&kvs)
+                .map(|(k, kv)| match kv {
+                    Some(kv) => modified_at(k, kv.mod_revision),
+                    None => created_at(k, 0),
+                })
+                .collect();
+            Ok((
+                kvs.into_iter().map(|kv| kv.map(|kv| kv.value)).collect(),
+                compares,
+            ))
+        })?
+    }
+}
+
+fn op(o: &Op) -> RequestOp {
+    let k = etcd_key(o.tree, &o.key);
+    match &o.value {
+        Some(v) => put_op(k, v, 0),
+        None => delete_op(k),
+    }
+}
+
+/// One change from the watch, into the copy.
+fn apply(
+    local: &dyn Backend,
+    trees: &'static [&'static str],
+    on_change: &OnChange,
+    change: Change,
+) -> Result<(), StoreError> {
+    match change {
+        Change::Put(k, v) => {
+            if let Some((tree, key)) = split(trees, &k) {
+                local.put(tree, &key, &v)?;
+                on_change(tree, &key, Some(&v));
+            }
+        }
+        Change::Delete(k) => {
+            if let Some((tree, key)) = split(trees, &k) {
+                local.remove(tree, &key)?;
+                crate::forgotten(local, tree, &key)?;
+                on_change(tree, &key, None);
+            }
+        }
+        Change::Whole(all) => {
+            let mut now: BTreeMap<(&str, Vec<u8>), Vec<u8>> = BTreeMap::new();
+            for (k, v) in all {
+                if let Some((tree, key)) = split(trees, &k) {
+                    now.insert((tree, key), v);
+                }
+            }
+            let mut ops = Vec::new();
+            for &tree in trees {
+                for kv in local.scan(tree, b"")? {
+                    let (key, _) = kv?;
+                    if !now.contains_key(&(tree, key.clone())) {
+                        ops.push(Op {
+                            tree,
+                            key,
+                            value: None,
+                        });
+                    }
+                }
+            }
+            for ((tree, key), v) in &now {
+                ops.push(Op {
+                    tree,
+                    key: key.clone(),
+                    value: Some(v.clone()),
+                });
+            }
+            local.apply(&ops)?;
+            for o in &ops {
+                if o.value.is_none() {
+                    crate::forgotten(local, o.tree, &o.key)?;
+                }
+                on_change(o.tree, &o.key, o.value.as_deref());
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Drop for EtcdBackend {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Backend for EtcdBackend {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.local.get(tree, key)
+    }
+
+    fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.commit(Vec::new(), vec![put_op(etcd_key(tree, key), value, 0)])
+            .map(drop)
+    }
+
+    fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError> {
+        self.commit(Vec::new(), vec![delete_op(etcd_key(tree, key))])
+            .map(drop)
+    }
+
+    fn update(&self, tree: &str, key: &[u8], f: &mut Updater<'_>) -> Result<(), StoreError> {
+        loop {
+            let (mut vals, compares) = self.read(&[(tree, key)])?;
+            let old = vals.pop().flatten();
+            let new = f(old.as_deref());
+            if new == old {
+                return Ok(());
+            }
+            let o = match &new {
+                Some(v) => put_op(etcd_key(tree, key), v, 0),
+                None => delete_op(etcd_key(tree, key)),
+            };
+            if self.commit(compares, vec![o])? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn transact(&self, keys: &[(&str, &[u8])], f: &mut Transactor<'_>) -> Result<(), StoreError> {
+        loop {
+            let (vals, compares) = self.read(keys)?;
+            let Some(ops) = f(&vals) else {
+                return Ok(());
+            };
+            let ops: Vec<_> = ops.iter().map(op).collect();
+            if self.commit(compares, ops)? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn scan<'a>(&'a self, tree: &str, prefix: &[u8]) -> Result<KvIter<'a>, StoreError> {
+        self.local.scan(tree, prefix)
+    }
+
+    fn scan_from<'a>(&'a self, tree: &str, start: &[u8]) -> Result<KvIter<'a>, StoreError> {
+        self.local.scan_from(tree, start)
+    }
+
+    fn scan_back<'a>(&'a self, tree: &str, end: Option<&[u8]>) -> Result<KvIter<'a>, StoreError> {
+        self.local.scan_back(tree, end)
+    }
+
+    fn last_n(&self, tree: &str, n: usize) -> Result<Vec<Kv>, StoreError> {
+        self.local.last_n(tree, n)
+    }
+
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        for part in ops.chunks(MAX_TXN_OPS) {
+            let part: Vec<_> = part.iter().map(op).collect();
+            self.commit(Vec::new(), part)?;
+        }
+        Ok(())
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        let r = self.wait(|r| async move {
+            r.etcd
+                .commit(Vec::new(), vec![put_op(IDS, b"", 0)])
+                .await
+                .map_err(shared)
+        })??;
+        let revision = r.ok_or_else(|| shared("etcd refused the id counter's write"))?;
+        u64::try_from(revision).map_err(|_| shared(format!("etcd revision {revision}")))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // A committed transaction is on a quorum's disks already.
+        Ok(())
+    }
+
+    fn frozen(&self, f: &mut Frozen<'_>) -> Result<(), StoreError> {
+        self.local.frozen(f)
+    }
+}
