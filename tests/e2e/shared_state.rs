@@ -214,3 +214,74 @@ fn the_shared_rules_hold_on_etcd_across_two_replicas() -> Result<()> {
     ensure!(e.to_string().contains("etcd unavailable"), "{e}");
     Ok(())
 }
+
+/// Latencies of `n` runs of `f`, sorted (µs).
+fn timed(n: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<Vec<u128>> {
+    let mut us = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = std::time::Instant::now();
+        f(i)?;
+        us.push(t.elapsed().as_micros());
+    }
+    us.sort_unstable();
+    Ok(us)
+}
+
+fn figures(what: &str, us: &[u128]) {
+    let at = |q: f64| us[((us.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "{what}: n={} p50={}µs p99={}µs",
+        us.len(),
+        at(0.5),
+        at(0.99)
+    );
+}
+
+/// What the shared state costs a replica, etcd beside sled: printed for
+/// docs/benchmarks.md (no figure is asserted: the machine is shared);
+/// what is asserted is that every call went through.
+#[test]
+fn what_the_shared_state_costs() -> Result<()> {
+    let w = World::new()?;
+    let etcd = EtcdCluster::start(&w, 3)?;
+    let (ds, da, db) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    let sled = Store::open_with_floor(ds.path(), 0.0)?;
+    let a = on_etcd(da.path(), &etcd.endpoints())?;
+    let b = on_etcd(db.path(), &etcd.endpoints())?;
+    for (name, st) in [("sled", &sled), ("etcd", &a)] {
+        st.put_token("bench", &token(1000))?;
+        let enroll = timed(200, |i| {
+            st.enroll_agent("bench", 10, &agent(&format!("h{i}")))?
+                .map(drop)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))
+        })?;
+        figures(&format!("{name} enroll (token use + agent record)"), &enroll);
+        let seen = timed(500, |i| {
+            st.update_agent(&format!("h{}", i % 200), |r| r.last_seen_ms += 1)?
+                .context("an agent")
+                .map(drop)
+        })?;
+        figures(&format!("{name} update_agent (heartbeat's last_seen)"), &seen);
+        let read = timed(2000, |i| {
+            st.agent(&format!("h{}", i % 200))?.context("an agent").map(drop)
+        })?;
+        figures(&format!("{name} agent read"), &read);
+    }
+    // How long another replica takes to see a write.
+    let lag = timed(100, |i| {
+        a.update_agent("h0", |r| r.last_seen_ms = 10_000 + i as i64)?;
+        // Polled every millisecond (wait_for's pace would be the figure).
+        let start = std::time::Instant::now();
+        while b.agent("h0")?.context("h0")?.last_seen_ms != 10_000 + i as i64 {
+            ensure!(start.elapsed() < SEEN, "b never saw write {i}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    })?;
+    figures("etcd write on one replica → seen by another (incl. the write)", &lag);
+    Ok(())
+}
