@@ -466,6 +466,17 @@ pub fn modified_at(key: impl AsRef<[u8]>, revision: i64) -> pb::Compare {
     }
 }
 
+/// Holds when `key` holds `value`.
+pub fn value_is(key: impl AsRef<[u8]>, value: &[u8]) -> pb::Compare {
+    pb::Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Value as i32,
+        key: key.as_ref().to_vec(),
+        target_union: Some(TargetUnion::Value(value.to_vec())),
+        range_end: Vec::new(),
+    }
+}
+
 /// The end of the range of every key starting with `prefix` (etcd's
 /// `WithPrefix`): the prefix with its last byte below 0xff plus one.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {

@@ -119,6 +119,12 @@ impl Leadership {
         self.role.borrow().clone()
     }
 
+    /// The lease this replica holds now (the last one granted: it may
+    /// have run out), as it changes.
+    pub fn lease(&self) -> watch::Receiver<Option<i64>> {
+        self.lease.clone()
+    }
+
     /// Stops campaigning and gives up the lease at once (a clean
     /// shutdown): the others need not wait for the TTL.
     pub async fn resign(&self) {

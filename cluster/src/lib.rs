@@ -10,6 +10,8 @@
 //!   reports of the cluster.
 //! - [`mirror`]: a replica's local copy of the keys under a prefix, kept
 //!   by etcd's watch: how a change through one replica reaches them all.
+//! - [`presence`]: which replica holds which host's stream, under each
+//!   replica's lease.
 //!
 //! This crate reads and writes etcd only; it knows nothing of agents,
 //! rollouts or alerts (the control plane maps those onto keys).
@@ -19,6 +21,7 @@ pub mod etcd;
 pub mod leader;
 pub mod membership;
 pub mod mirror;
+pub mod presence;
 
 pub use etcd::{Etcd, EtcdError, EtcdTls};
 pub use leader::{Leadership, Options, Role, Term};

@@ -1,10 +1,11 @@
 //! One replica's place in the cluster: its campaign ([`Leadership`]), its
-//! presence under its lease, and what `status`, `/metrics` and `/readyz`
-//! report of the whole (SPEC §12).
+//! presence and its hosts' under its lease ([`Presence`]), and what
+//! `status`, `/metrics` and `/readyz` report of the whole (SPEC §12).
 
 use crate::etcd::{Etcd, EtcdError};
 
 use crate::leader::{Leadership, Options, Role};
+use crate::presence::Presence;
 
 /// A replica as it publishes itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,8 @@ pub struct Replica {
 pub struct Cluster {
     etcd: Etcd,
     leadership: Leadership,
+    presence: Presence,
+    node: String,
     prefix: String,
 }
 
@@ -29,9 +32,12 @@ impl Cluster {
         };
         let prefix = opts.prefix.clone();
         let leadership = Leadership::campaign(etcd.clone(), node.to_string(), opts);
+        let presence = Presence::start(etcd.clone(), node.to_string(), &prefix, leadership.lease());
         Cluster {
             etcd,
             leadership,
+            presence,
+            node: node.to_string(),
             prefix,
         }
     }
@@ -51,6 +57,16 @@ impl Cluster {
 
     pub fn etcd(&self) -> &Etcd {
         &self.etcd
+    }
+
+    /// This replica's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Which replica holds which host's stream; this one's to publish.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     /// The replicas whose leases live, by name.

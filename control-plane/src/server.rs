@@ -198,7 +198,13 @@ pub async fn run(
         Some(c) => {
             let etcd = crate::cluster::connect(c).context("joining the cluster")?;
             let cluster = picket_cluster::Cluster::start(etcd, &c.node, &c.advertise);
-            Some(Arc::new(crate::cluster::Replica { cluster }))
+            let replica = Arc::new(crate::cluster::Replica { cluster });
+            tasks.spawn(crate::cluster::publish_presence(
+                sessions.clone(),
+                replica.clone(),
+                shutdown.clone(),
+            ));
+            Some(replica)
         }
         None => None,
     };

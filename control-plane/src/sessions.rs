@@ -225,6 +225,14 @@ impl Sessions {
             .and_then(|l| l.get(name).map(|e| e.heard_ms))
     }
 
+    /// The agents streaming with this control plane now.
+    pub fn online_names(&self) -> std::collections::BTreeSet<String> {
+        self.live
+            .lock()
+            .map(|l| l.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn online_count(&self) -> usize {
         self.live.lock().map(|l| l.len()).unwrap_or(0)
     }

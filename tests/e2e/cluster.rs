@@ -503,17 +503,32 @@ fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
     let on = |cps: &[Option<Control>], i: usize| -> Option<String> {
         picket_tests::status_of(&w, &admin(cps, i).ok()?, "web-1")
     };
-    let holder = wait_for(
-        "web-1 online on one replica",
-        Duration::from_secs(30),
-        || {
-            live.iter()
-                .copied()
-                .find(|&i| on(&cps, i).as_deref() == Some("online"))
-        },
-    )
+    // Presence: the replica holding the stream is named in etcd, and both
+    // replicas say online.
+    let rt = runtime()?;
+    let client = {
+        let _in = rt.enter();
+        Etcd::connect(&etcd.endpoints())?
+    };
+    let presence = || -> Option<String> {
+        let (kv, _) = rt.block_on(client.get("/picket/presence/web-1")).ok()?;
+        Some(String::from_utf8_lossy(&kv?.value).into_owned())
+    };
+    let holder = wait_for("web-1's presence in etcd", Duration::from_secs(30), || {
+        let node = presence()?;
+        live.iter().copied().find(|&i| format!("cp-{i}") == node)
+    })
     .with_context(|| agent.stderr())?;
     let other = if holder == live[0] { live[1] } else { live[0] };
+    wait_for(
+        "web-1 online on both replicas",
+        Duration::from_secs(10),
+        || {
+            live.iter()
+                .all(|&i| on(&cps, i).as_deref() == Some("online"))
+                .then_some(())
+        },
+    )?;
     let listed = picket_tests::agents(&w, &admin(&cps, other)?)?;
     assert_eq!(listed["web-1"]["labels"]["role"], "web", "{listed:?}");
     if let Some(mut c) = cps[holder].take() {
@@ -521,16 +536,27 @@ fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
     }
     let moved = std::time::Instant::now();
     wait_for(
-        "web-1 online on the other replica",
+        "web-1 streaming with the other replica",
         Duration::from_secs(60),
-        || (on(&cps, other).as_deref() == Some("online")).then_some(()),
+        || (presence()? == format!("cp-{other}")).then_some(()),
     )
     .with_context(|| agent.stderr())?;
     eprintln!(
-        "web-1 online on cp-{other} {:?} after cp-{holder} died",
+        "web-1 on cp-{other} {:?} after cp-{holder} died",
         moved.elapsed()
     );
+    assert_eq!(on(&cps, other).as_deref(), Some("online"));
     assert!(agent.child_alive(), "{}", agent.stderr());
+
+    // A clean stop takes the replica's presence with it at once.
+    let last = cps[other].take().context("the last replica")?;
+    last.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    let stopped = std::time::Instant::now();
+    wait_for("web-1's presence gone", Duration::from_secs(20), || {
+        presence().is_none().then_some(())
+    })?;
+    eprintln!("presence gone {:?} after SIGTERM", stopped.elapsed());
+    drop(last);
     Ok(())
 }
 

@@ -259,15 +259,23 @@ fn what_the_shared_state_costs() -> Result<()> {
                 .map(drop)
                 .map_err(|e| anyhow::anyhow!("{e:?}"))
         })?;
-        figures(&format!("{name} enroll (token use + agent record)"), &enroll);
+        figures(
+            &format!("{name} enroll (token use + agent record)"),
+            &enroll,
+        );
         let seen = timed(500, |i| {
             st.update_agent(&format!("h{}", i % 200), |r| r.last_seen_ms += 1)?
                 .context("an agent")
                 .map(drop)
         })?;
-        figures(&format!("{name} update_agent (heartbeat's last_seen)"), &seen);
+        figures(
+            &format!("{name} update_agent (heartbeat's last_seen)"),
+            &seen,
+        );
         let read = timed(2000, |i| {
-            st.agent(&format!("h{}", i % 200))?.context("an agent").map(drop)
+            st.agent(&format!("h{}", i % 200))?
+                .context("an agent")
+                .map(drop)
         })?;
         figures(&format!("{name} agent read"), &read);
     }
@@ -282,6 +290,9 @@ fn what_the_shared_state_costs() -> Result<()> {
         }
         Ok(())
     })?;
-    figures("etcd write on one replica → seen by another (incl. the write)", &lag);
+    figures(
+        "etcd write on one replica → seen by another (incl. the write)",
+        &lag,
+    );
     Ok(())
 }

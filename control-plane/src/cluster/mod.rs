@@ -39,6 +39,39 @@ pub struct Replica {
     pub cluster: picket_cluster::Cluster,
 }
 
+/// Publishes which hosts stream with this replica (etcd's presence map,
+/// under its lease) as sessions open and close, until `shutdown`. Works
+/// from the whole set each time, so a lagging event stream loses nothing.
+pub async fn publish_presence(
+    sessions: Arc<crate::sessions::Sessions>,
+    replica: Arc<Replica>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut news = sessions.presence();
+    loop {
+        replica.cluster.presence().set(sessions.online_names());
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = news.recv() => {
+                if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Replica {
+    /// Whether another replica holds `host`'s stream (this one's own
+    /// sessions answer for it here).
+    pub fn elsewhere(&self, host: &str) -> bool {
+        self.cluster
+            .presence()
+            .holder(host)
+            .is_some_and(|n| n != self.cluster.node())
+    }
+}
+
 /// `store` with its shared trees (agents, tokens, users, audit) in etcd
 /// ([`picket_store::backend::etcd`]): what one replica writes, every
 /// replica reads within a round trip. `on_change` sees each change as

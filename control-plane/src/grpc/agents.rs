@@ -37,9 +37,12 @@ impl AdminSvc {
     /// An agent as shown: whether it is connected, and whether what it
     /// sends can be stored now.
     fn view(&self, rec: &picket_store::AgentRecord) -> v1::Agent {
-        let online = self.state.sessions.is_online(&rec.name);
-        let mut a = convert::agent(rec, online);
-        a.not_stored = online && !self.state.store.health().writable();
+        let here = self.state.sessions.is_online(&rec.name);
+        // Cluster mode: streaming with another replica is online too.
+        let elsewhere =
+            !here && (self.state.cluster.as_deref()).is_some_and(|c| c.elsewhere(&rec.name));
+        let mut a = convert::agent(rec, here || elsewhere);
+        a.not_stored = here && !self.state.store.health().writable();
         a.clock_offset_ms = self.state.sessions.clock_offset_ms(&rec.name);
         if let Some(heard) = self.state.sessions.heard_ms(&rec.name) {
             a.last_seen_unix_ms = a.last_seen_unix_ms.max(heard);

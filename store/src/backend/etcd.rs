@@ -181,10 +181,7 @@ impl EtcdBackend {
 
     /// The current values of `keys`, with compares that hold while none
     /// of them is written.
-    fn read(
-        &self,
-        keys: &[(&str, &[u8])],
-    ) -> Result<(Values, Vec<Compare>), StoreError> {
+    fn read(&self, keys: &[(&str, &[u8])]) -> Result<(Values, Vec<Compare>), StoreError> {
         let ks: Vec<Vec<u8>> = keys.iter().map(|(t, k)| etcd_key(t, k)).collect();
         self.wait(|r| async move {
             let (kvs, _) = r.etcd.get_many(&ks).await.map_err(shared)?;
