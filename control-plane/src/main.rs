@@ -147,11 +147,19 @@ enum Cmd {
     },
     /// Make a new data folder (with a control.toml pointing at it) from a
     /// backup archive; `run --config DIR/control.toml` serves it.
+    ///
+    /// A replica of a cluster (docs/cluster.md): into a fresh etcd, the
+    /// CA and the shared state (agents, tokens, users, audit) are written
+    /// from the backup; into the etcd of the same cluster, nothing is.
     Restore {
         #[arg(long, value_name = "FILE")]
         from: PathBuf,
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// The etcd members to restore into, replacing the backup's
+        /// `[cluster] etcd` (repeat once per member).
+        #[arg(long = "cluster-etcd", value_name = "URL")]
+        cluster_etcd: Vec<String>,
     },
 }
 
@@ -319,7 +327,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Restore { from, data_dir } => {
+        Cmd::Restore {
+            from,
+            data_dir,
+            cluster_etcd,
+        } => {
             let r = picket_control::backup::restore(&from, &data_dir)?;
             println!(
                 "Restored {} files ({} index entries) into {}",
@@ -327,6 +339,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 r.pairs,
                 data_dir.display()
             );
+            if !cluster_etcd.is_empty() {
+                picket_control::cluster::repoint_etcd(&r.config, &cluster_etcd)
+                    .map_err(BadConfig)?;
+            }
+            let cfg = ControlConfig::load(&r.config).map_err(|e| BadConfig(e.into()))?;
+            if let Some(c) = &cfg.cluster {
+                let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+                let done = rt
+                    .block_on(picket_control::cluster::restore(&cfg.data_dir, c))
+                    .with_context(|| {
+                        format!(
+                            "{} is restored, but not the cluster's state in etcd; \
+                             remove it and restore again once etcd answers",
+                            data_dir.display()
+                        )
+                    })?;
+                match done {
+                    picket_control::cluster::Restored::Joined => println!(
+                        "etcd at {} holds this cluster: the replica takes its state from there",
+                        c.etcd.join(",")
+                    ),
+                    picket_control::cluster::Restored::Seeded { pairs } => println!(
+                        "Wrote the CA and {pairs} shared entries (agents, tokens, users, \
+                         audit) into the fresh etcd at {}",
+                        c.etcd.join(",")
+                    ),
+                }
+            }
             println!("Next: picket-control run --config {}", r.config.display());
             Ok(())
         }

@@ -269,6 +269,18 @@ impl Store {
         Ok(self)
     }
 
+    /// Every pair of the shared trees as this store holds them (its own,
+    /// or its copy of etcd's): what a restore writes into a fresh etcd.
+    pub fn shared_pairs(&self) -> Result<Vec<(&'static str, backend::Kv)>, StoreError> {
+        let mut out = Vec::new();
+        for &tree in SHARED_TREES {
+            for kv in self.state.scan(tree, b"")? {
+                out.push((tree, kv?));
+            }
+        }
+        Ok(out)
+    }
+
     /// A unique id above every id handed out so far (across restarts).
     pub fn next_id(&self) -> Result<u64, StoreError> {
         self.kv.next_id()

@@ -8,6 +8,7 @@ mod backup;
 mod chaos;
 mod checks;
 mod cluster;
+mod cluster_restore;
 mod dev;
 mod events;
 mod fail2ban;

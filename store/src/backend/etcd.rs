@@ -17,8 +17,9 @@
 //!   A caller on the control plane's runtime (a blocking section, or even a
 //!   worker) never waits on a task of that same runtime, so nothing can
 //!   deadlock on a runtime full of waiting workers.
-//! - `next_id` is the revision of a write of one counter key: unique and
-//!   increasing across every replica.
+//! - `next_id` is the revision of a write of one counter key (plus a base
+//!   a restore into a fresh etcd sets): unique and increasing across every
+//!   replica.
 //!
 //! Limits: etcd takes at most 128 operations per transaction (its
 //! `--max-txn-ops` default), so a larger `apply` (audit expiry) is split,
@@ -42,7 +43,12 @@ use crate::StoreError;
 pub const PREFIX: &str = "/picket/state/";
 
 /// The key whose write revisions are the ids.
-const IDS: &str = "/picket/ids";
+const IDS: &str = "/picket/ids/next";
+
+/// Added to those revisions (decimal; absent: 0): written by a restore
+/// into a fresh etcd, whose revisions start again from 1, above every id
+/// the restored state holds.
+pub const ID_BASE: &str = "/picket/ids/base";
 
 /// etcd's default `--max-txn-ops`.
 const MAX_TXN_OPS: usize = 128;
@@ -68,6 +74,8 @@ pub struct EtcdBackend {
 struct Remote {
     etcd: Etcd,
     mirror: Mirror,
+    /// [`ID_BASE`] as read at start.
+    id_base: std::sync::OnceLock<u64>,
 }
 
 type Compare = picket_cluster::pb::etcdserverpb::Compare;
@@ -126,7 +134,11 @@ impl EtcdBackend {
                     tracing::error!(error = %e, "cannot copy shared state from etcd");
                 }
             });
-            Arc::new(Remote { etcd, mirror })
+            Arc::new(Remote {
+                etcd,
+                mirror,
+                id_base: std::sync::OnceLock::new(),
+            })
         };
         let b = EtcdBackend {
             remote,
@@ -348,14 +360,33 @@ impl Backend for EtcdBackend {
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
-        let r = self.wait(|r| async move {
-            r.etcd
+        let (base, revision) = self.wait(|r| async move {
+            let base = match r.id_base.get() {
+                Some(b) => *b,
+                None => {
+                    let (kv, _) = r.etcd.get(ID_BASE).await.map_err(shared)?;
+                    let text = kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+                    let base = match text {
+                        None => 0,
+                        Some(t) => t
+                            .trim()
+                            .parse::<u64>()
+                            .map_err(|_| shared(format!("{ID_BASE} holds {t:?}, not a number")))?,
+                    };
+                    *r.id_base.get_or_init(|| base)
+                }
+            };
+            let revision = r
+                .etcd
                 .commit(Vec::new(), vec![put_op(IDS, b"", 0)])
                 .await
-                .map_err(shared)
+                .map_err(shared)?
+                .ok_or_else(|| shared("etcd refused the id counter's write"))?;
+            Ok::<_, StoreError>((base, revision))
         })??;
-        let revision = r.ok_or_else(|| shared("etcd refused the id counter's write"))?;
-        u64::try_from(revision).map_err(|_| shared(format!("etcd revision {revision}")))
+        let revision =
+            u64::try_from(revision).map_err(|_| shared(format!("etcd revision {revision}")))?;
+        Ok(base.saturating_add(revision))
     }
 
     fn flush(&self) -> Result<(), StoreError> {
