@@ -12,6 +12,8 @@
 //!   by etcd's watch: how a change through one replica reaches them all.
 //! - [`presence`]: which replica holds which host's stream, under each
 //!   replica's lease.
+//! - [`relay`]: messages between replicas, each in the receiver's etcd
+//!   inbox on the sender's lease, taken once.
 //!
 //! This crate reads and writes etcd only; it knows nothing of agents,
 //! rollouts or alerts (the control plane maps those onto keys).
@@ -22,6 +24,7 @@ pub mod leader;
 pub mod membership;
 pub mod mirror;
 pub mod presence;
+pub mod relay;
 
 pub use etcd::{Etcd, EtcdError, EtcdTls};
 pub use leader::{Leadership, Options, Role, Term};

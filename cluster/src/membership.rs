@@ -59,6 +59,16 @@ impl Cluster {
         &self.etcd
     }
 
+    /// The lease this replica holds now, as it changes.
+    pub fn lease(&self) -> tokio::sync::watch::Receiver<Option<i64>> {
+        self.leadership.lease()
+    }
+
+    /// The key prefix of this cluster's state.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// This replica's name.
     pub fn node(&self) -> &str {
         &self.node

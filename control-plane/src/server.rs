@@ -199,6 +199,7 @@ pub async fn run(
             let etcd = crate::cluster::connect(c).context("joining the cluster")?;
             let cluster = picket_cluster::Cluster::start(etcd, &c.node, &c.advertise);
             let replica = Arc::new(crate::cluster::Replica { cluster });
+            crate::cluster::relay::Relayer::start(replica.clone(), &steps);
             tasks.spawn(crate::cluster::publish_presence(
                 sessions.clone(),
                 replica.clone(),

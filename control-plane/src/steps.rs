@@ -1,7 +1,8 @@
 //! Steps in flight between the engines (rollouts, `picketctl run`) and the
 //! agents: dispatches and cancels go out on the agents' session streams
-//! ([`Sessions::send`]); each update that comes back is routed to whoever
-//! owns its run id. It keeps no state of its own beyond the routes.
+//! ([`Sessions::send`]), or in cluster mode to the replica holding the
+//! host's stream ([`Elsewhere`]); each update that comes back is routed to
+//! whoever owns its run id. It keeps no state of its own beyond the routes.
 //!
 //! A result is handed on with backpressure (the agent's stream waits);
 //! live output is dropped when its owner is slow (results carry the tail).
@@ -23,8 +24,17 @@ pub struct StepNews {
     pub body: step_update::Body,
 }
 
+/// Where a step goes when its host streams with another replica (cluster
+/// mode: [`crate::cluster::relay`]). Each returns false when no replica
+/// holds the host.
+pub trait Elsewhere: Send + Sync {
+    fn dispatch(&self, host: &str, key: v1::StepKey, step: v1::Step) -> bool;
+    fn cancel(&self, host: &str, key: v1::StepKey) -> bool;
+}
+
 pub struct Steps {
     sessions: Arc<Sessions>,
+    elsewhere: std::sync::OnceLock<Arc<dyn Elsewhere>>,
     routes: Mutex<HashMap<String, mpsc::Sender<StepNews>>>,
     /// Results whose output was cut to `output_bytes`.
     pub output_cut: std::sync::atomic::AtomicU64,
@@ -54,6 +64,7 @@ impl Steps {
     pub fn new(sessions: Arc<Sessions>) -> Self {
         Steps {
             sessions,
+            elsewhere: std::sync::OnceLock::new(),
             routes: Mutex::default(),
             output_cut: Default::default(),
             output_bytes: OUTPUT_BYTES,
@@ -88,10 +99,27 @@ impl Steps {
         }
     }
 
-    /// Sends the step to `host`; `false` when it has no session now. A
-    /// step its agent cannot run (an older agent) is not sent: its owner
-    /// gets a failed result at once, saying why.
+    /// Steps for hosts that stream with another replica go there (set
+    /// once, in cluster mode).
+    pub fn set_elsewhere(&self, e: Arc<dyn Elsewhere>) {
+        let _ = self.elsewhere.set(e);
+    }
+
+    /// Sends the step to `host`, on its session here or through the
+    /// replica holding it; `false` when nobody holds it now.
     pub async fn dispatch(&self, host: &str, key: v1::StepKey, step: v1::Step) -> bool {
+        if self.sessions.is_online(host) {
+            return self.dispatch_here(host, key, step).await;
+        }
+        self.elsewhere
+            .get()
+            .is_some_and(|e| e.dispatch(host, key, step))
+    }
+
+    /// Sends the step to `host`'s session here; `false` when it has none.
+    /// A step its agent cannot run (an older agent) is not sent: its
+    /// owner gets a failed result at once, saying why.
+    pub async fn dispatch_here(&self, host: &str, key: v1::StepKey, step: v1::Step) -> bool {
         let Some(peer) = self.sessions.peer(host) else {
             return false;
         };
@@ -123,6 +151,13 @@ impl Steps {
     }
 
     pub async fn cancel(&self, host: &str, key: v1::StepKey) -> bool {
+        if self.sessions.is_online(host) {
+            return self.cancel_here(host, key).await;
+        }
+        self.elsewhere.get().is_some_and(|e| e.cancel(host, key))
+    }
+
+    pub async fn cancel_here(&self, host: &str, key: v1::StepKey) -> bool {
         let body = control_message::Body::Cancel(v1::StepCancel { key: Some(key) });
         let msg = v1::ControlMessage { body: Some(body) };
         self.sessions.send(host, msg).await

@@ -10,9 +10,11 @@ use super::{Store, StoreError, decode, encode};
 const ROLLOUTS: &str = "rollouts";
 
 impl Store {
-    /// A new id for a rollout or run: `prefix-N`, never reused.
+    /// A new id for a rollout or run: `prefix-N`, never reused (in cluster
+    /// mode, by any replica: the shared state's ids, since a step of one
+    /// replica's run may be carried by another).
     pub fn new_run_id(&self, prefix: &str) -> Result<String, StoreError> {
-        Ok(format!("{prefix}-{}", self.kv.next_id()?))
+        Ok(format!("{prefix}-{}", self.state.next_id()?))
     }
 
     /// Not durable until [`Store::flush`].

@@ -9,6 +9,7 @@ mod chaos;
 mod checks;
 mod cluster;
 mod cluster_restore;
+mod cluster_routing;
 mod dev;
 mod events;
 mod fail2ban;

@@ -14,6 +14,8 @@ use picket_config::control::ClusterConfig;
 use picket_store::backend::etcd::{EtcdBackend, ID_BASE};
 use picket_store::{SHARED_TREES, Store};
 
+pub mod relay;
+
 /// etcd as `[cluster]` says: its members, over TLS with its files when
 /// `etcd_ca` is set.
 pub fn connect(c: &ClusterConfig) -> anyhow::Result<Etcd> {
