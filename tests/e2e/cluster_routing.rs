@@ -79,6 +79,13 @@ fn run_through_one_replica_reaches_hosts_held_by_another() -> Result<()> {
         },
     )?;
 
+    // `status` on each counts both hosts up (presence).
+    for i in 0..2 {
+        let s = ctl_json(&w, &admin(i), &["status"])?;
+        let s = s.first().context("a status line")?;
+        assert_eq!(s["hosts"]["up"], 2, "{s}");
+    }
+
     // `run` through each replica reaches both hosts, its own and the
     // other's, with each host's output and exit code.
     for i in 0..2 {

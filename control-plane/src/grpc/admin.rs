@@ -459,7 +459,7 @@ impl AdminService for AdminSvc {
             }
             if a.revoked_ms.is_some() {
                 out.agents_revoked += 1;
-            } else if self.state.sessions.is_online(&a.name) {
+            } else if self.state.streaming(&a.name) {
                 out.agents_online += 1;
             } else {
                 out.agents_offline += 1;

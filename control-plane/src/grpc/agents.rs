@@ -38,10 +38,7 @@ impl AdminSvc {
     /// sends can be stored now.
     fn view(&self, rec: &picket_store::AgentRecord) -> v1::Agent {
         let here = self.state.sessions.is_online(&rec.name);
-        // Cluster mode: streaming with another replica is online too.
-        let elsewhere =
-            !here && (self.state.cluster.as_deref()).is_some_and(|c| c.elsewhere(&rec.name));
-        let mut a = convert::agent(rec, here || elsewhere);
+        let mut a = convert::agent(rec, self.state.streaming(&rec.name));
         a.not_stored = here && !self.state.store.health().writable();
         a.clock_offset_ms = self.state.sessions.clock_offset_ms(&rec.name);
         if let Some(heard) = self.state.sessions.heard_ms(&rec.name) {

@@ -14,8 +14,7 @@ use picket_pki::Ca;
 use picket_store::Store;
 
 pub struct State {
-    /// This replica's place in the cluster and its copy of the users
-    /// (SPEC §12); `None` alone.
+    /// This replica's place in the cluster (SPEC §12); `None` alone.
     pub cluster: Option<Arc<crate::cluster::Replica>>,
     pub store: Store,
     pub ca: Arc<Ca>,
@@ -47,4 +46,13 @@ pub struct State {
     /// flushers, feeds, maintenance): awaited after `shutdown` and before
     /// the final flush, so nothing is mid-write when the process exits.
     pub tasks: tokio_util::task::TaskTracker,
+}
+
+impl State {
+    /// Whether `host`'s agent streams now: with this control plane, or in
+    /// cluster mode with another replica (presence).
+    pub fn streaming(&self, host: &str) -> bool {
+        self.sessions.is_online(host)
+            || (self.cluster.as_deref()).is_some_and(|c| c.elsewhere(host))
+    }
 }
