@@ -19,6 +19,7 @@ mod foundation;
 mod hardening;
 mod metrics;
 mod netns;
+mod netns_cluster;
 mod operations;
 mod provisioning;
 mod refusals;

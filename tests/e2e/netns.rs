@@ -7,34 +7,20 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use picket_tests::netns::{CONTROL, HOSTS, Net};
 use picket_tests::*;
 use serde_json::Value;
-
-fn run_in(w: &World, net: &Net, host: &str, bin: &str, args: &[&str]) -> Result<Output> {
-    let out = w
-        .cmd_in(&net.ns(host), bin)
-        .args(args)
-        .output()
-        .with_context(|| format!("{bin} {args:?} on {host}"))?;
-    if !out.status.success() {
-        bail!("{bin} {args:?} on {host}: {}", stderr(&out));
-    }
-    Ok(out)
-}
 
 #[test]
 fn five_hosts_enroll_and_a_cut_host_delivers_all_it_buffered() -> Result<()> {
     let net = Net::up()?;
     let w = World::new()?;
     let cp_dir = w.path("cp").display().to_string();
-    let out = run_in(
+    let out = net.run_in(
         &w,
-        &net,
         "vm-devops",
         "picket-control",
         &["init", "--data-dir", &cp_dir, "--san", CONTROL],
@@ -65,9 +51,8 @@ fn five_hosts_enroll_and_a_cut_host_delivers_all_it_buffered() -> Result<()> {
             .context("no token")?
             .to_string();
         let state = w.path(&format!("agents/{host}")).display().to_string();
-        run_in(
+        net.run_in(
             &w,
-            &net,
             host,
             "picket-agent",
             &[

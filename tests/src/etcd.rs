@@ -21,6 +21,8 @@ struct Member {
     name: String,
     client: String,
     args: Vec<String>,
+    /// The network namespace it runs in (the namespace fleet), if any.
+    netns: Option<String>,
     proc: Option<Proc>,
 }
 
@@ -141,6 +143,7 @@ impl EtcdCluster {
                 name,
                 client: client_url,
                 args,
+                netns: None,
                 proc: None,
             });
         }
@@ -163,10 +166,81 @@ impl EtcdCluster {
         }
     }
 
+    /// One member in network namespace `ns` of the namespace fleet, on
+    /// `ip` (ports 2379 and 2380), waited for from inside it.
+    pub fn start_in_namespace(w: &World, ns: &str, ip: &str) -> Result<EtcdCluster> {
+        let bin = tool("etcd", "etcd-server")?;
+        let client = format!("http://{ip}:2379");
+        let peer = format!("http://{ip}:2380");
+        let args = [
+            bin.display().to_string(),
+            "--name".into(),
+            "m0".into(),
+            "--data-dir".into(),
+            w.path("etcd/m0").display().to_string(),
+            "--listen-client-urls".into(),
+            client.clone(),
+            "--advertise-client-urls".into(),
+            client.clone(),
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone(),
+            "--initial-cluster".into(),
+            format!("m0={peer}"),
+            "--log-level".into(),
+            "warn".into(),
+            "--logger".into(),
+            "zap".into(),
+        ];
+        let mut c = EtcdCluster {
+            members: vec![Member {
+                name: "m0".into(),
+                client: client.clone(),
+                args: args.to_vec(),
+                netns: Some(ns.to_string()),
+                proc: None,
+            }],
+        };
+        c.start_member(0)?;
+        let probe = format!(
+            "import sys, urllib.request\n\
+             sys.exit(0 if b'true' in urllib.request.urlopen('{client}/health', timeout=1).read() else 1)"
+        );
+        wait_for(
+            "etcd healthy in its namespace",
+            Duration::from_secs(30),
+            || {
+                Command::new("ip")
+                    .args(["netns", "exec", ns, "python3", "-c", &probe])
+                    .output()
+                    .ok()?
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        )
+        .with_context(|| {
+            c.members[0]
+                .proc
+                .as_ref()
+                .map(|p| p.stderr())
+                .unwrap_or_default()
+        })?;
+        Ok(c)
+    }
+
     /// Starts member `i` again on its data.
     pub fn start_member(&mut self, i: usize) -> Result<()> {
         let m = &mut self.members[i];
-        let mut c = Command::new(&m.args[0]);
+        let mut c = match &m.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&m.args[0]);
+                c
+            }
+            None => Command::new(&m.args[0]),
+        };
         c.args(&m.args[1..]);
         m.proc = Some(Proc::spawn(c).with_context(|| format!("starting etcd {}", m.name))?);
         Ok(())

@@ -67,6 +67,22 @@ impl Net {
     pub fn ns(&self, host: &str) -> String {
         format!("{}-{host}", self.prefix)
     }
+
+    /// Runs `bin` with `args` on `host` (in its namespace); fails with its
+    /// stderr unless it succeeds.
+    pub fn run_in(&self, w: &crate::World, host: &str, bin: &str, args: &[&str]) -> Result<Output> {
+        let out = w
+            .cmd_in(&self.ns(host), bin)
+            .args(args)
+            .output()
+            .with_context(|| format!("{bin} {args:?} on {host}"))?;
+        ensure!(
+            out.status.success(),
+            "{bin} {args:?} on {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out)
+    }
 }
 
 impl Drop for Net {
