@@ -22,6 +22,7 @@ mod netns;
 mod netns_cluster;
 mod operations;
 mod provisioning;
+mod provisioning_cluster;
 mod refusals;
 mod rollouts;
 mod run;

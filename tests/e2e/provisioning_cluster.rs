@@ -1,0 +1,151 @@
+//! `provisioning/site.yml` for a control plane of two replicas on etcd
+//! (docs/cluster.md), run for real on the namespace fleet as
+//! tests/e2e/provisioning.rs runs it for one: etcd on vm-security, the
+//! replicas on vm-devops (init) and vm-monitor (join), agents on vm-prod
+//! and vm-staging given both. The replicas share one CA, the agents come
+//! online as both replicas see them, and a second run changes nothing.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use picket_tests::ansible::{changed, playbook};
+use picket_tests::etcd::EtcdCluster;
+use picket_tests::netns::Net;
+use picket_tests::*;
+
+const CONTROLS: [(&str, &str); 2] = [("vm-devops", "10.0.1.50"), ("vm-monitor", "10.0.1.30")];
+const AGENTS: [(&str, &str, &str); 2] = [
+    ("vm-prod", "10.0.1.10", "prod"),
+    ("vm-staging", "10.0.1.20", "staging"),
+];
+
+#[test]
+fn the_playbook_makes_a_two_replica_control_plane_on_etcd() -> Result<()> {
+    let net = Net::up()?;
+    let w = World::new()?;
+    std::fs::create_dir_all(w.path("home"))?;
+    let _etcd = EtcdCluster::start_in_namespace(&w, &net.ns("vm-security"), "10.0.1.40")?;
+    let bin_dir = bin("picket-agent")
+        .parent()
+        .context("binary folder")?
+        .to_path_buf();
+    let root = |host: &str| w.path(&format!("roots/{host}"));
+    let line = |host: &str, addr: &str, role: &str| -> Result<String> {
+        let py = w.path(&format!("python-{host}"));
+        std::fs::write(
+            &py,
+            format!(
+                "#!/bin/sh\nexec ip netns exec {} python3 \"$@\"\n",
+                net.ns(host)
+            ),
+        )?;
+        std::fs::set_permissions(&py, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(format!(
+            "{host} ansible_host={addr} picket_agent_role={role} ansible_connection=local \
+             ansible_become=false ansible_python_interpreter={} picket_root={} \
+             picket_manage_services=false picket_create_user=false picket_control_user=root \
+             picket_bin_dir={} picket_cluster_etcd='[\"http://10.0.1.40:2379\"]'\n",
+            py.display(),
+            root(host).display(),
+            bin_dir.display()
+        ))
+    };
+    let mut inv = String::from("[control]\n");
+    for (host, addr) in CONTROLS {
+        inv.push_str(&line(host, addr, "control")?);
+    }
+    inv.push_str("\n[agents]\n");
+    for (host, addr, role) in AGENTS {
+        inv.push_str(&line(host, addr, role)?);
+    }
+    inv.push_str("\n[fleet:children]\ncontrol\nagents\n");
+    let inventory = w.path("inventory.ini");
+    std::fs::write(&inventory, &inv)?;
+
+    // The control plane: init on the first, join on the second; here the
+    // test starts what was installed.
+    playbook(&w, &inventory, &["--tags", "control"])?;
+    let data = |host: &str| root(host).join("var/lib/picket");
+    assert_eq!(
+        std::fs::read(data("vm-devops").join("ca.crt"))?,
+        std::fs::read(data("vm-monitor").join("ca.crt"))?,
+        "one CA for both replicas"
+    );
+    let mut cps = Vec::new();
+    for (host, addr) in CONTROLS {
+        let cfg = root(host).join("etc/picket/control.toml");
+        let text = std::fs::read_to_string(&cfg)?;
+        assert!(
+            text.contains("[cluster]") && text.contains(&format!("node = \"{host}\"")),
+            "{text}"
+        );
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &net.ns(host)])
+            .arg(root(host).join("usr/local/bin/picket-control"));
+        cps.push(Control::start_with(
+            data(host),
+            &cfg,
+            c,
+            &format!("{addr}:7443"),
+            &format!("{addr}:9464"),
+        )?);
+    }
+
+    // Then the agents, given both replicas.
+    playbook(&w, &inventory, &[])?;
+    let prod = std::fs::read_to_string(root("vm-prod").join("etc/picket/agent.toml"))?;
+    assert!(
+        prod.contains("server = \"10.0.1.50:7443,10.0.1.30:7443\""),
+        "{prod}"
+    );
+    let mut agents = Vec::new();
+    for (host, _, _) in AGENTS {
+        let r = root(host);
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &net.ns(host)])
+            .arg(r.join("usr/local/bin/picket-agent"))
+            .args(["run", "--config"])
+            .arg(r.join("etc/picket/agent.toml"));
+        agents.push(Proc::spawn(c)?);
+    }
+    // The admin bundle init wrote, on either replica.
+    for (i, (host, addr)) in CONTROLS.iter().enumerate() {
+        let mut flags = cps[0].admin_flags();
+        flags[1] = format!("{addr}:7443");
+        let listed = wait_for(
+            &format!("both agents online as {host} sees them"),
+            Duration::from_secs(60),
+            || {
+                let a = ctl_json_with(
+                    w.cmd_in(&net.ns(host), "picketctl"),
+                    &flags,
+                    &["agents", "list"],
+                )
+                .ok()?;
+                (a.len() == 2 && a.iter().all(|a| a["status"] == "online")).then_some(a)
+            },
+        )
+        .with_context(|| cps[i].proc.stderr())?;
+        for (agent, _, role) in AGENTS {
+            let a = listed
+                .iter()
+                .find(|a| a["name"] == agent)
+                .context("listed")?;
+            assert_eq!(a["labels"]["role"], role, "{agent}");
+        }
+    }
+
+    // A second run changes nothing.
+    let second = playbook(&w, &inventory, &[])?;
+    for (host, n) in changed(&second) {
+        assert_eq!(
+            n,
+            0,
+            "{host} changed on the second run:\n{}",
+            String::from_utf8_lossy(&second.stdout)
+        );
+    }
+    drop(agents);
+    Ok(())
+}
