@@ -23,6 +23,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod cluster;
 pub mod local;
 use picket_config::control::ControlConfig;
 use picket_store::Store;

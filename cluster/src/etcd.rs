@@ -83,6 +83,31 @@ struct Inner {
 }
 
 impl Etcd {
+    /// [`Etcd::connect_with`], TLS from PEM files when `ca` is given (and a
+    /// client certificate when `cert` and `key` are).
+    pub fn connect_files(
+        endpoints: &[String],
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<Etcd, EtcdError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .map_err(|e| EtcdError::Tls(format!("cannot read {}: {e}", p.display())))
+        };
+        let tls = match ca {
+            None => None,
+            Some(ca) => Some(EtcdTls {
+                ca_pem: read(ca)?,
+                identity: match (cert, key) {
+                    (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                    _ => None,
+                },
+            }),
+        };
+        Etcd::connect_with(endpoints, tls.as_ref())
+    }
+
     /// Channels to `endpoints` (`http://HOST:PORT`, one per member).
     /// Connects lazily: an etcd that is down makes calls fail, not this.
     pub fn connect(endpoints: &[String]) -> Result<Etcd, EtcdError> {

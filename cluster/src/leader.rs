@@ -119,6 +119,11 @@ impl Leadership {
         self.role.borrow().clone()
     }
 
+    /// The role as it changes.
+    pub fn roles(&self) -> watch::Receiver<Role> {
+        self.role.clone()
+    }
+
     /// The lease this replica holds now (the last one granted: it may
     /// have run out), as it changes.
     pub fn lease(&self) -> watch::Receiver<Option<i64>> {

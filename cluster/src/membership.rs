@@ -46,6 +46,11 @@ impl Cluster {
         self.leadership.role()
     }
 
+    /// The role as it changes.
+    pub fn roles(&self) -> tokio::sync::watch::Receiver<Role> {
+        self.leadership.roles()
+    }
+
     pub fn is_leader(&self) -> bool {
         matches!(self.role(), Role::Leader(_))
     }

@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::time::sleep;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -27,9 +27,14 @@ const MAX_TXN_OPS: usize = 128;
 /// After a failed write, the next try.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// A change to the map: a host and the replica now holding it (`None`:
+/// none does).
+pub type Moved = (String, Option<String>);
+
 pub struct Presence {
     want: watch::Sender<BTreeSet<String>>,
     held: Arc<RwLock<HashMap<String, String>>>,
+    moved: broadcast::Sender<Moved>,
     _copy: Mirror,
     _writer: AbortOnDropHandle<()>,
 }
@@ -45,20 +50,38 @@ impl Presence {
     ) -> Presence {
         let dir = format!("{prefix}/presence/");
         let held: Arc<RwLock<HashMap<String, String>>> = Arc::default();
+        let (moved, _) = broadcast::channel(1024);
         let copy = {
-            let held = held.clone();
+            let (held, moved) = (held.clone(), moved.clone());
             Mirror::start(etcd.clone(), dir.clone(), move |change| {
                 let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
                 let mut map = held.write().unwrap_or_else(|p| p.into_inner());
+                let tell = |host: String, node: Option<String>| {
+                    let _ = moved.send((host, node));
+                };
                 match change {
                     Change::Whole(all) => {
-                        *map = all.iter().map(|(k, v)| (text(k), text(v))).collect();
+                        let new: HashMap<String, String> =
+                            all.iter().map(|(k, v)| (text(k), text(v))).collect();
+                        for h in map.keys().filter(|h| !new.contains_key(*h)) {
+                            tell(h.clone(), None);
+                        }
+                        for (h, n) in &new {
+                            if map.get(h) != Some(n) {
+                                tell(h.clone(), Some(n.clone()));
+                            }
+                        }
+                        *map = new;
                     }
                     Change::Put(k, v) => {
-                        map.insert(text(&k), text(&v));
+                        let (h, n) = (text(&k), text(&v));
+                        map.insert(h.clone(), n.clone());
+                        tell(h, Some(n));
                     }
                     Change::Delete(k) => {
-                        map.remove(&text(&k));
+                        let h = text(&k);
+                        map.remove(&h);
+                        tell(h, None);
                     }
                 }
             })
@@ -68,6 +91,7 @@ impl Presence {
         Presence {
             want,
             held,
+            moved,
             _copy: copy,
             _writer: writer,
         }
@@ -80,6 +104,11 @@ impl Presence {
             *w = hosts;
             changed
         });
+    }
+
+    /// Each change to the map as this replica's copy takes it.
+    pub fn changes(&self) -> broadcast::Receiver<Moved> {
+        self.moved.subscribe()
     }
 
     /// The replica holding `host`'s stream, as this replica's copy has it.

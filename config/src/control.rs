@@ -93,6 +93,29 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// `[cluster]` as `init` and `join` write it into control.toml.
+    pub fn toml(&self) -> String {
+        let etcd: Vec<String> = self.etcd.iter().map(|e| format!("{e:?}")).collect();
+        let mut s = format!(
+            "\n# Cluster mode (docs/cluster.md): this replica, and the etcd it\n\
+             # shares state and leadership through.\n[cluster]\nnode = {:?}\n\
+             advertise = {:?}\netcd = [{}]\n",
+            self.node,
+            self.advertise,
+            etcd.join(", ")
+        );
+        for (k, v) in [
+            ("etcd_ca", &self.etcd_ca),
+            ("etcd_cert", &self.etcd_cert),
+            ("etcd_key", &self.etcd_key),
+        ] {
+            if let Some(p) = v {
+                s.push_str(&format!("{k} = {:?}\n", p.display().to_string()));
+            }
+        }
+        s
+    }
+
     fn problems(&self, bad: &mut impl FnMut(&str, &str)) {
         if let Err(e) = picket_model::validate_name(&self.node) {
             bad("cluster.node", &e.to_string());

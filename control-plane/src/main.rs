@@ -340,14 +340,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir.display()
             );
             if !cluster_etcd.is_empty() {
-                picket_control::cluster::repoint_etcd(&r.config, &cluster_etcd)
+                picket_control::backup::cluster::repoint_etcd(&r.config, &cluster_etcd)
                     .map_err(BadConfig)?;
             }
             let cfg = ControlConfig::load(&r.config).map_err(|e| BadConfig(e.into()))?;
             if let Some(c) = &cfg.cluster {
                 let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-                let done = rt
-                    .block_on(picket_control::cluster::restore(&cfg.data_dir, c))
+                let said = rt
+                    .block_on(picket_control::backup::cluster::restore(&cfg.data_dir, c))
                     .with_context(|| {
                         format!(
                             "{} is restored, but not the cluster's state in etcd; \
@@ -355,17 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             data_dir.display()
                         )
                     })?;
-                match done {
-                    picket_control::cluster::Restored::Joined => println!(
-                        "etcd at {} holds this cluster: the replica takes its state from there",
-                        c.etcd.join(",")
-                    ),
-                    picket_control::cluster::Restored::Seeded { pairs } => println!(
-                        "Wrote the CA and {pairs} shared entries (agents, tokens, users, \
-                         audit) into the fresh etcd at {}",
-                        c.etcd.join(",")
-                    ),
-                }
+                println!("{said}");
             }
             println!("Next: picket-control run --config {}", r.config.display());
             Ok(())

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
 use crate::grpc::state::State;
+use crate::rollout::front::Rollouts;
 use crate::sessions::Sessions;
 use picket_config::control::ControlConfig;
 use picket_pki::Ca;
@@ -123,10 +124,14 @@ pub async fn run(
     let user_streams: Arc<crate::grpc::cut::UserStreams> = Arc::default();
     // Cluster mode (SPEC §12): identity (agents, tokens, users, audit)
     // lives in etcd before anything holds the store.
-    let store = match &cfg.cluster {
-        Some(c) => crate::cluster::share(store, c, revocations(&sessions, &user_streams))
-            .context("joining the cluster")?,
-        None => store,
+    let (store, shared) = match &cfg.cluster {
+        Some(c) => {
+            let (store, shared) =
+                crate::cluster::share(store, c, revocations(&sessions, &user_streams))
+                    .context("joining the cluster")?;
+            (store, Some(shared))
+        }
+        None => (store, None),
     };
     let ca = Ca::load(&cfg.data_dir).with_context(|| {
         format!(
@@ -173,26 +178,6 @@ pub async fn run(
         alerts: alerts.tap.clone(),
         ..sinks
     };
-    let rollouts = crate::rollout::driver::start(
-        crate::rollout::driver::Parts {
-            store: store.clone(),
-            steps: steps.clone(),
-            events: finished_events(
-                sinks.clone(),
-                store.clone(),
-                cfg.name.clone(),
-                tasks.clone(),
-            ),
-            now: picket_clock::now_ms,
-        },
-        shutdown.clone(),
-        &tasks,
-    )
-    .await
-    .context("starting the rollout driver")?;
-    let ingester = Arc::new(
-        crate::ingest::Ingester::start(sinks.clone()).context("starting the ingest thread")?,
-    );
     // Cluster mode: campaign and publish this replica (SPEC §12).
     let cluster = match &cfg.cluster {
         Some(c) => {
@@ -205,10 +190,57 @@ pub async fn run(
                 replica.clone(),
                 shutdown.clone(),
             ));
+            tasks.spawn(crate::cluster::follow_presence(
+                sessions.clone(),
+                replica.clone(),
+                shutdown.clone(),
+            ));
             Some(replica)
         }
         None => None,
     };
+    let parts = {
+        let (store, steps, sinks, name, tasks) = (
+            store.clone(),
+            steps.clone(),
+            sinks.clone(),
+            cfg.name.clone(),
+            tasks.clone(),
+        );
+        move || crate::rollout::driver::Parts {
+            store: store.clone(),
+            steps: steps.clone(),
+            events: finished_events(sinks.clone(), store.clone(), name.clone(), tasks.clone()),
+            now: picket_clock::now_ms,
+        }
+    };
+    let rollouts = match (&cluster, shared) {
+        // Cluster mode: the driver runs on the leader only.
+        (Some(replica), Some(shared)) => {
+            let t = tasks.clone();
+            let start: crate::cluster::lead::StartDriver = Box::new(move |stop| {
+                let (parts, t) = (parts(), t.clone());
+                Box::pin(async move { crate::rollout::driver::start(parts, stop, &t).await })
+            });
+            let slot = crate::cluster::lead::rollouts_while_leading(
+                replica.clone(),
+                shared,
+                start,
+                shutdown.clone(),
+                &tasks,
+            );
+            Rollouts::replica(slot, store.clone(), replica.cluster.roles())
+        }
+        _ => Rollouts::alone(
+            crate::rollout::driver::start(parts(), shutdown.clone(), &tasks)
+                .await
+                .context("starting the rollout driver")?,
+            store.clone(),
+        ),
+    };
+    let ingester = Arc::new(
+        crate::ingest::Ingester::start(sinks.clone()).context("starting the ingest thread")?,
+    );
     let state = Arc::new(State {
         cluster,
         audit: Audit::new(store.clone()),

@@ -174,6 +174,12 @@ impl Sessions {
     }
 
     /// News of agents connecting and disconnecting from now on.
+    /// Tells whoever follows presence of a host coming or going that does
+    /// not stream here (cluster mode: it streams with another replica).
+    pub fn announce(&self, p: Presence) {
+        let _ = self.presence.send(p);
+    }
+
     pub fn presence(&self) -> broadcast::Receiver<Presence> {
         self.presence.subscribe()
     }

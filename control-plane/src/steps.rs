@@ -28,6 +28,8 @@ pub struct StepNews {
 /// mode: [`crate::cluster::relay`]). Each returns false when no replica
 /// holds the host.
 pub trait Elsewhere: Send + Sync {
+    /// Whether another replica holds `host`'s stream.
+    fn holds(&self, host: &str) -> bool;
     fn dispatch(&self, host: &str, key: v1::StepKey, step: v1::Step) -> bool;
     fn cancel(&self, host: &str, key: v1::StepKey) -> bool;
 }
@@ -103,6 +105,12 @@ impl Steps {
     /// once, in cluster mode).
     pub fn set_elsewhere(&self, e: Arc<dyn Elsewhere>) {
         let _ = self.elsewhere.set(e);
+    }
+
+    /// Whether a step for `host` can be sent now: it streams here, or with
+    /// another replica.
+    pub fn reachable(&self, host: &str) -> bool {
+        self.sessions.is_online(host) || self.elsewhere.get().is_some_and(|e| e.holds(host))
     }
 
     /// Sends the step to `host`, on its session here or through the

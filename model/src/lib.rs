@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod exposition;
+pub use exposition::exposition_value;
 pub mod backoff;
 pub mod rollout;
 pub use rollout::parse_duration;
@@ -211,23 +213,6 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), LabelError> {
         return Err(LabelError::BadValue(key.to_string()));
     }
     Ok(())
-}
-
-/// A label value as the Prometheus text exposition writes it between
-/// quotes: `\\`, `"` and newlines escaped (prometheus-client writes values
-/// as given, so one host's label value could otherwise end the quote, add
-/// labels and break the scrape for the whole fleet).
-pub fn exposition_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Text from a host or a caller as the control plane keeps it: at most

@@ -57,8 +57,8 @@ const AUDIT: &str = "audit";
 
 /// The trees that are one cluster's, not one replica's: in cluster mode
 /// they live in etcd ([`backend::etcd`]), the rest (records, metrics,
-/// rollouts and alerts for now) in the replica's own engine.
-pub const SHARED_TREES: &[&str] = &[AGENTS, TOKENS, USERS, AUDIT];
+/// alerts for now) in the replica's own engine.
+pub const SHARED_TREES: &[&str] = &[AGENTS, TOKENS, USERS, AUDIT, rollouts::ROLLOUTS];
 
 /// What a replica's own engine must do when a shared pair went (seen in
 /// etcd's watch): an agent forgotten through another replica leaves no

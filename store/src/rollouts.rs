@@ -1,13 +1,15 @@
 //! Rollouts as their driver persists them: one value per rollout id, the
 //! engine's whole state (`rollout::state::Persisted`, as JSON). The store
-//! does not look inside; the driver writes it before it acts on it.
+//! does not look inside; the driver writes it before it acts on it. A
+//! shared tree: in cluster mode in etcd, written by the leader's driver
+//! only (fenced), read by every replica.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Store, StoreError, decode, encode};
 
-const ROLLOUTS: &str = "rollouts";
+pub(crate) const ROLLOUTS: &str = "rollouts";
 
 impl Store {
     /// A new id for a rollout or run: `prefix-N`, never reused (in cluster
@@ -19,11 +21,11 @@ impl Store {
 
     /// Not durable until [`Store::flush`].
     pub fn put_rollout<T: Serialize>(&self, id: &str, value: &T) -> Result<(), StoreError> {
-        self.kv.put(ROLLOUTS, id.as_bytes(), &encode(value))
+        self.state.put(ROLLOUTS, id.as_bytes(), &encode(value))
     }
 
     pub fn rollouts<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
-        self.kv
+        self.state
             .scan(ROLLOUTS, b"")?
             .map(|r| r.and_then(|(_, v)| decode(ROLLOUTS, &v)))
             .collect()

@@ -11,28 +11,21 @@ use anyhow::{Context, bail};
 use picket_cluster::Etcd;
 use picket_cluster::etcd::{created_at, put_op};
 use picket_config::control::ClusterConfig;
-use picket_store::backend::etcd::{EtcdBackend, ID_BASE};
+use picket_store::backend::etcd::EtcdBackend;
 use picket_store::{SHARED_TREES, Store};
 
+pub mod lead;
 pub mod relay;
 
 /// etcd as `[cluster]` says: its members, over TLS with its files when
 /// `etcd_ca` is set.
 pub fn connect(c: &ClusterConfig) -> anyhow::Result<Etcd> {
-    let read = |p: &std::path::Path| {
-        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
-    };
-    let tls = match &c.etcd_ca {
-        None => None,
-        Some(ca) => Some(picket_cluster::EtcdTls {
-            ca_pem: read(ca)?,
-            identity: match (&c.etcd_cert, &c.etcd_key) {
-                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
-                _ => None,
-            },
-        }),
-    };
-    Ok(Etcd::connect_with(&c.etcd, tls.as_ref())?)
+    Ok(Etcd::connect_files(
+        &c.etcd,
+        c.etcd_ca.as_deref(),
+        c.etcd_cert.as_deref(),
+        c.etcd_key.as_deref(),
+    )?)
 }
 
 /// A replica's part in the cluster, while it runs: its campaign and
@@ -63,6 +56,38 @@ pub async fn publish_presence(
     }
 }
 
+/// Tells this replica's sessions' followers (the rollout driver, runs) of
+/// hosts coming and going on other replicas, so that a step waiting for a
+/// host that streams elsewhere is dispatched when it is back; until
+/// `shutdown`.
+pub async fn follow_presence(
+    sessions: Arc<crate::sessions::Sessions>,
+    replica: Arc<Replica>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use crate::sessions::Presence;
+    let mut changes = replica.cluster.presence().changes();
+    loop {
+        let (host, node) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = changes.recv() => match c {
+                Ok(c) => c,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        // This replica's own streams are announced by its sessions.
+        if sessions.is_online(&host) {
+            continue;
+        }
+        match node {
+            Some(n) if n != replica.cluster.node() => sessions.announce(Presence::Connected(host)),
+            Some(_) => {}
+            None => sessions.announce(Presence::Disconnected(host)),
+        }
+    }
+}
+
 impl Replica {
     /// Whether another replica holds `host`'s stream (this one's own
     /// sessions answer for it here).
@@ -74,20 +99,30 @@ impl Replica {
     }
 }
 
-/// `store` with its shared trees (agents, tokens, users, audit) in etcd
-/// ([`picket_store::backend::etcd`]): what one replica writes, every
-/// replica reads within a round trip. `on_change` sees each change as
-/// this replica's copy takes it.
+/// `store` with its shared trees (agents, tokens, users, audit, rollouts)
+/// in etcd ([`picket_store::backend::etcd`]): what one replica writes,
+/// every replica reads within a round trip. `on_change` sees each change
+/// as this replica's copy takes it. The backend is returned too, for its
+/// fences (the leader's writes).
 pub fn share(
     store: Store,
     c: &ClusterConfig,
     on_change: impl Fn(&str, &[u8], Option<&[u8]>) + Send + Sync + 'static,
-) -> anyhow::Result<Store> {
+) -> anyhow::Result<(Store, Arc<EtcdBackend>)> {
     let etcd = || connect(c).map_err(|e| picket_cluster::EtcdError::Refused(format!("{e:#}")));
-    Ok(store.with_shared(|engine| {
-        EtcdBackend::start(etcd, engine, SHARED_TREES, Box::new(on_change))
-            .map(|b| Arc::new(b) as Arc<dyn picket_store::backend::Backend>)
-    })?)
+    let mut shared = None;
+    let store = store.with_shared(|engine| {
+        let b = Arc::new(EtcdBackend::start(
+            etcd,
+            engine,
+            SHARED_TREES,
+            Box::new(on_change),
+        )?);
+        shared = Some(b.clone());
+        Ok::<_, picket_store::StoreError>(b as Arc<dyn picket_store::backend::Backend>)
+    })?;
+    let shared = shared.context("the shared backend")?;
+    Ok((store, shared))
 }
 
 /// `init --cluster-etcd`: the first admin, in etcd (the same key and
@@ -98,29 +133,6 @@ async fn add_admin(etcd: &Etcd) -> anyhow::Result<()> {
     etcd.commit(vec![created_at(&key, 0)], vec![put_op(&key, &value, 0)])
         .await?;
     Ok(())
-}
-
-/// `[cluster]` as `init` and `join` write it into control.toml.
-fn section(c: &ClusterConfig) -> String {
-    let etcd: Vec<String> = c.etcd.iter().map(|e| format!("{e:?}")).collect();
-    let mut s = format!(
-        "\n# Cluster mode (docs/cluster.md): this replica, and the etcd it\n\
-         # shares state and leadership through.\n[cluster]\nnode = {:?}\n\
-         advertise = {:?}\netcd = [{}]\n",
-        c.node,
-        c.advertise,
-        etcd.join(", ")
-    );
-    for (k, v) in [
-        ("etcd_ca", &c.etcd_ca),
-        ("etcd_cert", &c.etcd_cert),
-        ("etcd_key", &c.etcd_key),
-    ] {
-        if let Some(p) = v {
-            s.push_str(&format!("{k} = {:?}\n", p.display().to_string()));
-        }
-    }
-    s
 }
 
 /// `init --cluster-etcd`: [`crate::init`], then the CA into etcd.
@@ -150,7 +162,7 @@ pub async fn init(
         );
     }
     add_admin(&etcd).await?;
-    crate::seed(data_dir, &section(r))?;
+    crate::seed(data_dir, &r.toml())?;
     Ok(report)
 }
 
@@ -166,98 +178,6 @@ pub async fn join(data_dir: &Path, sans: &[String], r: &ClusterConfig) -> anyhow
         );
     };
     let fingerprint = picket_pki::join(data_dir, &cert, &key, sans)?;
-    crate::seed(data_dir, &section(r))?;
+    crate::seed(data_dir, &r.toml())?;
     Ok(fingerprint)
-}
-
-/// What `restore` did with etcd.
-pub enum Restored {
-    /// etcd holds this cluster's CA already: the replica takes the shared
-    /// state from it as it is (its restored copy is replaced at start).
-    Joined,
-    /// etcd held no Picket state: the CA, the shared trees and an id base
-    /// were written into it from the backup.
-    Seeded { pairs: usize },
-}
-
-/// `restore` of a replica: into a fresh etcd, writes the CA and the
-/// backup's copy of the shared state (agents, tokens, users, audit), with
-/// ids going on above the restored ones; into an etcd that holds the same
-/// cluster, writes nothing; another cluster's etcd is refused.
-pub async fn restore(data_dir: &Path, c: &ClusterConfig) -> anyhow::Result<Restored> {
-    let etcd = connect(c)?;
-    let read = |f: &str| {
-        std::fs::read_to_string(data_dir.join(f))
-            .with_context(|| format!("cannot read {}", data_dir.join(f).display()))
-    };
-    let (cert, key) = (read("ca.crt")?, read("ca.key")?);
-    if let Some((theirs, _)) = picket_cluster::ca::fetch(&etcd).await? {
-        if theirs.trim() != cert.trim() {
-            bail!(
-                "etcd at {} holds another cluster's CA; restore into a fresh etcd, or into \
-                 the cluster this backup was taken from",
-                c.etcd.join(",")
-            );
-        }
-        return Ok(Restored::Joined);
-    }
-    let store = Store::open(data_dir)?;
-    let pairs = store.shared_pairs()?;
-    drop(store);
-    // Audit ids are the old etcd's revisions (plus its base): the new one
-    // goes on above them.
-    let base = pairs
-        .iter()
-        .filter(|(tree, _)| *tree == "audit")
-        .filter_map(|(_, (k, _))| k.as_slice().try_into().ok().map(u64::from_be_bytes))
-        .max()
-        .map_or(0, |m| m.saturating_add(1));
-    if !picket_cluster::ca::publish(&etcd, &cert, &key).await? {
-        bail!("another restore or init wrote a Picket CA into etcd meanwhile");
-    }
-    let mut ops = vec![put_op(ID_BASE, base.to_string().as_bytes(), 0)];
-    ops.extend(
-        pairs
-            .iter()
-            .map(|(tree, (k, v))| put_op(picket_store::backend::etcd::key(tree, k), v, 0)),
-    );
-    // etcd takes at most 128 operations a transaction.
-    let mut rest = ops;
-    while !rest.is_empty() {
-        let tail = rest.split_off(rest.len().min(128));
-        etcd.commit(Vec::new(), rest).await?;
-        rest = tail;
-    }
-    Ok(Restored::Seeded { pairs: pairs.len() })
-}
-
-/// control.toml's `[cluster] etcd` set to `endpoints` (`restore
-/// --cluster-etcd`: the backup names the old cluster's members).
-pub fn repoint_etcd(config: &Path, endpoints: &[String]) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config)
-        .with_context(|| format!("cannot read {}", config.display()))?;
-    let list: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
-    let mut out = String::with_capacity(text.len());
-    let mut in_cluster = false;
-    for line in text.lines() {
-        let t = line.trim_start();
-        if t.starts_with('[') {
-            in_cluster = t.starts_with("[cluster]");
-        }
-        if in_cluster && t.split('=').next().map(str::trim) == Some("etcd") {
-            out.push_str(&format!("etcd = [{}]\n", list.join(", ")));
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    std::fs::write(config, out).with_context(|| format!("cannot write {}", config.display()))?;
-    let cfg = picket_config::control::ControlConfig::load(config)?;
-    if cfg.cluster.as_ref().map(|c| &c.etcd) != Some(&endpoints.to_vec()) {
-        bail!(
-            "cannot set [cluster] etcd in {}: edit it by hand",
-            config.display()
-        );
-    }
-    Ok(())
 }

@@ -167,6 +167,10 @@ impl Relayer {
 }
 
 impl Elsewhere for Relayer {
+    fn holds(&self, host: &str) -> bool {
+        self.holder(host).is_some()
+    }
+
     fn dispatch(&self, host: &str, key: v1::StepKey, step: v1::Step) -> bool {
         let Some(to) = self.holder(host) else {
             return false;

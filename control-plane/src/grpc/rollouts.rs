@@ -25,6 +25,7 @@ pub fn status(e: DriverError) -> Status {
         DriverError::Spec(_) => Status::invalid_argument(e.to_string()),
         DriverError::Refused(_) => Status::failed_precondition(e.to_string()),
         DriverError::Store(_) | DriverError::Gone => internal(e),
+        DriverError::NotLeader(_) => Status::unavailable(e.to_string()),
     }
 }
 

@@ -25,8 +25,9 @@ pub struct State {
     pub user_streams: Arc<super::cut::UserStreams>,
     /// Steps in flight to agents, and their updates back.
     pub steps: Arc<crate::steps::Steps>,
-    /// The rollout driver.
-    pub rollouts: crate::rollout::driver::Handle,
+    /// The rollout driver (alone, or while leading), or the shared
+    /// rollouts (a follower).
+    pub rollouts: crate::rollout::front::Rollouts,
     /// The alert driver (and its tap and outbox).
     pub alerts: crate::alert::driver::Handle,
     pub audit: Audit,

@@ -39,6 +39,9 @@ pub enum DriverError {
     Store(#[from] StoreError),
     #[error("the rollout driver has stopped")]
     Gone,
+    /// Cluster mode: this replica does not lead, so it drives no rollout.
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 /// An operator's command on a rollout.
@@ -116,6 +119,31 @@ impl Handle {
     pub async fn last_for(&self, host: String) -> Result<Option<LastRollout>, DriverError> {
         self.ask(|r| Command::LastFor(host, r)).await
     }
+}
+
+/// The newest rollout among `all` that started on `host`.
+pub fn last_for<'a>(all: impl Iterator<Item = &'a Persisted>, host: &str) -> Option<LastRollout> {
+    all.filter_map(|p| {
+        let h = p.hosts.iter().find(|h| h.name == host)?;
+        h.started_order?;
+        Some((p.created_ms, p, h))
+    })
+    .max_by_key(|(t, p, _)| (*t, p.id.clone()))
+    .map(|(_, p, h)| LastRollout {
+        id: p.id.clone(),
+        name: p.spec.name.clone().unwrap_or_default(),
+        state: p.state.as_str(),
+        host_state: h.state.as_str(),
+    })
+}
+
+/// `list`'s order: newest first.
+pub fn newest_first(all: &mut [View]) {
+    all.sort_by(|a, b| {
+        b.p.created_ms
+            .cmp(&a.p.created_ms)
+            .then(b.p.id.cmp(&a.p.id))
+    });
 }
 
 /// Stores the event a finished rollout becomes: (id, rollout, kind).
@@ -325,7 +353,7 @@ impl Driver {
 
     /// Presence news was lost: tell every engine who is there now.
     fn resync(&mut self) -> Vec<(String, Vec<Output>)> {
-        let sessions = self.parts.steps.sessions().clone();
+        let steps = self.parts.steps.clone();
         let mut hosts: Vec<String> = self
             .rollouts
             .values()
@@ -335,7 +363,7 @@ impl Driver {
         hosts.dedup();
         let mut pending = Vec::new();
         for h in hosts {
-            let input: fn(String) -> Input = if sessions.is_online(&h) {
+            let input: fn(String) -> Input = if steps.reachable(&h) {
                 Input::HostConnected
             } else {
                 Input::HostDisconnected
@@ -415,11 +443,7 @@ impl Driver {
             }
             Command::List(reply) => {
                 let mut all: Vec<View> = self.rollouts.values().map(|l| l.view(false)).collect();
-                all.sort_by(|a, b| {
-                    b.p.created_ms
-                        .cmp(&a.p.created_ms)
-                        .then(b.p.id.cmp(&a.p.id))
-                });
+                newest_first(&mut all);
                 let _ = reply.send(all);
             }
             Command::Watch(id, reply) => {
@@ -434,23 +458,8 @@ impl Driver {
                 let _ = reply.send(r);
             }
             Command::LastFor(host, reply) => {
-                let last = self
-                    .rollouts
-                    .values()
-                    .filter_map(|l| {
-                        let p = l.engine.persisted();
-                        let h = p.hosts.iter().find(|h| h.name == host)?;
-                        h.started_order?;
-                        Some((p.created_ms, p, h))
-                    })
-                    .max_by_key(|(t, p, _)| (*t, p.id.clone()))
-                    .map(|(_, p, h)| LastRollout {
-                        id: p.id.clone(),
-                        name: p.spec.name.clone().unwrap_or_default(),
-                        state: p.state.as_str(),
-                        host_state: h.state.as_str(),
-                    });
-                let _ = reply.send(last);
+                let all = self.rollouts.values().map(|l| l.engine.persisted());
+                let _ = reply.send(last_for(all, &host));
             }
         }
     }

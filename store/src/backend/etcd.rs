@@ -50,8 +50,15 @@ const IDS: &str = "/picket/ids/next";
 /// the restored state holds.
 pub const ID_BASE: &str = "/picket/ids/base";
 
-/// etcd's default `--max-txn-ops`.
+/// Written under the prefix (no tree has this name) to learn when the
+/// copy has caught up.
+const SYNC: &str = "_sync";
+
+/// etcd's default `--max-txn-ops` (a fence's compare is not an op).
 const MAX_TXN_OPS: usize = 128;
+
+/// Why a fenced write was refused.
+pub const DEPOSED: &str = "not the leader any more: the write was refused by etcd";
 
 /// How long a write waits for the local copy to hold it, and start for
 /// the first whole listing.
@@ -62,9 +69,15 @@ const CATCH_UP: Duration = Duration::from_secs(5);
 /// streams this one holds.
 pub type OnChange = dyn Fn(&str, &[u8], Option<&[u8]>) + Send + Sync;
 
+/// The condition a tree's writes are made under (the leader's term, for
+/// the trees only the leader writes), or why none may be made now.
+pub type Fence = dyn Fn() -> Result<Compare, StoreError> + Send + Sync;
+
 pub struct EtcdBackend {
     remote: Arc<Remote>,
     local: Arc<dyn Backend>,
+    /// Trees whose every write carries a fence's compare.
+    fences: std::sync::RwLock<std::collections::HashMap<&'static str, Arc<Fence>>>,
     /// Where etcd calls and the copy's watch run (shut down on drop, from
     /// any context).
     runtime: Option<tokio::runtime::Runtime>,
@@ -78,7 +91,7 @@ struct Remote {
     id_base: std::sync::OnceLock<u64>,
 }
 
-type Compare = picket_cluster::pb::etcdserverpb::Compare;
+pub type Compare = picket_cluster::pb::etcdserverpb::Compare;
 type RequestOp = picket_cluster::pb::etcdserverpb::RequestOp;
 /// Values read, in the order asked (`None`: absent).
 type Values = Vec<Option<Vec<u8>>>;
@@ -143,6 +156,7 @@ impl EtcdBackend {
         let b = EtcdBackend {
             remote,
             local,
+            fences: Default::default(),
             runtime: Some(runtime),
         };
         let listed = b.wait(|r| async move { r.mirror.caught_up(1, CATCH_UP).await })?;
@@ -153,6 +167,70 @@ impl EtcdBackend {
             );
         }
         Ok(b)
+    }
+
+    /// Waits until the local copy holds everything etcd holds now (a new
+    /// leader does before it reads what the last one wrote); false if not
+    /// within 5 s.
+    pub fn catch_up(&self) -> Result<bool, StoreError> {
+        // A write under the prefix: the watch reports it (and so the copy
+        // reaches its revision) only after everything before it. etcd's
+        // own revision would not do: writes outside the prefix move it,
+        // and the watch says nothing of those.
+        let mark = format!("{PREFIX}{SYNC}");
+        self.wait(|r| async move {
+            let written = r
+                .etcd
+                .commit(Vec::new(), vec![put_op(mark, b"", 0)])
+                .await
+                .map_err(shared)?
+                .ok_or_else(|| shared("etcd refused the sync mark"))?;
+            Ok(r.mirror.caught_up(written, CATCH_UP).await)
+        })?
+    }
+
+    /// Every later write to `tree` is made only while `fence`'s compare
+    /// holds (refused with [`DEPOSED`] once it does not), or refused at
+    /// once while `fence` says no.
+    pub fn fence(&self, tree: &'static str, fence: Arc<Fence>) {
+        let mut f = self.fences.write().unwrap_or_else(|p| p.into_inner());
+        f.insert(tree, fence);
+    }
+
+    /// The fences' compares for writes to `trees`.
+    fn fenced<'t>(&self, trees: impl Iterator<Item = &'t str>) -> Result<Vec<Compare>, StoreError> {
+        let f = self.fences.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for t in trees {
+            if seen.insert(t)
+                && let Some(fence) = f.get(t)
+            {
+                out.push(fence()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `ops` under `fences` and the caller's `compare`: false when
+    /// the caller's compare failed; an error when a fence did.
+    fn commit_fenced(
+        &self,
+        fences: Vec<Compare>,
+        compare: Vec<Compare>,
+        ops: Vec<RequestOp>,
+    ) -> Result<bool, StoreError> {
+        let fenced = !fences.is_empty();
+        let mut all = fences.clone();
+        all.extend(compare);
+        if self.commit(all, ops)? {
+            return Ok(true);
+        }
+        // Which compare failed: the fences alone, read in one transaction.
+        if fenced && !self.commit(fences, Vec::new())? {
+            return Err(StoreError::Shared(DEPOSED.into()));
+        }
+        Ok(false)
     }
 
     /// Runs `f` on the backend's runtime and waits for it, from any
@@ -295,13 +373,15 @@ impl Backend for EtcdBackend {
     }
 
     fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.commit(Vec::new(), vec![put_op(etcd_key(tree, key), value, 0)])
-            .map(drop)
+        let fences = self.fenced([tree].into_iter())?;
+        let ops = vec![put_op(etcd_key(tree, key), value, 0)];
+        self.commit_fenced(fences, Vec::new(), ops).map(drop)
     }
 
     fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError> {
-        self.commit(Vec::new(), vec![delete_op(etcd_key(tree, key))])
-            .map(drop)
+        let fences = self.fenced([tree].into_iter())?;
+        let ops = vec![delete_op(etcd_key(tree, key))];
+        self.commit_fenced(fences, Vec::new(), ops).map(drop)
     }
 
     fn update(&self, tree: &str, key: &[u8], f: &mut Updater<'_>) -> Result<(), StoreError> {
@@ -316,7 +396,8 @@ impl Backend for EtcdBackend {
                 Some(v) => put_op(etcd_key(tree, key), v, 0),
                 None => delete_op(etcd_key(tree, key)),
             };
-            if self.commit(compares, vec![o])? {
+            let fences = self.fenced([tree].into_iter())?;
+            if self.commit_fenced(fences, compares, vec![o])? {
                 return Ok(());
             }
         }
@@ -328,8 +409,9 @@ impl Backend for EtcdBackend {
             let Some(ops) = f(&vals) else {
                 return Ok(());
             };
+            let fences = self.fenced(ops.iter().map(|o| o.tree))?;
             let ops: Vec<_> = ops.iter().map(op).collect();
-            if self.commit(compares, ops)? {
+            if self.commit_fenced(fences, compares, ops)? {
                 return Ok(());
             }
         }
@@ -353,8 +435,9 @@ impl Backend for EtcdBackend {
 
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
         for part in ops.chunks(MAX_TXN_OPS) {
+            let fences = self.fenced(part.iter().map(|o| o.tree))?;
             let part: Vec<_> = part.iter().map(op).collect();
-            self.commit(Vec::new(), part)?;
+            self.commit_fenced(fences, Vec::new(), part)?;
         }
         Ok(())
     }

@@ -148,8 +148,16 @@ fn run_through_one_replica_reaches_hosts_held_by_another() -> Result<()> {
         );
     }
 
-    // A rollout through one replica runs its steps on both hosts, once
-    // each, and finishes.
+    // A rollout through the leader (only the leader drives rollouts; a
+    // follower refuses, naming it) runs its steps on both hosts, its own
+    // and the other replica's, once each, and finishes; the follower
+    // reads its status from the shared rollouts.
+    let leader = wait_for("a leader", Duration::from_secs(30), || {
+        let s = ctl_json(&w, &admin(0), &["status"]).ok()?;
+        let node = s.first()?["leader"].as_str()?.to_string();
+        node.strip_prefix("cp-")?.parse::<usize>().ok()
+    })?;
+    let follower = 1 - leader;
     let marks = w.path("marks");
     let spec = format!(
         r#"
@@ -169,14 +177,26 @@ shell = "echo \"$PICKET_HOST $PICKET_ROLLOUT\" >> {}"
     );
     std::fs::write(w.path("rollout.toml"), spec)?;
     let file = w.path("rollout.toml").display().to_string();
-    let out = ctl(&w, &admin(1), &["rollout", "create", "-f", &file])?;
+    let out = ctl(&w, &admin(follower), &["rollout", "create", "-f", &file])?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("driven by the leader, cp-{leader}")),
+        "{}",
+        stderr(&out)
+    );
+    let out = ctl(&w, &admin(leader), &["rollout", "create", "-f", &file])?;
     assert!(out.status.success(), "{}", stderr(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     wait_for("the rollout to succeed", Duration::from_secs(60), || {
-        let s = ctl_json(&w, &admin(1), &["rollout", "status", &id]).ok()?;
+        let s = ctl_json(&w, &admin(follower), &["rollout", "status", &id]).ok()?;
         (s.first()?["state"] == "succeeded").then_some(())
     })
-    .with_context(|| format!("{:?}", ctl_json(&w, &admin(1), &["rollout", "status", &id])))?;
+    .with_context(|| {
+        format!(
+            "{:?}",
+            ctl_json(&w, &admin(leader), &["rollout", "status", &id])
+        )
+    })?;
     let mut marked: Vec<String> = std::fs::read_to_string(&marks)?
         .lines()
         .map(str::to_string)
