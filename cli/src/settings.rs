@@ -9,6 +9,7 @@ use crate::BadConfig;
 use crate::args::Cli;
 use picket_config::profile::{self, Profile, ProfileError};
 
+#[derive(Clone)]
 pub struct Settings {
     pub server: picket_config::Servers,
     pub ca: PathBuf,

@@ -86,37 +86,7 @@ fn a_replica_cut_off_loses_its_agents_to_the_other_and_no_line() -> Result<()> {
             .and_then(|t| t["token"].as_str())
             .context("no token")?
             .to_string();
-        let state = w.path(&format!("agents/{host}")).display().to_string();
-        net.run_in(
-            &w,
-            host,
-            "picket-agent",
-            &[
-                "enroll",
-                "--server",
-                &servers,
-                "--token",
-                &tok,
-                "--ca-fingerprint",
-                &fp,
-                "--name",
-                host,
-                "--state-dir",
-                &state,
-            ],
-        )?;
-        let log = w.path(&format!("{host}.log"));
-        std::fs::write(&log, "")?;
-        let cfg = w.path(&format!("agents/{host}/agent.toml"));
-        let mut text = std::fs::read_to_string(&cfg)?;
-        text.push_str(&format!(
-            "\n[[source]]\nkind = \"raw\"\npath = \"{}\"\nfrom_start = true\n",
-            log.display()
-        ));
-        std::fs::write(&cfg, text)?;
-        let mut c = w.cmd_in(&net.ns(host), "picket-agent");
-        c.args(["run", "--config"]).arg(&cfg);
-        agents.push(Proc::spawn(c)?);
+        agents.push(net.enroll_and_run(&w, host, &servers, &tok, &fp)?);
     }
     let online = |host: &str, ip: &str| -> Option<usize> {
         let a = ctl_on(host, ip, &["agents", "list"]).ok()?;

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use picket_tests::ansible::{changed, playbook};
+use picket_tests::ansible::{changed, host_line, playbook};
 use picket_tests::etcd::EtcdCluster;
 use picket_tests::netns::Net;
 use picket_tests::*;
@@ -31,25 +31,9 @@ fn the_playbook_makes_a_two_replica_control_plane_on_etcd() -> Result<()> {
         .context("binary folder")?
         .to_path_buf();
     let root = |host: &str| w.path(&format!("roots/{host}"));
-    let line = |host: &str, addr: &str, role: &str| -> Result<String> {
-        let py = w.path(&format!("python-{host}"));
-        std::fs::write(
-            &py,
-            format!(
-                "#!/bin/sh\nexec ip netns exec {} python3 \"$@\"\n",
-                net.ns(host)
-            ),
-        )?;
-        std::fs::set_permissions(&py, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        Ok(format!(
-            "{host} ansible_host={addr} picket_agent_role={role} ansible_connection=local \
-             ansible_become=false ansible_python_interpreter={} picket_root={} \
-             picket_manage_services=false picket_create_user=false picket_control_user=root \
-             picket_bin_dir={} picket_cluster_etcd='[\"http://10.0.1.40:2379\"]'\n",
-            py.display(),
-            root(host).display(),
-            bin_dir.display()
-        ))
+    let etcd = " picket_cluster_etcd='[\"http://10.0.1.40:2379\"]'";
+    let line = |host: &str, addr: &str, role: &str| {
+        host_line(&w, &net, (host, addr, role), &bin_dir, etcd)
     };
     let mut inv = String::from("[control]\n");
     for (host, addr) in CONTROLS {

@@ -18,55 +18,8 @@ const HOSTS: [&str; 3] = ["web-0", "web-1", "web-2"];
 fn a_new_leader_finishes_the_rollout_of_a_killed_one_each_step_once() -> Result<()> {
     let w = World::new()?;
     let etcd = EtcdCluster::start(&w, 3)?;
-    let mut cps: Vec<Option<Control>> = Vec::new();
-    let mut fp = String::new();
-    for i in 0..3 {
-        let listen = format!("127.0.0.1:{}", free_port()?);
-        let (dir, node) = (format!("cp{i}"), format!("cp-{i}"));
-        let mut args = vec![
-            if i == 0 { "init" } else { "join" },
-            "--data-dir",
-            &dir,
-            "--node",
-            &node,
-            "--advertise",
-            &listen,
-        ];
-        let endpoints = etcd.endpoints();
-        for e in &endpoints {
-            args.extend(["--cluster-etcd", e.as_str()]);
-        }
-        let out = w.run("picket-control", &args)?;
-        assert!(out.status.success(), "{}", stderr(&out));
-        if let Some(f) = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .find(|s| s.starts_with("sha256:"))
-        {
-            fp = f.to_string();
-        }
-        cps.push(Some(Control::start_on(&w, &dir, &listen)?));
-    }
-    let admin_of = |cps: &[Option<Control>], i: usize| -> Result<Vec<String>> {
-        let c = cps[i].as_ref().context("a live replica")?;
-        let mut f = cps[0]
-            .as_ref()
-            .map(Control::admin_flags)
-            .unwrap_or_else(|| {
-                let d = |f: &str| w.path(&format!("cp0/{f}")).display().to_string();
-                vec![
-                    "--server".into(),
-                    String::new(),
-                    "--ca".into(),
-                    d("ca.crt"),
-                    "--cert".into(),
-                    d("admin.crt"),
-                    "--key".into(),
-                    d("admin.key"),
-                ]
-            });
-        f[1] = c.grpc.clone();
-        Ok(f)
-    };
+    let (mut cps, fp) = crate::replicas::start(&w, &etcd.endpoints(), 3)?;
+    let admin_of = |cps: &[Option<Control>], i: usize| crate::replicas::admin(&w, cps, i);
     let leader_of = |cps: &[Option<Control>], limit: Duration| -> Result<usize> {
         wait_for("a live leader", limit, || {
             (0..3).find_map(|i| {

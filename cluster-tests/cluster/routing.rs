@@ -15,41 +15,9 @@ fn run_through_one_replica_reaches_hosts_held_by_another() -> Result<()> {
     let w = World::new()?;
     let etcd = EtcdCluster::start(&w, 1)?;
     let endpoint = etcd.endpoints()[0].clone();
-    let mut cps = Vec::new();
-    let mut fp = String::new();
-    for i in 0..2 {
-        let listen = format!("127.0.0.1:{}", free_port()?);
-        let dir = format!("cp{i}");
-        let node = format!("cp-{i}");
-        let out = w.run(
-            "picket-control",
-            &[
-                if i == 0 { "init" } else { "join" },
-                "--data-dir",
-                &dir,
-                "--node",
-                &node,
-                "--advertise",
-                &listen,
-                "--cluster-etcd",
-                &endpoint,
-            ],
-        )?;
-        assert!(out.status.success(), "{}", stderr(&out));
-        if let Some(f) = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .find(|s| s.starts_with("sha256:"))
-        {
-            fp = f.to_string();
-        }
-        cps.push(Control::start_on(&w, &dir, &listen)?);
-    }
-    // One admin bundle (init's), either replica.
-    let admin = |i: usize| -> Vec<String> {
-        let mut f = cps[0].admin_flags();
-        f[1] = cps[i].grpc.clone();
-        f
-    };
+    let (cps, fp) = crate::replicas::start(&w, &[endpoint], 2)?;
+    let admin = |i: usize| crate::replicas::admin(&w, &cps, i).unwrap_or_default();
+    let cp = |i: usize| cps[i].as_ref().context("a replica");
 
     // Two agents, each given one replica only.
     let mut agents_running = Vec::new();
@@ -57,7 +25,7 @@ fn run_through_one_replica_reaches_hosts_held_by_another() -> Result<()> {
         let out = ctl(&w, &admin(i), &["token", "create"])?;
         assert!(out.status.success(), "{}", stderr(&out));
         let tok = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let out = enroll(&w, &cps[i], &fp, &tok, name, &["role=web"])?;
+        let out = enroll(&w, cp(i)?, &fp, &tok, name, &["role=web"])?;
         assert!(out.status.success(), "{}", stderr(&out));
         // The rollout's steps write a marker file here: as root.
         let cfg = w.path(&format!("agents/{name}/agent.toml"));
@@ -148,10 +116,9 @@ fn run_through_one_replica_reaches_hosts_held_by_another() -> Result<()> {
         );
     }
 
-    // A rollout through the leader (only the leader drives rollouts; a
-    // follower refuses, naming it) runs its steps on both hosts, its own
-    // and the other replica's, once each, and finishes; the follower
-    // reads its status from the shared rollouts.
+    // A rollout (only the leader drives rollouts) runs its steps on both
+    // hosts, its own and the other replica's, once each, and finishes;
+    // the follower reads its status from the shared rollouts.
     let leader = wait_for("a leader", Duration::from_secs(30), || {
         let s = ctl_json(&w, &admin(0), &["status"]).ok()?;
         let node = s.first()?["leader"].as_str()?.to_string();
@@ -177,14 +144,33 @@ shell = "echo \"$PICKET_HOST $PICKET_ROLLOUT\" >> {}"
     );
     std::fs::write(w.path("rollout.toml"), spec)?;
     let file = w.path("rollout.toml").display().to_string();
-    let out = ctl(&w, &admin(follower), &["rollout", "create", "-f", &file])?;
-    assert!(!out.status.success());
+    // An API client asking the follower is refused, the leader named.
+    let refused = tokio::runtime::Runtime::new()?.block_on(async {
+        let d = |f: &str| w.path(&format!("cp0/{f}"));
+        let cfg = picket_tls::client::mtls_config(
+            &picket_tls::files::read_certs(&d("ca.crt"))?,
+            picket_tls::files::read_certs(&d("admin.crt"))?,
+            picket_tls::files::read_key(&d("admin.key"))?,
+        )?;
+        let ch = picket_tls::client::connect(&cp(follower)?.grpc, cfg).await?;
+        let mut c = picket_proto::v1::admin_service_client::AdminServiceClient::new(ch);
+        let spec: picket_model::rollout::RawSpec =
+            toml::from_str(&std::fs::read_to_string(&file)?)?;
+        let r = c
+            .create_rollout(picket_proto::v1::CreateRolloutRequest {
+                spec: Some(spec.into()),
+            })
+            .await;
+        anyhow::Ok(r.err().map(|s| (s.code(), s.message().to_string())))
+    })?;
+    let (code, message) = refused.context("the follower must refuse a rollout")?;
+    assert_eq!(code, tonic::Code::Unavailable);
     assert!(
-        stderr(&out).contains(&format!("driven by the leader, cp-{leader}")),
-        "{}",
-        stderr(&out)
+        message.contains(&format!("driven by the leader, cp-{leader}")),
+        "{message}"
     );
-    let out = ctl(&w, &admin(leader), &["rollout", "create", "-f", &file])?;
+    // picketctl, given the follower, finds the leader through `status`.
+    let out = ctl(&w, &admin(follower), &["rollout", "create", "-f", &file])?;
     assert!(out.status.success(), "{}", stderr(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     wait_for("the rollout to succeed", Duration::from_secs(60), || {

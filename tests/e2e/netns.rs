@@ -50,37 +50,7 @@ fn five_hosts_enroll_and_a_cut_host_delivers_all_it_buffered() -> Result<()> {
             .and_then(|t| t["token"].as_str())
             .context("no token")?
             .to_string();
-        let state = w.path(&format!("agents/{host}")).display().to_string();
-        net.run_in(
-            &w,
-            host,
-            "picket-agent",
-            &[
-                "enroll",
-                "--server",
-                &grpc,
-                "--token",
-                &tok,
-                "--ca-fingerprint",
-                &fp,
-                "--name",
-                host,
-                "--state-dir",
-                &state,
-            ],
-        )?;
-        let log = w.path(&format!("{host}.log"));
-        std::fs::write(&log, "")?;
-        let cfg = w.path(&format!("agents/{host}/agent.toml"));
-        let mut text = std::fs::read_to_string(&cfg)?;
-        text.push_str(&format!(
-            "\n[[source]]\nkind = \"raw\"\npath = \"{}\"\nfrom_start = true\n",
-            log.display()
-        ));
-        std::fs::write(&cfg, text)?;
-        let mut c = w.cmd_in(&net.ns(host), "picket-agent");
-        c.args(["run", "--config"]).arg(&cfg);
-        agents.push(Proc::spawn(c)?);
+        agents.push(net.enroll_and_run(&w, host, &grpc, &tok, &fp)?);
     }
 
     // All five enroll with their roles and their own addresses.

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use picket_tests::ansible::{changed, playbook, repo};
+use picket_tests::ansible::{changed, host_line, playbook, repo};
 use picket_tests::netns::{CONTROL, HOSTS, Net};
 use picket_tests::*;
 
@@ -31,30 +31,13 @@ fn the_playbook_installs_enrolls_and_is_idempotent_on_the_namespace_fleet() -> R
     // and hold in every group the host is in (vm-devops is in both).
     let mut inv = String::from("[control]\nvm-devops\n\n[agents]\n");
     for (host, addr, role) in HOSTS {
-        let py = w.path(&format!("python-{host}"));
-        std::fs::write(
-            &py,
-            format!(
-                "#!/bin/sh\nexec ip netns exec {} python3 \"$@\"\n",
-                net.ns(host)
-            ),
-        )?;
-        std::fs::set_permissions(&py, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         // vm-security runs Suricata in the seeds.
         let extra = if host == "vm-security" {
             " picket_agent_extra_sources='[{\"kind\": \"suricata\", \"path\": \"/var/log/suricata/eve.json\"}]'"
         } else {
             ""
         };
-        inv.push_str(&format!(
-            "{host} ansible_host={addr} picket_agent_role={role} ansible_connection=local \
-             ansible_become=false ansible_python_interpreter={} picket_root={} \
-             picket_manage_services=false picket_create_user=false picket_control_user=root \
-             picket_bin_dir={}{extra}\n",
-            py.display(),
-            root(host).display(),
-            bin_dir.display()
-        ));
+        inv.push_str(&host_line(&w, &net, (host, addr, role), &bin_dir, extra)?);
     }
     inv.push_str("\n[fleet:children]\ncontrol\nagents\n");
     let inventory = w.path("inventory.ini");

@@ -51,3 +51,35 @@ pub fn changed(out: &Output) -> Vec<(String, u32)> {
         })
         .collect()
 }
+
+/// `host`'s inventory line for the namespace fleet: a local connection
+/// whose Python runs in the host's namespace (a wrapper script written
+/// here), a staging root of its own under `roots/HOST`, no systemd, no
+/// system user, the binaries from `bin_dir`; `extra` appended (host
+/// variables outrank the playbook's group_vars).
+pub fn host_line(
+    w: &World,
+    net: &crate::netns::Net,
+    (host, addr, role): (&str, &str, &str),
+    bin_dir: &Path,
+    extra: &str,
+) -> Result<String> {
+    let py = w.path(&format!("python-{host}"));
+    std::fs::write(
+        &py,
+        format!(
+            "#!/bin/sh\nexec ip netns exec {} python3 \"$@\"\n",
+            net.ns(host)
+        ),
+    )?;
+    std::fs::set_permissions(&py, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(format!(
+        "{host} ansible_host={addr} picket_agent_role={role} ansible_connection=local \
+         ansible_become=false ansible_python_interpreter={} picket_root={} \
+         picket_manage_services=false picket_create_user=false picket_control_user=root \
+         picket_bin_dir={}{extra}\n",
+        py.display(),
+        w.path(&format!("roots/{host}")).display(),
+        bin_dir.display()
+    ))
+}

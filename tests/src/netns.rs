@@ -68,6 +68,50 @@ impl Net {
         format!("{}-{host}", self.prefix)
     }
 
+    /// Enrolls `host`'s agent (in its namespace) through `servers` with
+    /// `token` and the CA fingerprint `fp`, gives it a raw source on
+    /// `HOST.log` in the test's folder (made empty), and starts it.
+    pub fn enroll_and_run(
+        &self,
+        w: &crate::World,
+        host: &str,
+        servers: &str,
+        token: &str,
+        fp: &str,
+    ) -> Result<crate::Proc> {
+        let state = w.path(&format!("agents/{host}")).display().to_string();
+        self.run_in(
+            w,
+            host,
+            "picket-agent",
+            &[
+                "enroll",
+                "--server",
+                servers,
+                "--token",
+                token,
+                "--ca-fingerprint",
+                fp,
+                "--name",
+                host,
+                "--state-dir",
+                &state,
+            ],
+        )?;
+        let log = w.path(&format!("{host}.log"));
+        std::fs::write(&log, "")?;
+        let cfg = w.path(&format!("agents/{host}/agent.toml"));
+        let mut text = std::fs::read_to_string(&cfg)?;
+        text.push_str(&format!(
+            "\n[[source]]\nkind = \"raw\"\npath = \"{}\"\nfrom_start = true\n",
+            log.display()
+        ));
+        std::fs::write(&cfg, text)?;
+        let mut c = w.cmd_in(&self.ns(host), "picket-agent");
+        c.args(["run", "--config"]).arg(&cfg);
+        crate::Proc::spawn(c)
+    }
+
     /// Runs `bin` with `args` on `host` (in its namespace); fails with its
     /// stderr unless it succeeds.
     pub fn run_in(&self, w: &crate::World, host: &str, bin: &str, args: &[&str]) -> Result<Output> {

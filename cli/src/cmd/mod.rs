@@ -114,7 +114,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             run::run(&mut admin, r, fmt).await
         }
-        Cmd::Rollout(c) => rollout::run(&mut admin, c, fmt, out).await,
+        Cmd::Rollout(c) => {
+            // Cluster mode: only the leader drives rollouts, so commands
+            // that change one go to it (reads work through any replica).
+            if !matches!(
+                c,
+                RolloutCmd::List | RolloutCmd::Status { .. } | RolloutCmd::Watch { .. }
+            ) && let Some(leader) = to_leader(&mut admin, &settings).await?
+            {
+                admin = leader;
+            }
+            rollout::run(&mut admin, c, fmt, out).await
+        }
         Cmd::Alerts(c) => alerts::run(&mut admin, c, fmt, out).await,
         Cmd::Silence(c) => alerts::silence(&mut admin, c, fmt, out).await,
         Cmd::Metrics { name, since, field } => {
@@ -169,4 +180,26 @@ pub(crate) async fn print_stream<T>(
     }
     out.flush()?;
     Ok(())
+}
+
+/// Cluster mode (SPEC §12): a connection to the leading replica, found
+/// through `status` (its name, and the address it advertises); `None`
+/// alone, or when no replica leads (the call then says so itself).
+async fn to_leader(
+    admin: &mut client::Admin,
+    settings: &Settings,
+) -> anyhow::Result<Option<client::Admin>> {
+    let st = admin
+        .status(picket_proto::v1::StatusRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let Some(r) = st.replicas.iter().find(|r| r.node == st.leader) else {
+        return Ok(None);
+    };
+    let server = picket_config::Servers::parse(&r.advertise)
+        .map_err(|e| anyhow!("the leader {} advertises {:?}: {e}", r.node, r.advertise))?;
+    let mut s = settings.clone();
+    s.server = server;
+    Ok(Some(client::connect(&s).await?))
 }

@@ -1,0 +1,54 @@
+//! Replicas for a test: `init` of the first, `join` of the others, each
+//! against `endpoints` and started on a free loopback port; and the admin
+//! bundle `init` wrote, aimed at any of them.
+
+use anyhow::{Context, Result, ensure};
+use picket_tests::{Control, World, free_port, stderr};
+
+/// `n` replicas `cp-0`… in folders `cp0`…; and the CA's fingerprint.
+pub fn start(w: &World, endpoints: &[String], n: usize) -> Result<(Vec<Option<Control>>, String)> {
+    let mut cps = Vec::new();
+    let mut fp = String::new();
+    for i in 0..n {
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let (dir, node) = (format!("cp{i}"), format!("cp-{i}"));
+        let mut args = vec![
+            if i == 0 { "init" } else { "join" },
+            "--data-dir",
+            &dir,
+            "--node",
+            &node,
+            "--advertise",
+            &listen,
+        ];
+        for e in endpoints {
+            args.extend(["--cluster-etcd", e.as_str()]);
+        }
+        let out = w.run("picket-control", &args)?;
+        ensure!(out.status.success(), "{}", stderr(&out));
+        if let Some(f) = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .find(|s| s.starts_with("sha256:"))
+        {
+            fp = f.to_string();
+        }
+        cps.push(Some(Control::start_on(w, &dir, &listen)?));
+    }
+    Ok((cps, fp))
+}
+
+/// picketctl flags: init's admin bundle (in `cp0`), replica `i`.
+pub fn admin(w: &World, cps: &[Option<Control>], i: usize) -> Result<Vec<String>> {
+    let c = cps[i].as_ref().context("a live replica")?;
+    let d = |f: &str| w.path(&format!("cp0/{f}")).display().to_string();
+    Ok(vec![
+        "--server".into(),
+        c.grpc.clone(),
+        "--ca".into(),
+        d("ca.crt"),
+        "--cert".into(),
+        d("admin.crt"),
+        "--key".into(),
+        d("admin.key"),
+    ])
+}
