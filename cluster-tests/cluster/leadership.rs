@@ -278,20 +278,7 @@ fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
     );
     let first = leading(&cps, Duration::from_secs(30))?;
     // One admin bundle, init's, for every replica (one CA).
-    let admin = |cps: &[Option<Control>], i: usize| -> Result<Vec<String>> {
-        let c = cps[i].as_ref().context("a live replica")?;
-        let d = |f: &str| w.path(&format!("cp0/{f}")).display().to_string();
-        Ok(vec![
-            "--server".into(),
-            c.grpc.clone(),
-            "--ca".into(),
-            d("ca.crt"),
-            "--cert".into(),
-            d("admin.crt"),
-            "--key".into(),
-            d("admin.key"),
-        ])
-    };
+    let admin = |cps: &[Option<Control>], i: usize| crate::replicas::admin(&w, cps, i);
     let status = |cps: &[Option<Control>], i: usize| -> Result<serde_json::Value> {
         ctl_json(&w, &admin(cps, i)?, &["status"])?
             .pop()

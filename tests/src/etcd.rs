@@ -88,9 +88,10 @@ impl EtcdCluster {
             .build()?;
         let etcd =
             rt.block_on(async { picket_cluster::Etcd::connect_with(&c.endpoints(), Some(&tls)) })?;
-        wait_for("etcd over TLS answering", Duration::from_secs(30), || {
+        wait_for("etcd over TLS answering", Duration::from_secs(60), || {
             rt.block_on(etcd.get("/")).ok().map(drop)
-        })?;
+        })
+        .with_context(|| c.stderr())?;
         Ok(c)
     }
 
@@ -152,6 +153,15 @@ impl EtcdCluster {
             c.start_member(i)?;
         }
         Ok(c)
+    }
+
+    /// What the members wrote to stderr, for a failure's message.
+    pub fn stderr(&self) -> String {
+        self.members
+            .iter()
+            .filter_map(|m| Some(format!("{}: {}", m.name, m.proc.as_ref()?.stderr())))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// `http://127.0.0.1:PORT` of every member.

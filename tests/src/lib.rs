@@ -515,10 +515,23 @@ pub fn append(p: &Path, text: &str) -> Result<()> {
 }
 
 /// A free loopback port (bound, then released).
+/// A loopback port free now and never handed out before in this test
+/// process: a port is released before the program that will listen on it
+/// starts, and the kernel may give it to the next caller meanwhile (tests
+/// that start many servers at once, as the cluster tests' etcd members,
+/// met that).
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// Sets a top-level key of an enrolled agent's agent.toml.
