@@ -69,6 +69,9 @@ pub enum Input {
         host: String,
         host_labels: Labels,
         events: Vec<EventData>,
+        /// The host's own batch, a sign of life for `host_silent` (false:
+        /// the control plane's own events about it).
+        alive: bool,
     },
     /// `host` was heard from (a heartbeat, a record) at `now`.
     Seen {
@@ -267,8 +270,9 @@ impl Engine {
                 host,
                 host_labels,
                 events,
+                alive,
             } => {
-                let mut changed = self.seen(&host, &host_labels, now, &mut out);
+                let mut changed = alive && self.seen(&host, &host_labels, now, &mut out);
                 for d in &events {
                     let e = label::EventIn {
                         host: &host,

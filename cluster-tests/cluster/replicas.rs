@@ -3,10 +3,18 @@
 //! bundle `init` wrote, aimed at any of them.
 
 use anyhow::{Context, Result, ensure};
-use picket_tests::{Control, World, free_port, stderr};
+use picket_tests::{Control, World, free_port, merge_config, stderr};
 
-/// `n` replicas `cp-0`… in folders `cp0`…; and the CA's fingerprint.
-pub fn start(w: &World, endpoints: &[String], n: usize) -> Result<(Vec<Option<Control>>, String)> {
+/// `n` replicas `cp-0`… in folders `cp0`…, `extra` merged into each one's
+/// control.toml and `alerts` (if any) its alerts.toml; and the CA's
+/// fingerprint.
+pub fn start(
+    w: &World,
+    endpoints: &[String],
+    n: usize,
+    extra: &str,
+    alerts: Option<&str>,
+) -> Result<(Vec<Option<Control>>, String)> {
     let mut cps = Vec::new();
     let mut fp = String::new();
     for i in 0..n {
@@ -32,6 +40,14 @@ pub fn start(w: &World, endpoints: &[String], n: usize) -> Result<(Vec<Option<Co
         {
             fp = f.to_string();
         }
+        let cfg = w.path(&format!("{dir}/control.toml"));
+        let mut extra = extra.to_string();
+        if let Some(rules) = alerts {
+            std::fs::write(w.path(&format!("{dir}/alerts.toml")), rules)?;
+            extra.push_str("\nalerts = \"alerts.toml\"\n");
+        }
+        let text = std::fs::read_to_string(&cfg)?;
+        std::fs::write(&cfg, merge_config(&text, &extra))?;
         cps.push(Some(Control::start_on(w, &dir, &listen)?));
     }
     Ok((cps, fp))

@@ -15,7 +15,15 @@ fn run_through_one_replica_reaches_hosts_held_by_another() -> Result<()> {
     let w = World::new()?;
     let etcd = EtcdCluster::start(&w, 1)?;
     let endpoint = etcd.endpoints()[0].clone();
-    let (cps, fp) = crate::replicas::start(&w, &[endpoint], 2)?;
+    // A host_silent rule on both replicas (alerts are per replica).
+    let rules = "[[rule]]\nname = \"HostDown\"\nkind = \"host_silent\"\nafter = \"4s\"\n";
+    let (cps, fp) = crate::replicas::start(
+        &w,
+        &[endpoint],
+        2,
+        "heartbeat_interval = \"1s\"",
+        Some(rules),
+    )?;
     let admin = |i: usize| crate::replicas::admin(&w, &cps, i).unwrap_or_default();
     let cp = |i: usize| cps[i].as_ref().context("a replica");
 
@@ -189,5 +197,27 @@ shell = "echo \"$PICKET_HOST $PICKET_ROLLOUT\" >> {}"
         .collect();
     marked.sort();
     assert_eq!(marked, [format!("web-0 {id}"), format!("web-1 {id}")]);
+
+    // host_silent: a host streaming with the other replica is not silent
+    // here (presence vouches for it); a host no replica hears from fires
+    // on both.
+    let firing = |i: usize| -> Vec<String> {
+        ctl_json(&w, &admin(i), &["alerts", "list"])
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a["state"] == "firing")
+            .filter_map(|a| a["labels"]["host"].as_str().map(str::to_string))
+            .collect()
+    };
+    std::thread::sleep(Duration::from_secs(6));
+    for i in 0..2 {
+        assert!(firing(i).is_empty(), "cp-{i}: {:?}", firing(i));
+    }
+    agents_running[0].kill9();
+    wait_for(
+        "web-0's host_silent on both replicas",
+        Duration::from_secs(30),
+        || (0..2).all(|i| firing(i) == ["web-0"]).then_some(()),
+    )?;
     Ok(())
 }

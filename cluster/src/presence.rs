@@ -111,6 +111,15 @@ impl Presence {
         self.moved.subscribe()
     }
 
+    /// The hosts streaming with a replica other than `node`.
+    pub fn held_by_others(&self, node: &str) -> Vec<String> {
+        let map = self.held.read().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter(|(_, n)| n.as_str() != node)
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
     /// The replica holding `host`'s stream, as this replica's copy has it.
     pub fn holder(&self, host: &str) -> Option<String> {
         let map = self.held.read().unwrap_or_else(|p| p.into_inner());

@@ -195,6 +195,12 @@ pub async fn run(
                 replica.clone(),
                 shutdown.clone(),
             ));
+            tasks.spawn(crate::cluster::vouch_for_others(
+                replica.clone(),
+                alerts.tap.clone(),
+                cfg.heartbeat_interval,
+                shutdown.clone(),
+            ));
             Some(replica)
         }
         None => None,

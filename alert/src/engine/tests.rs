@@ -315,6 +315,30 @@ fn a_silent_host_fires_and_resolves_when_heard_from() {
 }
 
 #[test]
+fn the_control_planes_own_events_about_a_host_are_no_sign_of_life() {
+    let rule = "[[rule]]\nname = \"HostDown\"\nkind = \"host_silent\"\nafter = \"30s\"\n\n\
+                [[rule]]\nname = \"RolledBack\"\nkind = \"event\"\nmatch = { kind = \"rollout_rolled_back\" }\n";
+    let mut s = Sim::new(rule);
+    let event = EventData {
+        source: "picket".into(),
+        kind: "rollout_rolled_back".into(),
+        severity: Severity::High,
+        fields: Labels::new(),
+    };
+    s.input(Input::Events {
+        host: "cp-1".into(),
+        host_labels: labels(&[]),
+        events: vec![event],
+        alive: false,
+    });
+    s.advance(120);
+    // The event's own rule fires; the control plane's name is never
+    // tracked as a host that went silent.
+    let fired: Vec<String> = s.e.alerts().map(|a| a.rule.clone()).collect();
+    assert_eq!(fired, ["RolledBack"], "{fired:?}");
+}
+
+#[test]
 fn a_store_that_refuses_records_fires_after_its_delay_and_resolves_when_it_takes_them() {
     let rule = "[[rule]]\nname = \"StoreFull\"\nkind = \"store_unwritable\"\nafter = \"30s\"\nseverity = \"critical\"\nsummary = \"{{ host }}: {{ value }}\"\n";
     let mut s = Sim::new(rule);
@@ -378,6 +402,7 @@ fn a_batch_of_events_decides_as_the_same_events_one_by_one() {
         host: "vm-prod".into(),
         host_labels: labels(&[("role", "prod")]),
         events: all,
+        alive: true,
     });
     one.advance(120);
     batch.advance(120);

@@ -349,6 +349,9 @@ impl Driver {
         let now = (self.now)();
         let host_labels = self.host_labels(&h.host);
         if h.samples.is_empty() && h.events.is_empty() {
+            if !h.alive {
+                return;
+            }
             outs.extend(self.engine.handle(
                 Input::Seen {
                     host: h.host,
@@ -374,6 +377,7 @@ impl Driver {
                     host: h.host,
                     host_labels,
                     events: h.events,
+                    alive: h.alive,
                 },
                 now,
             ));

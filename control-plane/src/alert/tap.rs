@@ -26,6 +26,10 @@ use picket_alert::rules::{EventMatch, Kind, Rules};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heard {
     pub host: String,
+    /// The host's own batch (an agent's): a sign of life for
+    /// `host_silent`. The control plane's own records about a host (its
+    /// rollouts' events, under its own name) are not.
+    pub alive: bool,
     pub time_ms: i64,
     pub samples: Vec<Vec<Point>>,
     pub events: Vec<EventData>,
@@ -164,6 +168,7 @@ impl Tap {
             interest,
             heard: Heard {
                 host: host.to_string(),
+                alive: true,
                 time_ms,
                 samples: Vec::new(),
                 events: Vec::new(),
@@ -189,6 +194,7 @@ impl Tap {
         if wanted {
             let _ = tx.try_send(Heard {
                 host: host.to_string(),
+                alive: true,
                 time_ms,
                 samples: Vec::new(),
                 events: Vec::new(),
@@ -248,7 +254,16 @@ impl Collector {
     }
 
     fn worth_sending(&self) -> bool {
-        self.interest.seen || !self.heard.samples.is_empty() || !self.heard.events.is_empty()
+        (self.interest.seen && self.heard.alive)
+            || !self.heard.samples.is_empty()
+            || !self.heard.events.is_empty()
+    }
+
+    /// The batch is the control plane's own, not the host's: no sign of
+    /// life.
+    pub fn not_alive(mut self) -> Collector {
+        self.heard.alive = false;
+        self
     }
 }
 

@@ -88,6 +88,32 @@ pub async fn follow_presence(
     }
 }
 
+/// Tells this replica's alert engine, every `every`, that each host
+/// streaming with another replica is alive (presence holds it there), so
+/// that `host_silent` fires only for a host no replica hears from; until
+/// `shutdown`.
+pub async fn vouch_for_others(
+    replica: Arc<Replica>,
+    tap: Arc<crate::alert::tap::Tap>,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let now = picket_clock::now_ms();
+        for host in replica
+            .cluster
+            .presence()
+            .held_by_others(replica.cluster.node())
+        {
+            tap.seen(&host, now);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 impl Replica {
     /// Whether another replica holds `host`'s stream (this one's own
     /// sessions answer for it here).

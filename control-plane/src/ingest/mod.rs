@@ -103,7 +103,13 @@ fn prepare<'a>(
     let mut last = acked;
     let (mut repeats, mut rejected, mut clamped) = (0u64, 0u64, 0u64);
     let mut first_error = None;
-    let mut tap = to.alerts.collector(agent, received);
+    let mut tap = to.alerts.collector(agent, received).map(|c| {
+        if origin == Origin::Agent {
+            c
+        } else {
+            c.not_alive()
+        }
+    });
     for bytes in &batch.records {
         let r = match scan::record(bytes) {
             Ok(r) => r,
