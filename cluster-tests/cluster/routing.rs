@@ -181,6 +181,13 @@ shell = "echo \"$PICKET_HOST $PICKET_ROLLOUT\" >> {}"
     let out = ctl(&w, &admin(follower), &["rollout", "create", "-f", &file])?;
     assert!(out.status.success(), "{}", stderr(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // `rollout watch` through the follower follows it to its end.
+    let mut watching = {
+        let mut c = w.cmd("picketctl");
+        c.args(admin(follower))
+            .args(["rollout", "watch", &id, "-o", "json"]);
+        Proc::spawn(c)?
+    };
     wait_for("the rollout to succeed", Duration::from_secs(60), || {
         let s = ctl_json(&w, &admin(follower), &["rollout", "status", &id]).ok()?;
         (s.first()?["state"] == "succeeded").then_some(())
@@ -191,6 +198,14 @@ shell = "echo \"$PICKET_HOST $PICKET_ROLLOUT\" >> {}"
             ctl_json(&w, &admin(leader), &["rollout", "status", &id])
         )
     })?;
+    let ended = watching.wait_exit(Duration::from_secs(10))?;
+    assert!(ended.success(), "{}", watching.stderr());
+    wait_for("the watch's last line", Duration::from_secs(5), || {
+        let out = watching.stdout();
+        let last: serde_json::Value = serde_json::from_str(out.lines().last()?).ok()?;
+        (last["state"] == "succeeded").then_some(())
+    })
+    .with_context(|| watching.stdout())?;
     let mut marked: Vec<String> = std::fs::read_to_string(&marks)?
         .lines()
         .map(str::to_string)
