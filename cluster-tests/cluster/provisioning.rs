@@ -5,11 +5,10 @@
 //! and vm-staging given both. The replicas share one CA, the agents come
 //! online as both replicas see them, and a second run changes nothing.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use picket_tests::ansible::{changed, host_line, playbook};
+use picket_tests::ansible::{self, changed, host_line, playbook};
 use picket_tests::etcd::EtcdCluster;
 use picket_tests::netns::Net;
 use picket_tests::*;
@@ -30,7 +29,7 @@ fn the_playbook_makes_a_two_replica_control_plane_on_etcd() -> Result<()> {
         .parent()
         .context("binary folder")?
         .to_path_buf();
-    let root = |host: &str| w.path(&format!("roots/{host}"));
+    let root = |host: &str| ansible::root(&w, host);
     let etcd = " picket_cluster_etcd='[\"http://10.0.1.40:2379\"]'";
     let line = |host: &str, addr: &str, role: &str| {
         host_line(&w, &net, (host, addr, role), &bin_dir, etcd)
@@ -64,13 +63,10 @@ fn the_playbook_makes_a_two_replica_control_plane_on_etcd() -> Result<()> {
             text.contains("[cluster]") && text.contains(&format!("node = \"{host}\"")),
             "{text}"
         );
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &net.ns(host)])
-            .arg(root(host).join("usr/local/bin/picket-control"));
         cps.push(Control::start_with(
             data(host),
             &cfg,
-            c,
+            ansible::installed(&w, &net, host, "picket-control"),
             &format!("{addr}:7443"),
             &format!("{addr}:9464"),
         )?);
@@ -85,13 +81,7 @@ fn the_playbook_makes_a_two_replica_control_plane_on_etcd() -> Result<()> {
     );
     let mut agents = Vec::new();
     for (host, _, _) in AGENTS {
-        let r = root(host);
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &net.ns(host)])
-            .arg(r.join("usr/local/bin/picket-agent"))
-            .args(["run", "--config"])
-            .arg(r.join("etc/picket/agent.toml"));
-        agents.push(Proc::spawn(c)?);
+        agents.push(ansible::run_installed_agent(&w, &net, host)?);
     }
     // The admin bundle init wrote, on either replica.
     for (i, (host, addr)) in CONTROLS.iter().enumerate() {

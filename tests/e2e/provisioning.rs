@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use picket_tests::ansible::{changed, host_line, playbook, repo};
+use picket_tests::ansible::{self, changed, host_line, playbook, repo};
 use picket_tests::netns::{CONTROL, HOSTS, Net};
 use picket_tests::*;
 
@@ -25,7 +25,7 @@ fn the_playbook_installs_enrolls_and_is_idempotent_on_the_namespace_fleet() -> R
         .parent()
         .context("binary folder")?
         .to_path_buf();
-    let root = |host: &str| w.path(&format!("roots/{host}"));
+    let root = |host: &str| ansible::root(&w, host);
 
     // One line per host: host variables outrank the playbook's group_vars,
     // and hold in every group the host is in (vm-devops is in both).
@@ -46,12 +46,7 @@ fn the_playbook_installs_enrolls_and_is_idempotent_on_the_namespace_fleet() -> R
     // The control plane first; here the test starts what was installed.
     playbook(&w, &inventory, &["--tags", "control"])?;
     let cp_root = root("vm-devops");
-    let cp_cmd = {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &net.ns("vm-devops")])
-            .arg(cp_root.join("usr/local/bin/picket-control"));
-        c
-    };
+    let cp_cmd = ansible::installed(&w, &net, "vm-devops", "picket-control");
     let cp = Control::start_with(
         cp_root.join("var/lib/picket"),
         &cp_root.join("etc/picket/control.toml"),
@@ -84,13 +79,7 @@ fn the_playbook_installs_enrolls_and_is_idempotent_on_the_namespace_fleet() -> R
 
     let mut agents = Vec::new();
     for (host, _, _) in HOSTS {
-        let r = root(host);
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &net.ns(host)])
-            .arg(r.join("usr/local/bin/picket-agent"))
-            .args(["run", "--config"])
-            .arg(r.join("etc/picket/agent.toml"));
-        agents.push(Proc::spawn(c)?);
+        agents.push(ansible::run_installed_agent(&w, &net, host)?);
     }
     let flags = cp.admin_flags();
     let ctl = || {

@@ -79,7 +79,29 @@ pub fn host_line(
          picket_manage_services=false picket_create_user=false picket_control_user=root \
          picket_bin_dir={}{extra}\n",
         py.display(),
-        w.path(&format!("roots/{host}")).display(),
+        root(w, host).display(),
         bin_dir.display()
     ))
+}
+
+/// `host`'s staging root (`picket_root`), as [`host_line`] sets it.
+pub fn root(w: &World, host: &str) -> PathBuf {
+    w.path(&format!("roots/{host}"))
+}
+
+/// The binary `bin` the playbook installed on `host`, run in its
+/// namespace.
+pub fn installed(w: &World, net: &crate::netns::Net, host: &str, bin: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &net.ns(host)])
+        .arg(root(w, host).join("usr/local/bin").join(bin));
+    c
+}
+
+/// The agent the playbook installed and configured on `host`, started.
+pub fn run_installed_agent(w: &World, net: &crate::netns::Net, host: &str) -> Result<crate::Proc> {
+    let mut c = installed(w, net, host, "picket-agent");
+    c.args(["run", "--config"])
+        .arg(root(w, host).join("etc/picket/agent.toml"));
+    crate::Proc::spawn(c)
 }
