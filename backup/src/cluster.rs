@@ -50,7 +50,7 @@ pub async fn restore(data_dir: &Path, c: &ClusterConfig) -> anyhow::Result<Strin
     // goes on above them.
     let base = pairs
         .iter()
-        .filter(|(tree, _)| *tree == "audit")
+        .filter(|(tree, _)| *tree == picket_store::AUDIT)
         .filter_map(|(_, (k, _))| k.as_slice().try_into().ok().map(u64::from_be_bytes))
         .max()
         .map_or(0, |m| m.saturating_add(1));
@@ -61,7 +61,7 @@ pub async fn restore(data_dir: &Path, c: &ClusterConfig) -> anyhow::Result<Strin
     ops.extend(
         pairs
             .iter()
-            .map(|(tree, (k, v))| put_op(picket_store::backend::etcd::key(tree, k), v, 0)),
+            .map(|(tree, (k, v))| put_op(picket_store::backend::etcd::etcd_key(tree, k), v, 0)),
     );
     // etcd takes at most 128 operations a transaction.
     let mut rest = ops;

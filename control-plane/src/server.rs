@@ -93,14 +93,14 @@ fn revocations(
     move |tree, _key, value| {
         let Some(v) = value else { return };
         match tree {
-            "users" => {
+            picket_store::USERS => {
                 if let Ok(u) = serde_json::from_slice::<picket_store::UserRecord>(v)
                     && u.revoked_ms.is_some()
                 {
                     user_streams.cut(&u.name);
                 }
             }
-            "agents" => {
+            picket_store::AGENTS => {
                 if let Ok(a) = serde_json::from_slice::<picket_store::AgentRecord>(v)
                     && a.revoked_ms.is_some()
                 {

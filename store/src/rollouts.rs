@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::{Store, StoreError, decode, encode};
 
-pub(crate) const ROLLOUTS: &str = "rollouts";
+pub const ROLLOUTS: &str = "rollouts";
 
 impl Store {
     /// A new id for a rollout or run: `prefix-N`, never reused (in cluster

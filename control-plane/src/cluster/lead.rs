@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use picket_cluster::Role;
 use picket_cluster::etcd::created_at;
-use picket_store::StoreError;
 use picket_store::backend::etcd::{DEPOSED, EtcdBackend};
+use picket_store::{ROLLOUTS, StoreError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -26,9 +26,6 @@ pub type StartDriver = Box<
         + Send
         + Sync,
 >;
-
-/// The tree only the leader writes.
-const ROLLOUTS: &str = "rollouts";
 
 fn refuse(backend: &EtcdBackend) {
     backend.fence(

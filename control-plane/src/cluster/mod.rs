@@ -19,13 +19,13 @@ pub mod relay;
 
 /// etcd as `[cluster]` says: its members, over TLS with its files when
 /// `etcd_ca` is set.
-pub fn connect(c: &ClusterConfig) -> anyhow::Result<Etcd> {
-    Ok(Etcd::connect_files(
+pub fn connect(c: &ClusterConfig) -> Result<Etcd, picket_cluster::EtcdError> {
+    Etcd::connect_files(
         &c.etcd,
         c.etcd_ca.as_deref(),
         c.etcd_cert.as_deref(),
         c.etcd_key.as_deref(),
-    )?)
+    )
 }
 
 /// A replica's part in the cluster, while it runs: its campaign and
@@ -135,11 +135,10 @@ pub fn share(
     c: &ClusterConfig,
     on_change: impl Fn(&str, &[u8], Option<&[u8]>) + Send + Sync + 'static,
 ) -> anyhow::Result<(Store, Arc<EtcdBackend>)> {
-    let etcd = || connect(c).map_err(|e| picket_cluster::EtcdError::Refused(format!("{e:#}")));
     let mut shared = None;
     let store = store.with_shared(|engine| {
         let b = Arc::new(EtcdBackend::start(
-            etcd,
+            || connect(c),
             engine,
             SHARED_TREES,
             Box::new(on_change),
@@ -154,7 +153,10 @@ pub fn share(
 /// `init --cluster-etcd`: the first admin, in etcd (the same key and
 /// value [`Store::put_user`] writes through the shared backend).
 async fn add_admin(etcd: &Etcd) -> anyhow::Result<()> {
-    let key = picket_store::backend::etcd::key("users", crate::admin_user().name.as_bytes());
+    let key = picket_store::backend::etcd::etcd_key(
+        picket_store::USERS,
+        crate::admin_user().name.as_bytes(),
+    );
     let value = serde_json::to_vec(&crate::admin_user())?;
     etcd.commit(vec![created_at(&key, 0)], vec![put_op(&key, &value, 0)])
         .await?;

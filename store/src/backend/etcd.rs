@@ -101,11 +101,7 @@ fn shared(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// The etcd key of `key` in `tree`.
-pub fn key(tree: &str, key: &[u8]) -> Vec<u8> {
-    etcd_key(tree, key)
-}
-
-fn etcd_key(tree: &str, key: &[u8]) -> Vec<u8> {
+pub fn etcd_key(tree: &str, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(PREFIX.len() + tree.len() + 1 + key.len());
     k.extend_from_slice(PREFIX.as_bytes());
     k.extend_from_slice(tree.as_bytes());

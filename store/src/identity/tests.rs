@@ -1,5 +1,7 @@
 //! The store's own records: agents, tokens, users, audit.
 use super::*;
+use crate::Backend;
+use std::sync::Arc;
 
 fn agent(name: &str) -> AgentRecord {
     AgentRecord {
