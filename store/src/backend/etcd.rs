@@ -223,7 +223,7 @@ impl EtcdBackend {
             return Ok(true);
         }
         // Which compare failed: the fences alone, read in one transaction.
-        if fenced && !self.commit(fences, Vec::new())? {
+        if fenced && !self.holds(fences)? {
             return Err(StoreError::Shared(DEPOSED.into()));
         }
         Ok(false)
@@ -262,6 +262,15 @@ impl EtcdBackend {
                     Ok(true)
                 }
             }
+        })?
+    }
+
+    /// Whether `compare` holds now (a transaction that writes nothing,
+    /// so there is no write for the copy to wait for).
+    fn holds(&self, compare: Vec<Compare>) -> Result<bool, StoreError> {
+        self.wait(|r| async move {
+            let held = r.etcd.commit(compare, Vec::new()).await.map_err(shared)?;
+            Ok(held.is_some())
         })?
     }
 
