@@ -24,6 +24,14 @@ impl Store {
         self.state.put(ROLLOUTS, id.as_bytes(), &encode(value))
     }
 
+    /// One rollout, if the store holds it.
+    pub fn rollout<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>, StoreError> {
+        self.state
+            .get(ROLLOUTS, id.as_bytes())?
+            .map(|v| decode(ROLLOUTS, &v))
+            .transpose()
+    }
+
     pub fn rollouts<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         self.state
             .scan(ROLLOUTS, b"")?

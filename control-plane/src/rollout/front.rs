@@ -96,7 +96,8 @@ impl Rollouts {
         if let Some(h) = self.here() {
             return h.get(id).await;
         }
-        let p = self.shared().await?.into_iter().find(|p| p.id == id);
+        let key = id.clone();
+        let p: Option<Persisted> = self.store.blocking(move |s| s.rollout(&key)).await?;
         p.and_then(|p| view(p, true))
             .ok_or(DriverError::NotFound(id))
     }
