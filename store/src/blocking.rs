@@ -19,3 +19,57 @@ pub fn in_place<T>(f: impl FnOnce() -> T) -> T {
         _ => f(),
     }
 }
+
+/// A runtime of its own for an async client (etcd, PostgreSQL) behind a
+/// synchronous interface: [`Runner::wait`] runs a future there and waits
+/// for it from any thread, a worker of another runtime included. A caller
+/// on the control plane's runtime thus never waits on a task of that same
+/// runtime, and nothing deadlocks on a runtime full of waiting workers.
+/// Shut down on drop, from any context.
+pub struct Runner {
+    runtime: Option<tokio::runtime::Runtime>,
+    name: &'static str,
+}
+
+impl Runner {
+    /// A runtime of `threads` workers named `picket-<name>`.
+    pub fn new(name: &'static str, threads: usize) -> Result<Runner, crate::StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name(format!("picket-{name}"))
+            .enable_all()
+            .build()
+            .map_err(|e| crate::StoreError::Task(format!("cannot start {name}'s runtime: {e}")))?;
+        Ok(Runner {
+            runtime: Some(runtime),
+            name,
+        })
+    }
+
+    /// Enters the runtime (to build a client that spawns its tasks there).
+    pub fn enter(&self) -> Option<tokio::runtime::EnterGuard<'_>> {
+        self.runtime.as_ref().map(|r| r.enter())
+    }
+
+    /// Runs `fut` on the runtime and waits for its output.
+    pub fn wait<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, crate::StoreError> {
+        let stopped = || crate::StoreError::Task(format!("{}'s runtime stopped", self.name));
+        let rt = self.runtime.as_ref().ok_or_else(stopped)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().map_err(|_| stopped())
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}

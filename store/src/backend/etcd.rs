@@ -38,6 +38,7 @@ use picket_cluster::{Etcd, EtcdError};
 
 use super::{Backend, Frozen, Kv, KvIter, Op, Transactor, Updater};
 use crate::StoreError;
+use crate::blocking::Runner;
 
 /// Where the shared trees live in etcd.
 pub const PREFIX: &str = "/picket/state/";
@@ -74,13 +75,13 @@ pub type OnChange = dyn Fn(&str, &[u8], Option<&[u8]>) + Send + Sync;
 pub type Fence = dyn Fn() -> Result<Compare, StoreError> + Send + Sync;
 
 pub struct EtcdBackend {
+    /// Where etcd calls and the copy's watch run (first: shut down before
+    /// the client it drives is dropped).
+    runner: Runner,
     remote: Arc<Remote>,
     local: Arc<dyn Backend>,
     /// Trees whose every write carries a fence's compare.
     fences: std::sync::RwLock<std::collections::HashMap<&'static str, Arc<Fence>>>,
-    /// Where etcd calls and the copy's watch run (shut down on drop, from
-    /// any context).
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// etcd, and the copy's progress.
@@ -128,14 +129,9 @@ impl EtcdBackend {
         trees: &'static [&'static str],
         on_change: Box<OnChange>,
     ) -> Result<EtcdBackend, StoreError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("picket-etcd")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Task(format!("cannot start etcd's runtime: {e}")))?;
+        let runner = Runner::new("etcd", 1)?;
         let remote = {
-            let _in = runtime.enter();
+            let _in = runner.enter();
             let etcd = connect().map_err(shared)?;
             let copy = local.clone();
             let mirror = Mirror::start(etcd.clone(), PREFIX.to_string(), move |change| {
@@ -153,7 +149,7 @@ impl EtcdBackend {
             remote,
             local,
             fences: Default::default(),
-            runtime: Some(runtime),
+            runner,
         };
         let listed = b.wait(|r| async move { r.mirror.caught_up(1, CATCH_UP).await })?;
         if !listed {
@@ -237,16 +233,7 @@ impl EtcdBackend {
         T: Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
-        let Some(rt) = &self.runtime else {
-            return Err(StoreError::Task("etcd's runtime stopped".into()));
-        };
-        let fut = f(self.remote.clone());
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        rt.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        rx.recv()
-            .map_err(|_| StoreError::Task("etcd's runtime stopped".into()))
+        self.runner.wait(f(self.remote.clone()))
     }
 
     /// Writes `ops` if `compare` holds, then waits for the copy to hold
@@ -362,14 +349,6 @@ fn apply(
         }
     }
     Ok(())
-}
-
-impl Drop for EtcdBackend {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
 }
 
 impl Backend for EtcdBackend {

@@ -63,7 +63,7 @@ mod retention;
 mod segments;
 pub use by_id::Kind;
 use by_id::{by_id_key, by_id_value};
-pub use read::{Needles, Read, Start};
+pub use read::{Needles, Pending, Read, Start, forward, newest_first};
 mod wire;
 use retention::received_key;
 pub(crate) use segments::Segments;
@@ -195,20 +195,27 @@ impl Records<'static> {
 }
 
 /// One block of records, encoded, before it is stored.
-struct Block {
+pub struct Block {
     key: Vec<u8>,
+    /// The earliest record time among them.
+    pub earliest: i64,
+    /// The ingest id of the first record (by `(time, id)`).
+    pub first_id: u64,
     /// When the block's records were received (the newest of them).
-    received: i64,
+    pub received: i64,
     /// The highest ingest id among them.
-    max_id: u64,
+    pub max_id: u64,
     /// The latest record time among them.
-    latest: i64,
-    /// The records' entries ([`wire`]).
-    bytes: Vec<u8>,
+    pub latest: i64,
+    /// How many records it holds.
+    pub count: usize,
+    /// The records' entries ([`wire`]), as [`decode_entries`] reads them.
+    pub bytes: Vec<u8>,
 }
 
-/// Sorts one host's records into blocks.
-fn blocks(recs: &[Wire<'_>]) -> Vec<Block> {
+/// Sorts one host's records into blocks (each spans at most [`SPAN_MS`]
+/// and [`BLOCK_MAX`] records).
+pub fn blocks(recs: &[Wire<'_>]) -> Vec<Block> {
     let mut order: Vec<&Wire<'_>> = recs.iter().collect();
     order.sort_by_key(|r| (r.time_ms, r.id));
     let mut out = Vec::new();
@@ -232,6 +239,9 @@ fn blocks(recs: &[Wire<'_>]) -> Vec<Block> {
         }
         out.push(Block {
             key: key(min, first.id),
+            earliest: min,
+            first_id: first.id,
+            count: block.len(),
             received,
             max_id,
             latest,
@@ -404,21 +414,7 @@ impl Store {
         let host = std::str::from_utf8(host).map_err(|e| corrupt(e.to_string()))?;
         let postcard =
             |bytes: &[u8]| postcard::from_bytes(bytes).map_err(|e| corrupt(e.to_string()));
-        let wire = |bytes: &[u8]| -> Result<Vec<T>, StoreError> {
-            if needles.is_some_and(|n| !n.in_bytes(bytes)) {
-                return Ok(Vec::new());
-            }
-            wire::entries(bytes)
-                .filter(|w| match (w, needles) {
-                    (Ok(w), Some(n)) => n.in_bytes(&w.payload),
-                    _ => true,
-                })
-                .map(|w| {
-                    let w = w.map_err(|e| corrupt(e.to_string()))?;
-                    T::from_wire(host, &w).map_err(|e| corrupt(e.to_string()))
-                })
-                .collect()
-        };
+        let wire = |bytes: &[u8]| decode_entries(table, host, bytes, needles);
         let in_segment = |at: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
             let loc = Loc::get(at).ok_or_else(|| corrupt("short block location".into()))?;
             let seg = self
@@ -463,6 +459,35 @@ impl Store {
     ) -> Result<Box<dyn Iterator<Item = Result<LogRecord, StoreError>> + 'a>, StoreError> {
         self.logs(Read::new(Start::Since(since), host))
     }
+}
+
+/// The records of a block's entries (`bytes`, as [`Block::bytes`]) of
+/// `host`, leaving out those whose payload holds none of `needles`; a
+/// block that holds none of them is not decoded at all. `table` names the
+/// block's table in errors.
+pub fn decode_entries<T: Timed>(
+    table: &'static str,
+    host: &str,
+    bytes: &[u8],
+    needles: Option<&Needles>,
+) -> Result<Vec<T>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        tree: table,
+        detail,
+    };
+    if needles.is_some_and(|n| !n.in_bytes(bytes)) {
+        return Ok(Vec::new());
+    }
+    wire::entries(bytes)
+        .filter(|w| match (w, needles) {
+            (Ok(w), Some(n)) => n.in_bytes(&w.payload),
+            _ => true,
+        })
+        .map(|w| {
+            let w = w.map_err(|e| corrupt(e.to_string()))?;
+            T::from_wire(host, &w).map_err(|e| corrupt(e.to_string()))
+        })
+        .collect()
 }
 
 /// The tables of one kind of record.

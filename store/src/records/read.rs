@@ -113,13 +113,21 @@ impl Store {
         match r.start {
             Start::Since(since) => self.records_since(t, since, r.host, r.needles),
             Start::After(after) => self.records_after(t, after, r.host, r.needles),
-            Start::Newest => Ok(Box::new(Newest {
-                store: self,
-                table: t.blocks,
-                blocks: self.latest_first(t, r.host)?.peekable(),
-                heap: BinaryHeap::new(),
-                needles: r.needles,
-            })),
+            Start::Newest => {
+                let (store, needles) = (self, r.needles);
+                let blocks = self.latest_first(t, r.host)?.map(move |kv| {
+                    // `latest ‖ block key`.
+                    kv.map(|(k, _)| Stored {
+                        store,
+                        table: t.blocks,
+                        time: time_of(&k),
+                        key: k.get(8..).unwrap_or_default().to_vec(),
+                        value: None,
+                        needles,
+                    })
+                });
+                Ok(Box::new(newest_first(blocks)))
+            }
         }
     }
 
@@ -140,44 +148,75 @@ impl Store {
     }
 }
 
-/// Merges blocks, latest first by their latest time, into one stream,
-/// newest `(time, id)` first. A record with time `t` is given out only once
-/// the next unread block's latest time is below `t`: every block after it
-/// in the index is no later.
-struct Newest<'a, T> {
+/// A block a merge has not read yet: a time that orders it (its earliest
+/// record's for [`forward`], its latest record's for [`newest_first`]),
+/// and its records, read when the merge gets to it. The embedded store's
+/// blocks and a records database's rows merge alike.
+pub trait Pending<T> {
+    fn time(&self) -> i64;
+    fn load(self) -> Result<Vec<T>, StoreError>;
+}
+
+/// A block of this store, by key (and value, when the scan had it).
+struct Stored<'a> {
     store: &'a Store,
     table: &'static str,
-    blocks: Peekable<BlockKeys<'a>>,
-    heap: BinaryHeap<Entry<T>>,
+    time: i64,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
     needles: Option<&'a Needles>,
 }
 
-impl<T: Timed> Newest<'_, T> {
+impl<T: Timed> Pending<T> for Stored<'_> {
+    fn time(&self) -> i64 {
+        self.time
+    }
+    fn load(self) -> Result<Vec<T>, StoreError> {
+        self.store
+            .block_records(self.table, &self.key, self.value, self.needles)
+    }
+}
+
+/// Merges blocks given latest first (by their latest time) into one
+/// stream, newest `(time, id)` first. A record with time `t` is given out
+/// only once the next unread block's latest time is below `t`: every
+/// block after it is no later.
+pub fn newest_first<T: Timed, P: Pending<T>>(
+    blocks: impl Iterator<Item = Result<P, StoreError>>,
+) -> impl Iterator<Item = Result<T, StoreError>> {
+    Newest {
+        blocks: blocks.peekable(),
+        heap: BinaryHeap::new(),
+    }
+}
+
+struct Newest<T, I: Iterator> {
+    blocks: Peekable<I>,
+    heap: BinaryHeap<Entry<T>>,
+}
+
+impl<T: Timed, P: Pending<T>, I: Iterator<Item = Result<P, StoreError>>> Newest<T, I> {
     fn load_next(&mut self) -> Result<(), StoreError> {
         let Some(next) = self.blocks.next() else {
             return Ok(());
         };
-        let (k, _) = next?;
-        // `latest ‖ block key`.
-        let block = k.get(8..).unwrap_or_default();
-        let recs: Vec<T> = self
-            .store
-            .block_records(self.table, block, None, self.needles)?;
-        self.heap.extend(recs.into_iter().map(Entry));
+        self.heap.extend(next?.load()?.into_iter().map(Entry));
         Ok(())
     }
 
     /// The latest time a record of the next unread block can have.
     fn next_block_latest(&mut self) -> Option<i64> {
         match self.blocks.peek()? {
-            Ok((k, _)) => Some(time_of(k)),
+            Ok(b) => Some(b.time()),
             // Surface the error through `load_next`.
             Err(_) => Some(i64::MAX),
         }
     }
 }
 
-impl<T: Timed> Iterator for Newest<'_, T> {
+impl<T: Timed, P: Pending<T>, I: Iterator<Item = Result<P, StoreError>>> Iterator
+    for Newest<T, I>
+{
     type Item = Result<T, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -222,31 +261,38 @@ impl<T: Timed> Eq for Entry<T> {}
 /// Block keys in key order, with the value when the scan had it.
 type BlockKeys<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Option<Vec<u8>>), StoreError>> + 'a>;
 
-/// Merges blocks (in key order, which is min-time order) into one stream
-/// ordered by `(time, id)`, from `since` on. Before a record with time `t`
-/// is given out, every block whose min time is at or before `t` has been
-/// read, so nothing earlier can still turn up.
-struct Merge<'a, T> {
-    store: &'a Store,
-    table: &'static str,
-    blocks: Peekable<BlockKeys<'a>>,
-    heap: BinaryHeap<Reverse<Entry<T>>>,
+/// Merges blocks given in order of their earliest time into one stream
+/// ordered by `(time, id)`, from `since` on. Before a record with time
+/// `t` is given out, every block whose earliest time is at or before `t`
+/// has been read, so nothing earlier can still turn up.
+pub fn forward<T: Timed, P: Pending<T>>(
+    blocks: impl Iterator<Item = Result<P, StoreError>>,
     since: i64,
-    needles: Option<&'a Needles>,
+) -> impl Iterator<Item = Result<T, StoreError>> {
+    Merge {
+        blocks: blocks.peekable(),
+        heap: BinaryHeap::new(),
+        since,
+    }
 }
 
-impl<T: Timed> Merge<'_, T> {
+struct Merge<T, I: Iterator> {
+    blocks: Peekable<I>,
+    heap: BinaryHeap<Reverse<Entry<T>>>,
+    since: i64,
+}
+
+impl<T: Timed, P: Pending<T>, I: Iterator<Item = Result<P, StoreError>>> Merge<T, I> {
     fn load_next(&mut self) -> Result<(), StoreError> {
         let Some(next) = self.blocks.next() else {
             return Ok(());
         };
-        let (k, value) = next?;
-        let recs: Vec<T> = self
-            .store
-            .block_records(self.table, &k, value, self.needles)?;
+        let since = self.since;
         self.heap.extend(
-            recs.into_iter()
-                .filter(|r| r.time_ms() >= self.since)
+            next?
+                .load()?
+                .into_iter()
+                .filter(|r| r.time_ms() >= since)
                 .map(|r| Reverse(Entry(r))),
         );
         Ok(())
@@ -254,14 +300,16 @@ impl<T: Timed> Merge<'_, T> {
 
     fn next_block_time(&mut self) -> Option<i64> {
         match self.blocks.peek()? {
-            Ok((k, _)) => Some(time_of(k)),
+            Ok(b) => Some(b.time()),
             // Surface the error through `load_next`.
             Err(_) => Some(i64::MIN),
         }
     }
 }
 
-impl<T: Timed> Iterator for Merge<'_, T> {
+impl<T: Timed, P: Pending<T>, I: Iterator<Item = Result<P, StoreError>>> Iterator
+    for Merge<T, I>
+{
     type Item = Result<T, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -356,13 +404,16 @@ impl Store {
         // Every block that starts before `since` sorts before every block
         // that starts at or after it.
         let blocks = straddling.into_iter().map(|k| Ok((k, None))).chain(blocks);
-        Ok(Box::new(Merge {
-            store: self,
-            table,
-            blocks: (Box::new(blocks) as BlockKeys<'a>).peekable(),
-            heap: BinaryHeap::new(),
-            since,
-            needles,
-        }))
+        let blocks = blocks.map(move |kv: Result<_, StoreError>| {
+            kv.map(|(key, value)| Stored {
+                store: self,
+                table,
+                time: time_of(&key),
+                key,
+                value,
+                needles,
+            })
+        });
+        Ok(Box::new(forward(blocks, since)))
     }
 }
