@@ -52,6 +52,10 @@ pub enum StoreError {
     /// The shared state (cluster mode's etcd) cannot be read or written.
     #[error("store: cluster state: {0}")]
     Shared(String),
+    /// The records database (cluster mode's PostgreSQL) cannot be read or
+    /// written.
+    #[error("store: {0}")]
+    Database(String),
 }
 
 /// The shared trees' names (as etcd's keys and a shared backend's

@@ -23,8 +23,8 @@ pub fn store_error(e: picket_store::StoreError) -> Status {
                 "the control plane cannot write to its store now ({e}); retry once it can"
             ))
         }
-        E::Shared(_) => {
-            tracing::debug!(error = %e, "cluster state refused a call");
+        E::Shared(_) | E::Database(_) => {
+            tracing::debug!(error = %e, "cluster state or records refused a call");
             Status::unavailable(format!(
                 "the control plane cannot reach the cluster's state now ({e}); retry once it can"
             ))

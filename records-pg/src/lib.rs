@@ -1,0 +1,186 @@
+//! Cluster mode's records in PostgreSQL (SPEC §12): events and log lines
+//! stored through any replica, read through any replica.
+//!
+//! The rows are the embedded store's blocks ([`picket_store::records`]):
+//! one row per block of one host's records (at most a second and 2,048
+//! records), its entries LZ4-packed as in a segment file, indexed by kind,
+//! host, earliest and latest record time, highest id and receive time. A
+//! line is never a row: ingest writes a few rows per batch, and a read
+//! decodes only the blocks it needs, with `--grep`'s literals checked on
+//! the unpacked bytes before anything is decoded, as the embedded store
+//! does. The merges that order blocks into records are the store's own
+//! ([`picket_store::records::forward`], [`newest_first`]).
+//!
+//! Guarantees, the embedded store's:
+//! - **Exactly once per (host, sequence number).** A batch's transaction
+//!   locks its hosts' acked numbers, leaves out every record at or below
+//!   them, stores the rest and moves the numbers, in one commit; the agent
+//!   is acked only after it ([`PgRecords::put_many`]). Two replicas that
+//!   both hold a batch (an agent that moved in a cut) store it once.
+//! - **Ids in commit order.** Ingest ids come from one counter row, taken
+//!   in the storing transaction and held to its commit, so a reader that
+//!   has seen id `n` has seen every record committed before it: a
+//!   follower's "everything above my cursor" misses nothing committed by
+//!   any replica (the price: commits are serialised across replicas, a
+//!   few round trips each; a batch holds a whole ingest group).
+//! - **Retention by receive time**, with a watermark of the highest id
+//!   deleted per kind ([`PgRecords::expired_through`]).
+//!
+//! The schema is versioned ([`schema`]); the client is async and the
+//! store's interfaces are not, so calls run on a runtime of the crate's
+//! own ([`Runner`]) and any thread may wait on them.
+//!
+//! [`newest_first`]: picket_store::records::newest_first
+
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use picket_store::StoreError;
+use picket_store::blocking::Runner;
+
+mod ingest;
+mod read;
+pub mod schema;
+
+pub use ingest::Batch;
+
+/// Where the records database is, and how to log in (`[cluster]`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `postgresql://user@host:port/db` (libpq's URL or key=value form).
+    pub url: String,
+    /// A file holding the password (its first line), if the URL has none.
+    pub password_file: Option<std::path::PathBuf>,
+    /// Connections kept open at most.
+    pub pool: usize,
+}
+
+impl Settings {
+    pub fn new(url: impl Into<String>) -> Self {
+        Settings {
+            url: url.into(),
+            password_file: None,
+            pool: 8,
+        }
+    }
+}
+
+/// Why the records database cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("records database: {0}")]
+    Config(String),
+    #[error("records database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("records database: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error(
+        "records database: its schema is version {found}, newer than this picket-control knows \
+         ({known}): upgrade picket-control before it uses this database"
+    )]
+    Newer { found: i32, known: i32 },
+}
+
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// The records in PostgreSQL.
+pub struct PgRecords {
+    /// Where queries run (first: shut down before the pool it drives).
+    runner: Runner,
+    pool: Arc<Pool>,
+}
+
+impl PgRecords {
+    /// Connects, brings the schema up to date ([`schema::migrate`]) and
+    /// checks that it is not newer than this build knows.
+    pub fn connect(settings: &Settings) -> Result<PgRecords, StoreError> {
+        let mut config: tokio_postgres::Config = settings
+            .url
+            .parse()
+            .map_err(|e| PgError::Config(format!("{:?} is not a database URL: {e}", settings.url)))?;
+        if config.get_password().is_none()
+            && let Some(file) = &settings.password_file
+        {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                PgError::Config(format!("cannot read password_file {}: {e}", file.display()))
+            })?;
+            config.password(text.lines().next().unwrap_or_default());
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        let runner = Runner::new("postgres", 2)?;
+        let pool = {
+            let _in = runner.enter();
+            let manager = Manager::from_config(
+                config,
+                tokio_postgres::NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(settings.pool.max(1))
+                .build()
+                .map_err(|e| PgError::Config(e.to_string()))?
+        };
+        let pool = Arc::new(pool);
+        let p = pool.clone();
+        runner.wait(async move {
+            let mut client = p.get().await.map_err(PgError::from)?;
+            schema::migrate(&mut client).await
+        })??;
+        Ok(PgRecords { runner, pool })
+    }
+
+    /// Runs `f` with a pooled connection on the crate's runtime, and waits.
+    fn with<T, F>(
+        &self,
+        f: impl FnOnce(deadpool_postgres::Object) -> F + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, PgError>> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let run = async move {
+            let client = pool.get().await?;
+            f(client).await
+        };
+        Ok(self.runner.wait(run)??)
+    }
+
+    /// The highest sequence number stored for `host` (0: none).
+    pub fn acked_seq(&self, host: &str) -> Result<u64, StoreError> {
+        let host = host.to_string();
+        self.with(|c| async move {
+            let row = c
+                .query_opt("SELECT seq FROM picket_acked WHERE host = $1", &[&host])
+                .await?;
+            Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+        })
+    }
+
+    /// The highest ingest id handed out (0: none).
+    pub fn last_id(&self) -> Result<u64, StoreError> {
+        self.with(|c| async move {
+            let row = c.query_one("SELECT next FROM picket_ids", &[]).await?;
+            Ok((row.get::<_, i64>(0) as u64).saturating_sub(1))
+        })
+    }
+
+    /// Forgets `host`'s acked number (a forgotten agent that enrolls again
+    /// counts from 1).
+    pub fn forget(&self, host: &str) -> Result<(), StoreError> {
+        let host = host.to_string();
+        self.with(|c| async move {
+            c.execute("DELETE FROM picket_acked WHERE host = $1", &[&host])
+                .await?;
+            Ok(())
+        })
+    }
+}
