@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("picket-notify", 3),
     ("picket-backup", 3),
     ("picket-feed", 3),
+    ("picket-records-pg", 3),
     ("picket-control", 4),
     ("picket-agent", 4),
     ("picketctl", 4),

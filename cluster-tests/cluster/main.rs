@@ -8,6 +8,7 @@
 mod leadership;
 mod netns;
 mod provisioning;
+mod records;
 mod replicas;
 mod restore;
 mod rollout;

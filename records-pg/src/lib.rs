@@ -70,15 +70,47 @@ impl Settings {
 pub enum PgError {
     #[error("records database: {0}")]
     Config(String),
+    /// The server or the connection to it failed (the server's own
+    /// message when it gave one).
     #[error("records database: {0}")]
-    Db(#[from] tokio_postgres::Error),
-    #[error("records database: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
+    Db(String),
     #[error(
         "records database: its schema is version {found}, newer than this picket-control knows \
          ({known}): upgrade picket-control before it uses this database"
     )]
     Newer { found: i32, known: i32 },
+}
+
+/// What went wrong, the server's words first: tokio-postgres says only
+/// "db error" for an error the server reported.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PgError::Db(describe(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        use deadpool_postgres::PoolError as P;
+        PgError::Db(match e {
+            P::Backend(e) => format!("cannot connect: {}", describe(&e)),
+            P::Timeout(_) => "timed out waiting for a connection".to_string(),
+            other => other.to_string(),
+        })
+    }
 }
 
 impl From<PgError> for StoreError {
@@ -98,10 +130,9 @@ impl PgRecords {
     /// Connects, brings the schema up to date ([`schema::migrate`]) and
     /// checks that it is not newer than this build knows.
     pub fn connect(settings: &Settings) -> Result<PgRecords, StoreError> {
-        let mut config: tokio_postgres::Config = settings
-            .url
-            .parse()
-            .map_err(|e| PgError::Config(format!("{:?} is not a database URL: {e}", settings.url)))?;
+        let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| {
+            PgError::Config(format!("{:?} is not a database URL: {e}", settings.url))
+        })?;
         if config.get_password().is_none()
             && let Some(file) = &settings.password_file
         {

@@ -197,7 +197,8 @@ impl Pages<'_> {
                 ("max_id, max_id", "max_id > $2", "max_id")
             }
         };
-        let mut sql = format!("SELECT {cols}, host, packed FROM picket_blocks WHERE kind = $1 AND {cond}");
+        let mut sql =
+            format!("SELECT {cols}, host, packed FROM picket_blocks WHERE kind = $1 AND {cond}");
         if let Some(host) = &self.host {
             params.push(Box::new(host.clone()));
             sql.push_str(&format!(" AND host = ${}", params.len()));
@@ -209,8 +210,10 @@ impl Pages<'_> {
     fn fetch(&mut self) -> Result<(), StoreError> {
         let (sql, params) = self.query();
         let rows = self.pg.with(move |c| async move {
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
             Ok::<_, PgError>(c.query(&sql, &refs).await?)
         })?;
         self.done = (rows.len() as i64) < PAGE;
@@ -239,11 +242,12 @@ impl Iterator for Pages<'_> {
     type Item = Result<Row, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rows.is_empty() && !self.done {
-            if let Err(e) = self.fetch() {
-                self.done = true;
-                return Some(Err(e));
-            }
+        if self.rows.is_empty()
+            && !self.done
+            && let Err(e) = self.fetch()
+        {
+            self.done = true;
+            return Some(Err(e));
         }
         self.rows.pop_front().map(Ok)
     }
@@ -262,12 +266,11 @@ impl<T: Timed> Pending<T> for Block<'_> {
     }
 
     fn load(self) -> Result<Vec<T>, StoreError> {
-        let bytes = picket_segment::pack::unpack(&self.row.packed).map_err(|e| {
-            StoreError::Corrupt {
+        let bytes =
+            picket_segment::pack::unpack(&self.row.packed).map_err(|e| StoreError::Corrupt {
                 tree: self.table,
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         decode_entries(self.table, &self.row.host, &bytes, self.needles)
     }
 }

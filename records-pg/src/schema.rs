@@ -69,7 +69,10 @@ pub async fn migrate(client: &mut Client) -> Result<i32, PgError> {
         });
     }
     for (i, m) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        tracing::info!(version = i + 1, "records database: applying schema migration");
+        tracing::info!(
+            version = i + 1,
+            "records database: applying schema migration"
+        );
         tx.batch_execute(m).await?;
     }
     if found == 0 {

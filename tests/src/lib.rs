@@ -17,6 +17,7 @@ pub mod etcd;
 pub mod fleet;
 pub mod lines;
 pub mod netns;
+pub mod postgres;
 pub mod receiver;
 pub mod relay;
 

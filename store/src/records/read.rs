@@ -214,9 +214,7 @@ impl<T: Timed, P: Pending<T>, I: Iterator<Item = Result<P, StoreError>>> Newest<
     }
 }
 
-impl<T: Timed, P: Pending<T>, I: Iterator<Item = Result<P, StoreError>>> Iterator
-    for Newest<T, I>
-{
+impl<T: Timed, P: Pending<T>, I: Iterator<Item = Result<P, StoreError>>> Iterator for Newest<T, I> {
     type Item = Result<T, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -307,9 +305,7 @@ impl<T: Timed, P: Pending<T>, I: Iterator<Item = Result<P, StoreError>>> Merge<T
     }
 }
 
-impl<T: Timed, P: Pending<T>, I: Iterator<Item = Result<P, StoreError>>> Iterator
-    for Merge<T, I>
-{
+impl<T: Timed, P: Pending<T>, I: Iterator<Item = Result<P, StoreError>>> Iterator for Merge<T, I> {
     type Item = Result<T, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {

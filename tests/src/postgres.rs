@@ -1,0 +1,193 @@
+//! A real PostgreSQL server for a test: Debian's `postgresql` (15),
+//! initialised in a folder of the test's own, listening on a loopback port
+//! of its own (no Unix socket), with password login. PostgreSQL refuses
+//! to run as root: as root, the folder is the `postgres` user's and the
+//! server runs as that user. The server can be stopped and started again.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Proc, free_port, wait_for};
+
+/// The database user and its password.
+pub const USER: &str = "picket";
+pub const PASSWORD: &str = "picket-test-password";
+
+pub struct Postgres {
+    /// The server's folder (under a temporary folder of its own, which
+    /// the `postgres` user can enter).
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    pub port: u16,
+    /// A file holding [`PASSWORD`], for `password_file`.
+    pub password_file: PathBuf,
+    proc: Option<Proc>,
+    /// Extra `-c name=value` settings.
+    settings: Vec<String>,
+}
+
+/// Where Debian installs the server's programs (the newest version).
+fn bin_dir() -> Result<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.retain(|p| p.join("postgres").exists());
+    versions.sort();
+    versions.pop().context(
+        "PostgreSQL's server is not installed (Debian package postgresql; scripts/test installs it)",
+    )
+}
+
+fn as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `program`, as the `postgres` user when we are root (setpriv execs it,
+/// so the process we hold, and signal, is the program itself).
+fn command(program: &Path, dir: &Path) -> Command {
+    let mut c = if as_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    c.current_dir(dir);
+    c
+}
+
+impl Postgres {
+    /// Initialises and starts a server; `settings` are extra `name=value`
+    /// server settings (`fsync=off` for a test that does not measure).
+    pub fn start(settings: &[&str]) -> Result<Postgres> {
+        let bin = bin_dir()?;
+        let dir = tempfile::Builder::new().prefix("picket-pg").tempdir()?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let data = dir.path().join("data");
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, format!("{PASSWORD}\n"))?;
+        std::fs::create_dir(&data)?;
+        if as_root() {
+            let pg = nix::unistd::User::from_name("postgres")?
+                .context("no postgres user (Debian package postgresql makes it)")?;
+            for p in [&data, &password_file] {
+                nix::unistd::chown(p.as_path(), Some(pg.uid), Some(pg.gid))?;
+            }
+        }
+        let out = command(&bin.join("initdb"), dir.path())
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                USER,
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .arg(format!("--pwfile={}", password_file.display()))
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut pg = Postgres {
+            dir,
+            data,
+            port: free_port()?,
+            password_file,
+            proc: None,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+        };
+        pg.resume()?;
+        Ok(pg)
+    }
+
+    /// The URL Picket connects to (the password comes from the file).
+    pub fn url(&self) -> String {
+        format!("postgresql://{USER}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub fn resume(&mut self) -> Result<()> {
+        let bin = bin_dir()?;
+        let mut cmd = command(&bin.join("postgres"), self.dir.path());
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-p", &self.port.to_string()])
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+            ]);
+        for s in &self.settings {
+            cmd.args(["-c", s]);
+        }
+        self.proc = Some(Proc::spawn(cmd)?);
+        let port = self.port;
+        wait_for(
+            "PostgreSQL accepting connections",
+            Duration::from_secs(30),
+            || {
+                let ready = Command::new(bin.join("pg_isready"))
+                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                    .status()
+                    .ok()?;
+                ready.success().then_some(())
+            },
+        )
+        .with_context(|| self.stderr())
+    }
+
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            p.signal(nix::sys::signal::Signal::SIGINT);
+            p.wait_exit(Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+
+    /// What the server printed.
+    pub fn stderr(&self) -> String {
+        self.proc.as_ref().map(Proc::stderr).unwrap_or_default()
+    }
+
+    /// Runs `sql` with psql (tests that look at the tables themselves).
+    pub fn psql(&self, sql: &str) -> Result<String> {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
+            .args(["-d", "postgres", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .context("running psql")?;
+        if !out.status.success() {
+            bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.as_mut() {
+            // SIGQUIT: immediate shutdown; the folder goes with the test.
+            p.signal(nix::sys::signal::Signal::SIGQUIT);
+            let _ = p.wait_exit(Duration::from_secs(10));
+        }
+    }
+}
