@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use picket_store::records::{EventRecord, Kind, LogRecord, Read, Records, Wire};
+pub use picket_store::records::{after, cursor};
 use picket_store::{Store, StoreError};
 
 mod backlog;
@@ -392,23 +393,6 @@ impl Feed {
             }
         });
     }
-}
-
-/// The cursor of the record with ingest id `id`: what `after` takes to
-/// resume exactly after it. Opaque to clients (`i` and the id today).
-pub fn cursor(id: u64) -> String {
-    format!("i{id}")
-}
-
-/// The ingest id a cursor stands for ("" is the start).
-pub fn after(cursor: &str) -> Result<u64, String> {
-    if cursor.is_empty() {
-        return Ok(0);
-    }
-    cursor
-        .strip_prefix('i')
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("{cursor:?} is not a cursor (a JSON line's \"cursor\")"))
 }
 
 /// The feed's own counters, on `/metrics`.

@@ -9,12 +9,12 @@ use picket_proto::v1::{self, admin_service_server::AdminService};
 use tonic::{Request, Response, Status};
 
 use super::auth::{self, Caller, require};
-use super::convert;
 use super::scope::Scope;
 use super::state::State;
 use super::status::{bad_input, internal, store_error};
 use picket_clock::{now_ms, to_ms};
 use picket_pki::{SubjectKind, token};
+use picket_store::messages as convert;
 use picket_store::{TokenRecord, UserRecord};
 
 pub struct AdminSvc {

@@ -13,11 +13,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::require_agent;
-use super::convert;
 use super::state::State;
 use super::status::{bad_input, internal, store_error};
 use picket_clock::{now_ms, to_ms};
 use picket_pki::SubjectKind;
+use picket_store::messages as convert;
 
 pub struct AgentSvc {
     pub state: Arc<State>,

@@ -11,10 +11,10 @@ use tonic::{Request, Response, Status};
 
 use super::admin::AdminSvc;
 use super::auth::require;
-use super::convert;
 use super::scope::Scope;
 use super::status::{bad_input, store_error};
 use picket_clock::now_ms;
+use picket_store::messages as convert;
 
 /// The audit's account of a change: `env=prod,team-`.
 fn change(r: &v1::LabelAgentRequest) -> String {

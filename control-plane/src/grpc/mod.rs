@@ -8,7 +8,6 @@ mod agent;
 mod agents;
 mod alerts;
 pub mod auth;
-mod convert;
 pub mod cut;
 mod enroll;
 mod grants;

@@ -490,6 +490,23 @@ pub fn decode_entries<T: Timed>(
         .collect()
 }
 
+/// The cursor of the record with ingest id `id`: what `after` takes to
+/// resume exactly after it. Opaque to clients (`i` and the id today).
+pub fn cursor(id: u64) -> String {
+    format!("i{id}")
+}
+
+/// The ingest id a cursor stands for ("" is the start).
+pub fn after(cursor: &str) -> Result<u64, String> {
+    if cursor.is_empty() {
+        return Ok(0);
+    }
+    cursor
+        .strip_prefix('i')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("{cursor:?} is not a cursor (a JSON line's \"cursor\")"))
+}
+
 /// The tables of one kind of record.
 #[derive(Clone, Copy)]
 struct Tables {

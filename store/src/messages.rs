@@ -1,12 +1,14 @@
-//! Store records to wire messages.
+//! Stored records as the admin API's messages (`v1::StoredEvent`,
+//! `v1::Agent`, series), and an agent's inventory as stored: the
+//! conversions at the gRPC edge, one definition of each.
 
 use picket_model::AgentStatus;
 use picket_proto::v1;
 
 use std::collections::BTreeMap;
 
-use picket_store::metrics::{Rollup, Sample};
-use picket_store::records::{EventRecord, LogRecord};
+use crate::metrics::{Rollup, Sample};
+use crate::records::{EventRecord, LogRecord};
 
 pub fn event(e: &EventRecord) -> v1::StoredEvent {
     v1::StoredEvent {
@@ -20,7 +22,7 @@ pub fn event(e: &EventRecord) -> v1::StoredEvent {
         kind: e.kind.clone(),
         message: e.message.clone(),
         fields: e.fields.clone(),
-        cursor: crate::feed::cursor(e.id),
+        cursor: crate::records::cursor(e.id),
     }
 }
 
@@ -34,10 +36,10 @@ pub fn log_line(l: &LogRecord) -> v1::StoredLogLine {
         line: l.line.clone(),
         truncated: l.truncated,
         invalid_utf8: l.invalid_utf8,
-        cursor: crate::feed::cursor(l.id),
+        cursor: crate::records::cursor(l.id),
     }
 }
-use picket_store::{AgentRecord, Inventory};
+use crate::{AgentRecord, Inventory};
 
 type SeriesKey = (String, BTreeMap<String, String>);
 
