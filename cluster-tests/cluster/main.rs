@@ -13,4 +13,5 @@ mod replicas;
 mod restore;
 mod rollout;
 mod routing;
+mod shared_records;
 mod shared_state;

@@ -380,13 +380,15 @@ fn a_server_that_goes_away_refuses_batches_until_it_is_back() -> Result<()> {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(
-        e.contains("records database"),
+        e.contains("records database unreachable"),
         "a refused batch says why: {e:?}"
     );
+    assert!(db.unreachable().is_some(), "the store knows the server is away");
     pg.resume()?;
     // The agent kept the batch and sends it again: stored once.
     let (ids, acked) = put_logs(&db, "vm-prod", &[line("vm-prod", 2, 20, "while down")])?;
     assert_eq!((ids.len(), acked), (1, 2));
+    assert_eq!(db.unreachable(), None);
     let texts: Vec<String> = logs(&db, Read::new(Start::Since(0), None))
         .into_iter()
         .map(|l| l.line)

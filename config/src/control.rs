@@ -113,6 +113,12 @@ impl ClusterConfig {
                 s.push_str(&format!("{k} = {:?}\n", p.display().to_string()));
             }
         }
+        if let Some(url) = &self.postgres {
+            s.push_str(&format!("postgres = {url:?}\n"));
+        }
+        if let Some(p) = &self.password_file {
+            s.push_str(&format!("password_file = {:?}\n", p.display().to_string()));
+        }
         s
     }
 
@@ -148,11 +154,24 @@ impl ClusterConfig {
                 "a client certificate needs TLS: set etcd_ca too",
             );
         }
-        if self.postgres.is_some() || self.password_file.is_some() {
-            bad(
-                "cluster.postgres",
-                "records in PostgreSQL are not supported yet (docs/cluster.md); each replica keeps its own",
-            );
+        match &self.postgres {
+            Some(url)
+                if !["postgresql://", "postgres://"]
+                    .iter()
+                    .any(|p| url.starts_with(p)) =>
+            {
+                bad(
+                    "cluster.postgres",
+                    &format!("{url:?} is not postgresql://USER@HOST[:PORT]/DATABASE"),
+                );
+            }
+            None if self.password_file.is_some() => {
+                bad(
+                    "cluster.password_file",
+                    "a password for postgres: set postgres too",
+                );
+            }
+            _ => {}
         }
     }
 }
@@ -554,9 +573,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("etcd_cert and etcd_key go together"), "{e}");
-        let e = ControlConfig::parse(&format!("{good}postgres = \"postgresql://x\"\n"), p)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("cluster.postgres"), "{e}");
+        let pg = format!("{good}postgres = \"postgresql://picket@db/picket\"\n");
+        let c = ControlConfig::parse(&format!("{pg}password_file = \"pw\"\n"), p)
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.password_file, Some(PathBuf::from("/x/pw")));
+        for (bad, field) in [
+            ("postgres = \"db:5432\"\n", "cluster.postgres"),
+            ("password_file = \"pw\"\n", "cluster.password_file"),
+        ] {
+            let e = ControlConfig::parse(&format!("{good}{bad}"), p)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use picket_clock::now_ms;
 use picket_config::control::ControlConfig;
 use picket_store::metrics::Sample;
+use picket_store::records::RecordStore;
 use picket_store::{Store, StoreError};
 
 #[derive(Default)]
@@ -61,6 +62,7 @@ impl Retention {
 /// retention, until shutdown.
 pub async fn maintain(
     store: Store,
+    records: Arc<dyn RecordStore>,
     fleet: Arc<Fleet>,
     retention: Retention,
     shutdown: CancellationToken,
@@ -78,9 +80,9 @@ pub async fn maintain(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = now_ms();
+        let (now, records) = (now_ms(), records.clone());
         match store
-            .blocking(move |s| maintain_once(s, &retention, now))
+            .blocking(move |s| maintain_once(s, &*records, &retention, now))
             .await
         {
             Ok((rolled, expired)) if rolled + expired > 0 => {
@@ -95,6 +97,7 @@ pub async fn maintain(
 /// One pass of rollup and retention (metrics, events, log lines) at `now`.
 pub fn maintain_once(
     store: &Store,
+    records: &dyn RecordStore,
     retention: &Retention,
     now: i64,
 ) -> Result<(usize, usize), StoreError> {
@@ -105,7 +108,7 @@ pub fn maintain_once(
     );
     let (mut rolled, mut expired) = (
         0,
-        store.expire_records(before(retention.events), before(retention.logs))?
+        records.expire(before(retention.events), before(retention.logs))?
             + store.expire_audit(before(retention.audit))?,
     );
     for a in store.agents()? {

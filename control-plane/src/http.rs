@@ -54,6 +54,8 @@ async fn ready(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("etcd unreachable ({})\n", c.etcd().endpoints().join(",")),
         )
+    } else if let Some(why) = state.feed.records().unreachable() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
     } else {
         (StatusCode::OK, "ready\n".to_string())
     }
@@ -321,6 +323,15 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
             "picket_control_etcd_up",
             "1 while etcd answers this replica (a quorum behind it), 0 when not",
             i64::from(c.etcd_up()),
+        );
+    }
+    let records = state.feed.records();
+    if records.shared() {
+        gauge(
+            &mut reg,
+            "picket_control_postgres_up",
+            "1 while the records database answered this replica's last call, 0 when not",
+            i64::from(records.unreachable().is_none()),
         );
     }
 

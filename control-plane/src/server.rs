@@ -47,7 +47,6 @@ impl Listeners {
 /// host (SPEC §9), stored off the driver's task.
 fn finished_events(
     sinks: crate::ingest::Sinks,
-    store: Store,
     host: String,
     tasks: tokio_util::task::TaskTracker,
 ) -> crate::rollout::driver::FinishedSink {
@@ -71,9 +70,9 @@ fn finished_events(
             .into(),
             time_unix_ms: p.finished_ms.unwrap_or_else(picket_clock::now_ms),
         };
-        let (sinks, store, host) = (sinks.clone(), store.clone(), host.clone());
+        let (sinks, host) = (sinks.clone(), host.clone());
         tasks.spawn_blocking(move || {
-            if let Err(error) = crate::ingest::own_event(&sinks, &store, &host, event) {
+            if let Err(error) = crate::ingest::own_event(&sinks, &host, event) {
                 tracing::error!(%error, "cannot store a finished rollout's event");
             }
         });
@@ -148,6 +147,7 @@ pub async fn run(
         identity.clone(),
         shutdown.clone(),
     );
+    let (records, records_db) = crate::cluster::records::open(cfg.cluster.as_ref(), &store)?;
     let tasks = tokio_util::task::TaskTracker::new();
     let steps = Arc::new(
         crate::steps::Steps::new(sessions.clone()).with_output_limit(cfg.limits.step_output_bytes),
@@ -155,7 +155,7 @@ pub async fn run(
     let sinks = crate::ingest::Sinks {
         sample_ahead_ms: picket_model::millis(cfg.limits.sample_ahead),
         feed: Arc::new(
-            crate::feed::Feed::new(store.clone(), shutdown.clone(), tasks.clone())?
+            crate::feed::Feed::new(records, shutdown.clone(), tasks.clone())?
                 .with_follower_budget(cfg.limits.follower_queue_bytes),
         ),
         fleet: Default::default(),
@@ -178,6 +178,10 @@ pub async fn run(
         alerts: alerts.tap.clone(),
         ..sinks
     };
+    if let Some(db) = records_db {
+        let follow = crate::cluster::records::follow(db, sinks.feed.clone(), shutdown.clone());
+        tasks.spawn(follow);
+    }
     // Cluster mode: campaign and publish this replica (SPEC §12).
     let cluster = match &cfg.cluster {
         Some(c) => {
@@ -216,7 +220,7 @@ pub async fn run(
         move || crate::rollout::driver::Parts {
             store: store.clone(),
             steps: steps.clone(),
-            events: finished_events(sinks.clone(), store.clone(), name.clone(), tasks.clone()),
+            events: finished_events(sinks.clone(), name.clone(), tasks.clone()),
             now: picket_clock::now_ms,
         }
     };
@@ -294,6 +298,7 @@ pub async fn run(
     let http = tokio::spawn(crate::http::serve(listeners.http, state.clone()));
     state.tasks.spawn(crate::fleet::maintain(
         state.store.clone(),
+        state.feed.records().clone(),
         state.fleet.clone(),
         crate::fleet::Retention::of(&state.cfg),
         shutdown.clone(),

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-use picket_store::records::{Read, Start, Timed};
-use picket_store::{Store, StoreError};
+use picket_store::StoreError;
+use picket_store::records::{Read, RecordStore, Start, Timed};
 
 use super::{End, Filter, Item, Source, Stored};
 
@@ -24,7 +24,7 @@ use super::{End, Filter, Item, Source, Stored};
 /// been sent were deleted ([`End::Expired`]), and where to resume so that
 /// it gets nothing twice.
 pub(super) fn read<T: Stored, F: Filter<T>>(
-    store: &Store,
+    store: &dyn RecordStore,
     source: Source<T>,
     f: &F,
     (above, upto): (u64, u64),

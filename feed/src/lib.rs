@@ -23,9 +23,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use picket_store::records::{EventRecord, Kind, LogRecord, Read, Records, Wire};
+use picket_store::StoreError;
+use picket_store::records::{
+    EventRecord, HostBatch, Kind, LogRecord, Read, RecordIter, RecordStore, Records, Start, Wire,
+};
 pub use picket_store::records::{after, cursor};
-use picket_store::{Store, StoreError};
 
 mod backlog;
 use backlog::read;
@@ -38,7 +40,7 @@ pub const FOLLOWER_BYTES: usize = 16 * 1024 * 1024;
 /// A handle over the store's events and log lines that publishes what it
 /// stores: ingest stores through it, queries read through it.
 pub struct Feed {
-    store: Store,
+    store: Arc<dyn RecordStore>,
     events: Live<EventRecord>,
     logs: Live<LogRecord>,
     last_id: AtomicU64,
@@ -146,20 +148,31 @@ impl<T: Stored> Live<T> {
     /// A follower with more than its budget waiting is dropped: it reads
     /// what it was sent, then learns that it fell behind.
     fn publish(&self, host: &str, records: &[Wire<'_>]) {
-        let mut followers = self.lock();
-        followers.retain(|f| !f.tx.is_closed());
-        if followers.is_empty() {
+        if !self.followed() {
             return;
         }
-        for w in records {
-            let r = match T::from_wire(host, w) {
-                Ok(r) => Arc::new(r),
-                // Ingest checked that it decodes.
-                Err(error) => {
-                    tracing::error!(%error, id = w.id, "cannot decode a stored record");
-                    continue;
-                }
-            };
+        let decoded = records.iter().filter_map(|w| match T::from_wire(host, w) {
+            Ok(r) => Some(Arc::new(r)),
+            // Ingest checked that it decodes.
+            Err(error) => {
+                tracing::error!(%error, id = w.id, "cannot decode a stored record");
+                None
+            }
+        });
+        self.send(decoded);
+    }
+
+    /// Whether anyone follows (forgetting those who left).
+    fn followed(&self) -> bool {
+        let mut followers = self.lock();
+        followers.retain(|f| !f.tx.is_closed());
+        !followers.is_empty()
+    }
+
+    /// Sends decoded records to the followers, as [`Live::publish`].
+    fn send(&self, records: impl Iterator<Item = Arc<T>>) {
+        let mut followers = self.lock();
+        for r in records {
             let size = r.size();
             followers.retain(|f| {
                 let queued = f.queue.bytes.fetch_add(size, Ordering::Relaxed) + size;
@@ -179,7 +192,7 @@ impl Feed {
     /// the store has handed out (not at 0, which would hide a restarted
     /// control plane's records until an agent sent a new one).
     pub fn new(
-        store: Store,
+        store: Arc<dyn RecordStore>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<Self, StoreError> {
@@ -219,22 +232,14 @@ impl Feed {
     }
 
     /// [`Feed::store`] of several hosts' batches, in one store write.
-    pub fn store_many(&self, batches: &mut [(&str, Records<'_>, u64)]) -> Result<(), StoreError> {
-        let store = &self.store;
-        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
-        let n = batches
-            .iter()
-            .map(|(_, r, _)| r.events.len() + r.logs.len())
-            .sum();
-        let mut ids = store.ingest_ids(n)?.into_iter();
-        for (_, r, _) in batches.iter_mut() {
-            for w in r.events.iter_mut().chain(r.logs.iter_mut()) {
-                w.id = ids.next().unwrap_or_default();
-            }
+    /// A shared store's records are published when its commits are
+    /// followed ([`Feed::committed`]), this replica's with the others'.
+    pub fn store_many(&self, batches: &mut [HostBatch<'_, '_>]) -> Result<(), StoreError> {
+        if self.store.shared() {
+            return self.store.store(batches);
         }
-        let refs: Vec<(&str, &Records<'_>, u64)> =
-            batches.iter().map(|(h, r, a)| (*h, r, *a)).collect();
-        store.put_records_many(&refs)?;
+        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        self.store.store(batches)?;
         for (host, r, _) in batches.iter() {
             self.events.publish(host, &r.events);
             self.logs.publish(host, &r.logs);
@@ -243,6 +248,42 @@ impl Feed {
                 self.last_id.fetch_max(max, Ordering::Release);
             }
         }
+        Ok(())
+    }
+
+    /// Where the records are kept.
+    pub fn records(&self) -> &Arc<dyn RecordStore> {
+        &self.store
+    }
+
+    /// The highest sequence number stored for `host`.
+    pub fn acked_seq(&self, host: &str) -> Result<u64, StoreError> {
+        self.store.acked_seq(host)
+    }
+
+    /// Publishes what a shared store committed above the last id
+    /// published (through any replica), in id order: called whenever the
+    /// store says something was committed, and now and then. Ids are in
+    /// commit order there, so every id up to the store's `next_id` is
+    /// committed, and those above the last id are all that is new (read
+    /// only for the kinds someone follows). Run on a blocking thread.
+    pub fn committed(&self) -> Result<(), StoreError> {
+        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let last = self.last_id.load(Ordering::Acquire);
+        let top = self.store.next_id()?;
+        if top <= last {
+            return Ok(());
+        }
+        let read = Read::new(Start::After(last), None);
+        if self.events.followed() {
+            self.events
+                .send(newer(self.store.events(read)?, top)?.into_iter());
+        }
+        if self.logs.followed() {
+            self.logs
+                .send(newer(self.store.logs(read)?, top)?.into_iter());
+        }
+        self.last_id.store(top, Ordering::Release);
         Ok(())
     }
 
@@ -260,12 +301,21 @@ impl Feed {
     }
 }
 
+/// The records `read` gives up to id `top`, in id order.
+fn newer<T: Stored>(read: RecordIter<'_, T>, top: u64) -> Result<Vec<Arc<T>>, StoreError> {
+    let mut out = Vec::new();
+    for r in read {
+        let r = r?;
+        if r.id() <= top {
+            out.push(Arc::new(r));
+        }
+    }
+    out.sort_unstable_by_key(|r| r.id());
+    Ok(out)
+}
+
 /// A store read of one kind of record.
-type Scan<T> =
-    for<'a> fn(
-        &'a Store,
-        Read<'a>,
-    ) -> Result<Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>, StoreError>;
+type Scan<T> = for<'a> fn(&'a dyn RecordStore, Read<'a>) -> Result<RecordIter<'a, T>, StoreError>;
 
 /// Where a kind of record is read: its store scans, and its live followers.
 struct Source<T> {
@@ -364,7 +414,7 @@ impl Feed {
                 let (store, f2, tx2) = (feed.store.clone(), f.clone(), tx.clone());
                 let sent = feed.stats.sent.clone();
                 tokio::task::spawn_blocking(move || {
-                    read(&store, source, &*f2, (above, upto), last_n, &tx2, &sent)
+                    read(&*store, source, &*f2, (above, upto), last_n, &tx2, &sent)
                 })
             };
             let backlog_sent = read_range(after, snapshot, last_n).await.unwrap_or(false);

@@ -1,4 +1,5 @@
 use super::*;
+use picket_store::Store;
 use picket_store::records::FromWire;
 
 pub(super) fn line(id: u64, text: &str) -> LogRecord {
@@ -48,7 +49,12 @@ async fn a_follower_past_its_byte_budget_gets_what_was_sent_then_lagged() {
 /// A feed over a real store in `dir`, queues of `budget` bytes.
 fn feed(dir: &std::path::Path, budget: usize) -> Arc<Feed> {
     let store = Store::open_with_floor(dir, 0.0).unwrap();
-    let feed = Feed::new(store, CancellationToken::new(), TaskTracker::new()).unwrap();
+    let feed = Feed::new(
+        Arc::new(store),
+        CancellationToken::new(),
+        TaskTracker::new(),
+    )
+    .unwrap();
     Arc::new(feed.with_follower_budget(budget))
 }
 
@@ -187,7 +193,7 @@ async fn a_follower_behind_retention_is_ended_with_its_resume_point() {
     let (tx, mut rx) = mpsc::channel(1);
     feed.logs(all_logs(), 0, true, 0, tx);
     store_lines(&feed, 200, 1);
-    feed.store.expire_records(i64::MAX, i64::MAX).unwrap();
+    feed.store.expire(i64::MAX, i64::MAX).unwrap();
     let through = feed.store.expired_through(Kind::Logs).unwrap();
     let mut got = Vec::new();
     let end = loop {

@@ -30,9 +30,9 @@ pub(crate) const LOGS: i16 = 1;
 /// One host's batch: its records, and the sequence number the agent is
 /// acked once it is stored (which may be above the last record's, when
 /// ingest rejected some: their numbers are acked too).
-pub struct Batch<'a> {
-    pub host: &'a str,
-    pub records: Records<'a>,
+pub struct Batch<'h, 'r> {
+    pub host: &'h str,
+    pub records: Records<'r>,
     pub acked: u64,
 }
 
@@ -89,7 +89,7 @@ impl PgRecords {
     /// stored (at or below its host's acked number) is taken out. Each
     /// batch's `acked` becomes the number now stored for its host (never
     /// lower than it was). Returns once PostgreSQL has committed.
-    pub fn put_many(&self, batches: &mut [Batch<'_>]) -> Result<(), StoreError> {
+    pub fn put_many(&self, batches: &mut [Batch<'_, '_>]) -> Result<(), StoreError> {
         let owned: Vec<Owned> = batches
             .iter()
             .map(|b| Owned {

@@ -38,11 +38,14 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use picket_store::StoreError;
 use picket_store::blocking::Runner;
 
+mod follow;
 mod ingest;
 mod read;
+mod replicated;
 pub mod schema;
 
-pub use ingest::Batch;
+pub use ingest::{Batch, CHANNEL};
+pub use replicated::Replicated;
 
 /// Where the records database is, and how to log in (`[cluster]`).
 #[derive(Debug, Clone)]
@@ -70,10 +73,12 @@ impl Settings {
 pub enum PgError {
     #[error("records database: {0}")]
     Config(String),
-    /// The server or the connection to it failed (the server's own
-    /// message when it gave one).
+    /// The server refused a call (its own message).
     #[error("records database: {0}")]
     Db(String),
+    /// The server did not answer, or the connection to it broke.
+    #[error("records database unreachable: {0}")]
+    Unreachable(String),
     #[error(
         "records database: its schema is version {found}, newer than this picket-control knows \
          ({known}): upgrade picket-control before it uses this database"
@@ -98,18 +103,24 @@ fn describe(e: &tokio_postgres::Error) -> String {
 
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> Self {
-        PgError::Db(describe(&e))
+        match e.as_db_error() {
+            Some(_) => PgError::Db(describe(&e)),
+            None => PgError::Unreachable(describe(&e)),
+        }
     }
 }
 
 impl From<deadpool_postgres::PoolError> for PgError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         use deadpool_postgres::PoolError as P;
-        PgError::Db(match e {
-            P::Backend(e) => format!("cannot connect: {}", describe(&e)),
-            P::Timeout(_) => "timed out waiting for a connection".to_string(),
-            other => other.to_string(),
-        })
+        match e {
+            P::Backend(e) => match PgError::from(e) {
+                PgError::Unreachable(why) => PgError::Unreachable(format!("cannot connect: {why}")),
+                refused => refused,
+            },
+            P::Timeout(_) => PgError::Unreachable("timed out waiting for a connection".into()),
+            other => PgError::Db(other.to_string()),
+        }
     }
 }
 
@@ -124,6 +135,11 @@ pub struct PgRecords {
     /// Where queries run (first: shut down before the pool it drives).
     runner: Runner,
     pool: Arc<Pool>,
+    /// How to connect (the listening connection is not pooled).
+    config: tokio_postgres::Config,
+    /// Why the last call failed for want of the server (none: it
+    /// answered).
+    down: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl PgRecords {
@@ -148,7 +164,7 @@ impl PgRecords {
         let pool = {
             let _in = runner.enter();
             let manager = Manager::from_config(
-                config,
+                config.clone(),
                 tokio_postgres::NoTls,
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
@@ -165,7 +181,12 @@ impl PgRecords {
             let mut client = p.get().await.map_err(PgError::from)?;
             schema::migrate(&mut client).await
         })??;
-        Ok(PgRecords { runner, pool })
+        Ok(PgRecords {
+            runner,
+            pool,
+            config,
+            down: Arc::default(),
+        })
     }
 
     /// Runs `f` with a pooled connection on the crate's runtime, and waits.
@@ -182,7 +203,18 @@ impl PgRecords {
             let client = pool.get().await?;
             f(client).await
         };
-        Ok(self.runner.wait(run)??)
+        let out = self.runner.wait(run)?;
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        *down = match &out {
+            Err(e @ PgError::Unreachable(_)) => Some(e.to_string()),
+            _ => None,
+        };
+        Ok(out?)
+    }
+
+    /// Why the database did not answer the last call (none: it did).
+    pub fn unreachable(&self) -> Option<String> {
+        self.down.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The highest sequence number stored for `host` (0: none).

@@ -15,6 +15,7 @@ use picket_store::backend::etcd::EtcdBackend;
 use picket_store::{SHARED_TREES, Store};
 
 pub mod lead;
+pub mod records;
 pub mod relay;
 
 /// etcd as `[cluster]` says: its members, over TLS with its files when

@@ -71,6 +71,7 @@ impl AgentService for AgentSvc {
         // The epoch before the acked number is read: a reopen after it
         // ends the session (what it stored since may be gone).
         let epoch = st.store.health().epoch();
+        let feed = st.feed.clone();
         let acked = st
             .store
             .blocking(move |s| {
@@ -79,7 +80,7 @@ impl AgentService for AgentSvc {
                     r.reported_labels = reported.clone();
                     r.last_seen_ms = now_ms();
                 })?;
-                let acked = known.map(|_| s.acked_seq(&n)).transpose()?;
+                let acked = known.map(|_| feed.acked_seq(&n)).transpose()?;
                 // The agent drops what Welcome says is stored: it must be
                 // durable, not only written.
                 s.flush()?;

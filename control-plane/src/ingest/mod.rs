@@ -213,13 +213,8 @@ fn finish(to: &Sinks, agent: &str, acked: u64, p: Prepared<'_>) -> u64 {
 
 /// Stores an event the control plane raises itself (a finished rollout)
 /// as the next record of host `host`, durably.
-pub fn own_event(
-    to: &Sinks,
-    store: &picket_store::Store,
-    host: &str,
-    event: v1::Event,
-) -> Result<(), IngestError> {
-    let acked = store.acked_seq(host)?;
+pub fn own_event(to: &Sinks, host: &str, event: v1::Event) -> Result<(), IngestError> {
+    let acked = to.feed.acked_seq(host)?;
     let record = v1::Record {
         seq: acked + 1,
         payload: Some(v1::record::Payload::Event(event)),
@@ -231,7 +226,7 @@ pub fn own_event(
         &picket_proto::frame::batch_of(&[record]),
         Origin::ControlPlane,
     )?;
-    store.flush()?;
+    to.feed.flush()?;
     Ok(())
 }
 
@@ -264,7 +259,12 @@ mod tests {
         Sinks {
             sample_ahead_ms: 300_000,
             feed: Arc::new(
-                Feed::new(store.clone(), Default::default(), Default::default()).unwrap(),
+                Feed::new(
+                    Arc::new(store.clone()),
+                    Default::default(),
+                    Default::default(),
+                )
+                .unwrap(),
             ),
             fleet: Default::default(),
             counters: Default::default(),
@@ -409,7 +409,7 @@ mod tests {
         assert_eq!(st.counters.rejected.load(Ordering::Relaxed), 1);
         assert_eq!(store.events_since(0, None).unwrap().count(), 0);
         // The control plane's own are stored.
-        own_event(&st, &store, "cp", forged).unwrap();
+        own_event(&st, "cp", forged).unwrap();
         let e: Vec<_> = store
             .events_since(0, None)
             .unwrap()

@@ -1,0 +1,162 @@
+//! Replicas with their records in PostgreSQL (SPEC §12): any replica
+//! answers `logs` and `logs -f` for the whole fleet. Two real replicas on
+//! one etcd member and one PostgreSQL server, an agent on each; what each
+//! agent's file gets is read through both replicas, each line once.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use picket_tests::etcd::EtcdCluster;
+use picket_tests::lines::write_lines;
+use picket_tests::postgres::Postgres;
+use picket_tests::*;
+use serde_json::Value;
+
+/// `picketctl logs -f -o json` through `admin`'s replica, its lines as
+/// they come.
+fn follow(
+    w: &World,
+    admin: &[String],
+) -> Result<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
+    let mut c = w.cmd("picketctl");
+    c.args(admin)
+        .args(["logs", "-f", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn()?;
+    let out = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
+/// A line's host and text, checked to be one JSON object.
+fn key(l: &str) -> Result<(String, String)> {
+    let v: Value = serde_json::from_str(l).with_context(|| format!("not JSON: {l}"))?;
+    Ok((
+        v["host"].as_str().context("host")?.to_string(),
+        v["line"].as_str().context("line")?.to_string(),
+    ))
+}
+
+#[test]
+fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
+    let w = World::new()?;
+    let etcd = EtcdCluster::start(&w, 1)?;
+    let pg = Postgres::start(&["fsync=off"])?;
+    let extra = format!(
+        "[cluster]\npostgres = {:?}\npassword_file = {:?}\n",
+        pg.url(),
+        pg.password_file.display().to_string()
+    );
+    let (cps, fp) = crate::replicas::start(&w, &etcd.endpoints(), 2, &extra, None)?;
+    let admin = |i: usize| crate::replicas::admin(&w, &cps, i).unwrap_or_default();
+
+    // A follower on each replica before anything is written.
+    let followers: Vec<_> = (0..2)
+        .map(|i| follow(&w, &admin(i)))
+        .collect::<Result<_>>()?;
+
+    // One agent on each replica, each tailing a file of its own.
+    let mut agents = Vec::new();
+    for (i, name) in ["app-0", "app-1"].iter().enumerate() {
+        let file = w.path(&format!("{name}.log"));
+        std::fs::write(&file, "")?;
+        let out = ctl(&w, &admin(i), &["token", "create"])?;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let tok = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let cp = cps[i].as_ref().context("a replica")?;
+        let out = enroll(&w, cp, &fp, &tok, name, &[])?;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let cfg = w.path(&format!("agents/{name}/agent.toml"));
+        let mut text = std::fs::read_to_string(&cfg)?;
+        text.push_str(&format!(
+            "\n[[source]]\nkind = \"raw\"\npath = \"{}\"\nfrom_start = true\n",
+            file.display()
+        ));
+        std::fs::write(&cfg, text)?;
+        agents.push((run_agent(&w, name)?, file));
+    }
+    for (_, file) in &agents {
+        write_lines(file, 0, 300)?;
+    }
+    let want: BTreeSet<(String, String)> = ["app-0", "app-1"]
+        .iter()
+        .flat_map(|h| (0..300).map(move |n| (h.to_string(), format!("line {n}"))))
+        .collect();
+
+    // Each follower gets both agents' lines, each once, whichever
+    // replica stored them.
+    for (i, (child, rx)) in followers.into_iter().enumerate() {
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let l = rx.recv_timeout(Duration::from_secs(60)).with_context(|| {
+                format!("the follower on cp-{i} stalled after {} lines", got.len())
+            })?;
+            got.push(key(&l)?);
+        }
+        // Nothing more comes (no repeat).
+        assert!(
+            rx.recv_timeout(Duration::from_secs(2)).is_err(),
+            "a line came twice"
+        );
+        let set: BTreeSet<_> = got.iter().cloned().collect();
+        assert_eq!(set.len(), got.len(), "cp-{i}: a line twice");
+        assert!(set == want, "cp-{i}: another set of lines");
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    // A query through either replica: the whole fleet, in one order.
+    let mut answers = Vec::new();
+    for i in 0..2 {
+        let out = ctl(&w, &admin(i), &["logs", "-o", "json"])?;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let lines: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(key)
+            .collect::<Result<_>>()?;
+        assert_eq!(lines.len(), want.len(), "cp-{i}");
+        answers.push(lines);
+    }
+    assert!(answers[0] == answers[1], "the replicas answer alike");
+    // The rows are blocks, not lines.
+    let rows: usize = pg.psql("SELECT count(*) FROM picket_blocks")?.parse()?;
+    assert!(
+        rows < want.len() / 4,
+        "{rows} rows for {} lines",
+        want.len()
+    );
+
+    // The database away: /readyz says so on both replicas; back: ready.
+    let mut pg = pg;
+    pg.stop()?;
+    for cp in cps.iter().flatten() {
+        wait_for(
+            "readyz naming the database",
+            Duration::from_secs(20),
+            || {
+                let (code, body) = http_get(&cp.http, "/readyz").ok()?;
+                (code == 503 && body.contains("records database")).then_some(())
+            },
+        )?;
+    }
+    pg.resume()?;
+    for cp in cps.iter().flatten() {
+        wait_for("ready again", Duration::from_secs(20), || {
+            let (code, _) = http_get(&cp.http, "/readyz").ok()?;
+            (code == 200).then_some(())
+        })?;
+    }
+    Ok(())
+}
