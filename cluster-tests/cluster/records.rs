@@ -383,7 +383,10 @@ fn a_server_that_goes_away_refuses_batches_until_it_is_back() -> Result<()> {
         e.contains("records database unreachable"),
         "a refused batch says why: {e:?}"
     );
-    assert!(db.unreachable().is_some(), "the store knows the server is away");
+    assert!(
+        db.unreachable().is_some(),
+        "the store knows the server is away"
+    );
     pg.resume()?;
     // The agent kept the batch and sends it again: stored once.
     let (ids, acked) = put_logs(&db, "vm-prod", &[line("vm-prod", 2, 20, "while down")])?;
