@@ -357,8 +357,31 @@ fn the_schema_is_migrated_once_and_a_newer_one_refused() -> Result<()> {
     };
     let e = e.to_string();
     assert!(e.contains("newer than this picket-control knows"), "{e}");
+    // The password from libpq's password file (SPEC §12: PGPASSFILE),
+    // which must be private to be read.
+    let pgpass = pg.password_file.with_file_name("pgpass");
+    std::fs::write(
+        &pgpass,
+        format!(
+            "# picket\n127.0.0.1:{}:postgres:picket:{}\n",
+            pg.port,
+            picket_tests::postgres::PASSWORD
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600))?;
+    pg.psql(&format!("UPDATE picket_schema SET version = {known}"))?;
+    let mut s = Settings::new(pg.url());
+    s.pgpass = Some(pgpass.clone());
+    PgRecords::connect(&s)?;
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644))?;
+    let Err(e) = PgRecords::connect(&s) else {
+        anyhow::bail!("a password file others can read was used");
+    };
+    assert!(e.to_string().contains("password"), "{e}");
     // A wrong password is a clear error, not a hang.
     let mut s = Settings::new(pg.url());
+    s.pgpass = None;
     let wrong = pg.password_file.with_file_name("wrong");
     std::fs::write(&wrong, "nope\n")?;
     s.password_file = Some(wrong);

@@ -40,6 +40,7 @@ use picket_store::blocking::Runner;
 
 mod follow;
 mod ingest;
+mod login;
 mod read;
 mod replicated;
 pub mod schema;
@@ -54,6 +55,9 @@ pub struct Settings {
     pub url: String,
     /// A file holding the password (its first line), if the URL has none.
     pub password_file: Option<std::path::PathBuf>,
+    /// libpq's password file, read when neither has the password
+    /// (`PGPASSFILE`, else `~/.pgpass`: [`login`]).
+    pub pgpass: Option<std::path::PathBuf>,
     /// Connections kept open at most.
     pub pool: usize,
 }
@@ -63,6 +67,7 @@ impl Settings {
         Settings {
             url: url.into(),
             password_file: None,
+            pgpass: login::default_pgpass(),
             pool: 8,
         }
     }
@@ -149,14 +154,7 @@ impl PgRecords {
         let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| {
             PgError::Config(format!("{:?} is not a database URL: {e}", settings.url))
         })?;
-        if config.get_password().is_none()
-            && let Some(file) = &settings.password_file
-        {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                PgError::Config(format!("cannot read password_file {}: {e}", file.display()))
-            })?;
-            config.password(text.lines().next().unwrap_or_default());
-        }
+        login::password(&mut config, settings)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(5));
         }
