@@ -14,9 +14,10 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use picket_records_pg::{PgRecords, Replicated, Settings};
+use picket_records_pg::{PgRecords, Settings};
 use picket_store::Store;
-use picket_store::records::{LogRecord, Needles, Read, RecordStore, Records, Start};
+use picket_store::kept::RecordStore;
+use picket_store::records::{LogRecord, Needles, Read, Records, Start};
 use picket_tests::postgres::Postgres;
 
 const HOSTS: usize = 100;
@@ -124,12 +125,7 @@ fn main() -> Result<()> {
     let pg = Postgres::start(&[])?;
     let mut settings = Settings::new(pg.url());
     settings.password_file = Some(pg.password_file.clone());
-    let db = std::sync::Arc::new(PgRecords::connect(&settings)?);
-    let local = tempfile::tempdir()?;
-    let replicated = Replicated {
-        db,
-        local: Store::open_with_floor(local.path(), 0.0)?,
-    };
+    let replicated = PgRecords::connect(&settings)?;
     println!(
         "{lines} lines, {HOSTS} hosts, {} records a store call",
         HOSTS_PER_GROUP * PER_BATCH

@@ -422,3 +422,74 @@ fn a_server_that_goes_away_refuses_batches_until_it_is_back() -> Result<()> {
     assert_eq!(texts, ["before", "while down"]);
     Ok(())
 }
+
+#[test]
+fn metrics_are_kept_and_rolled_up_as_the_embedded_store_does() -> Result<()> {
+    use picket_store::kept::RecordStore;
+    use picket_store::metrics::{Point, Sample};
+    let pg = Postgres::start(&["fsync=off"])?;
+    let (a, b) = (Arc::new(connect(&pg)?), Arc::new(connect(&pg)?));
+    let dir = tempfile::tempdir()?;
+    let store = Store::open_with_floor(dir.path(), 0.0)?;
+    let sample = |t: i64| Sample {
+        time_ms: t,
+        points: vec![
+            Point {
+                name: "cpu_usage_percent".into(),
+                labels: BTreeMap::new(),
+                value: (t % 97) as f64,
+            },
+            Point {
+                name: "disk_used_bytes".into(),
+                labels: BTreeMap::from([("mount".to_string(), "/".to_string())]),
+                value: t as f64,
+            },
+        ],
+    };
+    // Five minutes of a sample every 10 s, in batches of six; the first
+    // batch sent twice (an agent that moved), through the other replica.
+    let batches: Vec<Vec<Sample>> = (0..5)
+        .map(|m| (0..6).map(|k| sample(m * 60_000 + k * 10_000)).collect())
+        .collect();
+    for (n, samples) in batches.iter().enumerate() {
+        let r = |s: &Vec<Sample>| Records::of(s.clone(), &[], &[]);
+        store.put_records("h", &r(samples), n as u64 + 1)?;
+        a.store(&mut [("h", r(samples), n as u64 + 1)])?;
+    }
+    b.store(&mut [("h", Records::of(batches[0].clone(), &[], &[]), 1)])?;
+    assert_eq!(
+        a.samples("h", 0, i64::MAX)?,
+        store.samples("h", 0, i64::MAX)?
+    );
+    assert_eq!(b.latest_sample("h")?, store.latest_sample("h")?);
+    // Both replicas roll up at once: the minutes once, as the store does.
+    let rolls: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|r| std::thread::spawn(move || r.roll_up("h", 4 * 60_000 + 5)))
+        .collect();
+    let mut minutes = 0;
+    for r in rolls {
+        minutes += r
+            .join()
+            .map_err(|_| anyhow::anyhow!("a roll-up panicked"))??;
+    }
+    assert_eq!(minutes, store.roll_up("h", 4 * 60_000 + 5)?);
+    assert_eq!(minutes, 4);
+    assert_eq!(
+        a.rollups("h", 0, i64::MAX)?,
+        store.rollups("h", 0, i64::MAX)?
+    );
+    assert_eq!(
+        b.expire_metrics("h", 2 * 60_000, 60_000)?,
+        store.expire_metrics("h", 2 * 60_000, 60_000)?
+    );
+    assert_eq!(
+        a.samples("h", 0, i64::MAX)?,
+        store.samples("h", 0, i64::MAX)?
+    );
+    assert_eq!(
+        a.rollups("h", 0, i64::MAX)?,
+        store.rollups("h", 0, i64::MAX)?
+    );
+    Ok(())
+}

@@ -84,6 +84,7 @@ fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
             file.display()
         ));
         std::fs::write(&cfg, text)?;
+        set_agent_key(&w, name, "metrics_interval", "\"1s\"")?;
         agents.push((run_agent(&w, name)?, file));
     }
     for (_, file) in &agents {
@@ -130,6 +131,24 @@ fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
         answers.push(lines);
     }
     assert!(answers[0] == answers[1], "the replicas answer alike");
+    // Metrics too: each host's samples through the replica it does not
+    // stream with.
+    for (i, host) in [(1, "app-0"), (0, "app-1")] {
+        let points = wait_for(
+            "samples through the other replica",
+            Duration::from_secs(30),
+            || {
+                let p = ctl_json(
+                    &w,
+                    &admin(i),
+                    &["metrics", host, "--since", "5m", "--field", "cpu"],
+                )
+                .ok()?;
+                (p.len() >= 2).then_some(p)
+            },
+        )?;
+        assert!(points.iter().all(|p| p["host"] == host), "{points:?}");
+    }
     // The rows are blocks, not lines.
     let rows: usize = pg.psql("SELECT count(*) FROM picket_blocks")?.parse()?;
     assert!(

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use picket_clock::now_ms;
 use picket_config::control::ControlConfig;
+use picket_store::kept::RecordStore;
 use picket_store::metrics::Sample;
-use picket_store::records::RecordStore;
 use picket_store::{Store, StoreError};
 
 #[derive(Default)]
@@ -69,7 +69,7 @@ pub async fn maintain(
 ) {
     if let Ok(agents) = store.agents() {
         for a in agents {
-            if let Ok(Some(s)) = store.latest_sample(&a.name) {
+            if let Ok(Some(s)) = records.latest_sample(&a.name) {
                 fleet.set_latest(&a.name, s);
             }
         }
@@ -112,8 +112,8 @@ pub fn maintain_once(
             + store.expire_audit(before(retention.audit))?,
     );
     for a in store.agents()? {
-        rolled += store.roll_up(&a.name, now)?;
-        expired += store.expire_metrics(&a.name, raw_before, rollup_before)?;
+        rolled += records.roll_up(&a.name, now)?;
+        expired += records.expire_metrics(&a.name, raw_before, rollup_before)?;
     }
     Ok((rolled, expired))
 }

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
 use picket_store::StoreError;
-use picket_store::records::{Read, RecordStore, Start, Timed};
+use picket_store::kept::RecordStore;
+use picket_store::records::{Read, Start, Timed};
 
 use super::{End, Filter, Item, Source, Stored};
 

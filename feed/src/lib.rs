@@ -24,9 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use picket_store::StoreError;
-use picket_store::records::{
-    EventRecord, HostBatch, Kind, LogRecord, Read, RecordIter, RecordStore, Records, Start, Wire,
-};
+use picket_store::kept::{HostBatch, RecordIter, RecordStore};
+use picket_store::records::{EventRecord, Kind, LogRecord, Read, Records, Start, Wire};
 pub use picket_store::records::{after, cursor};
 
 mod backlog;

@@ -10,11 +10,14 @@
 //! 3. ids for the rest from `picket_ids` (the row stays locked until the
 //!    commit, so ids are in commit order across replicas);
 //! 4. the blocks, one insert for all; the acked numbers; a notification
-//!    on `picket_records` carrying the highest id, sent at commit.
+//!    on `picket_records` carrying the highest id, sent at commit;
+//! 5. the metrics samples (keyed by host and time: one sent again is
+//!    the same row).
 
 use std::borrow::Cow;
 
 use picket_store::StoreError;
+use picket_store::metrics::encode_values;
 use picket_store::records::{Block, Records, Wire, blocks};
 
 use crate::{PgError, PgRecords};
@@ -40,6 +43,8 @@ pub struct Batch<'h, 'r> {
 /// runtime).
 struct Owned {
     host: String,
+    /// The samples: time, points as stored.
+    samples: Vec<(i64, Vec<u8>)>,
     events: Vec<Wire<'static>>,
     logs: Vec<Wire<'static>>,
     acked: u64,
@@ -94,6 +99,12 @@ impl PgRecords {
             .iter()
             .map(|b| Owned {
                 host: b.host.to_string(),
+                samples: b
+                    .records
+                    .samples
+                    .iter()
+                    .map(|s| (s.time_ms, encode_values(&s.points)))
+                    .collect(),
                 events: b.records.events.iter().map(owned).collect(),
                 logs: b.records.logs.iter().map(owned).collect(),
                 acked: b.acked,
@@ -189,6 +200,24 @@ async fn store(
         tx.execute(
             "SELECT pg_notify($1, $2)",
             &[&CHANNEL, &(next - 1).to_string()],
+        )
+        .await?;
+    }
+    // Samples are keyed by time: one sent again is the same row.
+    let (mut hosts, mut times, mut points) = (Vec::new(), Vec::new(), Vec::new());
+    for b in &mut batches {
+        for (t, p) in std::mem::take(&mut b.samples) {
+            hosts.push(b.host.clone());
+            times.push(t);
+            points.push(p);
+        }
+    }
+    if !hosts.is_empty() {
+        tx.execute(
+            "INSERT INTO picket_samples (host, time_ms, points) \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
+             ON CONFLICT DO NOTHING",
+            &[&hosts, &times, &points],
         )
         .await?;
     }

@@ -40,13 +40,13 @@ use picket_store::blocking::Runner;
 
 mod follow;
 mod ingest;
+mod kept;
 mod login;
+mod metrics;
 mod read;
-mod replicated;
 pub mod schema;
 
 pub use ingest::{Batch, CHANNEL};
-pub use replicated::Replicated;
 
 /// Where the records database is, and how to log in (`[cluster]`).
 #[derive(Debug, Clone)]

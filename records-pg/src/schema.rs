@@ -42,6 +42,22 @@ pub const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO picket_ids (next) VALUES (1);
     CREATE TABLE picket_expired (kind smallint PRIMARY KEY, through bigint NOT NULL);",
+    // 2: metrics: raw samples (a host's gauges at one time, JSON as the
+    // embedded store keeps them), one-minute rollups, how far each host is
+    // rolled up.
+    "CREATE TABLE picket_samples (
+        host    text   NOT NULL,
+        time_ms bigint NOT NULL,
+        points  bytea  NOT NULL,
+        PRIMARY KEY (host, time_ms)
+    );
+    CREATE TABLE picket_rollups (
+        host    text   NOT NULL,
+        minute  bigint NOT NULL,
+        series  bytea  NOT NULL,
+        PRIMARY KEY (host, minute)
+    );
+    CREATE TABLE picket_rolled (host text PRIMARY KEY, until bigint NOT NULL);",
 ];
 
 /// The version this build writes and reads.

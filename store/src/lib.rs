@@ -11,6 +11,7 @@ pub mod faults;
 mod group;
 pub mod health;
 mod identity;
+pub mod kept;
 pub mod messages;
 pub mod metrics;
 pub mod records;

@@ -82,6 +82,47 @@ fn time_of(k: &[u8]) -> i64 {
         .unwrap_or(0)
 }
 
+/// Samples rolled into minutes: min/max/sum/count per series, by minute.
+pub fn roll(samples: impl IntoIterator<Item = Sample>) -> BTreeMap<i64, Vec<Rollup>> {
+    let mut minutes: BTreeMap<i64, BTreeMap<String, Rollup>> = BTreeMap::new();
+    for s in samples {
+        let minute = s.time_ms - s.time_ms.rem_euclid(MINUTE_MS);
+        let series = minutes.entry(minute).or_default();
+        for p in s.points {
+            let id = format!("{}{:?}", p.name, p.labels);
+            let r = series.entry(id).or_insert_with(|| Rollup {
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                sum: 0.0,
+                count: 0,
+            });
+            r.min = r.min.min(p.value);
+            r.max = r.max.max(p.value);
+            r.sum += p.value;
+            r.count += 1;
+        }
+    }
+    minutes
+        .into_iter()
+        .map(|(m, series)| (m, series.into_values().collect()))
+        .collect()
+}
+
+/// A sample's points (or a minute's rollups) as stored: JSON.
+pub fn encode_values<T: Serialize>(v: &T) -> Vec<u8> {
+    encode(v)
+}
+
+/// What [`encode_values`] wrote; `what` names it in errors.
+pub fn decode_values<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    decode(what, bytes)
+}
+
 /// The writes that store `samples` of `host`.
 pub(crate) fn sample_ops(host: &str, samples: &[Sample], ops: &mut Vec<Op>) {
     ops.extend(samples.iter().map(|s| Op {
@@ -186,33 +227,14 @@ impl Store {
         if done >= until {
             return Ok(0);
         }
-        let mut minutes: BTreeMap<i64, BTreeMap<String, Rollup>> = BTreeMap::new();
-        for s in self.samples(host, done, until)? {
-            let minute = s.time_ms - s.time_ms.rem_euclid(MINUTE_MS);
-            let series = minutes.entry(minute).or_default();
-            for p in s.points {
-                let id = format!("{}{:?}", p.name, p.labels);
-                let r = series.entry(id).or_insert_with(|| Rollup {
-                    name: p.name.clone(),
-                    labels: p.labels.clone(),
-                    min: f64::INFINITY,
-                    max: f64::NEG_INFINITY,
-                    sum: 0.0,
-                    count: 0,
-                });
-                r.min = r.min.min(p.value);
-                r.max = r.max.max(p.value);
-                r.sum += p.value;
-                r.count += 1;
-            }
-        }
+        let minutes = roll(self.samples(host, done, until)?);
         let n = minutes.len();
         let mut ops: Vec<Op> = minutes
             .into_iter()
             .map(|(m, series)| Op {
                 tree: ROLLUP,
                 key: key(host, m),
-                value: Some(encode(&series.into_values().collect::<Vec<_>>())),
+                value: Some(encode(&series)),
             })
             .collect();
         ops.push(Op {

@@ -1,4 +1,4 @@
-//! Where a replica keeps events and log lines: in cluster mode with
+//! Where a replica keeps events, log lines and metrics: in cluster mode with
 //! `postgres` set, the records database every replica writes and reads
 //! (SPEC §12), its commits followed so that `-f` on any replica sees what
 //! reached any other; else this replica's own store.
@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use picket_config::control::ClusterConfig;
-use picket_records_pg::{PgRecords, Replicated, Settings};
+use picket_records_pg::{PgRecords, Settings};
 use picket_store::Store;
-use picket_store::records::RecordStore;
+use picket_store::kept::RecordStore;
 use tokio_util::sync::CancellationToken;
 
 /// How often the feed looks for commits it was not told of.
@@ -32,11 +32,7 @@ pub fn open(cluster: Option<&ClusterConfig>, store: &Store) -> anyhow::Result<Op
     let db = picket_store::blocking::in_place(|| PgRecords::connect(&settings))
         .with_context(|| format!("opening the records database {url}"))?;
     let db = Arc::new(db);
-    let records = Replicated {
-        db: db.clone(),
-        local: store.clone(),
-    };
-    Ok((Arc::new(records), Some(db)))
+    Ok((db.clone(), Some(db)))
 }
 
 /// Publishes to this replica's followers what any replica committed, on

@@ -544,11 +544,13 @@ impl AdminService for AdminSvc {
         let use_raw = since >= raw_from;
         let resp = tokio::task::spawn_blocking(move || {
             if use_raw {
-                st2.store
+                st2.feed
+                    .records()
                     .samples(&host, since, i64::MAX)
                     .map(|s| convert::raw_series(s, &r.field))
             } else {
-                st2.store
+                st2.feed
+                    .records()
                     .rollups(&host, since, i64::MAX)
                     .map(|s| convert::rollup_series(s, &r.field))
             }

@@ -57,8 +57,7 @@ const RECEIVED_INDEXED: &[u8] = b"records.received_index";
 
 mod by_id;
 pub mod filter;
-mod kept;
-pub use kept::{HostBatch, RecordIter, RecordStore};
+
 mod latest;
 mod read;
 mod retention;

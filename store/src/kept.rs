@@ -1,10 +1,14 @@
-//! Where a control plane keeps its events and log lines: the embedded
+//! Where a control plane keeps its events, log lines and metrics: the embedded
 //! store ([`Store`]), or in cluster mode a records database that every
 //! replica writes and reads (picket-records-pg). The feed stores and
 //! reads through [`RecordStore`] and does not know which.
 
-use super::{EventRecord, Kind, LogRecord, Read, Records};
+use crate::metrics::{Rollup, Sample};
+use crate::records::{EventRecord, Kind, LogRecord, Read, Records};
 use crate::{Store, StoreError};
+
+/// One-minute rollups, by minute.
+pub type Minutes = Vec<(i64, Vec<Rollup>)>;
 
 /// Records read, one at a time.
 pub type RecordIter<'a, T> = Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>;
@@ -41,6 +45,28 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Deletes the events and lines received before the given times;
     /// returns how many blocks went.
     fn expire(&self, events_before: i64, logs_before: i64) -> Result<usize, StoreError>;
+
+    /// Raw samples of `host` with `from <= time < to`, oldest first.
+    fn samples(&self, host: &str, from: i64, to: i64) -> Result<Vec<Sample>, StoreError>;
+
+    /// The newest raw sample of `host`.
+    fn latest_sample(&self, host: &str) -> Result<Option<Sample>, StoreError>;
+
+    /// One-minute rollups of `host` with `from <= minute < to`.
+    fn rollups(&self, host: &str, from: i64, to: i64) -> Result<Minutes, StoreError>;
+
+    /// Rolls `host`'s whole minutes before `until` not rolled up yet;
+    /// returns the minutes written.
+    fn roll_up(&self, host: &str, until: i64) -> Result<usize, StoreError>;
+
+    /// Deletes `host`'s raw samples before `raw_before` and rollups before
+    /// `rollup_before`; returns how many went.
+    fn expire_metrics(
+        &self,
+        host: &str,
+        raw_before: i64,
+        rollup_before: i64,
+    ) -> Result<usize, StoreError>;
 
     /// Why records cannot be stored now, when a store elsewhere (a
     /// records database) did not answer its last call; the embedded
@@ -100,5 +126,30 @@ impl RecordStore for Store {
 
     fn expire(&self, events_before: i64, logs_before: i64) -> Result<usize, StoreError> {
         self.expire_records(events_before, logs_before)
+    }
+
+    fn samples(&self, host: &str, from: i64, to: i64) -> Result<Vec<Sample>, StoreError> {
+        Store::samples(self, host, from, to)
+    }
+
+    fn latest_sample(&self, host: &str) -> Result<Option<Sample>, StoreError> {
+        Store::latest_sample(self, host)
+    }
+
+    fn rollups(&self, host: &str, from: i64, to: i64) -> Result<Minutes, StoreError> {
+        Store::rollups(self, host, from, to)
+    }
+
+    fn roll_up(&self, host: &str, until: i64) -> Result<usize, StoreError> {
+        Store::roll_up(self, host, until)
+    }
+
+    fn expire_metrics(
+        &self,
+        host: &str,
+        raw_before: i64,
+        rollup_before: i64,
+    ) -> Result<usize, StoreError> {
+        Store::expire_metrics(self, host, raw_before, rollup_before)
     }
 }
