@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use picket_model::Severity;
 use picket_records_pg::{Batch, PgRecords, Settings};
 use picket_store::records::{EventRecord, Kind, LogRecord, Needles, Read, Records, Start};
@@ -491,5 +491,38 @@ fn metrics_are_kept_and_rolled_up_as_the_embedded_store_does() -> Result<()> {
         a.rollups("h", 0, i64::MAX)?,
         store.rollups("h", 0, i64::MAX)?
     );
+    Ok(())
+}
+
+#[test]
+fn tls_to_the_database_checks_its_certificate() -> Result<()> {
+    let pg = Postgres::start_tls(&["fsync=off"])?;
+    let ca = pg.ca_file.clone().context("the server's CA")?;
+    let settings = |url: String, root: Option<std::path::PathBuf>| {
+        let mut s = Settings::new(url);
+        s.password_file = Some(pg.password_file.clone());
+        s.pgpass = None;
+        s.root_cert = root;
+        s
+    };
+    let tls_url = format!("{}?sslmode=require", pg.url());
+    // The server takes TLS only: plain TCP (the default) is refused by it.
+    let Err(e) = PgRecords::connect(&settings(pg.url(), Some(ca.clone()))) else {
+        anyhow::bail!("a plain connection was taken by a TLS-only server");
+    };
+    assert!(e.to_string().contains("pg_hba.conf"), "{e}");
+    // With sslmode=require and its CA trusted: records go through.
+    let db = PgRecords::connect(&settings(tls_url.clone(), Some(ca)))?;
+    put_logs(&db, "vm-prod", &[line("vm-prod", 1, 10, "over TLS")])?;
+    let texts: Vec<String> = logs(&db, Read::new(Start::Since(0), None))
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(texts, ["over TLS"]);
+    // A server whose certificate nothing trusted signed is refused.
+    let Err(e) = PgRecords::connect(&settings(tls_url, None)) else {
+        anyhow::bail!("a certificate of an unknown issuer was accepted");
+    };
+    assert!(e.to_string().contains("certificate"), "{e}");
     Ok(())
 }

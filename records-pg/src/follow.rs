@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio_postgres::Socket;
+use tokio_postgres::tls::MakeTlsConnect;
 
 use crate::{CHANNEL, PgRecords};
 
@@ -18,11 +20,15 @@ impl PgRecords {
     /// many commits. Stops with the [`PgRecords`].
     pub fn follow(&self, every: Duration) -> Arc<Notify> {
         let wake = Arc::new(Notify::new());
-        let (w, config) = (wake.clone(), self.config.clone());
+        let (w, config, tls) = (wake.clone(), self.config.clone(), self.tls.clone());
         if let Some(_in) = self.runner.enter() {
             tokio::spawn(async move {
                 loop {
-                    if let Err(error) = listen(&config, &w, every).await {
+                    let listened = match &tls {
+                        Some(tls) => listen(&config, tls.clone(), &w, every).await,
+                        None => listen(&config, tokio_postgres::NoTls, &w, every).await,
+                    };
+                    if let Err(error) = listened {
                         tracing::warn!(%error, "records database: listening for commits");
                     }
                     // Whatever was missed meanwhile is read on the next wake.
@@ -36,12 +42,17 @@ impl PgRecords {
 }
 
 /// Listens until the connection fails.
-async fn listen(
+async fn listen<T>(
     config: &tokio_postgres::Config,
+    tls: T,
     wake: &Notify,
     every: Duration,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut conn) = config.connect(tokio_postgres::NoTls).await?;
+) -> Result<(), tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut conn) = config.connect(tls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // The connection delivers notifications only while it is polled.
     let driver = tokio::spawn(async move {

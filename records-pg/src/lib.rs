@@ -45,6 +45,7 @@ mod login;
 mod metrics;
 mod read;
 pub mod schema;
+mod tls;
 
 pub use ingest::{Batch, CHANNEL};
 
@@ -58,6 +59,10 @@ pub struct Settings {
     /// libpq's password file, read when neither has the password
     /// (`PGPASSFILE`, else `~/.pgpass`: [`login`]).
     pub pgpass: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) the server's certificate may be signed by,
+    /// beside the system's, with `sslmode=require` (`PGSSLROOTCERT`:
+    /// [`tls`]).
+    pub root_cert: Option<std::path::PathBuf>,
     /// Connections kept open at most.
     pub pool: usize,
 }
@@ -68,6 +73,7 @@ impl Settings {
             url: url.into(),
             password_file: None,
             pgpass: login::default_pgpass(),
+            root_cert: std::env::var_os("PGSSLROOTCERT").map(Into::into),
             pool: 8,
         }
     }
@@ -142,6 +148,8 @@ pub struct PgRecords {
     pool: Arc<Pool>,
     /// How to connect (the listening connection is not pooled).
     config: tokio_postgres::Config,
+    /// TLS, when the URL asks for it ([`tls`]).
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// Why the last call failed for want of the server (none: it
     /// answered).
     down: Arc<std::sync::Mutex<Option<String>>>,
@@ -158,16 +166,17 @@ impl PgRecords {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(5));
         }
+        let tls = tls::connector(&mut config, settings.root_cert.as_deref())?;
         let runner = Runner::new("postgres", 2)?;
         let pool = {
             let _in = runner.enter();
-            let manager = Manager::from_config(
-                config.clone(),
-                tokio_postgres::NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
+            let manager_config = ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let manager = match &tls {
+                Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+                None => Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config),
+            };
             Pool::builder(manager)
                 .max_size(settings.pool.max(1))
                 .build()
@@ -183,6 +192,7 @@ impl PgRecords {
             runner,
             pool,
             config,
+            tls,
             down: Arc::default(),
         })
     }

@@ -27,6 +27,9 @@ pub struct Postgres {
     proc: Option<Proc>,
     /// Extra `-c name=value` settings.
     settings: Vec<String>,
+    /// With [`Postgres::start_tls`]: the CA that signed the server's
+    /// certificate (PEM).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Where Debian installs the server's programs (the newest version).
@@ -72,6 +75,17 @@ impl Postgres {
     /// Initialises and starts a server; `settings` are extra `name=value`
     /// server settings (`fsync=off` for a test that does not measure).
     pub fn start(settings: &[&str]) -> Result<Postgres> {
+        Postgres::start_with(settings, false)
+    }
+
+    /// A server that takes TLS connections only (`hostssl` in
+    /// pg_hba.conf), its certificate (for 127.0.0.1) signed by a CA made
+    /// here: [`Postgres::ca_file`].
+    pub fn start_tls(settings: &[&str]) -> Result<Postgres> {
+        Postgres::start_with(settings, true)
+    }
+
+    fn start_with(settings: &[&str], tls: bool) -> Result<Postgres> {
         let bin = bin_dir()?;
         let dir = tempfile::Builder::new().prefix("picket-pg").tempdir()?;
         use std::os::unix::fs::PermissionsExt;
@@ -104,13 +118,43 @@ impl Postgres {
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
+        let mut settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+        let mut ca_file = None;
+        if tls {
+            let (ca, cert, key) = (
+                dir.path().join("ca.crt"),
+                data.join("server.crt"),
+                data.join("server.key"),
+            );
+            server_certificate(&ca, &cert, &key)?;
+            if as_root() {
+                let pg = nix::unistd::User::from_name("postgres")?
+                    .context("no postgres user (Debian package postgresql makes it)")?;
+                for p in [&cert, &key] {
+                    nix::unistd::chown(p.as_path(), Some(pg.uid), Some(pg.gid))?;
+                }
+            }
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "hostssl all all 127.0.0.1/32 scram-sha-256\n",
+            )?;
+            settings.extend([
+                "ssl=on".to_string(),
+                format!("ssl_cert_file={}", cert.display()),
+                format!("ssl_key_file={}", key.display()),
+            ]);
+            ca_file = Some(ca);
+        }
         let mut pg = Postgres {
             dir,
             data,
             port: free_port()?,
             password_file,
             proc: None,
-            settings: settings.iter().map(|s| s.to_string()).collect(),
+            settings,
+            ca_file,
         };
         pg.resume()?;
         Ok(pg)
@@ -180,6 +224,27 @@ impl Postgres {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
+}
+
+/// A CA (written to `ca`) and a certificate for 127.0.0.1 it signed.
+fn server_certificate(ca: &Path, cert: &Path, key: &Path) -> Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "postgres test CA");
+    let ca_cert = params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(params, ca_key);
+    let server_key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    p.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    let server = p.signed_by(&server_key, &issuer)?;
+    std::fs::write(ca, ca_cert.pem())?;
+    std::fs::write(cert, server.pem())?;
+    std::fs::write(key, server_key.serialize_pem())?;
+    Ok(())
 }
 
 impl Drop for Postgres {
