@@ -3,7 +3,9 @@
 //! vm-prod and vm-staging given both. vm-devops's cable is pulled while
 //! the agents write: they move to cp-b, and every line they wrote is
 //! stored (by one replica or the other; each replica stores a line at
-//! most once). Needs root, as the namespace fleet does.
+//! most once). With records in PostgreSQL (on vm-security too), each line
+//! is stored once in all, and both replicas answer with all of them.
+//! Needs root, as the namespace fleet does.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use picket_tests::etcd::EtcdCluster;
 use picket_tests::netns::Net;
+use picket_tests::postgres::Postgres;
 use picket_tests::*;
 use serde_json::Value;
 
@@ -22,9 +25,21 @@ const AGENTS: [&str; 2] = ["vm-prod", "vm-staging"];
 
 #[test]
 fn a_replica_cut_off_loses_its_agents_to_the_other_and_no_line() -> Result<()> {
+    cut_off(false)
+}
+
+#[test]
+fn with_records_in_postgres_a_cut_stores_each_line_once() -> Result<()> {
+    cut_off(true)
+}
+
+fn cut_off(postgres: bool) -> Result<()> {
     let net = Net::up()?;
     let w = World::new()?;
     let _etcd = EtcdCluster::start_in_namespace(&w, &net.ns("vm-security"), ETCD)?;
+    let pg = postgres
+        .then(|| Postgres::start_in_namespace(&net.ns("vm-security"), ETCD, &["fsync=off"]))
+        .transpose()?;
     let etcd_url = format!("http://{ETCD}:2379");
     let make = |cmd: &str, host: &str, dir: &str, node: &str, ip: &str| {
         let data = w.path(dir).display().to_string();
@@ -55,6 +70,18 @@ fn a_replica_cut_off_loses_its_agents_to_the_other_and_no_line() -> Result<()> {
         .context("no fingerprint from init")?
         .to_string();
     make("join", "vm-monitor", "cpb", "cp-b", CP_B)?;
+    if let Some(pg) = &pg {
+        let records = format!(
+            "[cluster]\npostgres = {:?}\npassword_file = {:?}\n",
+            pg.url(),
+            pg.password_file.display().to_string()
+        );
+        for dir in ["cpa", "cpb"] {
+            let cfg = w.path(&format!("{dir}/control.toml"));
+            let text = std::fs::read_to_string(&cfg)?;
+            std::fs::write(&cfg, merge_config(&text, &records))?;
+        }
+    }
     let start = |host: &str, dir: &str, ip: &str| {
         Control::start_with(
             w.path(dir),
@@ -185,6 +212,12 @@ fn a_replica_cut_off_loses_its_agents_to_the_other_and_no_line() -> Result<()> {
             a.values().chain(b.values()).all(|&n| n == 1),
             "{agent}: a line stored twice by one replica"
         );
+        if pg.is_some() {
+            // One store: both replicas answer with every line, once.
+            assert_eq!(a.len(), 1500, "{agent} through cp-a");
+            assert!(a == b, "{agent}: the replicas answer alike");
+            continue;
+        }
         let both = a.keys().filter(|l| b.contains_key(*l)).count();
         eprintln!(
             "{agent}: {} lines on cp-a, {} on cp-b, {both} on both (sent again after an ack lost in the cut)",

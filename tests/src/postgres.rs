@@ -30,6 +30,9 @@ pub struct Postgres {
     /// With [`Postgres::start_tls`]: the CA that signed the server's
     /// certificate (PEM).
     pub ca_file: Option<PathBuf>,
+    /// The network namespace it runs in, if any, and its address.
+    netns: Option<String>,
+    host: String,
 }
 
 /// Where Debian installs the server's programs (the newest version).
@@ -52,21 +55,28 @@ fn as_root() -> bool {
 }
 
 /// `program`, as the `postgres` user when we are root (setpriv execs it,
-/// so the process we hold, and signal, is the program itself).
-fn command(program: &Path, dir: &Path) -> Command {
-    let mut c = if as_root() {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=postgres",
-            "--regid=postgres",
-            "--init-groups",
-            "--",
-        ])
-        .arg(program);
-        c
-    } else {
-        Command::new(program)
-    };
+/// so the process we hold, and signal, is the program itself), in network
+/// namespace `netns` if given (`ip netns exec` execs too).
+fn command(program: &Path, dir: &Path, netns: Option<&str>) -> Command {
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(ns) = netns {
+        argv.extend(["ip", "netns", "exec", ns].map(Into::into));
+    }
+    if as_root() {
+        argv.extend(
+            [
+                "setpriv",
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ]
+            .map(Into::into),
+        );
+    }
+    argv.push(program.into());
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
     c.current_dir(dir);
     c
 }
@@ -75,17 +85,17 @@ impl Postgres {
     /// Initialises and starts a server; `settings` are extra `name=value`
     /// server settings (`fsync=off` for a test that does not measure).
     pub fn start(settings: &[&str]) -> Result<Postgres> {
-        Postgres::start_with(settings, false)
+        Postgres::start_with(settings, false, None)
     }
 
     /// A server that takes TLS connections only (`hostssl` in
     /// pg_hba.conf), its certificate (for 127.0.0.1) signed by a CA made
     /// here: [`Postgres::ca_file`].
     pub fn start_tls(settings: &[&str]) -> Result<Postgres> {
-        Postgres::start_with(settings, true)
+        Postgres::start_with(settings, true, None)
     }
 
-    fn start_with(settings: &[&str], tls: bool) -> Result<Postgres> {
+    fn start_with(settings: &[&str], tls: bool, netns: Option<(&str, &str)>) -> Result<Postgres> {
         let bin = bin_dir()?;
         let dir = tempfile::Builder::new().prefix("picket-pg").tempdir()?;
         use std::os::unix::fs::PermissionsExt;
@@ -101,7 +111,7 @@ impl Postgres {
                 nix::unistd::chown(p.as_path(), Some(pg.uid), Some(pg.gid))?;
             }
         }
-        let out = command(&bin.join("initdb"), dir.path())
+        let out = command(&bin.join("initdb"), dir.path(), None)
             .arg("-D")
             .arg(&data)
             .args([
@@ -147,10 +157,19 @@ impl Postgres {
             ]);
             ca_file = Some(ca);
         }
+        if netns.is_some() {
+            let mut hba = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("pg_hba.conf"))?;
+            use std::io::Write;
+            writeln!(hba, "host all all 10.0.0.0/8 scram-sha-256")?;
+        }
         let mut pg = Postgres {
+            netns: netns.map(|(ns, _)| ns.to_string()),
+            host: netns.map_or("127.0.0.1", |(_, ip)| ip).to_string(),
             dir,
             data,
-            port: free_port()?,
+            port: if netns.is_some() { 5432 } else { free_port()? },
             password_file,
             proc: None,
             settings,
@@ -162,33 +181,52 @@ impl Postgres {
 
     /// The URL Picket connects to (the password comes from the file).
     pub fn url(&self) -> String {
-        format!("postgresql://{USER}@127.0.0.1:{}/postgres", self.port)
+        format!("postgresql://{USER}@{}:{}/postgres", self.host, self.port)
+    }
+
+    /// `program` where the server is (its namespace, if any).
+    fn exec(&self, program: &Path) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// A server in network namespace `ns` (the namespace fleet's
+    /// vm-security, say), listening on `ip` port 5432, taking logins from
+    /// the fleet's addresses.
+    pub fn start_in_namespace(ns: &str, ip: &str, settings: &[&str]) -> Result<Postgres> {
+        let pg = Postgres::start_with(settings, false, Some((ns, ip)))?;
+        pg.psql("SELECT 1")?;
+        Ok(pg)
     }
 
     /// Starts the server (again) and waits until it accepts connections.
     pub fn resume(&mut self) -> Result<()> {
         let bin = bin_dir()?;
-        let mut cmd = command(&bin.join("postgres"), self.dir.path());
+        let netns = self.netns.as_deref();
+        let mut cmd = command(&bin.join("postgres"), self.dir.path(), netns);
         cmd.arg("-D")
             .arg(&self.data)
             .args(["-p", &self.port.to_string()])
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "unix_socket_directories=",
-            ]);
+            .args(["-c", &format!("listen_addresses={}", self.host)])
+            .args(["-c", "unix_socket_directories="]);
         for s in &self.settings {
             cmd.args(["-c", s]);
         }
         self.proc = Some(Proc::spawn(cmd)?);
-        let port = self.port;
+        let port = self.port.to_string();
         wait_for(
             "PostgreSQL accepting connections",
             Duration::from_secs(30),
             || {
-                let ready = Command::new(bin.join("pg_isready"))
-                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                let ready = self
+                    .exec(&bin.join("pg_isready"))
+                    .args(["-h", &self.host, "-p", &port, "-q"])
                     .status()
                     .ok()?;
                 ready.success().then_some(())
@@ -213,8 +251,9 @@ impl Postgres {
 
     /// Runs `sql` with psql (tests that look at the tables themselves).
     pub fn psql(&self, sql: &str) -> Result<String> {
-        let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
+        let out = self
+            .exec(Path::new("psql"))
+            .args(["-h", &self.host, "-p", &self.port.to_string(), "-U", USER])
             .args(["-d", "postgres", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .env("PGPASSWORD", PASSWORD)
             .output()
