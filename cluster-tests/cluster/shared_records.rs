@@ -157,9 +157,17 @@ fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
         want.len()
     );
 
-    // The database away: /readyz says so on both replicas; back: ready.
+    // The database away: /readyz and /metrics say so on both replicas,
+    // and the agents keep what they read meanwhile; back: ready, and the
+    // lines come in, each once.
     let mut pg = pg;
     pg.stop()?;
+    let up = |cp: &Control| -> Option<String> {
+        let (_, m) = http_get(&cp.http, "/metrics").ok()?;
+        m.lines()
+            .find_map(|l| l.strip_prefix("picket_control_postgres_up "))
+            .map(str::to_string)
+    };
     for cp in cps.iter().flatten() {
         wait_for(
             "readyz naming the database",
@@ -169,13 +177,41 @@ fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
                 (code == 503 && body.contains("records database")).then_some(())
             },
         )?;
+        assert_eq!(up(cp).as_deref(), Some("0"));
     }
+    for (_, file) in &agents {
+        write_lines(file, 300, 400)?;
+    }
+    std::thread::sleep(Duration::from_secs(2));
     pg.resume()?;
     for cp in cps.iter().flatten() {
         wait_for("ready again", Duration::from_secs(20), || {
             let (code, _) = http_get(&cp.http, "/readyz").ok()?;
             (code == 200).then_some(())
         })?;
+        assert_eq!(up(cp).as_deref(), Some("1"));
+    }
+    let want: BTreeSet<(String, String)> = ["app-0", "app-1"]
+        .iter()
+        .flat_map(|h| (0..400).map(move |n| (h.to_string(), format!("line {n}"))))
+        .collect();
+    for i in 0..2 {
+        let lines = wait_for(
+            "the lines read while it was away",
+            Duration::from_secs(60),
+            || {
+                let out = ctl(&w, &admin(i), &["logs", "-o", "json"]).ok()?;
+                let lines: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(key)
+                    .collect::<Result<_>>()
+                    .ok()?;
+                (lines.len() >= want.len()).then_some(lines)
+            },
+        )?;
+        let set: BTreeSet<_> = lines.iter().cloned().collect();
+        assert_eq!(lines.len(), set.len(), "cp-{i}: a line stored twice");
+        assert!(set == want, "cp-{i}: another set of lines");
     }
     Ok(())
 }
