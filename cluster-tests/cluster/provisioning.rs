@@ -4,6 +4,8 @@
 //! replicas on vm-devops (init) and vm-monitor (join), agents on vm-prod
 //! and vm-staging given both. The replicas share one CA, the agents come
 //! online as both replicas see them, and a second run changes nothing.
+//! The records go to PostgreSQL on vm-security (`picket_cluster_postgres`
+//! and its password).
 
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use anyhow::{Context, Result};
 use picket_tests::ansible::{self, changed, host_line, playbook};
 use picket_tests::etcd::EtcdCluster;
 use picket_tests::netns::Net;
+use picket_tests::postgres::Postgres;
 use picket_tests::*;
 
 const CONTROLS: [(&str, &str); 2] = [("vm-devops", "10.0.1.50"), ("vm-monitor", "10.0.1.30")];
@@ -25,14 +28,20 @@ fn the_playbook_makes_a_two_replica_control_plane_on_etcd() -> Result<()> {
     let w = World::new()?;
     std::fs::create_dir_all(w.path("home"))?;
     let _etcd = EtcdCluster::start_in_namespace(&w, &net.ns("vm-security"), "10.0.1.40")?;
+    let pg = Postgres::start_in_namespace(&net.ns("vm-security"), "10.0.1.40", &["fsync=off"])?;
     let bin_dir = bin("picket-agent")
         .parent()
         .context("binary folder")?
         .to_path_buf();
     let root = |host: &str| ansible::root(&w, host);
-    let etcd = " picket_cluster_etcd='[\"http://10.0.1.40:2379\"]'";
+    let etcd = format!(
+        " picket_cluster_etcd='[\"http://10.0.1.40:2379\"]' picket_cluster_postgres={} \
+         picket_cluster_postgres_password={}",
+        pg.url(),
+        picket_tests::postgres::PASSWORD
+    );
     let line = |host: &str, addr: &str, role: &str| {
-        host_line(&w, &net, (host, addr, role), &bin_dir, etcd)
+        host_line(&w, &net, (host, addr, role), &bin_dir, &etcd)
     };
     let mut inv = String::from("[control]\n");
     for (host, addr) in CONTROLS {
@@ -61,6 +70,10 @@ fn the_playbook_makes_a_two_replica_control_plane_on_etcd() -> Result<()> {
         let text = std::fs::read_to_string(&cfg)?;
         assert!(
             text.contains("[cluster]") && text.contains(&format!("node = \"{host}\"")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("postgres = \"{}\"", pg.url())),
             "{text}"
         );
         cps.push(Control::start_with(
@@ -109,6 +122,19 @@ fn the_playbook_makes_a_two_replica_control_plane_on_etcd() -> Result<()> {
             assert_eq!(a["labels"]["role"], role, "{agent}");
         }
     }
+
+    // Their records reach the database (each replica made or found the
+    // schema; each agent's first batch set its acked number).
+    wait_for(
+        "both agents' batches in PostgreSQL",
+        Duration::from_secs(60),
+        || {
+            (pg.psql("SELECT count(*) FROM picket_acked WHERE seq > 0")
+                .ok()?
+                == "2")
+                .then_some(())
+        },
+    )?;
 
     // A second run changes nothing.
     let second = playbook(&w, &inventory, &[])?;

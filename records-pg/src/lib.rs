@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use picket_store::StoreError;
-use picket_store::blocking::Runner;
+use picket_store::blocking::{Runner, Started};
 
 mod follow;
 mod ingest;
@@ -206,12 +206,31 @@ impl PgRecords {
         T: Send + 'static,
         F: Future<Output = Result<T, PgError>> + Send + 'static,
     {
+        let started = self.start(f)?;
+        self.finish(started)
+    }
+
+    /// Starts `f` with a pooled connection on the crate's runtime; its
+    /// answer is taken with [`PgRecords::finish`].
+    fn start<T, F>(
+        &self,
+        f: impl FnOnce(deadpool_postgres::Object) -> F + Send + 'static,
+    ) -> Result<Started<Result<T, PgError>>, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, PgError>> + Send + 'static,
+    {
         let pool = self.pool.clone();
-        let run = async move {
+        self.runner.start(async move {
             let client = pool.get().await?;
             f(client).await
-        };
-        let out = self.runner.wait(run)?;
+        })
+    }
+
+    /// Waits for what [`PgRecords::start`] started, noting whether the
+    /// server answered.
+    fn finish<T>(&self, started: Started<Result<T, PgError>>) -> Result<T, StoreError> {
+        let out = started.wait()?;
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
         *down = match &out {
             Err(e @ PgError::Unreachable(_)) => Some(e.to_string()),

@@ -2,9 +2,12 @@
 //! a time on, newest first, or from an id on; of one host or all; blocks
 //! whose bytes hold none of a `--grep`'s literals are not decoded.
 //!
-//! Blocks come in pages of [`PAGE`] rows by keyset (the last row's index
-//! key is where the next page starts), so a read holds one page and the
-//! blocks the merge needs, never the range; each page is one query.
+//! Blocks come in pages by keyset (the last row's index key is where the
+//! next page starts), so a read holds two pages and the blocks the merge
+//! needs, never the range. Pages grow from [`FIRST_PAGE`] rows to
+//! [`PAGE`] (a `--tail 10` reads a few blocks, a scan few queries), and
+//! the next page is asked for as soon as one arrives, so the database
+//! answers while the blocks before it are unpacked and decoded.
 //! - From `since`: by `(earliest, first_id)` from `since - SPAN_MS` (a
 //!   block spans at most that), those ending at or after `since`, merged
 //!   by [`forward`].
@@ -24,9 +27,11 @@ use tokio_postgres::types::ToSql;
 
 use crate::ingest::{EVENTS, LOGS};
 use crate::{PgError, PgRecords};
+use picket_store::blocking::Started;
 
-/// Blocks fetched per query.
-const PAGE: i64 = 64;
+/// Blocks fetched by a read's first query, and at most by one query.
+const FIRST_PAGE: i64 = 16;
+const PAGE: i64 = 256;
 
 type Records<'a, T> = Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>;
 
@@ -68,6 +73,8 @@ impl PgRecords {
             host: r.host.map(str::to_string),
             walk,
             rows: VecDeque::new(),
+            page: FIRST_PAGE,
+            next: None,
             done: false,
         };
         let needles = r.needles;
@@ -161,6 +168,10 @@ struct Pages<'a> {
     host: Option<String>,
     walk: Walk,
     rows: VecDeque<Row>,
+    /// The size of the next page asked for.
+    page: i64,
+    /// The next page, asked for already.
+    next: Option<Started<Result<Vec<(Row, (i64, i64))>, PgError>>>,
     done: bool,
 }
 
@@ -203,36 +214,58 @@ impl Pages<'_> {
             params.push(Box::new(host.clone()));
             sql.push_str(&format!(" AND host = ${}", params.len()));
         }
-        sql.push_str(&format!(" ORDER BY {order} LIMIT {PAGE}"));
+        sql.push_str(&format!(" ORDER BY {order} LIMIT {}", self.page));
         (sql, params)
     }
 
-    fn fetch(&mut self) -> Result<(), StoreError> {
+    /// Asks for the page after the last row asked for.
+    fn ask(&mut self) -> Result<(), StoreError> {
         let (sql, params) = self.query();
-        let rows = self.pg.with(move |c| async move {
+        self.next = Some(self.pg.start(move |c| async move {
             let refs: Vec<&(dyn ToSql + Sync)> = params
                 .iter()
                 .map(|p| p.as_ref() as &(dyn ToSql + Sync))
                 .collect();
-            Ok::<_, PgError>(c.query(&sql, &refs).await?)
-        })?;
-        self.done = (rows.len() as i64) < PAGE;
-        let mut last = None;
-        for r in &rows {
-            let key: (i64, i64) = (r.get(0), r.get(1));
-            last = Some(key);
-            self.rows.push_back(Row {
-                time: key.0,
-                host: r.get(2),
-                packed: r.get(3),
-            });
+            let rows = c.query(&sql, &refs).await?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let key: (i64, i64) = (r.get(0), r.get(1));
+                    let row = Row {
+                        time: key.0,
+                        host: r.get(2),
+                        packed: r.get(3),
+                    };
+                    (row, key)
+                })
+                .collect())
+        })?);
+        Ok(())
+    }
+
+    /// Takes the page asked for (asking for it first if it was not), and
+    /// asks for the one after it.
+    fn fetch(&mut self) -> Result<(), StoreError> {
+        if self.next.is_none() {
+            self.ask()?;
         }
-        if let Some(key) = last {
+        let Some(next) = self.next.take() else {
+            return Ok(());
+        };
+        let asked = self.page;
+        let rows = self.pg.finish(next)?;
+        self.done = (rows.len() as i64) < asked;
+        if let Some((_, key)) = rows.last() {
             match &mut self.walk {
-                Walk::Since { from, .. } => *from = key,
-                Walk::Newest { before } => *before = key,
+                Walk::Since { from, .. } => *from = *key,
+                Walk::Newest { before } => *before = *key,
                 Walk::After { from } => *from = key.0,
             }
+        }
+        self.rows.extend(rows.into_iter().map(|(row, _)| row));
+        if !self.done {
+            self.page = (self.page * 2).min(PAGE);
+            self.ask()?;
         }
         Ok(())
     }

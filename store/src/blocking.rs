@@ -56,13 +56,41 @@ impl Runner {
         &self,
         fut: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, crate::StoreError> {
-        let stopped = || crate::StoreError::Task(format!("{}'s runtime stopped", self.name));
-        let rt = self.runtime.as_ref().ok_or_else(stopped)?;
+        self.start(fut)?.wait()
+    }
+
+    /// Starts `fut` on the runtime; its output is waited for later
+    /// ([`Started::wait`]), so that the caller works meanwhile.
+    pub fn start<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> Result<Started<T>, crate::StoreError> {
+        let rt = self.runtime.as_ref().ok_or_else(|| stopped(self.name))?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().map_err(|_| stopped())
+        Ok(Started {
+            rx,
+            name: self.name,
+        })
+    }
+}
+
+fn stopped(name: &str) -> crate::StoreError {
+    crate::StoreError::Task(format!("{name}'s runtime stopped"))
+}
+
+/// A future started on a [`Runner`], its output still to come.
+pub struct Started<T> {
+    rx: std::sync::mpsc::Receiver<T>,
+    name: &'static str,
+}
+
+impl<T> Started<T> {
+    /// Waits for the output.
+    pub fn wait(self) -> Result<T, crate::StoreError> {
+        self.rx.recv().map_err(|_| stopped(self.name))
     }
 }
 
