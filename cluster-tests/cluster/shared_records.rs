@@ -4,40 +4,14 @@
 //! agent's file gets is read through both replicas, each line once.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use picket_tests::etcd::EtcdCluster;
-use picket_tests::lines::write_lines;
+use picket_tests::lines::{follow_logs, write_lines};
 use picket_tests::postgres::Postgres;
 use picket_tests::*;
 use serde_json::Value;
-
-/// `picketctl logs -f -o json` through `admin`'s replica, its lines as
-/// they come.
-fn follow(
-    w: &World,
-    admin: &[String],
-) -> Result<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
-    let mut c = w.cmd("picketctl");
-    c.args(admin)
-        .args(["logs", "-f", "-o", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn()?;
-    let out = child.stdout.take().context("stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    Ok((child, rx))
-}
 
 /// A line's host and text, checked to be one JSON object.
 fn key(l: &str) -> Result<(String, String)> {
@@ -63,7 +37,7 @@ fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
 
     // A follower on each replica before anything is written.
     let followers: Vec<_> = (0..2)
-        .map(|i| follow(&w, &admin(i)))
+        .map(|i| follow_logs(&w, &admin(i), &["-o", "json"], Duration::ZERO))
         .collect::<Result<_>>()?;
 
     // One agent on each replica, each tailing a file of its own.
@@ -77,13 +51,7 @@ fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
         let cp = cps[i].as_ref().context("a replica")?;
         let out = enroll(&w, cp, &fp, &tok, name, &[])?;
         assert!(out.status.success(), "{}", stderr(&out));
-        let cfg = w.path(&format!("agents/{name}/agent.toml"));
-        let mut text = std::fs::read_to_string(&cfg)?;
-        text.push_str(&format!(
-            "\n[[source]]\nkind = \"raw\"\npath = \"{}\"\nfrom_start = true\n",
-            file.display()
-        ));
-        std::fs::write(&cfg, text)?;
+        add_source(&w.path(&format!("agents/{name}/agent.toml")), "raw", &file)?;
         set_agent_key(&w, name, "metrics_interval", "\"1s\"")?;
         agents.push((run_agent(&w, name)?, file));
     }

@@ -161,6 +161,10 @@ struct Row {
     packed: Vec<u8>,
 }
 
+/// A page of block rows, each with its index key (where the next page
+/// starts after the last).
+type Page = Vec<(Row, (i64, i64))>;
+
 /// The blocks of a read, a page at a time.
 struct Pages<'a> {
     pg: &'a PgRecords,
@@ -171,7 +175,7 @@ struct Pages<'a> {
     /// The size of the next page asked for.
     page: i64,
     /// The next page, asked for already.
-    next: Option<Started<Result<Vec<(Row, (i64, i64))>, PgError>>>,
+    next: Option<Started<Result<Page, PgError>>>,
     done: bool,
 }
 

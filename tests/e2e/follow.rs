@@ -3,12 +3,10 @@
 //! burst a test can afford overflows it many times), reads what it missed
 //! from the store, and goes on live: every line exactly once, in order.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use picket_tests::lines::write_lines;
+use picket_tests::lines::{follow_logs, write_lines};
 use picket_tests::*;
 
 const LINES: usize = 20_000;
@@ -30,8 +28,8 @@ fn a_slow_follower_of_a_burst_gets_every_line_once_in_order_and_is_not_cut() -> 
     // at first: the pipe, the stream and the control plane's queue for it
     // fill up behind it.
     let late = Duration::from_secs(3);
-    let (mut json, json_rx) = follower(&w, &admin, &["-o", "json"], late)?;
-    let (mut table, table_rx) = follower(&w, &admin, &[], late)?;
+    let (mut json, json_rx) = follow_logs(&w, &admin, &["-o", "json"], late)?;
+    let (mut table, table_rx) = follow_logs(&w, &admin, &[], late)?;
     write_lines(&app, 0, LINES)?;
     let json_line = |l: &str| -> Result<String> {
         let v: serde_json::Value = serde_json::from_str(l)?;
@@ -73,34 +71,6 @@ fn a_slow_follower_of_a_burst_gets_every_line_once_in_order_and_is_not_cut() -> 
     Ok(())
 }
 
-/// A `logs -f` follower whose reader starts `late`, its lines as they
-/// come.
-fn follower(
-    w: &World,
-    admin: &[String],
-    extra: &[&str],
-    late: Duration,
-) -> Result<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
-    let mut c = w.cmd("picketctl");
-    c.args(admin)
-        .args(["logs", "-f"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        std::thread::sleep(late);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Ok((child, rx))
-}
-
 /// The next `n` lines of a follower, each as `parse` reads it.
 fn take(
     rx: &std::sync::mpsc::Receiver<String>,
@@ -127,7 +97,7 @@ fn a_follower_restarted_with_its_last_cursor_resumes_exactly() -> Result<()> {
     std::fs::write(&app, "")?;
     let _agent = enroll_with_sources(&w, &cp, &fp, "app-1", &[], &[("raw", &app)])?;
     write_lines(&app, 0, 500)?;
-    let (mut first, rx) = follower(&w, &admin, &["-o", "json"], Duration::ZERO)?;
+    let (mut first, rx) = follow_logs(&w, &admin, &["-o", "json"], Duration::ZERO)?;
     let got: Vec<serde_json::Value> = take(&rx, 200, |l| Ok(l.to_string()))?
         .iter()
         .map(|l| serde_json::from_str(l))
@@ -142,7 +112,7 @@ fn a_follower_restarted_with_its_last_cursor_resumes_exactly() -> Result<()> {
     assert_eq!(got[199]["line"], "line 199");
     write_lines(&app, 500, 1000)?;
     let after = ["-o", "json", "--after", &cursor];
-    let (mut second, rx) = follower(&w, &admin, &after, Duration::ZERO)?;
+    let (mut second, rx) = follow_logs(&w, &admin, &after, Duration::ZERO)?;
     let rest = take(&rx, 800, |l| {
         let v: serde_json::Value = serde_json::from_str(l)?;
         Ok(v["line"].as_str().unwrap_or_default().to_string())

@@ -459,17 +459,25 @@ pub fn enroll_with(
     let tok = token(w, cp, &[])?;
     let out = enroll(w, cp, fp, &tok, name, labels)?;
     anyhow::ensure!(out.status.success(), "enroll: {}", stderr(&out));
-    let cfg = w.path(&format!("agents/{name}/agent.toml"));
-    let mut text = std::fs::read_to_string(&cfg)?;
     for (kind, path) in sources {
-        text.push_str(&format!(
-            "\n[[source]]\nkind = \"{kind}\"\npath = \"{}\"\nfrom_start = true\n",
-            path.display()
-        ));
+        add_source(&w.path(&format!("agents/{name}/agent.toml")), kind, path)?;
     }
-    let text = merge_config(&text, extra);
+    let cfg = w.path(&format!("agents/{name}/agent.toml"));
+    let text = merge_config(&std::fs::read_to_string(&cfg)?, extra);
     std::fs::write(&cfg, text)?;
     run_agent(w, name)
+}
+
+/// Adds a `[[source]]` of `kind` on `path`, read from the start, to the
+/// agent.toml at `cfg`.
+pub fn add_source(cfg: &Path, kind: &str, path: &Path) -> Result<()> {
+    let mut text = std::fs::read_to_string(cfg)?;
+    text.push_str(&format!(
+        "\n[[source]]\nkind = \"{kind}\"\npath = \"{}\"\nfrom_start = true\n",
+        path.display()
+    ));
+    std::fs::write(cfg, text)?;
+    Ok(())
 }
 
 /// Starts `picket-agent run` for an enrolled agent.

@@ -3,7 +3,8 @@
 //! and nothing stored twice.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -65,4 +66,32 @@ pub fn wait_all(w: &World, flags: &[String], n: usize) -> Result<()> {
         assert_eq!(counts.get(&i), Some(&1), "line {i}");
     }
     Ok(())
+}
+
+/// A `picketctl logs -f` follower (with `admin`'s flags and `extra`) whose reader starts `late`, its lines as they
+/// come.
+pub fn follow_logs(
+    w: &World,
+    admin: &[String],
+    extra: &[&str],
+    late: Duration,
+) -> Result<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
+    let mut c = w.cmd("picketctl");
+    c.args(admin)
+        .args(["logs", "-f"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        std::thread::sleep(late);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((child, rx))
 }

@@ -101,12 +101,7 @@ impl Net {
         let log = w.path(&format!("{host}.log"));
         std::fs::write(&log, "")?;
         let cfg = w.path(&format!("agents/{host}/agent.toml"));
-        let mut text = std::fs::read_to_string(&cfg)?;
-        text.push_str(&format!(
-            "\n[[source]]\nkind = \"raw\"\npath = \"{}\"\nfrom_start = true\n",
-            log.display()
-        ));
-        std::fs::write(&cfg, text)?;
+        crate::add_source(&cfg, "raw", &log)?;
         let mut c = w.cmd_in(&self.ns(host), "picket-agent");
         c.args(["run", "--config"]).arg(&cfg);
         crate::Proc::spawn(c)
