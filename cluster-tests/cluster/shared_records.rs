@@ -147,6 +147,14 @@ fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
         )?;
         assert_eq!(up(cp).as_deref(), Some("0"));
     }
+    // A query says why it cannot answer.
+    let out = ctl(&w, &admin(0), &["logs"])?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot reach its records database"),
+        "{}",
+        stderr(&out)
+    );
     for (_, file) in &agents {
         write_lines(file, 300, 400)?;
     }

@@ -582,7 +582,7 @@ impl AdminService for AdminSvc {
 fn feed_end(e: crate::feed::End) -> Status {
     use crate::feed::End;
     match e {
-        End::Store(e) => internal(e),
+        End::Store(e) => store_error(e),
         End::ShuttingDown => Status::unavailable("control plane shutting down"),
         e @ End::Expired { .. } => Status::out_of_range(e.to_string()),
     }

@@ -25,8 +25,12 @@ pub fn store_error(e: picket_store::StoreError) -> Status {
         }
         E::Shared(_) | E::Database(_) => {
             tracing::debug!(error = %e, "cluster state or records refused a call");
+            let what = match e {
+                E::Database(_) => "its records database",
+                _ => "the cluster's state",
+            };
             Status::unavailable(format!(
-                "the control plane cannot reach the cluster's state now ({e}); retry once it can"
+                "the control plane cannot reach {what} now ({e}); retry once it can"
             ))
         }
         _ => internal(e),
