@@ -526,3 +526,25 @@ fn tls_to_the_database_checks_its_certificate() -> Result<()> {
     assert!(e.to_string().contains("certificate"), "{e}");
     Ok(())
 }
+
+#[test]
+fn a_replica_starts_while_the_database_is_away_and_migrates_when_it_is_back() -> Result<()> {
+    let mut pg = Postgres::start(&["fsync=off"])?;
+    pg.stop()?;
+    let db = connect(&pg)?;
+    assert!(db.unreachable().is_some(), "it knows the server is away");
+    let e = put_logs(&db, "h", &[line("h", 1, 5, "early")])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("records database unreachable"), "{e:?}");
+    pg.resume()?;
+    let (ids, acked) = put_logs(&db, "h", &[line("h", 1, 5, "early")])?;
+    assert_eq!((ids.len(), acked), (1, 1));
+    let known = picket_records_pg::schema::known();
+    assert_eq!(
+        pg.psql("SELECT version FROM picket_schema")?,
+        known.to_string()
+    );
+    Ok(())
+}

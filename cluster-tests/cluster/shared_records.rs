@@ -32,7 +32,7 @@ fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
         pg.url(),
         pg.password_file.display().to_string()
     );
-    let (cps, fp) = crate::replicas::start(&w, &etcd.endpoints(), 2, &extra, None)?;
+    let (mut cps, fp) = crate::replicas::start(&w, &etcd.endpoints(), 2, &extra, None)?;
     let admin = |i: usize| crate::replicas::admin(&w, &cps, i).unwrap_or_default();
 
     // A follower on each replica before anything is written.
@@ -189,5 +189,30 @@ fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
         assert_eq!(lines.len(), set.len(), "cp-{i}: a line stored twice");
         assert!(set == want, "cp-{i}: another set of lines");
     }
+    // A replica restarted while the database is away starts (not ready,
+    // saying why), and serves once the database is back.
+    pg.stop()?;
+    let admin1 = admin(1);
+    let listen = cps[1].as_ref().context("cp-1")?.grpc.clone();
+    drop(cps.pop());
+    let cp1 = Control::start_on(&w, "cp1", &listen)?;
+    let (code, body) = http_get(&cp1.http, "/readyz")?;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("records database"), "{body}");
+    pg.resume()?;
+    wait_for(
+        "the restarted replica ready",
+        Duration::from_secs(20),
+        || {
+            let (code, _) = http_get(&cp1.http, "/readyz").ok()?;
+            (code == 200).then_some(())
+        },
+    )?;
+    let out = ctl(&w, &admin1, &["logs", "-o", "json"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        want.len()
+    );
     Ok(())
 }

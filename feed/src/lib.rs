@@ -195,7 +195,16 @@ impl Feed {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<Self, StoreError> {
-        let above_all = store.next_id()?;
+        // A shared store that does not answer yet: the last id is learnt
+        // at its first answer (`Feed::committed`, `Feed::snapshot`).
+        let above_all = match store.next_id() {
+            Ok(n) => n,
+            Err(error) if store.shared() => {
+                tracing::warn!(%error, "records: no last id yet; follows wait for the store");
+                UNKNOWN
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Feed {
             store,
             events: Live::default(),
@@ -270,6 +279,11 @@ impl Feed {
         let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let last = self.last_id.load(Ordering::Acquire);
         let top = self.store.next_id()?;
+        if last == UNKNOWN {
+            // The first answer: nobody could follow before it.
+            self.last_id.store(top, Ordering::Release);
+            return Ok(());
+        }
         if top <= last {
             return Ok(());
         }
@@ -294,11 +308,19 @@ impl Feed {
         // Ingest holds `order` across a block's write and fsync.
         picket_store::blocking::in_place(|| {
             let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+            if self.last_id.load(Ordering::Acquire) == UNKNOWN
+                && let Ok(n) = self.store.next_id()
+            {
+                self.last_id.store(n, Ordering::Release);
+            }
             let rx = live.map(Live::subscribe);
             (rx, self.last_id.load(Ordering::Acquire))
         })
     }
 }
+
+/// The last id of a shared store that has not answered since the start.
+const UNKNOWN: u64 = u64::MAX;
 
 /// The records `read` gives up to id `top`, in id order.
 fn newer<T: Stored>(read: RecordIter<'_, T>, top: u64) -> Result<Vec<Arc<T>>, StoreError> {
@@ -406,6 +428,11 @@ impl Feed {
         let f = Arc::new(f);
         let feed = self.clone();
         self.tasks.spawn(async move {
+            if snapshot == UNKNOWN {
+                let why = "records database unreachable: not reached since the start".to_string();
+                let _ = tx.send(Err(End::Store(StoreError::Database(why)))).await;
+                return;
+            }
             let _following = live.is_some().then(|| Gauge::up(&feed.stats.followers));
             // The backlog: ids at or below the snapshot (and, when catching
             // up, above what was already sent).

@@ -112,11 +112,41 @@ fn describe(e: &tokio_postgres::Error) -> String {
     text
 }
 
+/// Whether `e` says the server is away (not answering, the connection
+/// broken), as opposed to refusing: a server error, a wrong password, a
+/// certificate not trusted.
+fn away(e: &tokio_postgres::Error) -> bool {
+    use std::io::ErrorKind as K;
+    if e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                K::ConnectionRefused
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::TimedOut
+                    | K::NotConnected
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+                    | K::HostUnreachable
+                    | K::NetworkUnreachable
+                    | K::AddrNotAvailable
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> Self {
-        match e.as_db_error() {
-            Some(_) => PgError::Db(describe(&e)),
-            None => PgError::Unreachable(describe(&e)),
+        match away(&e) {
+            true => PgError::Unreachable(describe(&e)),
+            false => PgError::Db(describe(&e)),
         }
     }
 }
@@ -153,11 +183,18 @@ pub struct PgRecords {
     /// Why the last call failed for want of the server (none: it
     /// answered).
     down: Arc<std::sync::Mutex<Option<String>>>,
+    /// The schema version found, once the schema is up to date: at
+    /// connect, or at the first call that reaches the server after a
+    /// start without it.
+    schema: Arc<tokio::sync::OnceCell<i32>>,
 }
 
 impl PgRecords {
     /// Connects, brings the schema up to date ([`schema::migrate`]) and
-    /// checks that it is not newer than this build knows.
+    /// checks that it is not newer than this build knows. A server that
+    /// does not answer is not an error here: every call is refused
+    /// (`records database unreachable`) until one reaches it, and that one
+    /// migrates first, so a replica can start while the database is away.
     pub fn connect(settings: &Settings) -> Result<PgRecords, StoreError> {
         let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| {
             PgError::Config(format!("{:?} is not a database URL: {e}", settings.url))
@@ -182,19 +219,21 @@ impl PgRecords {
                 .build()
                 .map_err(|e| PgError::Config(e.to_string()))?
         };
-        let pool = Arc::new(pool);
-        let p = pool.clone();
-        runner.wait(async move {
-            let mut client = p.get().await.map_err(PgError::from)?;
-            schema::migrate(&mut client).await
-        })??;
-        Ok(PgRecords {
+        let db = PgRecords {
             runner,
-            pool,
+            pool: Arc::new(pool),
             config,
             tls,
             down: Arc::default(),
-        })
+            schema: Arc::default(),
+        };
+        match db.with(|_| async { Ok(()) }) {
+            Err(StoreError::Database(why)) if db.unreachable().is_some() => {
+                tracing::warn!(%why, "records database: not answering at start; records wait for it");
+            }
+            other => other?,
+        }
+        Ok(db)
     }
 
     /// Runs `f` with a pooled connection on the crate's runtime, and waits.
@@ -220,9 +259,12 @@ impl PgRecords {
         T: Send + 'static,
         F: Future<Output = Result<T, PgError>> + Send + 'static,
     {
-        let pool = self.pool.clone();
+        let (pool, migrated) = (self.pool.clone(), self.schema.clone());
         self.runner.start(async move {
-            let client = pool.get().await?;
+            let mut client = pool.get().await?;
+            migrated
+                .get_or_try_init(|| schema::migrate(&mut client))
+                .await?;
             f(client).await
         })
     }
