@@ -50,6 +50,18 @@ fn bin_dir() -> Result<PathBuf> {
     )
 }
 
+/// Where the server's folder goes: the temporary folder, if the
+/// `postgres` user can reach into it (every folder above it searchable by
+/// others), else /tmp.
+fn base_dir() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let t = std::env::temp_dir();
+    let reachable = t
+        .ancestors()
+        .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if reachable { t } else { PathBuf::from("/tmp") }
+}
+
 fn as_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -97,7 +109,9 @@ impl Postgres {
 
     fn start_with(settings: &[&str], tls: bool, netns: Option<(&str, &str)>) -> Result<Postgres> {
         let bin = bin_dir()?;
-        let dir = tempfile::Builder::new().prefix("picket-pg").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("picket-pg")
+            .tempdir_in(base_dir())?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let data = dir.path().join("data");
