@@ -65,7 +65,7 @@ fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
 
     // Each follower gets both agents' lines, each once, whichever
     // replica stored them.
-    for (i, (child, rx)) in followers.into_iter().enumerate() {
+    for (i, (_, rx)) in followers.iter().enumerate() {
         let mut got = Vec::new();
         while got.len() < want.len() {
             let l = rx.recv_timeout(Duration::from_secs(60)).with_context(|| {
@@ -81,10 +81,46 @@ fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
         let set: BTreeSet<_> = got.iter().cloned().collect();
         assert_eq!(set.len(), got.len(), "cp-{i}: a line twice");
         assert!(set == want, "cp-{i}: another set of lines");
-        let mut child = child;
+    }
+
+    // How long a line app-1 reads takes to reach a follower on its own
+    // replica (cp-1) and on the other (cp-0, through the database's
+    // notification): printed for docs/benchmarks.md, asserted only to come.
+    let mut took: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for k in 0..10 {
+        let started = std::time::Instant::now();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&agents[1].1)?;
+        std::io::Write::write_all(&mut f, format!("probe {k}\n").as_bytes())?;
+        for (i, (_, rx)) in followers.iter().enumerate() {
+            loop {
+                let l = rx
+                    .recv_timeout(Duration::from_secs(30))
+                    .with_context(|| format!("probe {k} never reached cp-{i}"))?;
+                if key(&l)?.1 == format!("probe {k}") {
+                    took[i].push(started.elapsed().as_secs_f64() * 1000.0);
+                    break;
+                }
+            }
+        }
+    }
+    for (i, ms) in took.iter_mut().enumerate() {
+        ms.sort_by(f64::total_cmp);
+        eprintln!(
+            "line read on app-1 (cp-1) → follower on cp-{i}: p50 {:.0} ms, max {:.0} ms",
+            ms[ms.len() / 2],
+            ms[ms.len() - 1]
+        );
+    }
+    for (mut child, _) in followers {
         let _ = child.kill();
         let _ = child.wait();
     }
+    let probes: BTreeSet<(String, String)> = (0..10)
+        .map(|k| ("app-1".to_string(), format!("probe {k}")))
+        .collect();
+    let want: BTreeSet<_> = want.union(&probes).cloned().collect();
 
     // A query through either replica: the whole fleet, in one order.
     let mut answers = Vec::new();
@@ -171,6 +207,7 @@ fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
         .iter()
         .flat_map(|h| (0..400).map(move |n| (h.to_string(), format!("line {n}"))))
         .collect();
+    let want: BTreeSet<_> = want.union(&probes).cloned().collect();
     for i in 0..2 {
         let lines = wait_for(
             "the lines read while it was away",
