@@ -55,11 +55,21 @@ fn run_through_one_replica_reaches_hosts_held_by_another() -> Result<()> {
         },
     )?;
 
-    // `status` on each counts both hosts up (presence).
+    // `status` on each counts both hosts up (presence), and so does
+    // `/metrics`' picket_agent_up (an alert on it means the same on both).
     for i in 0..2 {
         let s = ctl_json(&w, &admin(i), &["status"])?;
         let s = s.first().context("a status line")?;
         assert_eq!(s["hosts"]["up"], 2, "{s}");
+        let (_, m) = http_get(&cp(i)?.http, "/metrics")?;
+        for host in ["web-0", "web-1"] {
+            let prefix = format!("picket_agent_up{{host=\"{host}\"");
+            let line = m.lines().find(|l| l.starts_with(&prefix));
+            assert!(
+                line.is_some_and(|l| l.ends_with(" 1")),
+                "cp-{i}, {host}: {line:?}"
+            );
+        }
     }
 
     // `run` through each replica reaches both hosts, its own and the

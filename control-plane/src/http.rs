@@ -104,8 +104,12 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
         }
         enrolled += 1;
         let base = host_labels(&a.name, &a.labels());
+        // Up while it streams with any replica (cluster mode: presence),
+        // so that an alert on `picket_agent_up == 0` means the same on
+        // every replica; its gauges come from the replica holding it.
+        up.get_or_create(&base)
+            .set(i64::from(state.streaming(&a.name)));
         let online = state.sessions.is_online(&a.name);
-        up.get_or_create(&base).set(i64::from(online));
         if let Some(ms) = state.sessions.clock_offset_ms(&a.name).filter(|_| online) {
             clock.get_or_create(&base).set(ms as f64 / 1000.0);
         }
@@ -134,7 +138,7 @@ fn exposition(state: &State) -> Result<String, picket_store::StoreError> {
     }
     reg.register(
         "picket_agent_up",
-        "1 if the agent has a live session, else 0",
+        "1 if the agent has a live session (with any replica, in cluster mode), else 0",
         up,
     );
     reg.register(
