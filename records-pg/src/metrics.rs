@@ -9,17 +9,16 @@ use picket_store::metrics::{MINUTE_MS, Point, Rollup, Sample, decode_values, enc
 
 use crate::PgRecords;
 
+/// A host's raw samples with `$2 <= time < $3`, oldest first.
+const SAMPLES_IN_RANGE: &str = "SELECT time_ms, points FROM picket_samples \
+     WHERE host = $1 AND time_ms >= $2 AND time_ms < $3 ORDER BY time_ms";
+
 impl PgRecords {
     /// Raw samples of `host` with `from <= time < to`, oldest first.
     pub fn samples(&self, host: &str, from: i64, to: i64) -> Result<Vec<Sample>, StoreError> {
         let host = host.to_string();
         let rows = self.with(move |c| async move {
-            Ok(c.query(
-                "SELECT time_ms, points FROM picket_samples \
-                 WHERE host = $1 AND time_ms >= $2 AND time_ms < $3 ORDER BY time_ms",
-                &[&host, &from, &to],
-            )
-            .await?)
+            Ok(c.query(SAMPLES_IN_RANGE, &[&host, &from, &to]).await?)
         })?;
         rows.iter().map(|r| sample(r.get(0), r.get(1))).collect()
     }
@@ -81,13 +80,7 @@ impl PgRecords {
             if done >= until {
                 return Ok(0);
             }
-            let rows = tx
-                .query(
-                    "SELECT time_ms, points FROM picket_samples \
-                     WHERE host = $1 AND time_ms >= $2 AND time_ms < $3 ORDER BY time_ms",
-                    &[&host, &done, &until],
-                )
-                .await?;
+            let rows = tx.query(SAMPLES_IN_RANGE, &[&host, &done, &until]).await?;
             let samples: Vec<Sample> = rows
                 .iter()
                 .map(|r| sample(r.get(0), r.get(1)))
