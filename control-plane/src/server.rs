@@ -147,7 +147,7 @@ pub async fn run(
         identity.clone(),
         shutdown.clone(),
     );
-    let (records, records_db) = crate::cluster::records::open(cfg.cluster.as_ref(), &store)?;
+    let records_db = crate::cluster::records::open(cfg.cluster.as_ref())?;
     let tasks = tokio_util::task::TaskTracker::new();
     let steps = Arc::new(
         crate::steps::Steps::new(sessions.clone()).with_output_limit(cfg.limits.step_output_bytes),
@@ -155,8 +155,12 @@ pub async fn run(
     let sinks = crate::ingest::Sinks {
         sample_ahead_ms: picket_model::millis(cfg.limits.sample_ahead),
         feed: Arc::new(
-            crate::feed::Feed::new(records, shutdown.clone(), tasks.clone())?
-                .with_follower_budget(cfg.limits.follower_queue_bytes),
+            crate::feed::Feed::new(
+                crate::cluster::records::kept(records_db.as_ref(), &store),
+                shutdown.clone(),
+                tasks.clone(),
+            )?
+            .with_follower_budget(cfg.limits.follower_queue_bytes),
         ),
         fleet: Default::default(),
         counters: Default::default(),

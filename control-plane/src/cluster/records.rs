@@ -16,14 +16,11 @@ use tokio_util::sync::CancellationToken;
 /// How often the feed looks for commits it was not told of.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
-/// Where records are kept, and the database when it is one.
-type Opened = (Arc<dyn RecordStore>, Option<Arc<PgRecords>>);
-
-/// The records' store as `[cluster]` says, and the database when there
-/// is one (connected, its schema brought up to date).
-pub fn open(cluster: Option<&ClusterConfig>, store: &Store) -> anyhow::Result<Opened> {
+/// The records database `[cluster]` names, if any (its schema brought up
+/// to date now, or at the first call that reaches it: PgRecords::connect).
+pub fn open(cluster: Option<&ClusterConfig>) -> anyhow::Result<Option<Arc<PgRecords>>> {
     let Some((c, url)) = cluster.and_then(|c| Some((c, c.postgres.as_ref()?))) else {
-        return Ok((Arc::new(store.clone()), None));
+        return Ok(None);
     };
     let settings = Settings {
         password_file: c.password_file.clone(),
@@ -31,8 +28,15 @@ pub fn open(cluster: Option<&ClusterConfig>, store: &Store) -> anyhow::Result<Op
     };
     let db = picket_store::blocking::in_place(|| PgRecords::connect(&settings))
         .with_context(|| format!("opening the records database {url}"))?;
-    let db = Arc::new(db);
-    Ok((db.clone(), Some(db)))
+    Ok(Some(Arc::new(db)))
+}
+
+/// Where this replica keeps records: the database, else its own store.
+pub fn kept(db: Option<&Arc<PgRecords>>, store: &Store) -> Arc<dyn RecordStore> {
+    match db {
+        Some(db) => db.clone(),
+        None => Arc::new(store.clone()),
+    }
 }
 
 /// Publishes to this replica's followers what any replica committed, on
