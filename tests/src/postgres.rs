@@ -66,14 +66,24 @@ fn as_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// `argv` in network namespace `netns` if given (`ip netns exec` execs
+/// it).
+fn in_netns(netns: Option<&str>, argv: Vec<std::ffi::OsString>) -> Command {
+    let mut all: Vec<std::ffi::OsString> = match netns {
+        Some(ns) => ["ip", "netns", "exec", ns].map(Into::into).to_vec(),
+        None => Vec::new(),
+    };
+    all.extend(argv);
+    let mut c = Command::new(&all[0]);
+    c.args(&all[1..]);
+    c
+}
+
 /// `program`, as the `postgres` user when we are root (setpriv execs it,
 /// so the process we hold, and signal, is the program itself), in network
-/// namespace `netns` if given (`ip netns exec` execs too).
+/// namespace `netns` if given.
 fn command(program: &Path, dir: &Path, netns: Option<&str>) -> Command {
     let mut argv: Vec<std::ffi::OsString> = Vec::new();
-    if let Some(ns) = netns {
-        argv.extend(["ip", "netns", "exec", ns].map(Into::into));
-    }
     if as_root() {
         argv.extend(
             [
@@ -87,8 +97,7 @@ fn command(program: &Path, dir: &Path, netns: Option<&str>) -> Command {
         );
     }
     argv.push(program.into());
-    let mut c = Command::new(&argv[0]);
-    c.args(&argv[1..]);
+    let mut c = in_netns(netns, argv);
     c.current_dir(dir);
     c
 }
@@ -200,14 +209,7 @@ impl Postgres {
 
     /// `program` where the server is (its namespace, if any).
     fn exec(&self, program: &Path) -> Command {
-        match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(program);
-                c
-            }
-            None => Command::new(program),
-        }
+        in_netns(self.netns.as_deref(), vec![program.into()])
     }
 
     /// A server in network namespace `ns` (the namespace fleet's
