@@ -147,7 +147,8 @@ impl<T: Stored> Live<T> {
     /// A follower with more than its budget waiting is dropped: it reads
     /// what it was sent, then learns that it fell behind.
     fn publish(&self, host: &str, records: &[Wire<'_>]) {
-        if !self.followed() {
+        let mut followers = self.open();
+        if followers.is_empty() {
             return;
         }
         let decoded = records.iter().filter_map(|w| match T::from_wire(host, w) {
@@ -158,19 +159,27 @@ impl<T: Stored> Live<T> {
                 None
             }
         });
-        self.send(decoded);
+        self.send_to(&mut followers, decoded);
     }
 
-    /// Whether anyone follows (forgetting those who left).
-    fn followed(&self) -> bool {
+    /// The followers, those who left forgotten.
+    fn open(&self) -> std::sync::MutexGuard<'_, Vec<Follower<T>>> {
         let mut followers = self.lock();
         followers.retain(|f| !f.tx.is_closed());
-        !followers.is_empty()
+        followers
+    }
+
+    /// Whether anyone follows.
+    fn followed(&self) -> bool {
+        !self.open().is_empty()
     }
 
     /// Sends decoded records to the followers, as [`Live::publish`].
     fn send(&self, records: impl Iterator<Item = Arc<T>>) {
-        let mut followers = self.lock();
+        self.send_to(&mut self.lock(), records);
+    }
+
+    fn send_to(&self, followers: &mut Vec<Follower<T>>, records: impl Iterator<Item = Arc<T>>) {
         for r in records {
             let size = r.size();
             followers.retain(|f| {
