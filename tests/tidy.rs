@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("picket-backup", 3),
     ("picket-feed", 3),
     ("picket-records-pg", 3),
+    ("picket-tap", 3),
     ("picket-control", 4),
     ("picket-agent", 4),
     ("picketctl", 4),

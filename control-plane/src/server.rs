@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
 use crate::grpc::state::State;
+use crate::alert::front::Alerts;
 use crate::rollout::front::Rollouts;
 use crate::sessions::Sessions;
 use picket_config::control::ControlConfig;
@@ -164,22 +165,25 @@ pub async fn run(
         ),
         fleet: Default::default(),
         counters: Default::default(),
-        alerts: crate::alert::tap::Tap::detached(),
+        alerts: picket_tap::Tap::detached(),
     };
-    let alerts = crate::alert::driver::start(
-        crate::alert::driver::Parts {
-            store: store.clone(),
-            file: cfg.alerts.clone(),
-            now: picket_clock::now_ms,
-            name: cfg.name.clone(),
-        },
-        shutdown.clone(),
-        &tasks,
-    )
+    // Cluster mode with a records database: the leader's alert engine is
+    // fed from it, whichever replica stored what.
+    let tapped = records_db.as_ref().map(|db| crate::alert::driver::Tapped {
+        records: db.clone(),
+        wake: db.follow(crate::cluster::records::LOOK_EVERY),
+    });
+    let alert_kit = crate::alert::driver::Kit::new(crate::alert::driver::Parts {
+        store: store.clone(),
+        file: cfg.alerts.clone(),
+        now: picket_clock::now_ms,
+        name: cfg.name.clone(),
+        records: tapped,
+    })
     .await
     .context("starting the alert driver")?;
     let sinks = crate::ingest::Sinks {
-        alerts: alerts.tap.clone(),
+        alerts: alert_kit.tap.clone(),
         ..sinks
     };
     if let Some(db) = records_db {
@@ -205,7 +209,7 @@ pub async fn run(
             ));
             tasks.spawn(crate::cluster::vouch_for_others(
                 replica.clone(),
-                alerts.tap.clone(),
+                alert_kit.tap.clone(),
                 cfg.heartbeat_interval,
                 shutdown.clone(),
             ));
@@ -228,28 +232,70 @@ pub async fn run(
             now: picket_clock::now_ms,
         }
     };
-    let rollouts = match (&cluster, shared) {
-        // Cluster mode: the driver runs on the leader only.
+    let (rollouts, alerts) = match (&cluster, shared) {
+        // Cluster mode: the drivers run on the leader only.
         (Some(replica), Some(shared)) => {
             let t = tasks.clone();
-            let start: crate::cluster::lead::StartDriver = Box::new(move |stop| {
+            let start: crate::cluster::lead::StartDriver<_> = Box::new(move |stop| {
                 let (parts, t) = (parts(), t.clone());
-                Box::pin(async move { crate::rollout::driver::start(parts, stop, &t).await })
+                Box::pin(async move {
+                    crate::rollout::driver::start(parts, stop, &t)
+                        .await
+                        .map_err(|e| Box::new(e) as _)
+                })
             });
-            let slot = crate::cluster::lead::rollouts_while_leading(
-                replica.clone(),
-                shared,
+            let led = crate::cluster::lead::Led {
+                what: "rollouts driven",
+                trees: &[picket_store::ROLLOUTS],
                 start,
+            };
+            let slot = crate::cluster::lead::while_leading(
+                replica.clone(),
+                shared.clone(),
+                led,
                 shutdown.clone(),
                 &tasks,
             );
-            Rollouts::replica(slot, store.clone(), replica.cluster.roles())
+            let (t, kit) = (tasks.clone(), alert_kit.clone());
+            let start: crate::cluster::lead::StartDriver<_> = Box::new(move |stop| {
+                let (t, kit) = (t.clone(), kit.clone());
+                Box::pin(async move {
+                    kit.refresh().await;
+                    kit.start(stop, &t).await.map_err(|e| Box::new(e) as _)
+                })
+            });
+            let led = crate::cluster::lead::Led {
+                what: "alerts decided and notifications sent",
+                trees: &[picket_store::ALERTS, picket_store::OUTBOX],
+                start,
+            };
+            let alerts = crate::cluster::lead::while_leading(
+                replica.clone(),
+                shared,
+                led,
+                shutdown.clone(),
+                &tasks,
+            );
+            let role = Some(replica.cluster.roles());
+            (
+                Rollouts::replica(slot, store.clone(), replica.cluster.roles()),
+                Alerts::replica(alerts, alert_kit, role),
+            )
         }
-        _ => Rollouts::alone(
-            crate::rollout::driver::start(parts(), shutdown.clone(), &tasks)
-                .await
-                .context("starting the rollout driver")?,
-            store.clone(),
+        _ => (
+            Rollouts::alone(
+                crate::rollout::driver::start(parts(), shutdown.clone(), &tasks)
+                    .await
+                    .context("starting the rollout driver")?,
+                store.clone(),
+            ),
+            Alerts::alone(
+                alert_kit
+                    .start(shutdown.clone(), &tasks)
+                    .await
+                    .context("starting the alert driver")?,
+                alert_kit,
+            ),
         ),
     };
     let ingester = Arc::new(

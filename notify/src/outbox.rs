@@ -223,6 +223,15 @@ impl Outbox {
                 }
                 continue;
             };
+            // Cluster mode: only while this replica still leads (the
+            // write is fenced on its term), so a deposed one sends nothing.
+            if self.store.state_is_shared() {
+                let (store, q2) = (self.store.clone(), q.clone());
+                if let Err(error) = store.blocking(move |s| s.put_queued(&q2)).await {
+                    tracing::warn!(%error, %notifier, "not sending: the outbox cannot be claimed");
+                    return;
+                }
+            }
             let outcome = match &configured {
                 None => Outcome::Refused(format!(
                     "notifier {notifier:?} is no longer in the alert file; notification dropped"

@@ -293,7 +293,7 @@ fn start(store: &Store, url: &str, timeout: Duration) -> Running {
         AlertState::Firing,
     )]);
     store
-        .put_alert_state(&"state", &[("hook".to_string(), m)])
+        .put_alert_state(&"state", None, &[("hook".to_string(), m)])
         .unwrap();
     store.flush().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();

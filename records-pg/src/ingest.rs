@@ -12,7 +12,8 @@
 //! 4. the blocks, one insert for all; the acked numbers; a notification
 //!    on `picket_records` carrying the highest id, sent at commit;
 //! 5. the metrics samples (keyed by host and time: one sent again is
-//!    the same row).
+//!    the same row), numbered from the same ids after the records, so
+//!    the alert tap reads them in commit order too.
 
 use std::borrow::Cow;
 
@@ -154,10 +155,11 @@ async fn store(
         let before = acked.get(&b.host).copied().unwrap_or(0);
         b.events.retain(|w| w.seq > before);
         b.logs.retain(|w| w.seq > before);
-        n += b.events.len() + b.logs.len();
+        n += b.events.len() + b.logs.len() + b.samples.len();
         b.acked = b.acked.max(before);
         acked.insert(b.host.clone(), b.acked);
     }
+    let mut next = 0u64;
     if n > 0 {
         let row = tx
             .query_one(
@@ -165,7 +167,7 @@ async fn store(
                 &[&(n as i64)],
             )
             .await?;
-        let mut next = row.get::<_, i64>(0) as u64;
+        next = row.get::<_, i64>(0) as u64;
         let mut rows = Rows::default();
         for b in &mut batches {
             for w in b.events.iter_mut().chain(b.logs.iter_mut()) {
@@ -197,27 +199,33 @@ async fn store(
             ],
         )
         .await?;
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&CHANNEL, &(next - 1).to_string()],
-        )
-        .await?;
     }
-    // Samples are keyed by time: one sent again is the same row.
-    let (mut hosts, mut times, mut points) = (Vec::new(), Vec::new(), Vec::new());
+    // Samples are keyed by time: one sent again is the same row (and
+    // keeps its first id).
+    let (mut hosts, mut times, mut points, mut ids) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for b in &mut batches {
         for (t, p) in std::mem::take(&mut b.samples) {
             hosts.push(b.host.clone());
             times.push(t);
             points.push(p);
+            ids.push(next as i64);
+            next += 1;
         }
     }
     if !hosts.is_empty() {
         tx.execute(
-            "INSERT INTO picket_samples (host, time_ms, points) \
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
+            "INSERT INTO picket_samples (host, time_ms, points, id) \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bigint[]) \
              ON CONFLICT DO NOTHING",
-            &[&hosts, &times, &points],
+            &[&hosts, &times, &points, &ids],
+        )
+        .await?;
+    }
+    if n > 0 {
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &(next - 1).to_string()],
         )
         .await?;
     }

@@ -61,6 +61,14 @@ impl RecordStore for PgRecords {
         PgRecords::samples(self, host, from, to)
     }
 
+    fn samples_committed(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<(u64, String, Sample)>, StoreError> {
+        PgRecords::samples_committed(self, after, upto)
+    }
+
     fn latest_sample(&self, host: &str) -> Result<Option<Sample>, StoreError> {
         PgRecords::latest_sample(self, host)
     }

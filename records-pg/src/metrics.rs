@@ -23,6 +23,32 @@ impl PgRecords {
         rows.iter().map(|r| sample(r.get(0), r.get(1))).collect()
     }
 
+    /// The samples numbered in `(after, upto]`, in id order (see
+    /// [`RecordStore::samples_committed`]).
+    ///
+    /// [`RecordStore::samples_committed`]: picket_store::kept::RecordStore::samples_committed
+    pub fn samples_committed(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<(u64, String, Sample)>, StoreError> {
+        let (after, upto) = (after as i64, upto as i64);
+        let rows = self.with(move |c| async move {
+            Ok(c.query(
+                "SELECT id, host, time_ms, points FROM picket_samples \
+                 WHERE id > $1 AND id <= $2 ORDER BY id",
+                &[&after, &upto],
+            )
+            .await?)
+        })?;
+        rows.iter()
+            .map(|r| {
+                let s = sample(r.get(2), r.get(3))?;
+                Ok((r.get::<_, i64>(0) as u64, r.get(1), s))
+            })
+            .collect()
+    }
+
     /// The newest raw sample of `host`.
     pub fn latest_sample(&self, host: &str) -> Result<Option<Sample>, StoreError> {
         let host = host.to_string();

@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (host, minute)
     );
     CREATE TABLE picket_rolled (host text PRIMARY KEY, until bigint NOT NULL);",
+    // 3: samples numbered from the ids' counter, in commit order, for the
+    // leader's alert tap (`picket_tap::stored`); those stored before have
+    // none and are not fed.
+    "ALTER TABLE picket_samples ADD COLUMN id bigint;
+    CREATE INDEX picket_samples_id ON picket_samples (id) WHERE id IS NOT NULL;",
 ];
 
 /// The version this build writes and reads.

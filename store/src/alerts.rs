@@ -6,7 +6,8 @@
 //! queue is a prefix scan in the order they were made. A state change and
 //! the notifications it decided are written in one atomic step: a restart
 //! finds both or neither, so it neither forgets nor repeats a
-//! notification.
+//! notification. In cluster mode both trees are shared (etcd), and the
+//! leader's writes to them are fenced on its term.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,9 +15,12 @@ use serde::de::DeserializeOwned;
 use super::backend::Op;
 use super::{Store, StoreError, decode, encode};
 
-const ALERTS: &str = "alerts";
-const OUTBOX: &str = "outbox";
+pub const ALERTS: &str = "alerts";
+pub const OUTBOX: &str = "outbox";
 const STATE: &[u8] = b"engine";
+/// How far the engine was fed from the records database (cluster mode:
+/// `picket_tap::stored`), written with the state it led to.
+const TAPPED: &[u8] = b"tapped";
 
 /// A notification waiting in the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,18 +60,29 @@ fn queued<T: DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<Queued<T>, StoreErr
 
 impl Store {
     pub fn alert_state<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
-        self.kv
+        self.state
             .get(ALERTS, STATE)?
             .map(|v| decode(ALERTS, &v))
             .transpose()
     }
 
-    /// Writes the engine's state and enqueues `jobs` (notifier, job), all
-    /// or nothing; returns the queued entries. Not durable until
+    /// How far the engine was fed from the records database, as last
+    /// written with its state.
+    pub fn alert_tapped(&self) -> Result<Option<u64>, StoreError> {
+        self.state
+            .get(ALERTS, TAPPED)?
+            .map(|v| decode(ALERTS, &v))
+            .transpose()
+    }
+
+    /// Writes the engine's state (and how far it was fed from the records
+    /// database, if it is) and enqueues `jobs` (notifier, job), all or
+    /// nothing; returns the queued entries. Not durable until
     /// [`Store::flush`].
     pub fn put_alert_state<S: Serialize, T: Serialize + Clone>(
         &self,
         state: &S,
+        tapped: Option<u64>,
         jobs: &[(String, T)],
     ) -> Result<Vec<Queued<T>>, StoreError> {
         let mut ops = vec![Op {
@@ -75,9 +90,16 @@ impl Store {
             key: STATE.to_vec(),
             value: Some(encode(state)),
         }];
+        if let Some(t) = tapped {
+            ops.push(Op {
+                tree: ALERTS,
+                key: TAPPED.to_vec(),
+                value: Some(encode(&t)),
+            });
+        }
         let mut queued = Vec::with_capacity(jobs.len());
         for (notifier, job) in jobs {
-            let id = self.kv.next_id()?;
+            let id = self.state.next_id()?;
             ops.push(Op {
                 tree: OUTBOX,
                 key: outbox_key(notifier, id),
@@ -89,13 +111,13 @@ impl Store {
                 job: job.clone(),
             });
         }
-        self.kv.apply(&ops)?;
+        self.state.apply(&ops)?;
         Ok(queued)
     }
 
     /// Every waiting notification, by notifier then age.
     pub fn outbox<T: DeserializeOwned>(&self) -> Result<Vec<Queued<T>>, StoreError> {
-        self.kv
+        self.state
             .scan(OUTBOX, b"")?
             .map(|kv| kv.and_then(|(k, v)| queued(&k, &v)))
             .collect()
@@ -108,7 +130,7 @@ impl Store {
     ) -> Result<Option<Queued<T>>, StoreError> {
         let mut prefix = notifier.as_bytes().to_vec();
         prefix.push(0);
-        self.kv
+        self.state
             .scan(OUTBOX, &prefix)?
             .next()
             .map(|kv| kv.and_then(|(k, v)| queued(&k, &v)))
@@ -118,7 +140,7 @@ impl Store {
     /// Notifiers with notifications waiting, and how many.
     pub fn outbox_depths(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
         let mut out = std::collections::BTreeMap::new();
-        for kv in self.kv.scan(OUTBOX, b"")? {
+        for kv in self.state.scan(OUTBOX, b"")? {
             let (k, _) = kv?;
             if let Some((notifier, _)) = split_key(&k) {
                 *out.entry(notifier).or_insert(0) += 1;
@@ -129,13 +151,13 @@ impl Store {
 
     /// Replaces a waiting notification (its attempts so far).
     pub fn put_queued<T: Serialize>(&self, q: &Queued<T>) -> Result<(), StoreError> {
-        self.kv
+        self.state
             .put(OUTBOX, &outbox_key(&q.notifier, q.id), &encode(&q.job))
     }
 
     /// The receiver took it (or refused it for good).
     pub fn remove_queued(&self, notifier: &str, id: u64) -> Result<(), StoreError> {
-        self.kv.remove(OUTBOX, &outbox_key(notifier, id))
+        self.state.remove(OUTBOX, &outbox_key(notifier, id))
     }
 }
 
@@ -153,7 +175,7 @@ mod tests {
             ("am".to_string(), "b".to_string()),
             ("ops".to_string(), "c".to_string()),
         ];
-        let queued = store.put_alert_state(&"s1", &jobs).unwrap();
+        let queued = store.put_alert_state(&"s1", Some(7), &jobs).unwrap();
         assert_eq!(queued.len(), 3);
         store.flush().unwrap();
         drop(store);
@@ -162,6 +184,7 @@ mod tests {
             store.alert_state::<String>().unwrap().as_deref(),
             Some("s1")
         );
+        assert_eq!(store.alert_tapped().unwrap(), Some(7));
         let all: Vec<Queued<String>> = store.outbox().unwrap();
         let order: Vec<(&str, &str)> = all
             .iter()

@@ -71,6 +71,21 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Why records cannot be stored now, when a store elsewhere (a
     /// records database) did not answer its last call; the embedded
     /// store's own health is told apart ([`crate::health`]).
+    /// The samples committed with ids in `(after, upto]`, with their
+    /// hosts and ids, in id order: what a cluster leader's alert tap
+    /// reads (`picket_tap::stored`). Only a shared store numbers its
+    /// samples; the embedded one hands samples to the tap from ingest.
+    fn samples_committed(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<(u64, String, Sample)>, StoreError> {
+        let _ = (after, upto);
+        Err(StoreError::Database(
+            "samples are numbered only in a records database".into(),
+        ))
+    }
+
     fn unreachable(&self) -> Option<String> {
         None
     }

@@ -66,12 +66,13 @@ pub const AGENTS: &str = "agents";
 pub const TOKENS: &str = "tokens";
 pub const USERS: &str = "users";
 pub const AUDIT: &str = "audit";
+pub use alerts::{ALERTS, OUTBOX};
 pub use rollouts::ROLLOUTS;
 
 /// The trees that are one cluster's, not one replica's: in cluster mode
-/// they live in etcd ([`backend::etcd`]), the rest (records, metrics,
-/// alerts for now) in the replica's own engine.
-pub const SHARED_TREES: &[&str] = &[AGENTS, TOKENS, USERS, AUDIT, ROLLOUTS];
+/// they live in etcd ([`backend::etcd`]), the rest (records, metrics) in
+/// the replica's own engine or the records database.
+pub const SHARED_TREES: &[&str] = &[AGENTS, TOKENS, USERS, AUDIT, ROLLOUTS, ALERTS, OUTBOX];
 
 /// What a replica's own engine must do when a shared pair went (seen in
 /// etcd's watch): an agent forgotten through another replica leaves no
@@ -170,6 +171,12 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the shared trees are elsewhere (cluster mode's etcd), where
+    /// a deposed leader's fenced write is refused.
+    pub fn state_is_shared(&self) -> bool {
+        !Arc::ptr_eq(&self.state, &self.kv)
     }
 
     /// A unique id above every id handed out so far (across restarts).

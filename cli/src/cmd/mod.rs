@@ -17,7 +17,7 @@ mod user;
 
 use anyhow::anyhow;
 
-use crate::args::{AlertsCmd, Cli, Cmd, RolloutCmd};
+use crate::args::{AlertsCmd, Cli, Cmd, RolloutCmd, SilenceCmd};
 use crate::client;
 use crate::settings::Settings;
 
@@ -126,8 +126,24 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             rollout::run(&mut admin, c, fmt, out).await
         }
-        Cmd::Alerts(c) => alerts::run(&mut admin, c, fmt, out).await,
-        Cmd::Silence(c) => alerts::silence(&mut admin, c, fmt, out).await,
+        // Cluster mode: the leader's engine alone decides, so what
+        // changes it goes there too.
+        Cmd::Alerts(c) => {
+            if matches!(c, AlertsCmd::Reload)
+                && let Some(leader) = to_leader(&mut admin, &settings).await?
+            {
+                admin = leader;
+            }
+            alerts::run(&mut admin, c, fmt, out).await
+        }
+        Cmd::Silence(c) => {
+            if !matches!(c, SilenceCmd::List)
+                && let Some(leader) = to_leader(&mut admin, &settings).await?
+            {
+                admin = leader;
+            }
+            alerts::silence(&mut admin, c, fmt, out).await
+        }
         Cmd::Metrics { name, since, field } => {
             metrics::run(&mut admin, name, since, field, fmt, out).await
         }

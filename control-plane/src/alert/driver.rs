@@ -12,24 +12,32 @@
 //! The alert file is read at start (a bad file stops the start), on
 //! SIGHUP and on `alerts reload` (a bad file is refused and the rules in
 //! force stay).
+//!
+//! What outlives one driver is its [`Kit`]: the tap ingest holds, the
+//! outbox, the rules in force. Alone, one driver runs for the process; in
+//! cluster mode one runs on the leader for each of its terms
+//! (`cluster::lead`), fed from the records database by id when there is
+//! one (`picket_tap::stored`, its cursor written with the state).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use picket_model::Labels;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::tap::{Heard, Tap};
+use picket_tap::{Heard, Tap};
 use crate::driver::{self, Held, Mailbox};
 use picket_alert::engine::{Alert, AlertState, Engine, Input, Output, Persisted, Silence, route};
 use picket_alert::rules::{self, NotifierKind, Rules, RulesError};
 use picket_notify::outbox::Outbox;
 use picket_notify::{Message, alertmanager, http};
+use picket_store::kept::RecordStore;
 use picket_store::{Store, StoreError};
+use picket_tap::stored::Replayed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
@@ -52,6 +60,9 @@ pub enum AlertError {
     Client(#[from] http::ClientError),
     #[error("the alert driver has stopped")]
     Gone,
+    /// Cluster mode: alerts are the leader's.
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 /// The rules in force, and where from.
@@ -137,6 +148,30 @@ pub struct Parts {
     /// The control plane's own host name: the host of `store_unwritable`
     /// alerts.
     pub name: String,
+    /// Cluster mode with a records database: the driver reads every
+    /// replica's records there, and ingest hands on signs of life only.
+    pub records: Option<Tapped>,
+}
+
+/// The records database a leader's driver is fed from, and what wakes it
+/// on a commit.
+#[derive(Clone)]
+pub struct Tapped {
+    pub records: Arc<dyn RecordStore>,
+    pub wake: Arc<Notify>,
+}
+
+/// What outlives one driver: the tap, the outbox, the rules in force.
+#[derive(Clone)]
+pub struct Kit {
+    pub tap: Arc<Tap>,
+    pub outbox: Outbox,
+    rules_tx: Arc<watch::Sender<Arc<Rules>>>,
+    loaded: Arc<Mutex<Loaded>>,
+    store: Store,
+    now: fn() -> i64,
+    name: String,
+    records: Option<Tapped>,
 }
 
 /// Reads and checks the alert file (no file: no rules).
@@ -157,99 +192,199 @@ pub fn load(file: Option<&PathBuf>) -> Result<Rules, AlertError> {
     })
 }
 
-/// Restores the engine and starts the driver and the outbox's workers.
+/// Reads the rules (a bad file stops the start) and starts a driver for
+/// the process (one control plane alone).
 pub async fn start(
     parts: Parts,
     shutdown: CancellationToken,
     tasks: &tokio_util::task::TaskTracker,
 ) -> Result<Handle, AlertError> {
-    let file = parts.file.clone();
+    Kit::new(parts).await?.start(shutdown, tasks).await
+}
+
+async fn read_rules(file: Option<PathBuf>) -> Result<Rules, AlertError> {
     let rules = tokio::task::spawn_blocking(move || load(file.as_ref()))
         .await
         .map_err(|_| AlertError::Gone)??;
     for w in &rules.warnings {
         tracing::warn!(warning = %w, "alert file");
     }
-    let store = parts.store.clone();
-    let saved: Option<Persisted> = store.blocking(|s| s.alert_state()).await?;
-    let (tap, heard) = Tap::new();
-    tap.set_rules(&rules);
-    let shared = Arc::new(rules.clone());
-    let (rules_tx, rules_rx) = watch::channel(shared.clone());
-    let outbox = Outbox::new(store.clone(), http::Client::new()?, rules_rx, parts.now);
-    let now = (parts.now)();
-    let mut engine = match saved {
-        Some(p) => Engine::restore(p, rules),
-        None => Engine::new(rules),
-    };
-    // A restart is not silence: every host gets its full `after` again,
-    // counted from now; but a host already down stays down until it is
-    // heard from.
-    let agents = store.blocking(|s| s.agents()).await?;
-    let mut labels = HashMap::new();
-    let down: std::collections::HashSet<String> = engine
-        .alerts()
-        .filter(|a| a.state == AlertState::Firing)
-        .filter(|a| {
-            engine
-                .rules()
-                .rules
-                .iter()
-                .any(|r| r.name == a.rule && matches!(r.kind, rules::Kind::HostSilent { .. }))
-        })
-        .filter_map(|a| a.labels.get("host").cloned())
-        .collect();
-    for a in agents.iter().filter(|a| a.revoked_ms.is_none()) {
-        labels.insert(a.name.clone(), a.labels());
-        if down.contains(&a.name) {
-            continue;
-        }
-        engine.handle(
-            Input::Seen {
-                host: a.name.clone(),
-                host_labels: a.labels(),
-            },
-            now,
+    Ok(rules)
+}
+
+impl Kit {
+    /// Reads the rules (a bad file is an error) and makes the tap and the
+    /// outbox; no driver yet.
+    pub async fn new(parts: Parts) -> Result<Kit, AlertError> {
+        let rules = read_rules(parts.file.clone()).await?;
+        let tap = match parts.records {
+            Some(_) => Tap::signs_of_life(),
+            None => Tap::detached(),
+        };
+        tap.set_rules(&rules);
+        let shared = Arc::new(rules);
+        let (rules_tx, rules_rx) = watch::channel(shared.clone());
+        let outbox = Outbox::new(
+            parts.store.clone(),
+            http::Client::new()?,
+            rules_rx,
+            parts.now,
         );
+        Ok(Kit {
+            tap,
+            outbox,
+            rules_tx: Arc::new(rules_tx),
+            loaded: Arc::new(Mutex::new(Loaded {
+                file: parts.file,
+                rules: shared,
+                loaded_ms: (parts.now)(),
+            })),
+            store: parts.store,
+            now: parts.now,
+            name: parts.name,
+            records: parts.records,
+        })
     }
-    let (mailbox, cmds) = Mailbox::new(64);
-    let firing = Arc::new(AtomicU32::new(0));
-    let driver = Driver {
-        store,
-        engine,
-        loaded: Loaded {
-            file: parts.file,
+
+    /// The rules in force, and where from.
+    pub fn loaded(&self) -> Loaded {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `rules` in force (the tap's, the outbox's, the next driver's).
+    fn put_rules(&self, file: Option<PathBuf>, rules: Rules) -> Loaded {
+        self.tap.set_rules(&rules);
+        let shared = Arc::new(rules);
+        self.rules_tx.send_replace(shared.clone());
+        let l = Loaded {
+            file,
             rules: shared,
-            loaded_ms: now,
-        },
-        rules_tx,
-        tap: tap.clone(),
-        outbox: outbox.clone(),
-        labels,
-        firing: firing.clone(),
-        dirty: false,
-        held: Held::default(),
-        now: parts.now,
-        name: parts.name,
-        store_writable: true,
-    };
-    tasks.spawn(outbox.clone().run(shutdown.clone()));
-    tasks.spawn(driver.run(heard, cmds, shutdown));
-    Ok(Handle {
-        mailbox,
-        tap,
-        outbox,
-        firing,
-    })
+            loaded_ms: (self.now)(),
+        };
+        *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = l.clone();
+        l
+    }
+
+    /// Reads the alert file again (a replica about to lead takes it as it
+    /// is now); a bad file is logged and the rules in force stay.
+    pub async fn refresh(&self) {
+        let Some(file) = self.loaded().file else { return };
+        match read_rules(Some(file.clone())).await {
+            Ok(rules) => {
+                self.put_rules(Some(file), rules);
+            }
+            Err(error) => tracing::error!(%error, "alert file refused; the rules in force stay"),
+        }
+    }
+
+    /// The state as stored: what a replica that does not lead reads.
+    pub fn stored(&self) -> Result<Option<Persisted>, AlertError> {
+        Ok(self.store.alert_state()?)
+    }
+
+    /// Restores the engine from the store and starts a driver and the
+    /// outbox's workers, until `shutdown`.
+    pub async fn start(
+        &self,
+        shutdown: CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Result<Handle, AlertError> {
+        let kit = self.clone();
+        let store = kit.store.clone();
+        let rules = Rules::clone(&kit.loaded().rules);
+        let saved: Option<Persisted> = store.blocking(|s| s.alert_state()).await?;
+        let tapped = match &kit.records {
+            Some(t) => Some(tapped_from(&store, t).await?),
+            None => None,
+        };
+        let heard = kit.tap.attach();
+        let now = (kit.now)();
+        let mut engine = match saved {
+            Some(p) => Engine::restore(p, rules),
+            None => Engine::new(rules),
+        };
+        // A restart is not silence: every host gets its full `after` again,
+        // counted from now; but a host already down stays down until it is
+        // heard from.
+        let agents = store.blocking(|s| s.agents()).await?;
+        let mut labels = HashMap::new();
+        let down: std::collections::HashSet<String> = engine
+            .alerts()
+            .filter(|a| a.state == AlertState::Firing)
+            .filter(|a| {
+                engine
+                    .rules()
+                    .rules
+                    .iter()
+                    .any(|r| r.name == a.rule && matches!(r.kind, rules::Kind::HostSilent { .. }))
+            })
+            .filter_map(|a| a.labels.get("host").cloned())
+            .collect();
+        for a in agents.iter().filter(|a| a.revoked_ms.is_none()) {
+            labels.insert(a.name.clone(), a.labels());
+            if down.contains(&a.name) {
+                continue;
+            }
+            engine.handle(
+                Input::Seen {
+                    host: a.name.clone(),
+                    host_labels: a.labels(),
+                },
+                now,
+            );
+        }
+        let (mailbox, cmds) = Mailbox::new(64);
+        let firing = Arc::new(AtomicU32::new(0));
+        let (replayed_tx, replayed) = mpsc::channel(4);
+        if let (Some(t), Some(from)) = (&kit.records, tapped) {
+            tasks.spawn(picket_tap::stored::follow(
+                kit.tap.clone(),
+                t.records.clone(),
+                from,
+                t.wake.clone(),
+                replayed_tx,
+                shutdown.clone(),
+            ));
+        }
+        let driver = Driver {
+            store,
+            engine,
+            kit: kit.clone(),
+            labels,
+            firing: firing.clone(),
+            dirty: false,
+            held: Held::default(),
+            store_writable: true,
+            tapped,
+        };
+        tasks.spawn(kit.outbox.clone().run(shutdown.clone()));
+        tasks.spawn(driver.run(heard, replayed, cmds, shutdown));
+        Ok(Handle {
+            mailbox,
+            tap: kit.tap.clone(),
+            outbox: kit.outbox.clone(),
+            firing,
+        })
+    }
+}
+
+/// Where the tap reads on from: as stored with the state, or (never fed
+/// from the database before) from what it holds now.
+async fn tapped_from(store: &Store, t: &Tapped) -> Result<u64, AlertError> {
+    if let Some(at) = store.blocking(|s| s.alert_tapped()).await? {
+        return Ok(at);
+    }
+    let records = t.records.clone();
+    tokio::task::spawn_blocking(move || records.next_id())
+        .await
+        .map_err(|_| AlertError::Gone)?
+        .map_err(AlertError::Store)
 }
 
 struct Driver {
     store: Store,
     engine: Engine,
-    loaded: Loaded,
-    rules_tx: watch::Sender<Arc<Rules>>,
-    tap: Arc<Tap>,
-    outbox: Outbox,
+    kit: Kit,
     /// Each host's labels, read from the store (refreshed each minute).
     labels: HashMap<String, Labels>,
     firing: Arc<AtomicU32>,
@@ -259,10 +394,11 @@ struct Driver {
     /// Notifications decided but not yet stored: sent with the next
     /// write, never dropped, and never handed to the outbox before it.
     held: Held<(String, Message)>,
-    now: fn() -> i64,
-    name: String,
     /// What the engine was last told of the store.
     store_writable: bool,
+    /// How far the engine was fed from the records database (cluster
+    /// mode with one), written with its state.
+    tapped: Option<u64>,
 }
 
 /// Messages from ingest handled before one write.
@@ -273,6 +409,7 @@ impl Driver {
     async fn run(
         mut self,
         mut heard: mpsc::Receiver<Heard>,
+        mut replayed: mpsc::Receiver<Replayed>,
         mut cmds: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) {
@@ -283,10 +420,10 @@ impl Driver {
         minute.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lazy = tokio::time::interval(LAZY_WRITE);
         // Outputs of the start (hosts seen again, due ticks).
-        let start = self.engine.handle(Input::Tick, (self.now)());
+        let start = self.engine.handle(Input::Tick, (self.kit.now)());
         self.commit(start).await;
         loop {
-            let wait = driver::until(self.engine.next_deadline(), (self.now)());
+            let wait = driver::until(self.engine.next_deadline(), (self.kit.now)());
             let mut outs = Vec::new();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -299,12 +436,19 @@ impl Driver {
                         }
                     }
                 }
+                Some(r) = replayed.recv() => {
+                    for h in r.heard {
+                        self.heard(h, &mut outs);
+                    }
+                    self.tapped = Some(r.through);
+                    self.dirty = true;
+                }
                 Some(c) = cmds.recv() => {
                     self.command(c).await;
                     continue;
                 }
                 _ = tokio::time::sleep(wait) => {
-                    outs = self.engine.handle(Input::Tick, (self.now)());
+                    outs = self.engine.handle(Input::Tick, (self.kit.now)());
                 }
                 Some(()) = crate::lifecycle::hangup(&mut hup) => {
                     match self.reload().await {
@@ -346,7 +490,7 @@ impl Driver {
     }
 
     fn heard(&mut self, h: Heard, outs: &mut Vec<Output>) {
-        let now = (self.now)();
+        let now = (self.kit.now)();
         let host_labels = self.host_labels(&h.host);
         if h.samples.is_empty() && h.events.is_empty() {
             if !h.alive {
@@ -385,13 +529,13 @@ impl Driver {
     }
 
     async fn command(&mut self, c: Command) {
-        let now = (self.now)();
+        let now = (self.kit.now)();
         match c {
             Command::List(r) => {
                 let _ = r.send(self.engine.alerts().cloned().collect());
             }
             Command::Loaded(r) => {
-                let _ = r.send(self.loaded.clone());
+                let _ = r.send(self.kit.loaded());
             }
             Command::Reload(r) => {
                 let result = self.reload().await;
@@ -424,32 +568,21 @@ impl Driver {
     }
 
     async fn reload(&mut self) -> Result<Loaded, AlertError> {
-        let file = self.loaded.file.clone().ok_or(AlertError::NoFile)?;
-        let f = file.clone();
-        let rules = tokio::task::spawn_blocking(move || load(Some(&f)))
-            .await
-            .map_err(|_| AlertError::Gone)??;
-        for w in &rules.warnings {
-            tracing::warn!(warning = %w, "alert file");
-        }
-        self.tap.set_rules(&rules);
-        let shared = Arc::new(rules.clone());
-        let outs = self.engine.handle(Input::Reload(rules), (self.now)());
-        self.rules_tx.send_replace(shared.clone());
-        self.loaded = Loaded {
-            file: Some(file),
-            rules: shared,
-            loaded_ms: (self.now)(),
-        };
+        let file = self.kit.loaded().file.ok_or(AlertError::NoFile)?;
+        let rules = read_rules(Some(file.clone())).await?;
+        let outs = self
+            .engine
+            .handle(Input::Reload(rules.clone()), (self.kit.now)());
+        let loaded = self.kit.put_rules(Some(file), rules);
         self.commit_now(outs).await;
-        Ok(self.loaded.clone())
+        Ok(loaded)
     }
 
     /// Alertmanager's re-posts of what fires; revoked hosts forgotten;
     /// host labels read again.
     async fn every_minute(&mut self) {
-        let now = (self.now)();
-        let rules = self.loaded.rules.clone();
+        let now = (self.kit.now)();
+        let rules = self.kit.loaded().rules;
         for n in &rules.notifiers {
             if !matches!(n.kind, NotifierKind::Alertmanager { .. }) {
                 continue;
@@ -465,7 +598,7 @@ impl Driver {
                 continue;
             }
             let msg = Message::refresh(&n.name, alerts, now);
-            let (outbox, name) = (self.outbox.clone(), n.name.clone());
+            let (outbox, name) = (self.kit.outbox.clone(), n.name.clone());
             tokio::spawn(async move {
                 let o = outbox.send_now(&name, &msg).await;
                 if let picket_notify::Outcome::Failed(e) | picket_notify::Outcome::Refused(e) = o {
@@ -501,11 +634,11 @@ impl Driver {
         self.store_writable = writable;
         let why = health.why().map(|w| w.to_string()).unwrap_or_default();
         let input = Input::Store {
-            host: self.name.clone(),
+            host: self.kit.name.clone(),
             writable,
             why,
         };
-        let outs = self.engine.handle(input, (self.now)());
+        let outs = self.engine.handle(input, (self.kit.now)());
         self.commit(outs).await;
     }
 
@@ -515,7 +648,7 @@ impl Driver {
     async fn commit(&mut self, outs: Vec<Output>) {
         let mut decided = false;
         let mut jobs = Vec::new();
-        let now = (self.now)();
+        let now = (self.kit.now)();
         for o in outs {
             match o {
                 Output::Persist => self.dirty = true,
@@ -530,8 +663,8 @@ impl Driver {
                 Output::Notify(n) => {
                     decided = true;
                     let msg = Message::of(&n, now);
-                    if super::unqueued::is_for(&self.loaded.rules, &n) {
-                        super::unqueued::send(self.outbox.clone(), n.notifier.clone(), msg);
+                    if super::unqueued::is_for(&self.kit.loaded().rules, &n) {
+                        super::unqueued::send(self.kit.outbox.clone(), n.notifier.clone(), msg);
                     } else {
                         jobs.push((n.notifier.clone(), msg));
                     }
@@ -564,13 +697,14 @@ impl Driver {
     /// send them. A failed write keeps them all for the next attempt.
     async fn write(&mut self, jobs: Vec<(String, Message)>) {
         let state = self.engine.persisted().clone();
+        let tapped = self.tapped;
         let store = self.store.clone();
         let write = |all: &[(String, Message)]| {
             let queued = all.to_vec();
             async move {
                 store
                     .blocking(move |s| {
-                        s.put_alert_state(&state, &queued)?;
+                        s.put_alert_state(&state, tapped, &queued)?;
                         s.flush()
                     })
                     .await
@@ -580,7 +714,7 @@ impl Driver {
             driver::Persisted::Act(stored) => {
                 self.dirty = false;
                 if !stored.is_empty() {
-                    self.outbox.wake();
+                    self.kit.outbox.wake();
                 }
             }
             // Retried each second (the lazy write), with what is held.

@@ -4,5 +4,5 @@
 //! `store_unwritable` rules, which cannot wait for the store.
 
 pub mod driver;
-pub mod tap;
+pub mod front;
 pub mod unqueued;

@@ -1,10 +1,12 @@
-//! What only the leader runs (SPEC §12): the rollout driver. While this
-//! replica leads, its driver runs, restored from the shared rollouts (the
-//! local copy caught up with etcd first, so it sees every write of the
-//! last leader), and every write it makes to them is fenced on this
-//! replica's term: a replica that lost leadership (paused, cut off) has
-//! its persist refused by etcd, and the driver persists before it acts,
-//! so it dispatches nothing more. When leadership goes, the driver stops.
+//! What only the leader runs (SPEC §12): the rollout driver and the alert
+//! driver (with its outbox's workers). While this replica leads, each
+//! runs, restored from the shared state (the local copy caught up with
+//! etcd first, so it sees every write of the last leader), and every
+//! write it makes there is fenced on this replica's term: a replica that
+//! lost leadership (paused, cut off) has its persist refused by etcd, and
+//! a driver persists before it acts (a notification is claimed, a fenced
+//! write, before it is sent), so it dispatches and sends nothing more.
+//! When leadership goes, the drivers stop.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,39 +14,47 @@ use std::sync::Arc;
 
 use picket_cluster::Role;
 use picket_cluster::etcd::created_at;
+use picket_store::StoreError;
 use picket_store::backend::etcd::{DEPOSED, EtcdBackend};
-use picket_store::{ROLLOUTS, StoreError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Replica;
-use crate::rollout::driver::{DriverError, Handle};
 
 /// Starts a driver that runs until its token is cancelled.
-pub type StartDriver = Box<
-    dyn Fn(CancellationToken) -> Pin<Box<dyn Future<Output = Result<Handle, DriverError>> + Send>>
+pub type StartDriver<H> = Box<
+    dyn Fn(
+            CancellationToken,
+        ) -> Pin<Box<dyn Future<Output = Result<H, Box<dyn std::error::Error + Send>>> + Send>>
         + Send
         + Sync,
 >;
 
-fn refuse(backend: &EtcdBackend) {
-    backend.fence(
-        ROLLOUTS,
-        Arc::new(|| Err(StoreError::Shared(DEPOSED.into()))),
-    );
+/// A driver run only while leading: what it is called in the log, the
+/// shared trees it writes, how it starts.
+pub struct Led<H> {
+    pub what: &'static str,
+    pub trees: &'static [&'static str],
+    pub start: StartDriver<H>,
 }
 
-/// Runs the rollout driver while this replica leads; its handle (none
-/// while following) in the returned slot.
-pub fn rollouts_while_leading(
+fn refuse(backend: &EtcdBackend, trees: &[&'static str]) {
+    for &t in trees {
+        backend.fence(t, Arc::new(|| Err(StoreError::Shared(DEPOSED.into()))));
+    }
+}
+
+/// Runs `led`'s driver while this replica leads; its handle (none while
+/// following) in the returned slot.
+pub fn while_leading<H: Clone + Send + Sync + 'static>(
     replica: Arc<Replica>,
     backend: Arc<EtcdBackend>,
-    start: StartDriver,
+    led: Led<H>,
     shutdown: CancellationToken,
     tasks: &tokio_util::task::TaskTracker,
-) -> watch::Receiver<Option<Handle>> {
+) -> watch::Receiver<Option<H>> {
     let (slot, rx) = watch::channel(None);
-    refuse(&backend);
+    refuse(&backend, led.trees);
     tasks.spawn(async move {
         let mut roles = replica.cluster.roles();
         // The term driven now, and how to stop its driver.
@@ -56,28 +66,24 @@ pub fn rollouts_while_leading(
                     if let Some((_, stop)) = driving.take() {
                         stop.cancel();
                     }
-                    let t = term.clone();
-                    backend.fence(
-                        ROLLOUTS,
-                        Arc::new(move || Ok(created_at(&t.key, t.revision))),
-                    );
+                    for &tree in led.trees {
+                        let t = term.clone();
+                        backend.fence(tree, Arc::new(move || Ok(created_at(&t.key, t.revision))));
+                    }
                     let b = backend.clone();
                     let caught = tokio::task::spawn_blocking(move || b.catch_up()).await;
                     if !matches!(caught, Ok(Ok(true))) {
                         tracing::warn!("leading with a copy of the shared state that may lag");
                     }
                     let stop = shutdown.child_token();
-                    match start(stop.clone()).await {
+                    match (led.start)(stop.clone()).await {
                         Ok(h) => {
-                            tracing::info!(
-                                revision = term.revision,
-                                "leading: rollouts driven here"
-                            );
+                            tracing::info!(revision = term.revision, "leading: {} here", led.what);
                             slot.send_replace(Some(h));
                             driving = Some((term.revision, stop));
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "cannot start the rollout driver");
+                            tracing::error!(error = %e, "cannot start the {} driver", led.what);
                             stop.cancel();
                         }
                     }
@@ -85,10 +91,10 @@ pub fn rollouts_while_leading(
                 Role::Leader(_) => {}
                 Role::Follower { .. } => {
                     if let Some((_, stop)) = driving.take() {
-                        refuse(&backend);
+                        refuse(&backend, led.trees);
                         stop.cancel();
                         slot.send_replace(None);
-                        tracing::warn!("not leading: rollouts no longer driven here");
+                        tracing::warn!("not leading: {} no longer here", led.what);
                     }
                 }
             }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use picket_cluster::Etcd;
+use picket_cluster::{Etcd, Role};
 use picket_cluster::etcd::{created_at, put_op};
 use picket_config::control::ClusterConfig;
 use picket_store::backend::etcd::EtcdBackend;
@@ -95,7 +95,7 @@ pub async fn follow_presence(
 /// `shutdown`.
 pub async fn vouch_for_others(
     replica: Arc<Replica>,
-    tap: Arc<crate::alert::tap::Tap>,
+    tap: Arc<picket_tap::Tap>,
     every: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -123,6 +123,27 @@ impl Replica {
             .presence()
             .holder(host)
             .is_some_and(|n| n != self.cluster.node())
+    }
+}
+
+/// Why a follower refuses what the leader alone does: `what` (e.g.
+/// "rollouts are driven by the leader") and where to send `commands`.
+pub fn led_elsewhere(
+    role: Option<&tokio::sync::watch::Receiver<Role>>,
+    what: &str,
+    commands: &str,
+) -> String {
+    let leader = role.and_then(|r| match &*r.borrow() {
+        Role::Follower { leader } => leader.clone(),
+        Role::Leader(_) => None,
+    });
+    match leader {
+        Some(l) => format!(
+            "{what}, {l}; send {commands} through it (picketctl status names it)"
+        ),
+        None => "no replica leads now (etcd unreachable, or an election under way); \
+                 try again in a few seconds"
+            .to_string(),
     }
 }
 

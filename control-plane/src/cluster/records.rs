@@ -14,7 +14,7 @@ use picket_store::kept::RecordStore;
 use tokio_util::sync::CancellationToken;
 
 /// How often the feed looks for commits it was not told of.
-const LOOK_EVERY: Duration = Duration::from_secs(1);
+pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// The records database `[cluster]` names, if any (its schema brought up
 /// to date now, or at the first call that reaches it: PgRecords::connect).

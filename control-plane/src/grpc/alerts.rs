@@ -23,6 +23,7 @@ pub fn status(e: AlertError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         AlertError::NoSilence(_) => Status::not_found(e.to_string()),
+        AlertError::NotLeader(_) => Status::unavailable(e.to_string()),
         AlertError::Store(_) | AlertError::Client(_) | AlertError::Gone => internal(e),
     }
 }

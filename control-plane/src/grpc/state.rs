@@ -29,7 +29,7 @@ pub struct State {
     /// rollouts (a follower).
     pub rollouts: crate::rollout::front::Rollouts,
     /// The alert driver (and its tap and outbox).
-    pub alerts: crate::alert::driver::Handle,
+    pub alerts: crate::alert::front::Alerts,
     pub audit: Audit,
     pub cfg: ControlConfig,
     /// Each host's newest metrics sample.

@@ -46,7 +46,7 @@ pub struct Sinks {
     pub fleet: Arc<Fleet>,
     pub counters: Arc<Counters>,
     /// What the alert rules can use of each batch.
-    pub alerts: Arc<crate::alert::tap::Tap>,
+    pub alerts: Arc<picket_tap::Tap>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -78,7 +78,7 @@ struct Prepared<'a> {
     out: Records<'a>,
     last: u64,
     newest: Option<Sample>,
-    tap: Option<crate::alert::tap::Collector>,
+    tap: Option<picket_tap::Collector>,
     repeats: u64,
     rejected: u64,
     clamped: u64,
@@ -268,7 +268,7 @@ mod tests {
             ),
             fleet: Default::default(),
             counters: Default::default(),
-            alerts: crate::alert::tap::Tap::detached(),
+            alerts: picket_tap::Tap::detached(),
         }
     }
 

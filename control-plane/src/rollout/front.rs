@@ -58,19 +58,11 @@ impl Rollouts {
     }
 
     fn not_leader(&self) -> DriverError {
-        let leader = self.role.as_ref().and_then(|r| match &*r.borrow() {
-            picket_cluster::Role::Follower { leader } => leader.clone(),
-            picket_cluster::Role::Leader(_) => None,
-        });
-        DriverError::NotLeader(match leader {
-            Some(l) => format!(
-                "rollouts are driven by the leader, {l}; send rollout commands through it \
-                 (picketctl status names it)"
-            ),
-            None => "no replica leads now (etcd unreachable, or an election under way); \
-                     try again in a few seconds"
-                .to_string(),
-        })
+        DriverError::NotLeader(crate::cluster::led_elsewhere(
+            self.role.as_ref(),
+            "rollouts are driven by the leader",
+            "rollout commands",
+        ))
     }
 
     pub async fn create(&self, spec: RawSpec) -> Result<String, DriverError> {

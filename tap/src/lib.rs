@@ -11,6 +11,14 @@
 //! of an agent becomes at most one message to the driver, sent after the
 //! batch is stored; when the driver falls behind, ingest waits for it
 //! (a bounded queue) rather than drop what an alert needs.
+//!
+//! In cluster mode with a records database the alert engine runs on the
+//! leader alone, and every replica's records reach it from the database
+//! by id ([`stored`]), not from ingest: each replica's ingest then hands
+//! on signs of life only ([`Tap::signs_of_life`]), and the driver's end
+//! is attached only while a driver runs here ([`Tap::attach`]).
+
+pub mod stored;
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -107,16 +115,33 @@ impl Interest {
         i
     }
 
-    fn wants(&self, h: &EventHead<'_>) -> bool {
-        let severity = picket_proto::convert::severity(h.severity).unwrap_or(Severity::Info);
+    fn wants(&self, source: &str, kind: &str, severity: Severity) -> bool {
         (self.rollouts
-            && h.source == "picket"
-            && matches!(h.kind, "rollout_failed" | "rollout_rolled_back"))
+            && source == "picket"
+            && matches!(kind, "rollout_failed" | "rollout_rolled_back"))
             || self.events.iter().any(|m| {
-                m.source.as_deref().is_none_or(|s| s == h.source)
-                    && m.kind.as_deref().is_none_or(|k| k == h.kind)
+                m.source.as_deref().is_none_or(|s| s == source)
+                    && m.kind.as_deref().is_none_or(|k| k == kind)
                     && m.severity.is_none_or(|s| severity >= s)
             })
+    }
+
+    /// Whether a rule's `match` or template reads field `name`.
+    fn reads(&self, name: &str) -> bool {
+        self.fields.as_ref().is_none_or(|w| w.contains(name))
+    }
+
+    /// The points of a sample some `threshold` rule names.
+    fn points(&self, points: &[picket_store::metrics::Point]) -> Vec<Point> {
+        points
+            .iter()
+            .filter(|p| self.metrics.contains(&p.name))
+            .map(|p| Point {
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                value: p.value,
+            })
+            .collect()
     }
 }
 
@@ -124,7 +149,11 @@ impl Interest {
 /// receiving end and sets the rules).
 pub struct Tap {
     interest: RwLock<Arc<Interest>>,
-    tx: Option<mpsc::Sender<Heard>>,
+    /// The driver's end, while a driver runs here.
+    tx: RwLock<Option<mpsc::Sender<Heard>>>,
+    /// Whether ingest's batches carry events and samples (else only that
+    /// the host is alive: the records database carries the rest).
+    records: bool,
 }
 
 /// Batches that may wait for the driver before ingest waits.
@@ -133,20 +162,48 @@ pub const QUEUE: usize = 1024;
 impl Tap {
     /// A tap and the driver's end of it.
     pub fn new() -> (Arc<Tap>, mpsc::Receiver<Heard>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let tap = Tap {
-            interest: Default::default(),
-            tx: Some(tx),
-        };
-        (Arc::new(tap), rx)
+        let tap = Tap::detached();
+        let rx = tap.attach();
+        (tap, rx)
     }
 
-    /// A tap that passes nothing on (tools and tests without alerts).
+    /// A tap that passes nothing on until a driver attaches (tools and
+    /// tests without alerts; a replica that does not lead).
     pub fn detached() -> Arc<Tap> {
         Arc::new(Tap {
             interest: Default::default(),
-            tx: None,
+            tx: RwLock::new(None),
+            records: true,
         })
+    }
+
+    /// A detached tap that passes on signs of life only: the records
+    /// database hands the driver the events and samples ([`stored`]).
+    pub fn signs_of_life() -> Arc<Tap> {
+        Arc::new(Tap {
+            interest: Default::default(),
+            tx: RwLock::new(None),
+            records: false,
+        })
+    }
+
+    /// The driver's end: what is tapped from now on goes to it (and no
+    /// longer to a driver attached before). Once it is dropped (the
+    /// driver stopped), nothing is collected until the next attaches.
+    pub fn attach(&self) -> mpsc::Receiver<Heard> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        *self.tx.write().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// No driver here any more: nothing is passed on.
+    pub fn detach(&self) {
+        *self.tx.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Heard>> {
+        let tx = self.tx.read().unwrap_or_else(|p| p.into_inner());
+        tx.as_ref().filter(|t| !t.is_closed()).cloned()
     }
 
     pub fn set_rules(&self, rules: &Rules) {
@@ -158,8 +215,14 @@ impl Tap {
     /// What one batch of `host` collects; `None` when no rule can use
     /// anything in it.
     pub fn collector(&self, host: &str, time_ms: i64) -> Option<Collector> {
-        self.tx.as_ref()?;
-        let interest = self.interest.read().ok()?.clone();
+        self.sender()?;
+        let mut interest = self.interest.read().ok()?.clone();
+        if !self.records {
+            interest = Arc::new(Interest {
+                seen: interest.seen,
+                ..Default::default()
+            });
+        }
         let any = interest.seen
             || interest.rollouts
             || !interest.events.is_empty()
@@ -179,7 +242,7 @@ impl Tap {
     /// Hands a stored batch to the driver; blocks while its queue is full
     /// (call it off the runtime's workers, as ingest runs).
     pub fn send_blocking(&self, c: Collector) {
-        let Some(tx) = &self.tx else { return };
+        let Some(tx) = self.sender() else { return };
         if c.worth_sending() {
             // The driver has stopped only at shutdown.
             let _ = tx.blocking_send(c.heard);
@@ -189,7 +252,7 @@ impl Tap {
     /// `host` was heard from (a heartbeat); dropped when the queue is
     /// full, as the next batch or heartbeat says the same.
     pub fn seen(&self, host: &str, time_ms: i64) {
-        let Some(tx) = &self.tx else { return };
+        let Some(tx) = self.sender() else { return };
         let wanted = self.interest.read().is_ok_and(|i| i.seen);
         if wanted {
             let _ = tx.try_send(Heard {
@@ -212,21 +275,21 @@ pub struct Collector {
 impl Collector {
     /// An encoded event, checked by ingest, and its head.
     pub fn event(&mut self, bytes: &[u8], head: &EventHead<'_>) {
-        if !self.interest.wants(head) {
+        let severity = picket_proto::convert::severity(head.severity).unwrap_or(Severity::Info);
+        if !self.interest.wants(head.source, head.kind, severity) {
             return;
         }
         // Only the fields: the message (the whole line, often) is not
         // copied.
         let mut fields = Labels::new();
-        let wanted = self.interest.fields.as_ref();
         let read = scan::event_fields(bytes, |k, v| {
-            if wanted.is_none_or(|w| w.contains(k)) {
+            if self.interest.reads(k) {
                 fields.insert(k.to_string(), v.to_string());
             }
         });
         if read.is_ok() {
             self.heard.events.push(EventData {
-                severity: picket_proto::convert::severity(head.severity).unwrap_or(Severity::Info),
+                severity,
                 source: head.source.to_string(),
                 kind: head.kind.to_string(),
                 fields,
@@ -239,15 +302,7 @@ impl Collector {
         if self.interest.metrics.is_empty() {
             return;
         }
-        let kept: Vec<Point> = points
-            .iter()
-            .filter(|p| self.interest.metrics.contains(&p.name))
-            .map(|p| Point {
-                name: p.name.clone(),
-                labels: p.labels.clone(),
-                value: p.value,
-            })
-            .collect();
+        let kept = self.interest.points(points);
         if !kept.is_empty() {
             self.heard.samples.push(kept);
         }
