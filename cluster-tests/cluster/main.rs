@@ -5,6 +5,7 @@
 //! is picket-tests'. Run one area with
 //! `cargo test -p picket-cluster-tests --test cluster rollout::`.
 
+mod alerts;
 mod leadership;
 mod netns;
 mod provisioning;

@@ -3,7 +3,7 @@
 //! bundle `init` wrote, aimed at any of them.
 
 use anyhow::{Context, Result, ensure};
-use picket_tests::{Control, World, free_port, merge_config, stderr};
+use picket_tests::{Control, World, agents, free_port, merge_config, stderr};
 
 /// `n` replicas `cp-0`… in folders `cp0`…, `extra` merged into each one's
 /// control.toml and `alerts` (if any) its alerts.toml; and the CA's
@@ -44,7 +44,8 @@ pub fn start(
         let mut extra = extra.to_string();
         if let Some(rules) = alerts {
             std::fs::write(w.path(&format!("{dir}/alerts.toml")), rules)?;
-            extra.push_str("\nalerts = \"alerts.toml\"\n");
+            // Top level: before any table `extra` opens.
+            extra = format!("alerts = \"alerts.toml\"\n{extra}");
         }
         let text = std::fs::read_to_string(&cfg)?;
         std::fs::write(&cfg, merge_config(&text, &extra))?;
@@ -67,4 +68,10 @@ pub fn admin(w: &World, cps: &[Option<Control>], i: usize) -> Result<Vec<String>
         "--key".into(),
         d("admin.key"),
     ])
+}
+
+/// How many agents a replica lists online.
+pub fn online(w: &World, flags: &[String]) -> Option<usize> {
+    let a = agents(w, flags).ok()?;
+    Some(a.values().filter(|a| a["status"] == "online").count())
 }

@@ -53,7 +53,7 @@ fn a_new_leader_finishes_the_rollout_of_a_killed_one_each_step_once() -> Result<
     }
     let first = leader_of(&cps, Duration::from_secs(30))?;
     wait_for("three agents online", Duration::from_secs(30), || {
-        let a = agents_of(&w, &admin_of(&cps, first).ok()?)?;
+        let a = crate::replicas::online(&w, &admin_of(&cps, first).ok()?)?;
         (a == 3).then_some(())
     })?;
 
@@ -197,10 +197,4 @@ shell = "echo \"$PICKET_HOST $PICKET_ROLLOUT\" >> {}; sleep 2"
     );
     drop(agents);
     Ok(())
-}
-
-/// How many agents a replica lists online.
-fn agents_of(w: &World, flags: &[String]) -> Option<usize> {
-    let a = agents(w, flags).ok()?;
-    Some(a.values().filter(|a| a["status"] == "online").count())
 }

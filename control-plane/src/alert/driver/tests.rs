@@ -54,6 +54,7 @@ async fn a_failed_write_keeps_the_notifications_it_decided_until_one_succeeds() 
         file: Some(file),
         now: picket_clock::now_ms,
         name: "cp".into(),
+        records: None,
     };
     let handle = start(parts, shutdown.clone(), &tasks).await.unwrap();
 
