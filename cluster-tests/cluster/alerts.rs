@@ -99,7 +99,10 @@ fn the_leader_notifies_each_event_once_whichever_replica_stored_it_and_across_it
         let cfg = w.path(&format!("agents/{name}/agent.toml"));
         add_source(&cfg, "suricata", &eve)?;
         let text = std::fs::read_to_string(&cfg)?;
-        std::fs::write(&cfg, merge_config(&text, &format!("server = {servers:?}\n")))?;
+        std::fs::write(
+            &cfg,
+            merge_config(&text, &format!("server = {servers:?}\n")),
+        )?;
         agents.push(run_agent(&w, name)?);
         eves.push(eve);
     }
@@ -133,16 +136,27 @@ fn the_leader_notifies_each_event_once_whichever_replica_stored_it_and_across_it
         &w,
         &admin(&cps, follow)?,
         &[
-            "silence", "create", "--match", "host=nowhere", "--for", "1h", "--comment", "test",
+            "silence",
+            "create",
+            "--match",
+            "host=nowhere",
+            "--for",
+            "1h",
+            "--comment",
+            "test",
         ],
     )?;
     assert!(out.status.success(), "{}", stderr(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     for i in [lead, follow] {
-        let s = wait_for("the silence on each replica", Duration::from_secs(10), || {
-            let s = ctl_json(&w, &admin(&cps, i).ok()?, &["silence", "list"]).ok()?;
-            s.iter().any(|s| s["id"] == id.as_str()).then_some(())
-        });
+        let s = wait_for(
+            "the silence on each replica",
+            Duration::from_secs(10),
+            || {
+                let s = ctl_json(&w, &admin(&cps, i).ok()?, &["silence", "list"]).ok()?;
+                s.iter().any(|s| s["id"] == id.as_str()).then_some(())
+            },
+        );
         s.with_context(|| format!("cp-{i}"))?;
     }
     // It resolves (nothing more came for 3 s), notified once too.

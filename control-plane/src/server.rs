@@ -8,9 +8,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::front::Alerts;
 use crate::audit::Audit;
 use crate::grpc::state::State;
-use crate::alert::front::Alerts;
 use crate::rollout::front::Rollouts;
 use crate::sessions::Sessions;
 use picket_config::control::ControlConfig;
@@ -245,7 +245,8 @@ pub async fn run(
                 })
             });
             let led = crate::cluster::lead::Led {
-                what: "rollouts driven",
+                what: "rollouts",
+                done: "driven",
                 trees: &[picket_store::ROLLOUTS],
                 start,
             };
@@ -265,7 +266,8 @@ pub async fn run(
                 })
             });
             let led = crate::cluster::lead::Led {
-                what: "alerts decided and notifications sent",
+                what: "alerts",
+                done: "decided and notified",
                 trees: &[picket_store::ALERTS, picket_store::OUTBOX],
                 start,
             };

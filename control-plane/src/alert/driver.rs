@@ -29,7 +29,6 @@ use picket_model::Labels;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use picket_tap::{Heard, Tap};
 use crate::driver::{self, Held, Mailbox};
 use picket_alert::engine::{Alert, AlertState, Engine, Input, Output, Persisted, Silence, route};
 use picket_alert::rules::{self, NotifierKind, Rules, RulesError};
@@ -38,6 +37,7 @@ use picket_notify::{Message, alertmanager, http};
 use picket_store::kept::RecordStore;
 use picket_store::{Store, StoreError};
 use picket_tap::stored::Replayed;
+use picket_tap::{Heard, Tap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
@@ -248,7 +248,10 @@ impl Kit {
 
     /// The rules in force, and where from.
     pub fn loaded(&self) -> Loaded {
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Puts `rules` in force (the tap's, the outbox's, the next driver's).
@@ -268,7 +271,9 @@ impl Kit {
     /// Reads the alert file again (a replica about to lead takes it as it
     /// is now); a bad file is logged and the rules in force stay.
     pub async fn refresh(&self) {
-        let Some(file) = self.loaded().file else { return };
+        let Some(file) = self.loaded().file else {
+            return;
+        };
         match read_rules(Some(file.clone())).await {
             Ok(rules) => {
                 self.put_rules(Some(file), rules);
@@ -308,18 +313,17 @@ impl Kit {
         // heard from.
         let agents = store.blocking(|s| s.agents()).await?;
         let mut labels = HashMap::new();
-        let down: std::collections::HashSet<String> = engine
-            .alerts()
-            .filter(|a| a.state == AlertState::Firing)
-            .filter(|a| {
-                engine
-                    .rules()
-                    .rules
-                    .iter()
-                    .any(|r| r.name == a.rule && matches!(r.kind, rules::Kind::HostSilent { .. }))
-            })
-            .filter_map(|a| a.labels.get("host").cloned())
-            .collect();
+        let down: std::collections::HashSet<String> =
+            engine
+                .alerts()
+                .filter(|a| a.state == AlertState::Firing)
+                .filter(|a| {
+                    engine.rules().rules.iter().any(|r| {
+                        r.name == a.rule && matches!(r.kind, rules::Kind::HostSilent { .. })
+                    })
+                })
+                .filter_map(|a| a.labels.get("host").cloned())
+                .collect();
         for a in agents.iter().filter(|a| a.revoked_ms.is_none()) {
             labels.insert(a.name.clone(), a.labels());
             if down.contains(&a.name) {

@@ -25,15 +25,17 @@ use super::Replica;
 pub type StartDriver<H> = Box<
     dyn Fn(
             CancellationToken,
-        ) -> Pin<Box<dyn Future<Output = Result<H, Box<dyn std::error::Error + Send>>> + Send>>
+        )
+            -> Pin<Box<dyn Future<Output = Result<H, Box<dyn std::error::Error + Send>>> + Send>>
         + Send
         + Sync,
 >;
 
-/// A driver run only while leading: what it is called in the log, the
-/// shared trees it writes, how it starts.
+/// A driver run only while leading: what it does, as the log says it
+/// ("rollouts", "driven"), the shared trees it writes, how it starts.
 pub struct Led<H> {
     pub what: &'static str,
+    pub done: &'static str,
     pub trees: &'static [&'static str],
     pub start: StartDriver<H>,
 }
@@ -78,7 +80,12 @@ pub fn while_leading<H: Clone + Send + Sync + 'static>(
                     let stop = shutdown.child_token();
                     match (led.start)(stop.clone()).await {
                         Ok(h) => {
-                            tracing::info!(revision = term.revision, "leading: {} here", led.what);
+                            tracing::info!(
+                                revision = term.revision,
+                                "leading: {} {} here",
+                                led.what,
+                                led.done
+                            );
                             slot.send_replace(Some(h));
                             driving = Some((term.revision, stop));
                         }
@@ -94,7 +101,7 @@ pub fn while_leading<H: Clone + Send + Sync + 'static>(
                         refuse(&backend, led.trees);
                         stop.cancel();
                         slot.send_replace(None);
-                        tracing::warn!("not leading: {} no longer here", led.what);
+                        tracing::warn!("not leading: {} no longer {} here", led.what, led.done);
                     }
                 }
             }

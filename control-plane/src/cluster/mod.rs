@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use picket_cluster::{Etcd, Role};
 use picket_cluster::etcd::{created_at, put_op};
+use picket_cluster::{Etcd, Role};
 use picket_config::control::ClusterConfig;
 use picket_store::backend::etcd::EtcdBackend;
 use picket_store::{SHARED_TREES, Store};
@@ -138,9 +138,7 @@ pub fn led_elsewhere(
         Role::Leader(_) => None,
     });
     match leader {
-        Some(l) => format!(
-            "{what}, {l}; send {commands} through it (picketctl status names it)"
-        ),
+        Some(l) => format!("{what}, {l}; send {commands} through it (picketctl status names it)"),
         None => "no replica leads now (etcd unreachable, or an election under way); \
                  try again in a few seconds"
             .to_string(),
