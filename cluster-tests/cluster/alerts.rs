@@ -6,16 +6,21 @@
 //! shows the alerts and takes a silence (picketctl sends it to the
 //! leader). Then the leader is killed (`kill -9`) and events are written
 //! before another leads: each is notified once by the new leader, and
-//! nothing notified before is notified again.
+//! nothing notified before is notified again. And the tap under it: what
+//! two replicas commit, read from PostgreSQL from a cursor, once.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use picket_store::records::{EventRecord, Records};
 use picket_tests::etcd::EtcdCluster;
 use picket_tests::postgres::Postgres;
 use picket_tests::receiver::Receiver;
 use picket_tests::*;
 use serde_json::Value;
+
+use crate::records::{connect, event, line};
 
 /// A Suricata alert of severity 1 (Picket's `high`), from the corpus.
 fn ids_alert() -> Result<String> {
@@ -202,5 +207,83 @@ fn the_leader_notifies_each_event_once_whichever_replica_stored_it_and_across_it
     // meanwhile).
     assert!((1..=2).contains(&notified(&rx, "resolved", &on_follower)));
     drop(agents);
+    Ok(())
+}
+
+/// The leader's alert tap (`picket_tap::stored`): what two replicas
+/// committed, read from an id on, in id order; only what a rule can use,
+/// events and samples alike; nothing twice from the cursor it returns.
+#[test]
+fn the_alert_tap_reads_every_replicas_commits_once_from_its_cursor() -> Result<()> {
+    use picket_store::kept::RecordStore;
+    use picket_store::metrics::{Point, Sample};
+    let pg = Postgres::start(&["fsync=off"])?;
+    let (a, b) = (connect(&pg)?, connect(&pg)?);
+    let tap = picket_tap::Tap::signs_of_life();
+    tap.set_rules(&picket_alert::rules::parse(
+        "[[rule]]\nname = \"Ssh\"\nkind = \"event\"\nmatch = { source = \"sshd\" }\nsummary = \"{{ fields.user }}\"\n\
+         [[rule]]\nname = \"Cpu\"\nkind = \"threshold\"\nmetric = \"cpu_usage_percent\"\nop = \">\"\nvalue = 90\n",
+    )?);
+    let from = a.next_id()?;
+    let sample = |t: i64| Sample {
+        time_ms: t,
+        points: vec![
+            Point {
+                name: "cpu_usage_percent".into(),
+                labels: BTreeMap::new(),
+                value: 95.0,
+            },
+            Point {
+                name: "load1".into(),
+                labels: BTreeMap::new(),
+                value: 1.0,
+            },
+        ],
+    };
+    // Replica a stores web's events and a sample, then b db's; then a
+    // again: the tap reads them in that (commit) order.
+    let events = |h: &str, seqs: std::ops::RangeInclusive<u64>| -> Vec<EventRecord> {
+        seqs.map(|s| event(h, s, 1_000 + s as i64)).collect()
+    };
+    a.store(&mut [(
+        "web",
+        Records::of(vec![sample(1_000)], &events("web", 1..=3), &[]),
+        3,
+    )])?;
+    b.store(&mut [("db", Records::of(vec![], &events("db", 1..=2), &[]), 2)])?;
+    // A log line is of no rule's use; a sample sent again is not new.
+    let lines = [line("web", 4, 2_000, "hello")];
+    a.store(&mut [(
+        "web",
+        Records::of(vec![sample(1_000)], &events("web", 5..=5), &lines),
+        5,
+    )])?;
+    let got = picket_tap::stored::read(&tap, &b, from)?.context("something new")?;
+    let hosts: Vec<(&str, usize, usize)> = got
+        .heard
+        .iter()
+        .map(|h| (h.host.as_str(), h.events.len(), h.samples.len()))
+        .collect();
+    assert_eq!(hosts, [("web", 3, 1), ("db", 2, 0), ("web", 1, 0)]);
+    assert!(
+        got.heard.iter().all(|h| !h.alive),
+        "records are no sign of life"
+    );
+    // Only the fields a rule reads; only the series a rule names.
+    assert_eq!(
+        got.heard[0].events[0].fields,
+        BTreeMap::from([("user".to_string(), "u1".to_string())])
+    );
+    assert_eq!(got.heard[0].samples[0].len(), 1);
+    assert_eq!(got.through, a.next_id()?);
+    // From its cursor: nothing, until something is committed.
+    assert_eq!(picket_tap::stored::read(&tap, &a, got.through)?, None);
+    b.store(&mut [("db", Records::of(vec![sample(5_000)], &[], &[]), 3)])?;
+    let next = picket_tap::stored::read(&tap, &a, got.through)?.context("the new sample")?;
+    assert_eq!(next.heard.len(), 1);
+    assert_eq!(
+        (next.heard[0].host.as_str(), next.heard[0].samples.len()),
+        ("db", 1)
+    );
     Ok(())
 }

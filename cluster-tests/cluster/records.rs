@@ -15,13 +15,13 @@ use picket_store::records::{EventRecord, Kind, LogRecord, Needles, Read, Records
 use picket_store::{Store, StoreError};
 use picket_tests::postgres::Postgres;
 
-fn connect(pg: &Postgres) -> Result<PgRecords, StoreError> {
+pub(crate) fn connect(pg: &Postgres) -> Result<PgRecords, StoreError> {
     let mut s = Settings::new(pg.url());
     s.password_file = Some(pg.password_file.clone());
     PgRecords::connect(&s)
 }
 
-fn line(host: &str, seq: u64, t: i64, text: &str) -> LogRecord {
+pub(crate) fn line(host: &str, seq: u64, t: i64, text: &str) -> LogRecord {
     LogRecord {
         id: 0,
         host: host.into(),
@@ -35,7 +35,7 @@ fn line(host: &str, seq: u64, t: i64, text: &str) -> LogRecord {
     }
 }
 
-fn event(host: &str, seq: u64, t: i64) -> EventRecord {
+pub(crate) fn event(host: &str, seq: u64, t: i64) -> EventRecord {
     EventRecord {
         id: 0,
         host: host.into(),
