@@ -6,10 +6,13 @@
 //! shows the alerts and takes a silence (picketctl sends it to the
 //! leader). Then the leader is killed (`kill -9`) and events are written
 //! before another leads: each is notified once by the new leader, and
-//! nothing notified before is notified again. And the tap under it: what
+//! nothing notified before is notified again. A leader paused with a
+//! notification queued sends nothing once woken: the new leader sent it.
+//! And the tap under it: what
 //! two replicas commit, read from PostgreSQL from a cursor, once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -57,7 +60,7 @@ fn notified(rx: &Receiver, status: &str, host: &str) -> usize {
 fn the_leader_notifies_each_event_once_whichever_replica_stored_it_and_across_its_death()
 -> Result<()> {
     let w = World::new()?;
-    let rx = Receiver::start()?;
+    let mut rx = Receiver::start()?;
     let etcd = EtcdCluster::start(&w, 1)?;
     let pg = Postgres::start(&["fsync=off"])?;
     let extra = format!(
@@ -171,9 +174,11 @@ fn the_leader_notifies_each_event_once_whichever_replica_stored_it_and_across_it
 
     // The leader dies; events come on both hosts before another leads
     // (the agent that streamed to it moves to the survivor).
+    let lead_listen = cps[lead].as_ref().context("the leader")?.grpc.clone();
     if let Some(mut c) = cps[lead].take() {
         c.proc.kill9();
     }
+    let killed = std::time::Instant::now();
     append(&eves[follow], &ids_alert()?)?;
     append(&eves[lead], &ids_alert()?)?;
     let next = leader_of(&cps)?;
@@ -183,6 +188,10 @@ fn the_leader_notifies_each_event_once_whichever_replica_stored_it_and_across_it
             b["status"] == "firing" && b["alerts"][0]["labels"]["host"] == host.as_str()
         })
         .with_context(|| format!("{host} notified by the new leader"))?;
+        eprintln!(
+            "leader killed; {host}'s event written then notified {:?} later",
+            killed.elapsed()
+        );
     }
     wait_for(
         "the second firing of the follower's host",
@@ -206,6 +215,51 @@ fn the_leader_notifies_each_event_once_whichever_replica_stored_it_and_across_it
     // The first episode's resolution once (the second's may have come
     // meanwhile).
     assert!((1..=2).contains(&notified(&rx, "resolved", &on_follower)));
+
+    // Fencing: the killed replica back (a follower), the receiver down,
+    // a third episode: the leader queues its notification and retries.
+    // Paused (SIGSTOP) for 10 s, it loses leadership; the other leads,
+    // the receiver is back, and the new leader sends it. Woken, the
+    // paused one finds its claim on the outbox refused by etcd and sends
+    // nothing: the notification arrives once.
+    cps[lead] = Some(Control::start_on(&w, &format!("cp{lead}"), &lead_listen)?);
+    wait_for(
+        "the follower's host resolved",
+        Duration::from_secs(30),
+        || (notified(&rx, "resolved", &on_follower) == 2).then_some(()),
+    )?;
+    rx.down();
+    append(&eves[follow], &ids_alert()?)?;
+    let paused = cps[follow].as_ref().context("the leader")?;
+    wait_for("the notification tried", Duration::from_secs(30), || {
+        paused
+            .proc
+            .stderr()
+            .contains("notification failed")
+            .then_some(())
+    })?;
+    paused.proc.signal(nix::sys::signal::Signal::SIGSTOP);
+    rx.up()?;
+    std::thread::sleep(Duration::from_secs(10));
+    paused.proc.signal(nix::sys::signal::Signal::SIGCONT);
+    wait_for(
+        "the third episode notified",
+        Duration::from_secs(30),
+        || (notified(&rx, "firing", &on_follower) >= 3).then_some(()),
+    )?;
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        notified(&rx, "firing", &on_follower),
+        3,
+        "the queued notification sent once: {:?}",
+        rx.got("/webhook")
+    );
+    let woken = paused.proc.stderr();
+    assert!(
+        woken.contains("not sending: the outbox cannot be claimed")
+            || woken.contains("not leading: alerts no longer"),
+        "{woken}"
+    );
     drop(agents);
     Ok(())
 }
@@ -285,5 +339,119 @@ fn the_alert_tap_reads_every_replicas_commits_once_from_its_cursor() -> Result<(
         (next.heard[0].host.as_str(), next.heard[0].samples.len()),
         ("db", 1)
     );
+    Ok(())
+}
+
+/// A notification queued by a leader, in the shared outbox: once that
+/// leader's term is over (the leader key made again, as a new leader
+/// does), its outbox claims the notification before sending, etcd refuses
+/// the claim, and it sends nothing; the new leader's outbox sends it,
+/// once.
+#[test]
+fn a_deposed_leader_sends_nothing_from_the_outbox_and_the_new_one_sends_it_once() -> Result<()> {
+    use picket_alert::engine::{Alert, AlertState};
+    use picket_cluster::Etcd;
+    use picket_cluster::etcd::{created_at, delete_op, put_op};
+    use picket_notify::outbox::Outbox;
+    use picket_notify::{Message, http};
+    use picket_store::{OUTBOX, Queued};
+
+    let w = World::new()?;
+    let etcd = EtcdCluster::start(&w, 1)?;
+    let rx = Receiver::start()?;
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (a, fence_a) = crate::shared_state::on_etcd_fenced(da.path(), &etcd.endpoints())?;
+    let (b, fence_b) = crate::shared_state::on_etcd_fenced(db.path(), &etcd.endpoints())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = {
+        let _in = rt.enter();
+        Etcd::connect(&etcd.endpoints())?
+    };
+    const KEY: &str = "/picket/test/leader";
+    let elect = |value: &[u8]| -> Result<i64> {
+        rt.block_on(client.commit(vec![], vec![delete_op(KEY)]))?;
+        rt.block_on(client.commit(vec![], vec![put_op(KEY, value, 0)]))?
+            .context("the leader key written")
+    };
+    let fence = |b: &picket_store::backend::etcd::EtcdBackend, term: i64| {
+        b.fence(OUTBOX, Arc::new(move || Ok(created_at(KEY, term))));
+    };
+
+    // a leads, and queues a notification.
+    fence(&fence_a, elect(b"a")?);
+    let labels: picket_model::Labels = [
+        ("alertname".to_string(), "IdsAlert".to_string()),
+        ("host".to_string(), "ids-0".to_string()),
+    ]
+    .into();
+    let msg = Message {
+        status: "firing".into(),
+        group_key: "hook\0alertname=IdsAlert".into(),
+        group_labels: labels.clone(),
+        alerts: vec![Alert {
+            fingerprint: picket_alert::engine::fingerprint(&labels),
+            rule: "IdsAlert".into(),
+            labels,
+            annotations: Default::default(),
+            state: AlertState::Firing,
+            active_ms: picket_clock::now_ms(),
+            started_ms: Some(picket_clock::now_ms()),
+            ended_ms: None,
+            value: String::new(),
+            last_ms: picket_clock::now_ms(),
+            silenced: false,
+            inhibited: false,
+        }],
+        created_ms: picket_clock::now_ms(),
+        attempts: 0,
+        test: false,
+    };
+    a.put_alert_state(&"state", None, &[("hook".to_string(), msg)])?;
+    // b becomes leader; a's term is over.
+    fence(&fence_b, elect(b"b")?);
+    wait_for("b's copy of the outbox", Duration::from_secs(10), || {
+        let q: Vec<Queued<Message>> = b.outbox().ok()?;
+        (q.len() == 1).then_some(())
+    })?;
+
+    let rules = Arc::new(picket_alert::rules::parse(&format!(
+        "[[notifier]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n[[route]]\nnotifiers = [\"hook\"]\n",
+        rx.url("/webhook")
+    ))?);
+    let (_rules, rules_rx) = tokio::sync::watch::channel(rules);
+    let run = |store: &picket_store::Store| -> Result<tokio_util::sync::CancellationToken> {
+        let _in = rt.enter();
+        let ob = Outbox::new(
+            store.clone(),
+            http::Client::new()?,
+            rules_rx.clone(),
+            picket_clock::now_ms,
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        rt.spawn(ob.run(stop.clone()));
+        Ok(stop)
+    };
+    // The deposed one's outbox: nothing sent, nothing taken out.
+    let stop_a = run(&a)?;
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(rx.got("/webhook").is_empty(), "{:?}", rx.got("/webhook"));
+    let q: Vec<Queued<Message>> = a.outbox()?;
+    assert_eq!(q.len(), 1, "still queued");
+    // The leader's: sent, once, and taken out.
+    let stop_b = run(&b)?;
+    rx.wait("/webhook", Duration::from_secs(10), |v| {
+        v["status"] == "firing"
+    })?;
+    wait_for("the outbox empty", Duration::from_secs(10), || {
+        let q: Vec<Queued<Message>> = a.outbox().ok()?;
+        q.is_empty().then_some(())
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(rx.got("/webhook").len(), 1);
+    stop_a.cancel();
+    stop_b.cancel();
     Ok(())
 }

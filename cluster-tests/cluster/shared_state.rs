@@ -174,19 +174,30 @@ fn the_shared_rules_hold_on_sled() -> Result<()> {
 
 /// A replica's store in `dir` with its shared trees on `etcd`.
 fn on_etcd(dir: &std::path::Path, endpoints: &[String]) -> Result<Store> {
+    Ok(on_etcd_fenced(dir, endpoints)?.0)
+}
+
+/// [`on_etcd`], and its backend (whose writes can be fenced).
+pub(crate) fn on_etcd_fenced(
+    dir: &std::path::Path,
+    endpoints: &[String],
+) -> Result<(Store, Arc<EtcdBackend>)> {
     let local = Store::open_with_floor(dir, 0.0)?;
     let endpoints = endpoints.to_vec();
-    local
+    let mut backend = None;
+    let store = local
         .with_shared(|engine| {
-            EtcdBackend::start(
+            let b = Arc::new(EtcdBackend::start(
                 move || Etcd::connect(&endpoints),
                 engine,
                 SHARED_TREES,
                 Box::new(|_: &str, _: &[u8], _: Option<&[u8]>| {}),
-            )
-            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            )?);
+            backend = Some(b.clone());
+            Ok::<_, picket_store::StoreError>(b as Arc<dyn Backend>)
         })
-        .context("the shared trees on etcd")
+        .context("the shared trees on etcd")?;
+    Ok((store, backend.context("the backend")?))
 }
 
 #[test]

@@ -169,6 +169,13 @@ pub async fn run(
     };
     // Cluster mode with a records database: the leader's alert engine is
     // fed from it, whichever replica stored what.
+    if cfg.cluster.is_some() && records_db.is_none() {
+        tracing::warn!(
+            "cluster mode without `postgres`: each replica keeps the records it receives, and \
+             the leader's alert rules see only the events and samples of the agents streaming \
+             to it (docs/cluster.md)"
+        );
+    }
     let tapped = records_db.as_ref().map(|db| crate::alert::driver::Tapped {
         records: db.clone(),
         wake: db.follow(crate::cluster::records::LOOK_EVERY),

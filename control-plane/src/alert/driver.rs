@@ -357,6 +357,7 @@ impl Kit {
             labels,
             firing: firing.clone(),
             dirty: false,
+            written: tokio::time::Instant::now(),
             held: Held::default(),
             store_writable: true,
             tapped,
@@ -392,9 +393,12 @@ struct Driver {
     /// Each host's labels, read from the store (refreshed each minute).
     labels: HashMap<String, Labels>,
     firing: Arc<AtomicU32>,
-    /// State changed but nothing was decided: written within a second
-    /// (and a write that failed, retried each second until it succeeds).
+    /// State changed but nothing was decided: written within
+    /// [`lazy_every`] (and a write that failed, retried each second until
+    /// it succeeds).
     dirty: bool,
+    /// When the state was last written.
+    written: tokio::time::Instant,
     /// Notifications decided but not yet stored: sent with the next
     /// write, never dropped, and never handed to the outbox before it.
     held: Held<(String, Message)>,
@@ -407,7 +411,24 @@ struct Driver {
 
 /// Messages from ingest handled before one write.
 const BATCH: usize = 256;
+/// How often a write that failed is tried again, and the store's health
+/// looked at.
 const LAZY_WRITE: Duration = Duration::from_secs(1);
+
+/// How soon a change that decided nothing (a host seen, an `event_count`
+/// window moving, the tap's cursor) is written: within a second to the
+/// embedded store; to etcd, where the whole state is one value and each
+/// write a revision kept until compaction, within 10 s. Nothing is lost
+/// by waiting: a new leader sees every host again from its start, and
+/// reads the records again from the cursor written with the state it
+/// restores.
+fn lazy_every(store: &Store) -> Duration {
+    if store.state_is_shared() {
+        Duration::from_secs(10)
+    } else {
+        LAZY_WRITE
+    }
+}
 
 impl Driver {
     async fn run(
@@ -467,7 +488,8 @@ impl Driver {
                 }
                 _ = lazy.tick() => {
                     self.watch_store().await;
-                    if self.dirty || self.held.is_waiting() {
+                    let due = self.written.elapsed() >= lazy_every(&self.store);
+                    if self.held.is_waiting() || (self.dirty && due) {
                         self.write(Vec::new()).await;
                     }
                     continue;
@@ -717,6 +739,7 @@ impl Driver {
         match self.held.persist(jobs, "alert state", write).await {
             driver::Persisted::Act(stored) => {
                 self.dirty = false;
+                self.written = tokio::time::Instant::now();
                 if !stored.is_empty() {
                     self.kit.outbox.wake();
                 }
