@@ -62,12 +62,7 @@ fn the_leader_notifies_each_event_once_whichever_replica_stored_it_and_across_it
     let w = World::new()?;
     let mut rx = Receiver::start()?;
     let etcd = EtcdCluster::start(&w, 1)?;
-    let pg = Postgres::start(&["fsync=off"])?;
-    let extra = format!(
-        "heartbeat_interval = \"1s\"\n[cluster]\npostgres = {:?}\npassword_file = {:?}\n",
-        pg.url(),
-        pg.password_file.display().to_string()
-    );
+    let (_pg, extra) = crate::replicas::records_in_postgres("heartbeat_interval = \"1s\"")?;
     let rules = format!(
         "[defaults]\ngroup_wait = \"1s\"\ngroup_interval = \"2s\"\nrepeat_interval = \"1h\"\n\n\
          [[rule]]\nname = \"IdsAlert\"\nkind = \"event\"\nmatch = {{ source = \"suricata\", kind = \"alert\", severity = \"high\" }}\nresolve_after = \"3s\"\n\n\

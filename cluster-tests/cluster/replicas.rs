@@ -3,6 +3,7 @@
 //! bundle `init` wrote, aimed at any of them.
 
 use anyhow::{Context, Result, ensure};
+use picket_tests::postgres::Postgres;
 use picket_tests::{Control, World, agents, free_port, merge_config, stderr};
 
 /// `n` replicas `cp-0`… in folders `cp0`…, `extra` merged into each one's
@@ -74,4 +75,16 @@ pub fn admin(w: &World, cps: &[Option<Control>], i: usize) -> Result<Vec<String>
 pub fn online(w: &World, flags: &[String]) -> Option<usize> {
     let a = agents(w, flags).ok()?;
     Some(a.values().filter(|a| a["status"] == "online").count())
+}
+
+/// A PostgreSQL server for the replicas' records (SPEC §12), and the
+/// `[cluster]` lines naming it (after `top`, the top-level lines).
+pub fn records_in_postgres(top: &str) -> Result<(Postgres, String)> {
+    let pg = Postgres::start(&["fsync=off"])?;
+    let extra = format!(
+        "{top}\n[cluster]\npostgres = {:?}\npassword_file = {:?}\n",
+        pg.url(),
+        pg.password_file.display().to_string()
+    );
+    Ok((pg, extra))
 }

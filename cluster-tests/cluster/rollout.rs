@@ -18,7 +18,8 @@ const HOSTS: [&str; 3] = ["web-0", "web-1", "web-2"];
 fn a_new_leader_finishes_the_rollout_of_a_killed_one_each_step_once() -> Result<()> {
     let w = World::new()?;
     let etcd = EtcdCluster::start(&w, 3)?;
-    let (mut cps, fp) = crate::replicas::start(&w, &etcd.endpoints(), 3, "", None)?;
+    let (_pg, extra) = crate::replicas::records_in_postgres("")?;
+    let (mut cps, fp) = crate::replicas::start(&w, &etcd.endpoints(), 3, &extra, None)?;
     let admin_of = |cps: &[Option<Control>], i: usize| crate::replicas::admin(&w, cps, i);
     let leader_of = |cps: &[Option<Control>], limit: Duration| -> Result<usize> {
         wait_for("a live leader", limit, || {

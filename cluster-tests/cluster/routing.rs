@@ -15,15 +15,11 @@ fn run_through_one_replica_reaches_hosts_held_by_another() -> Result<()> {
     let w = World::new()?;
     let etcd = EtcdCluster::start(&w, 1)?;
     let endpoint = etcd.endpoints()[0].clone();
-    // A host_silent rule on both replicas (alerts are per replica).
+    // A host_silent rule (the same file on both replicas; the leader's
+    // engine decides), records in PostgreSQL.
     let rules = "[[rule]]\nname = \"HostDown\"\nkind = \"host_silent\"\nafter = \"4s\"\n";
-    let (cps, fp) = crate::replicas::start(
-        &w,
-        &[endpoint],
-        2,
-        "heartbeat_interval = \"1s\"",
-        Some(rules),
-    )?;
+    let (_pg, extra) = crate::replicas::records_in_postgres("heartbeat_interval = \"1s\"")?;
+    let (cps, fp) = crate::replicas::start(&w, &[endpoint], 2, &extra, Some(rules))?;
     let admin = |i: usize| crate::replicas::admin(&w, &cps, i).unwrap_or_default();
     let cp = |i: usize| cps[i].as_ref().context("a replica");
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use picket_tests::etcd::EtcdCluster;
 use picket_tests::lines::{follow_logs, write_lines};
-use picket_tests::postgres::Postgres;
 use picket_tests::*;
 use serde_json::Value;
 
@@ -26,12 +25,7 @@ fn key(l: &str) -> Result<(String, String)> {
 fn every_replica_answers_for_the_whole_fleet() -> Result<()> {
     let w = World::new()?;
     let etcd = EtcdCluster::start(&w, 1)?;
-    let pg = Postgres::start(&["fsync=off"])?;
-    let extra = format!(
-        "[cluster]\npostgres = {:?}\npassword_file = {:?}\n",
-        pg.url(),
-        pg.password_file.display().to_string()
-    );
+    let (pg, extra) = crate::replicas::records_in_postgres("")?;
     let (mut cps, fp) = crate::replicas::start(&w, &etcd.endpoints(), 2, &extra, None)?;
     let admin = |i: usize| crate::replicas::admin(&w, &cps, i).unwrap_or_default();
 
