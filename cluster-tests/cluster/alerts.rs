@@ -72,19 +72,8 @@ fn the_leader_notifies_each_event_once_whichever_replica_stored_it_and_across_it
     );
     let (mut cps, fp) = crate::replicas::start(&w, &etcd.endpoints(), 2, &extra, Some(&rules))?;
     let admin = |cps: &[Option<Control>], i: usize| crate::replicas::admin(&w, cps, i);
-    let leader_of = |cps: &[Option<Control>]| -> Result<usize> {
-        wait_for("a live leader", Duration::from_secs(30), || {
-            (0..2).find_map(|i| {
-                let s = ctl_json(&w, &admin(cps, i).ok()?, &["status"]).ok()?;
-                let n: usize = s.first()?["leader"]
-                    .as_str()?
-                    .strip_prefix("cp-")?
-                    .parse()
-                    .ok()?;
-                cps[n].is_some().then_some(n)
-            })
-        })
-    };
+    let leader_of =
+        |cps: &[Option<Control>]| crate::replicas::leader_of(&w, cps, Duration::from_secs(30));
 
     // One agent on each replica, given both, each with a Suricata file.
     let servers: Vec<String> = cps.iter().flatten().map(|c| c.grpc.clone()).collect();

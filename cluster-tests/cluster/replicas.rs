@@ -2,9 +2,11 @@
 //! against `endpoints` and started on a free loopback port; and the admin
 //! bundle `init` wrote, aimed at any of them.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, ensure};
 use picket_tests::postgres::Postgres;
-use picket_tests::{Control, World, agents, free_port, merge_config, stderr};
+use picket_tests::{Control, World, agents, ctl_json, free_port, merge_config, stderr, wait_for};
 
 /// `n` replicas `cp-0`… in folders `cp0`…, `extra` merged into each one's
 /// control.toml and `alerts` (if any) its alerts.toml; and the CA's
@@ -87,4 +89,20 @@ pub fn records_in_postgres(top: &str) -> Result<(Postgres, String)> {
         pg.password_file.display().to_string()
     );
     Ok((pg, extra))
+}
+
+/// The live replica that leads (as `status` through any live one says),
+/// within `limit`.
+pub fn leader_of(w: &World, cps: &[Option<Control>], limit: Duration) -> Result<usize> {
+    wait_for("a live leader", limit, || {
+        (0..cps.len()).find_map(|i| {
+            let s = ctl_json(w, &admin(w, cps, i).ok()?, &["status"]).ok()?;
+            let n: usize = s.first()?["leader"]
+                .as_str()?
+                .strip_prefix("cp-")?
+                .parse()
+                .ok()?;
+            cps.get(n)?.is_some().then_some(n)
+        })
+    })
 }

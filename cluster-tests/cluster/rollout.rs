@@ -21,19 +21,8 @@ fn a_new_leader_finishes_the_rollout_of_a_killed_one_each_step_once() -> Result<
     let (_pg, extra) = crate::replicas::records_in_postgres("")?;
     let (mut cps, fp) = crate::replicas::start(&w, &etcd.endpoints(), 3, &extra, None)?;
     let admin_of = |cps: &[Option<Control>], i: usize| crate::replicas::admin(&w, cps, i);
-    let leader_of = |cps: &[Option<Control>], limit: Duration| -> Result<usize> {
-        wait_for("a live leader", limit, || {
-            (0..3).find_map(|i| {
-                let s = ctl_json(&w, &admin_of(cps, i).ok()?, &["status"]).ok()?;
-                let n: usize = s.first()?["leader"]
-                    .as_str()?
-                    .strip_prefix("cp-")?
-                    .parse()
-                    .ok()?;
-                cps[n].is_some().then_some(n)
-            })
-        })
-    };
+    let leader_of =
+        |cps: &[Option<Control>], limit: Duration| crate::replicas::leader_of(&w, cps, limit);
 
     // Three agents given every replica; steps as root (they write the
     // marker file).
