@@ -152,22 +152,29 @@ selector = "role=web"
 
 [[step]]
 name = "deploy"
-shell = "echo \"$PICKET_HOST $PICKET_ROLLOUT\" >> {}"
+shell = "echo \"$PICKET_HOST $PICKET_ROLLOUT\" >> {}; echo \"working on $PICKET_HOST\"; sleep 4"
 "#,
         marks.display()
     );
     std::fs::write(w.path("rollout.toml"), spec)?;
     let file = w.path("rollout.toml").display().to_string();
     // An API client asking the follower is refused, the leader named.
-    let refused = tokio::runtime::Runtime::new()?.block_on(async {
+    let rt = tokio::runtime::Runtime::new()?;
+    let client = |i: usize| {
         let d = |f: &str| w.path(&format!("cp0/{f}"));
-        let cfg = picket_tls::client::mtls_config(
-            &picket_tls::files::read_certs(&d("ca.crt"))?,
-            picket_tls::files::read_certs(&d("admin.crt"))?,
-            picket_tls::files::read_key(&d("admin.key"))?,
-        )?;
-        let ch = picket_tls::client::connect(&cp(follower)?.grpc, cfg).await?;
-        let mut c = picket_proto::v1::admin_service_client::AdminServiceClient::new(ch);
+        let addr = cp(i).map(|c| c.grpc.clone());
+        async move {
+            let cfg = picket_tls::client::mtls_config(
+                &picket_tls::files::read_certs(&d("ca.crt"))?,
+                picket_tls::files::read_certs(&d("admin.crt"))?,
+                picket_tls::files::read_key(&d("admin.key"))?,
+            )?;
+            let ch = picket_tls::client::connect(&addr?, cfg).await?;
+            anyhow::Ok(picket_proto::v1::admin_service_client::AdminServiceClient::new(ch))
+        }
+    };
+    let refused = rt.block_on(async {
+        let mut c = client(follower).await?;
         let spec: picket_model::rollout::RawSpec =
             toml::from_str(&std::fs::read_to_string(&file)?)?;
         let r = c
@@ -187,6 +194,31 @@ shell = "echo \"$PICKET_HOST $PICKET_ROLLOUT\" >> {}"
     let out = ctl(&w, &admin(follower), &["rollout", "create", "-f", &file])?;
     assert!(out.status.success(), "{}", stderr(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // While the step runs, the leader shows each host's newest output
+    // line, the follower's host's relayed back.
+    let relayed = format!("web-{follower}");
+    let line = rt.block_on(async {
+        let mut c = client(leader).await?;
+        let limit = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = c
+                .get_rollout(picket_proto::v1::GetRolloutRequest { id: id.clone() })
+                .await?
+                .into_inner();
+            let line = r.waves.iter().flat_map(|w| &w.hosts).find_map(|h| {
+                (h.name == relayed && !h.last_line.is_empty()).then(|| h.last_line.clone())
+            });
+            if let Some(l) = line {
+                return anyhow::Ok(l);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < limit,
+                "no live line for {relayed}: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })?;
+    assert_eq!(line, format!("working on {relayed}"));
     // `rollout watch` through the follower follows it to its end.
     let mut watching = {
         let mut c = w.cmd("picketctl");

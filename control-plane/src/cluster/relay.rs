@@ -3,16 +3,19 @@
 //! etcd ([`picket_cluster::relay`]) to the replica that presence names for
 //! the host; that one dispatches it on the host's stream and relays the
 //! step's `started` and result back, where they reach the run's owner as
-//! if the host streamed here. Live output chunks are not carried (each
-//! would be two etcd writes): the result carries the output's tail.
+//! if the host streamed here. Live output is carried as a rollout shows
+//! it, its newest line, at most once a second per step (each message is
+//! two etcd writes); the result carries the output's tail. A run's
+//! updates go back one after another, in the order they came.
 //!
 //! A relayed step that finds its host gone (it moved again) is dropped:
 //! its owner's deadline makes it unreachable, never failed, so that a
 //! rollout does not count a move as a failure. A repeated dispatch is
 //! harmless: the agent's ledger answers with the recorded result.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use picket_cluster::relay::Relay;
 use picket_proto::v1::{self, relayed, step_update};
@@ -67,18 +70,22 @@ impl Relayer {
 
     /// Sends `body` about `host` to replica `to`, in the background.
     fn send(&self, to: String, host: &str, body: relayed::Body) {
+        let Some(me) = self.me.upgrade() else { return };
+        let host = host.to_string();
+        tokio::spawn(async move { me.send_now(&to, &host, body).await });
+    }
+
+    /// Sends `body` about `host` to replica `to`, once etcd has it.
+    async fn send_now(&self, to: &str, host: &str, body: relayed::Body) {
         let msg = v1::Relayed {
             from: self.node.clone(),
             host: host.to_string(),
             body: Some(body),
         }
         .encode_to_vec();
-        let Some(me) = self.me.upgrade() else { return };
-        tokio::spawn(async move {
-            if let Err(e) = me.relay.send(&to, &msg).await {
-                tracing::warn!(replica = to, error = %e, "cannot relay a step message");
-            }
-        });
+        if let Err(e) = self.relay.send(to, &msg).await {
+            tracing::warn!(replica = to, error = %e, "cannot relay a step message");
+        }
     }
 
     /// The other replica holding `host`'s stream, if one does.
@@ -131,25 +138,67 @@ impl Relayer {
         if *n > 1 {
             return;
         }
-        let (tx, mut rx) = mpsc::channel::<StepNews>(64);
+        let (tx, rx) = mpsc::channel::<StepNews>(64);
         steps.route(run, tx);
         let (me, origin, run) = (self.clone(), origin.to_string(), run.to_string());
-        tokio::spawn(async move {
-            while let Some(news) = rx.recv().await {
-                let last = matches!(news.body, step_update::Body::Result(_));
-                if matches!(news.body, step_update::Body::Output(_)) {
+        tokio::spawn(async move { me.carry_back(rx, origin, run).await });
+    }
+
+    /// Sends a run's updates back to `origin`, in order: `started` and
+    /// results as they come, output as each step's newest line, at most
+    /// once per [`OUTPUT_EVERY`].
+    async fn carry_back(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<StepNews>,
+        origin: String,
+        run: String,
+    ) {
+        // (host, step key) → its newest line not yet sent.
+        let mut lines: BTreeMap<(String, Vec<u8>), (v1::StepKey, String)> = BTreeMap::new();
+        let mut every = tokio::time::interval(OUTPUT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let news = tokio::select! {
+                n = rx.recv() => match n {
+                    Some(n) => n,
+                    None => return,
+                },
+                _ = every.tick() => {
+                    for ((host, _), (key, line)) in std::mem::take(&mut lines) {
+                        let update = v1::StepUpdate {
+                            key: Some(key),
+                            body: Some(step_update::Body::Output(line.into_bytes())),
+                        };
+                        self.send_now(&origin, &host, relayed::Body::Update(update)).await;
+                    }
                     continue;
                 }
-                let update = v1::StepUpdate {
-                    key: Some(news.key),
-                    body: Some(news.body),
-                };
-                me.send(origin.clone(), &news.host, relayed::Body::Update(update));
-                if last && let Some(steps) = me.steps.upgrade() {
-                    me.carried_one(&steps, &run);
+            };
+            let id = (news.host.clone(), news.key.encode_to_vec());
+            let last = match &news.body {
+                step_update::Body::Output(bytes) => {
+                    if let Some(line) = newest_line(bytes) {
+                        lines.insert(id, (news.key, line));
+                    }
+                    continue;
                 }
+                step_update::Body::Result(_) => {
+                    // The result says the rest.
+                    lines.remove(&id);
+                    true
+                }
+                _ => false,
+            };
+            let update = v1::StepUpdate {
+                key: Some(news.key),
+                body: Some(news.body),
+            };
+            self.send_now(&origin, &news.host, relayed::Body::Update(update))
+                .await;
+            if last && let Some(steps) = self.steps.upgrade() {
+                self.carried_one(&steps, &run);
             }
-        });
+        }
     }
 
     /// One of run `run`'s carried steps is done here; the last one ends
@@ -164,6 +213,16 @@ impl Relayer {
             }
         }
     }
+}
+
+/// How often a carried step's newest output line goes back.
+const OUTPUT_EVERY: Duration = Duration::from_secs(1);
+
+/// The last line of `bytes` with something on it (what a rollout shows).
+fn newest_line(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(format!("{line}\n"))
 }
 
 impl Elsewhere for Relayer {
