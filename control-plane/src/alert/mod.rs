@@ -1,8 +1,13 @@
-//! The alert engine's shell: `tap` is what ingest hands on; `driver` is the
-//! async shell that feeds the engine (`picket_alert`), persists it and hands
-//! its notifications to `notify`'s outbox; `unqueued` sends those of
-//! `store_unwritable` rules, which cannot wait for the store.
+//! The alert engine's shell: `driver` is the async shell that feeds the
+//! engine (`picket_alert`) what the tap (`picket_tap`) hands on, persists
+//! it and hands its notifications to `notify`'s outbox; `kit` is what
+//! outlives one driver (the tap, the outbox, the rules in force); `front`
+//! is where the control plane's alert calls go (the driver, or in cluster
+//! mode on a follower the shared state); `unqueued` sends the
+//! notifications of `store_unwritable` rules, which cannot wait for the
+//! store.
 
 pub mod driver;
 pub mod front;
+pub mod kit;
 pub mod unqueued;
