@@ -57,14 +57,19 @@ impl Retention {
     }
 }
 
+/// Whether this control plane keeps the records' retention now: always
+/// alone; in cluster mode with a shared records database, while it leads.
+pub type Keeps = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Loads each host's newest sample from the store (after a restart), then
-/// every minute rolls up finished minutes and deletes what is past
-/// retention, until shutdown.
+/// every minute (while `keeps` says so) rolls up finished minutes and
+/// deletes what is past retention, until shutdown.
 pub async fn maintain(
     store: Store,
     records: Arc<dyn RecordStore>,
     fleet: Arc<Fleet>,
     retention: Retention,
+    keeps: Keeps,
     shutdown: CancellationToken,
 ) {
     if let Ok(agents) = store.agents() {
@@ -79,6 +84,9 @@ pub async fn maintain(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if !keeps() {
+            continue;
         }
         let (now, records) = (now_ms(), records.clone());
         match store

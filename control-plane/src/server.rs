@@ -355,11 +355,21 @@ pub async fn run(
     }
     let grpc = tokio::spawn(crate::grpc::serve(listeners.grpc, state.clone()));
     let http = tokio::spawn(crate::http::serve(listeners.http, state.clone()));
+    // Retention of shared records is the leader's (SPEC §12); records a
+    // replica keeps itself (no `postgres`) are its own to expire.
+    let keeps: crate::fleet::Keeps = match (&state.cluster, state.feed.records().shared()) {
+        (Some(replica), true) => {
+            let roles = replica.cluster.roles();
+            Arc::new(move || matches!(*roles.borrow(), picket_cluster::Role::Leader(_)))
+        }
+        _ => Arc::new(|| true),
+    };
     state.tasks.spawn(crate::fleet::maintain(
         state.store.clone(),
         state.feed.records().clone(),
         state.fleet.clone(),
         crate::fleet::Retention::of(&state.cfg),
+        keeps,
         shutdown.clone(),
     ));
     state
