@@ -125,3 +125,68 @@ pub fn maintain_once(
     }
     Ok((rolled, expired))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use picket_store::records::{EventRecord, Read, Records, Start};
+
+    /// Shared records' retention is the leader's: a replica that does not
+    /// keep it deletes nothing, one that does deletes what is past it.
+    #[tokio::test]
+    async fn retention_runs_only_where_it_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_floor(dir.path(), 0.0).unwrap();
+        let old = EventRecord {
+            id: 0,
+            host: "h".into(),
+            source: "sshd".into(),
+            path: "/var/log/auth.log".into(),
+            seq: 1,
+            time_ms: 1_000,
+            received_ms: 1_000,
+            severity: picket_model::Severity::Low,
+            kind: "auth_failure".into(),
+            message: "long ago".into(),
+            fields: Default::default(),
+        };
+        let records: Arc<dyn RecordStore> = Arc::new(store.clone());
+        records
+            .store(&mut [("h", Records::of(vec![], &[old], &[]), 1)])
+            .unwrap();
+        let count = || {
+            store
+                .events(Read::new(Start::Since(0), None))
+                .unwrap()
+                .count()
+        };
+        let day = Duration::from_secs(86_400);
+        let retention = Retention {
+            metrics_raw: day,
+            metrics_rollup: day,
+            events: day,
+            logs: day,
+            audit: day,
+        };
+        for (keeps, left) in [(false, 1), (true, 0)] {
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(maintain(
+                store.clone(),
+                records.clone(),
+                Arc::default(),
+                retention,
+                Arc::new(move || keeps),
+                shutdown.clone(),
+            ));
+            // The first pass runs at once.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while count() != left && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(count(), left, "keeps: {keeps}");
+            shutdown.cancel();
+            task.await.unwrap();
+        }
+    }
+}
