@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("picket-sources", 1),
     ("picket-pki", 1),
     ("picket-cluster", 1),
+    ("picket-driver", 1),
     ("picket-rollout", 2),
     ("picket-alert", 2),
     ("picket-store", 2),

@@ -175,7 +175,7 @@ fn one_etcd_member_down_goes_on_two_down_refuses_writes_until_back() -> Result<(
 
 /// A replica's `picket_control_leader` and `picket_control_etcd_up`
 /// (`None` when the page has no such line).
-fn gauges(cp: &Control) -> Option<(u8, Option<u8>)> {
+pub(crate) fn gauges(cp: &Control) -> Option<(u8, Option<u8>)> {
     let (code, body) = http_get(&cp.http, "/metrics").ok()?;
     if code != 200 {
         return None;
@@ -193,7 +193,7 @@ fn gauges(cp: &Control) -> Option<(u8, Option<u8>)> {
 
 /// Waits until exactly one of `cps` (the live ones) says it leads; its
 /// index.
-fn leading(cps: &[Option<Control>], limit: Duration) -> Result<usize> {
+pub(crate) fn leading(cps: &[Option<Control>], limit: Duration) -> Result<usize> {
     wait_for("one replica leading", limit, || {
         let leaders: Vec<usize> = cps
             .iter()
@@ -544,63 +544,5 @@ fn replicas_elect_one_leader_and_another_after_a_kill_9() -> Result<()> {
     })?;
     eprintln!("presence gone {:?} after SIGTERM", stopped.elapsed());
     drop(last);
-    Ok(())
-}
-
-#[test]
-fn a_replica_reaches_etcd_over_tls_with_its_client_certificate() -> Result<()> {
-    let w = World::new()?;
-    let etcd = EtcdCluster::start_tls(&w, 1)?;
-    let endpoint = etcd.endpoints()[0].clone();
-    let tls = |f: &str| w.path(&format!("etcd-tls/{f}")).display().to_string();
-    let listen = format!("127.0.0.1:{}", free_port()?);
-    let init = |dir: &str, cert: bool| {
-        let mut args = vec![
-            "init".to_string(),
-            "--data-dir".into(),
-            dir.into(),
-            "--node".into(),
-            "cp-0".into(),
-            "--advertise".into(),
-            listen.clone(),
-            "--cluster-etcd".into(),
-            endpoint.clone(),
-            "--etcd-ca".into(),
-            tls("ca.crt"),
-        ];
-        if cert {
-            args.extend([
-                "--etcd-cert".into(),
-                tls("client.crt"),
-                "--etcd-key".into(),
-                tls("client.key"),
-            ]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        w.run("picket-control", &args)
-    };
-    // etcd checks client certificates: without one, a clear refusal.
-    let out = init("nocert", false)?;
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("etcd unavailable"),
-        "{}",
-        stderr(&out)
-    );
-    let out = init("cp0", true)?;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = std::fs::read_to_string(w.path("cp0/control.toml"))?;
-    assert!(
-        text.contains("etcd_cert = ") && text.contains("https://"),
-        "{text}"
-    );
-    let cps = vec![Some(Control::start_on(&w, "cp0", &listen)?)];
-    leading(&cps, Duration::from_secs(30))?;
-    let c = cps[0].as_ref().context("the replica")?;
-    assert_eq!(gauges(c), Some((1, Some(1))));
-    let s = ctl_json(&w, &c.admin_flags(), &["status"])?
-        .pop()
-        .context("a status line")?;
-    assert_eq!(s["leader"], "cp-0", "{s}");
     Ok(())
 }

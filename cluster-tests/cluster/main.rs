@@ -6,6 +6,7 @@
 //! `cargo test -p picket-cluster-tests --test cluster rollout::`.
 
 mod alerts;
+mod etcd_tls;
 mod leadership;
 mod netns;
 mod provisioning;

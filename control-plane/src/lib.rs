@@ -31,7 +31,6 @@ pub use picket_backup as backup;
 pub mod blocking;
 pub mod counters;
 pub mod dev;
-pub mod driver;
 pub use picket_feed as feed;
 pub mod fleet;
 pub mod grpc;

@@ -24,6 +24,7 @@ pub mod http;
 pub mod outbox;
 pub mod pagerduty;
 pub mod slack;
+pub mod unqueued;
 pub mod webhook;
 
 /// One notification, as stored in the outbox.

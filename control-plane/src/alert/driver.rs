@@ -29,9 +29,9 @@ use picket_model::Labels;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{self, Held, Mailbox};
 use picket_alert::engine::{Alert, AlertState, Engine, Input, Output, Persisted, Silence, route};
 use picket_alert::rules::{self, NotifierKind, Rules};
+use picket_driver::{self as driver, Held, Mailbox};
 use picket_notify::outbox::Outbox;
 use picket_notify::{Message, alertmanager};
 use picket_store::Store;
@@ -520,8 +520,12 @@ impl Driver {
                 Output::Notify(n) => {
                     decided = true;
                     let msg = Message::of(&n, now);
-                    if super::unqueued::is_for(&self.kit.loaded().rules, &n) {
-                        super::unqueued::send(self.kit.outbox.clone(), n.notifier.clone(), msg);
+                    if picket_notify::unqueued::is_for(&self.kit.loaded().rules, &n) {
+                        picket_notify::unqueued::send(
+                            self.kit.outbox.clone(),
+                            n.notifier.clone(),
+                            msg,
+                        );
                     } else {
                         jobs.push((n.notifier.clone(), msg));
                     }

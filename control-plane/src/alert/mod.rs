@@ -3,11 +3,10 @@
 //! it and hands its notifications to `notify`'s outbox; `kit` is what
 //! outlives one driver (the tap, the outbox, the rules in force); `front`
 //! is where the control plane's alert calls go (the driver, or in cluster
-//! mode on a follower the shared state); `unqueued` sends the
-//! notifications of `store_unwritable` rules, which cannot wait for the
-//! store.
+//! mode on a follower the shared state). The notifications of
+//! `store_unwritable` rules, which cannot wait for the store, go through
+//! `picket_notify::unqueued`.
 
 pub mod driver;
 pub mod front;
 pub mod kit;
-pub mod unqueued;

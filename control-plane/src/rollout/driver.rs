@@ -19,9 +19,9 @@ use picket_proto::v1::{self, step_update};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{self, Held, Mailbox};
 use crate::sessions::Presence;
 use crate::steps::{StepNews, Steps};
+use picket_driver::{self as driver, Held, Mailbox};
 use picket_rollout::engine::{Engine, Input, Output, Refused};
 use picket_rollout::state::{HostState, Persisted, Phase, StepRef, StepResult};
 use picket_rollout::view::View;

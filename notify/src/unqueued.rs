@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
+use crate::outbox::Outbox;
+use crate::{Message, Outcome};
 use picket_alert::engine::Notification;
 use picket_alert::rules::{Kind, Rules};
-use picket_notify::outbox::Outbox;
-use picket_notify::{Message, Outcome};
 
 /// Waits between the tries.
 const TRIES: [Duration; 4] = [
