@@ -23,7 +23,7 @@ use picket_tests::receiver::Receiver;
 use picket_tests::*;
 use serde_json::Value;
 
-use crate::records::{connect, event, line};
+use crate::records::{connect, event, gauge, line};
 
 /// A Suricata alert of severity 1 (Picket's `high`), from the corpus.
 fn ids_alert() -> Result<String> {
@@ -254,7 +254,7 @@ fn the_leader_notifies_each_event_once_whichever_replica_stored_it_and_across_it
 #[test]
 fn the_alert_tap_reads_every_replicas_commits_once_from_its_cursor() -> Result<()> {
     use picket_store::kept::RecordStore;
-    use picket_store::metrics::{Point, Sample};
+    use picket_store::metrics::Sample;
     let pg = Postgres::start(&["fsync=off"])?;
     let (a, b) = (connect(&pg)?, connect(&pg)?);
     let tap = picket_tap::Tap::signs_of_life();
@@ -265,18 +265,7 @@ fn the_alert_tap_reads_every_replicas_commits_once_from_its_cursor() -> Result<(
     let from = a.next_id()?;
     let sample = |t: i64| Sample {
         time_ms: t,
-        points: vec![
-            Point {
-                name: "cpu_usage_percent".into(),
-                labels: BTreeMap::new(),
-                value: 95.0,
-            },
-            Point {
-                name: "load1".into(),
-                labels: BTreeMap::new(),
-                value: 1.0,
-            },
-        ],
+        points: vec![gauge("cpu_usage_percent", 95.0), gauge("load1", 1.0)],
     };
     // Replica a stores web's events and a sample, then b db's; then a
     // again: the tap reads them in that (commit) order.

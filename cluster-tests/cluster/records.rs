@@ -51,6 +51,15 @@ pub(crate) fn event(host: &str, seq: u64, t: i64) -> EventRecord {
     }
 }
 
+/// A series with no labels at `value`.
+pub(crate) fn gauge(name: &str, value: f64) -> picket_store::metrics::Point {
+    picket_store::metrics::Point {
+        name: name.into(),
+        labels: BTreeMap::new(),
+        value,
+    }
+}
+
 /// What a record is, apart from the id its store gave it.
 fn log_key(r: &LogRecord) -> (String, u64, i64, String) {
     (r.host.clone(), r.seq, r.time_ms, r.line.clone())
@@ -434,11 +443,7 @@ fn metrics_are_kept_and_rolled_up_as_the_embedded_store_does() -> Result<()> {
     let sample = |t: i64| Sample {
         time_ms: t,
         points: vec![
-            Point {
-                name: "cpu_usage_percent".into(),
-                labels: BTreeMap::new(),
-                value: (t % 97) as f64,
-            },
+            gauge("cpu_usage_percent", (t % 97) as f64),
             Point {
                 name: "disk_used_bytes".into(),
                 labels: BTreeMap::from([("mount".to_string(), "/".to_string())]),
