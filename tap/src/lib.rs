@@ -145,10 +145,19 @@ impl Interest {
     }
 }
 
+/// What the rules can use, for each way records come: from the records
+/// database, everything; from ingest, the same, or signs of life only
+/// when the database carries the rest. Both made once per set of rules.
+#[derive(Default)]
+struct Interests {
+    all: Arc<Interest>,
+    ingest: Arc<Interest>,
+}
+
 /// Shared by ingest (which calls it) and the alert driver (which owns the
 /// receiving end and sets the rules).
 pub struct Tap {
-    interest: RwLock<Arc<Interest>>,
+    interest: RwLock<Interests>,
     /// The driver's end, while a driver runs here.
     tx: RwLock<Option<mpsc::Sender<Heard>>>,
     /// Whether ingest's batches carry events and samples (else only that
@@ -196,33 +205,39 @@ impl Tap {
         rx
     }
 
-    /// No driver here any more: nothing is passed on.
-    pub fn detach(&self) {
-        *self.tx.write().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
     fn sender(&self) -> Option<mpsc::Sender<Heard>> {
         let tx = self.tx.read().unwrap_or_else(|p| p.into_inner());
         tx.as_ref().filter(|t| !t.is_closed()).cloned()
     }
 
     pub fn set_rules(&self, rules: &Rules) {
+        let all = Arc::new(Interest::of(rules));
+        let ingest = if self.records {
+            all.clone()
+        } else {
+            Arc::new(Interest {
+                seen: all.seen,
+                ..Default::default()
+            })
+        };
         if let Ok(mut i) = self.interest.write() {
-            *i = Arc::new(Interest::of(rules));
+            *i = Interests { all, ingest };
         }
+    }
+
+    /// Everything the rules can use (what the database is read for).
+    fn all(&self) -> Arc<Interest> {
+        self.interest
+            .read()
+            .map(|i| i.all.clone())
+            .unwrap_or_default()
     }
 
     /// What one batch of `host` collects; `None` when no rule can use
     /// anything in it.
     pub fn collector(&self, host: &str, time_ms: i64) -> Option<Collector> {
         self.sender()?;
-        let mut interest = self.interest.read().ok()?.clone();
-        if !self.records {
-            interest = Arc::new(Interest {
-                seen: interest.seen,
-                ..Default::default()
-            });
-        }
+        let interest = self.interest.read().ok()?.ingest.clone();
         let any = interest.seen
             || interest.rollouts
             || !interest.events.is_empty()
@@ -253,7 +268,7 @@ impl Tap {
     /// full, as the next batch or heartbeat says the same.
     pub fn seen(&self, host: &str, time_ms: i64) {
         let Some(tx) = self.sender() else { return };
-        let wanted = self.interest.read().is_ok_and(|i| i.seen);
+        let wanted = self.interest.read().is_ok_and(|i| i.ingest.seen);
         if wanted {
             let _ = tx.try_send(Heard {
                 host: host.to_string(),

@@ -93,7 +93,7 @@ pub fn read(
     if top <= through {
         return Ok(None);
     }
-    let interest = tap.interest.read().map(|i| i.clone()).unwrap_or_default();
+    let interest = tap.all();
     let mut found: Vec<(u64, String, Item)> = Vec::new();
     if !interest.events.is_empty() || interest.rollouts {
         for e in records.events(Read::new(Start::After(through), None))? {
