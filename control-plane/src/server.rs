@@ -176,9 +176,11 @@ pub async fn run(
              to it (docs/cluster.md)"
         );
     }
+    // Woken by the feed's follower of the database's commits (below).
+    let tap_wake = Arc::new(tokio::sync::Notify::new());
     let tapped = records_db.as_ref().map(|db| crate::alert::driver::Tapped {
         records: db.clone(),
-        wake: db.follow(crate::cluster::records::LOOK_EVERY),
+        wake: tap_wake.clone(),
     });
     let alert_kit = crate::alert::driver::Kit::new(crate::alert::driver::Parts {
         store: store.clone(),
@@ -194,7 +196,8 @@ pub async fn run(
         ..sinks
     };
     if let Some(db) = records_db {
-        let follow = crate::cluster::records::follow(db, sinks.feed.clone(), shutdown.clone());
+        let follow =
+            crate::cluster::records::follow(db, sinks.feed.clone(), tap_wake, shutdown.clone());
         tasks.spawn(follow);
     }
     // Cluster mode: campaign and publish this replica (SPEC §12).

@@ -11,10 +11,11 @@ use picket_config::control::ClusterConfig;
 use picket_records_pg::{PgRecords, Settings};
 use picket_store::Store;
 use picket_store::kept::RecordStore;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// How often the feed looks for commits it was not told of.
-pub const LOOK_EVERY: Duration = Duration::from_secs(1);
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// The records database `[cluster]` names, if any (its schema brought up
 /// to date now, or at the first call that reaches it: PgRecords::connect).
@@ -40,15 +41,22 @@ pub fn kept(db: Option<&Arc<PgRecords>>, store: &Store) -> Arc<dyn RecordStore> 
 }
 
 /// Publishes to this replica's followers what any replica committed, on
-/// each commit the database announces (and every [`LOOK_EVERY`]), until
-/// `shutdown`.
-pub async fn follow(db: Arc<PgRecords>, feed: Arc<crate::feed::Feed>, shutdown: CancellationToken) {
+/// each commit the database announces (and every [`LOOK_EVERY`]), and
+/// wakes `also` (the leader's alert tap) each time: one listening
+/// connection for both. Until `shutdown`.
+pub async fn follow(
+    db: Arc<PgRecords>,
+    feed: Arc<crate::feed::Feed>,
+    also: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let wake = db.follow(LOOK_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = wake.notified() => {}
         }
+        also.notify_one();
         let f = feed.clone();
         match tokio::task::spawn_blocking(move || f.committed()).await {
             Ok(Ok(())) => {}
