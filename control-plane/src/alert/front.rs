@@ -125,7 +125,8 @@ impl Alerts {
         if let Some(h) = self.here() {
             return h.firing();
         }
-        let firing = self.kit.stored().ok().flatten().map_or(0, |p| {
+        let stored = picket_store::blocking::in_place(|| self.kit.stored());
+        let firing = stored.ok().flatten().map_or(0, |p| {
             p.alerts
                 .values()
                 .filter(|a| a.state == AlertState::Firing)
